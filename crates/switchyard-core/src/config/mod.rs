@@ -1,0 +1,531 @@
+//! Configuration, loaded in two steps: [`RawConfig`] (serde, unknown keys rejected) becomes a
+//! validated [`Config`] through the pure [`validate`] pass, which resolves secrets through an
+//! injected [`Env`] and checks every cross-reference. Error messages name the offending key.
+//!
+//! With no config file, [`discover`] builds the raw config from provider API keys found in the
+//! environment, and the same validation runs on it.
+
+mod presets;
+mod raw;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use presets::{PRESETS, Preset, kind_names, preset};
+pub use raw::{RawConfig, RawProvider, RawRoute, RawServer, RawTarget, RawUpstream};
+
+use crate::provider::WireFormat;
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default master key variable.
+pub const DEFAULT_MASTER_KEY_ENV: &str = "SWITCHYARD_MASTER_KEY";
+/// Default Azure OpenAI API version.
+pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
+
+/// Reads environment variables. Injected so validation stays pure and testable.
+pub trait Env {
+    /// The variable's value, if set and non-empty.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// A fixed set of variables, for tests and for the demo.
+impl Env for std::collections::HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).filter(|value| !value.is_empty()).cloned()
+    }
+}
+
+/// A secret value. Its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The value, for sending it where it belongs. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    /// The offending key, e.g. `routes[0].targets[1].provider`.
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The validated configuration, built once at start-up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listener, auth and limits.
+    pub server: ServerConfig,
+    /// Transport timeouts.
+    pub upstream: UpstreamConfig,
+    /// Providers, in config order (the order bare model names are matched in).
+    pub providers: Vec<Arc<Provider>>,
+    /// Named routes.
+    pub routes: Vec<Route>,
+}
+
+/// Validated `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The configured listen address, if any (`--listen` wins over it).
+    pub listen: Option<SocketAddr>,
+    /// The key clients must present; `None` means no client auth (loopback only).
+    pub master_key: Option<Secret>,
+    /// Request body limit in bytes.
+    pub max_body_bytes: usize,
+    /// Time allowed to read request headers.
+    pub header_read_timeout: Duration,
+    /// Deadline for a whole request.
+    pub request_timeout: Duration,
+    /// Drain time after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// Validated `[upstream]`.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamConfig {
+    /// TCP + TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Time to the provider's response headers.
+    pub first_byte_timeout: Duration,
+    /// Longest silence between body chunks.
+    pub idle_timeout: Duration,
+}
+
+/// A provider the gateway can call.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// Unique name.
+    pub name: String,
+    /// The configured kind (`openai`, `groq`, ...).
+    pub kind: String,
+    /// How requests are encoded.
+    pub wire: WireFormat,
+    /// API root without a trailing slash.
+    pub base_url: String,
+    /// The provider's API key.
+    pub api_key: Option<Secret>,
+    /// Azure `api-version`.
+    pub api_version: String,
+    /// Model-name patterns served (`*` wildcard).
+    pub models: Vec<String>,
+    /// Extra static headers.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Provider {
+    /// Whether this provider serves `model` according to its patterns.
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.iter().any(|pattern| glob_match(pattern, model))
+    }
+}
+
+/// A named route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The model name clients ask for.
+    pub name: String,
+    /// Targets in order.
+    pub targets: Vec<Target>,
+}
+
+/// A provider plus the model to ask it for.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The provider.
+    pub provider: Arc<Provider>,
+    /// The upstream model (Azure: deployment).
+    pub model: String,
+}
+
+/// Validates a raw config, resolving secrets from `env`.
+pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
+    let server = validate_server(&raw.server, env)?;
+    let upstream = UpstreamConfig {
+        connect_timeout: positive(raw.upstream.connect_timeout, 5, "upstream.connect_timeout")?,
+        first_byte_timeout: positive(
+            raw.upstream.first_byte_timeout,
+            120,
+            "upstream.first_byte_timeout",
+        )?,
+        idle_timeout: positive(raw.upstream.idle_timeout, 120, "upstream.idle_timeout")?,
+    };
+
+    let mut providers: Vec<Arc<Provider>> = Vec::with_capacity(raw.providers.len());
+    for (index, provider) in raw.providers.iter().enumerate() {
+        let key = format!("providers[{index}]");
+        let provider = validate_provider(provider, &key, env)?;
+        if providers
+            .iter()
+            .any(|existing| existing.name == provider.name)
+        {
+            return Err(ConfigError::new(
+                format!("{key}.name"),
+                format!("duplicate provider name `{}`", provider.name),
+            ));
+        }
+        providers.push(Arc::new(provider));
+    }
+
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    let mut route_names = HashSet::new();
+    for (index, route) in raw.routes.iter().enumerate() {
+        let key = format!("routes[{index}]");
+        if route.model.trim().is_empty() {
+            return Err(ConfigError::new(
+                format!("{key}.model"),
+                "must not be empty",
+            ));
+        }
+        if !route_names.insert(route.model.as_str()) {
+            return Err(ConfigError::new(
+                format!("{key}.model"),
+                format!("duplicate route `{}`", route.model),
+            ));
+        }
+        if route.targets.is_empty() {
+            return Err(ConfigError::new(
+                format!("{key}.targets"),
+                "a route needs at least one target",
+            ));
+        }
+        let mut targets = Vec::with_capacity(route.targets.len());
+        for (target_index, target) in route.targets.iter().enumerate() {
+            let target_key = format!("{key}.targets[{target_index}]");
+            let Some(provider) = providers.iter().find(|p| p.name == target.provider) else {
+                let known: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+                return Err(ConfigError::new(
+                    format!("{target_key}.provider"),
+                    format!(
+                        "unknown provider `{}` (configured providers: {})",
+                        target.provider,
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            };
+            if target.model.trim().is_empty() {
+                return Err(ConfigError::new(
+                    format!("{target_key}.model"),
+                    "must not be empty",
+                ));
+            }
+            targets.push(Target {
+                provider: Arc::clone(provider),
+                model: target.model.clone(),
+            });
+        }
+        routes.push(Route {
+            name: route.model.clone(),
+            targets,
+        });
+    }
+
+    Ok(Config {
+        server,
+        upstream,
+        providers,
+        routes,
+    })
+}
+
+fn validate_server(raw: &RawServer, env: &dyn Env) -> Result<ServerConfig, ConfigError> {
+    let listen = match &raw.listen {
+        Some(listen) => {
+            Some(parse_listen(listen).map_err(|m| ConfigError::new("server.listen", m))?)
+        }
+        None => None,
+    };
+    let master_key = match &raw.master_key_env {
+        Some(name) => Some(Secret::new(env.var(name).ok_or_else(|| {
+            ConfigError::new(
+                "server.master_key_env",
+                format!("environment variable {name} is not set"),
+            )
+        })?)),
+        None => env.var(DEFAULT_MASTER_KEY_ENV).map(Secret::new),
+    };
+    let max_body_bytes = raw.max_body_bytes.unwrap_or(10 * 1024 * 1024);
+    if max_body_bytes < 1024 {
+        return Err(ConfigError::new(
+            "server.max_body_bytes",
+            "must be at least 1024 bytes",
+        ));
+    }
+    Ok(ServerConfig {
+        listen,
+        master_key,
+        max_body_bytes,
+        header_read_timeout: positive(raw.header_read_timeout, 10, "server.header_read_timeout")?,
+        request_timeout: positive(raw.request_timeout, 600, "server.request_timeout")?,
+        shutdown_grace: raw.shutdown_grace.unwrap_or(Duration::from_secs(30)),
+    })
+}
+
+fn validate_provider(raw: &RawProvider, key: &str, env: &dyn Env) -> Result<Provider, ConfigError> {
+    let name = raw.name.trim();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(ConfigError::new(
+            format!("{key}.name"),
+            format!(
+                "`{}` is not a valid provider name (use letters, digits, `-`, `_` or `.`)",
+                raw.name
+            ),
+        ));
+    }
+    let Some(preset) = preset(&raw.kind) else {
+        return Err(ConfigError::new(
+            format!("{key}.kind"),
+            format!(
+                "unknown kind `{}` (valid kinds: {})",
+                raw.kind,
+                kind_names()
+            ),
+        ));
+    };
+    let base_url = match (&raw.base_url, preset.base_url) {
+        (Some(url), _) => url.clone(),
+        (None, Some(default)) => default.to_owned(),
+        (None, None) => {
+            return Err(ConfigError::new(
+                format!("{key}.base_url"),
+                format!("required for kind `{}`", raw.kind),
+            ));
+        }
+    };
+    let base_url =
+        check_base_url(&base_url).map_err(|m| ConfigError::new(format!("{key}.base_url"), m))?;
+    let api_key = match &raw.api_key_env {
+        Some(variable) => Some(Secret::new(env.var(variable).ok_or_else(|| {
+            ConfigError::new(
+                format!("{key}.api_key_env"),
+                format!("environment variable {variable} is not set"),
+            )
+        })?)),
+        None => None,
+    };
+    if api_key.is_none() && preset.key_env.is_some() && preset.kind != "openai" {
+        return Err(ConfigError::new(
+            format!("{key}.api_key_env"),
+            format!(
+                "kind `{}` needs an API key; set api_key_env (usually \"{}\")",
+                raw.kind,
+                preset.key_env.unwrap_or_default()
+            ),
+        ));
+    }
+    if preset.wire == WireFormat::Azure && api_key.is_none() {
+        return Err(ConfigError::new(
+            format!("{key}.api_key_env"),
+            "kind `azure` needs an API key; set api_key_env (usually \"AZURE_OPENAI_API_KEY\")",
+        ));
+    }
+    let models = match &raw.models {
+        Some(models) => models.clone(),
+        None => preset.models.iter().map(|m| (*m).to_owned()).collect(),
+    };
+    let mut headers = Vec::with_capacity(raw.headers.len());
+    for (header, value) in &raw.headers {
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err()
+            || http::HeaderValue::from_str(value).is_err()
+        {
+            return Err(ConfigError::new(
+                format!("{key}.headers.{header}"),
+                "not a valid HTTP header name and value",
+            ));
+        }
+        headers.push((header.clone(), value.clone()));
+    }
+    Ok(Provider {
+        name: name.to_owned(),
+        kind: raw.kind.clone(),
+        wire: preset.wire,
+        base_url,
+        api_key,
+        api_version: raw
+            .api_version
+            .clone()
+            .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.to_owned()),
+        models,
+        headers,
+    })
+}
+
+fn positive(
+    value: Option<Duration>,
+    default_secs: u64,
+    key: &str,
+) -> Result<Duration, ConfigError> {
+    let value = value.unwrap_or(Duration::from_secs(default_secs));
+    if value.is_zero() {
+        return Err(ConfigError::new(key, "must be greater than zero"));
+    }
+    Ok(value)
+}
+
+/// Parses a listen address (`127.0.0.1:8080`, `[::1]:8080`, `localhost:8080`).
+pub fn parse_listen(listen: &str) -> Result<SocketAddr, String> {
+    if let Some(port) = listen.strip_prefix("localhost:") {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("`{listen}` has an invalid port"))?;
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    listen
+        .parse()
+        .map_err(|_| format!("`{listen}` is not an address like 127.0.0.1:8080"))
+}
+
+/// Checks that a base URL is absolute http(s), and strips a trailing slash.
+fn check_base_url(url: &str) -> Result<String, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("`{url}` is not a valid URL"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("`{url}` must start with http:// or https://")),
+    }
+    if uri.host().is_none() {
+        return Err(format!("`{url}` has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("`{url}` must not have a query string"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// Matches `name` against a pattern where `*` stands for any run of characters.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let Some(first) = parts.next() else {
+        return name.is_empty();
+    };
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let pieces: Vec<&str> = parts.collect();
+    let Some((last, middle)) = pieces.split_last() else {
+        return rest.is_empty();
+    };
+    for piece in middle {
+        match rest.find(piece) {
+            Some(position) => rest = &rest[position + piece.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
+}
+
+/// Refuses to expose an unauthenticated gateway beyond this machine.
+pub fn check_exposure(listen: SocketAddr, master_key: Option<&Secret>) -> Result<(), ConfigError> {
+    if master_key.is_none() && !listen.ip().is_loopback() {
+        return Err(ConfigError::new(
+            "server.listen",
+            format!(
+                "refusing to listen on {listen} without client authentication: set {DEFAULT_MASTER_KEY_ENV} \
+                 (or server.master_key_env) or listen on a loopback address such as 127.0.0.1"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Builds a raw config from provider keys found in the environment, with the variable names
+/// the providers' own SDKs use. A base-URL variable without its key is ignored, except for
+/// Ollama, which needs no key.
+pub fn discover(env: &dyn Env) -> RawConfig {
+    let mut providers = Vec::new();
+    for preset in PRESETS {
+        let key_found = preset.key_env.and_then(|name| env.var(name)).is_some();
+        let base_url = preset.base_url_env.and_then(|name| env.var(name));
+        let found = match preset.key_env {
+            Some(_) => key_found,
+            // Keyless kinds (Ollama) are found by their base URL alone.
+            None => base_url.is_some() && preset.base_url_env.is_some(),
+        };
+        if !found {
+            continue;
+        }
+        let base_url = base_url.map(|url| {
+            if preset.kind == "ollama" {
+                ollama_v1(&url)
+            } else {
+                url
+            }
+        });
+        providers.push(RawProvider {
+            name: preset.kind.to_owned(),
+            kind: preset.kind.to_owned(),
+            base_url,
+            api_key_env: preset.key_env.map(str::to_owned),
+            ..RawProvider::default()
+        });
+    }
+    RawConfig {
+        providers,
+        ..RawConfig::default()
+    }
+}
+
+/// Ollama's OpenAI-compatible API lives under `/v1`; users usually give the bare host.
+fn ollama_v1(url: &str) -> String {
+    let url = url.trim_end_matches('/');
+    if url.ends_with("/v1") {
+        url.to_owned()
+    } else {
+        format!("{url}/v1")
+    }
+}
+
+/// Parses TOML text into a raw config, naming the key and line on error.
+pub fn parse_toml(text: &str) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|error| {
+        let message = error.message().to_owned();
+        let location = error
+            .span()
+            .map(|span| {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                format!("line {line}")
+            })
+            .unwrap_or_else(|| "config".to_owned());
+        ConfigError::new(location, message)
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,211 @@
+use std::collections::HashMap;
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn load(text: &str, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    validate(&parse_toml(text)?, env)
+}
+
+const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:9000"
+request_timeout = "30s"
+
+[upstream]
+connect_timeout = "2s"
+
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "https://api.openai.com/v1/"
+api_key_env = "OPENAI_API_KEY"
+
+[[providers]]
+name = "claude"
+kind = "anthropic"
+api_key_env = "ANTHROPIC_API_KEY"
+
+[[routes]]
+model = "smart"
+targets = [ { provider = "openai", model = "gpt-4o" }, { provider = "claude", model = "claude-sonnet-4-5" } ]
+"#;
+
+#[test]
+fn valid_config_resolves_everything() {
+    let config = load(
+        GOOD,
+        &env(&[("OPENAI_API_KEY", "sk-o"), ("ANTHROPIC_API_KEY", "sk-a")]),
+    )
+    .unwrap();
+    assert_eq!(
+        config.server.listen,
+        Some("127.0.0.1:9000".parse().unwrap())
+    );
+    assert_eq!(config.server.request_timeout, Duration::from_secs(30));
+    assert_eq!(config.server.max_body_bytes, 10 * 1024 * 1024);
+    assert_eq!(config.upstream.connect_timeout, Duration::from_secs(2));
+    assert_eq!(config.providers[0].base_url, "https://api.openai.com/v1");
+    assert_eq!(config.providers[1].base_url, "https://api.anthropic.com");
+    assert_eq!(config.providers[1].wire, WireFormat::Anthropic);
+    assert_eq!(
+        config.providers[1].api_key.as_ref().unwrap().expose(),
+        "sk-a"
+    );
+    assert_eq!(config.routes[0].targets[1].provider.name, "claude");
+    assert!(config.server.master_key.is_none());
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    let error = parse_toml("[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
+    assert!(error.message.contains("listen_port"), "{error}");
+    assert_eq!(error.key, "line 3");
+    let error =
+        parse_toml("[[providers]]\nname=\"a\"\nkind=\"openai\"\napi_key=\"sk\"\n").unwrap_err();
+    assert!(error.message.contains("api_key"), "{error}");
+}
+
+#[test]
+fn route_to_unknown_provider_is_named() {
+    let text = GOOD.replace("provider = \"claude\"", "provider = \"claud\"");
+    let error = load(
+        &text,
+        &env(&[("OPENAI_API_KEY", "sk-o"), ("ANTHROPIC_API_KEY", "sk-a")]),
+    )
+    .unwrap_err();
+    assert_eq!(error.key, "routes[0].targets[1].provider");
+    assert!(
+        error.message.contains("unknown provider `claud`"),
+        "{error}"
+    );
+    assert!(error.message.contains("openai, claude"), "{error}");
+}
+
+#[test]
+fn missing_env_var_is_named() {
+    let error = load(GOOD, &env(&[("OPENAI_API_KEY", "sk-o")])).unwrap_err();
+    assert_eq!(error.key, "providers[1].api_key_env");
+    assert!(
+        error.message.contains("ANTHROPIC_API_KEY is not set"),
+        "{error}"
+    );
+
+    let error = load("[server]\nmaster_key_env = \"MY_KEY\"\n", &env(&[])).unwrap_err();
+    assert_eq!(error.key, "server.master_key_env");
+}
+
+#[test]
+fn bad_values_are_named() {
+    let cases = [
+        (
+            "[[providers]]\nname=\"x\"\nkind=\"foo\"\n",
+            "providers[0].kind",
+        ),
+        (
+            "[[providers]]\nname=\"a/b\"\nkind=\"openai\"\n",
+            "providers[0].name",
+        ),
+        (
+            "[[providers]]\nname=\"x\"\nkind=\"openai\"\nbase_url=\"ftp://x\"\n",
+            "providers[0].base_url",
+        ),
+        (
+            "[[providers]]\nname=\"x\"\nkind=\"azure\"\napi_key_env=\"K\"\n",
+            "providers[0].base_url",
+        ),
+        (
+            "[[providers]]\nname=\"x\"\nkind=\"groq\"\n",
+            "providers[0].api_key_env",
+        ),
+        (
+            "[[providers]]\nname=\"x\"\nkind=\"openai\"\n[[providers]]\nname=\"x\"\nkind=\"openai\"\n",
+            "providers[1].name",
+        ),
+        ("[[routes]]\nmodel=\"r\"\n", "routes[0].targets"),
+        ("[server]\nlisten=\"nowhere\"\n", "server.listen"),
+        ("[server]\nmax_body_bytes=10\n", "server.max_body_bytes"),
+        ("[upstream]\nidle_timeout=\"0s\"\n", "upstream.idle_timeout"),
+    ];
+    for (text, key) in cases {
+        let error = load(text, &env(&[("K", "k")])).unwrap_err();
+        assert_eq!(error.key, key, "for {text}: {error}");
+    }
+}
+
+#[test]
+fn discovery_uses_sdk_variable_names() {
+    let found = discover(&env(&[
+        ("OPENAI_API_KEY", "sk-o"),
+        ("OPENAI_BASE_URL", "http://127.0.0.1:1/v1"),
+        ("GEMINI_BASE_URL", "http://127.0.0.1:2"),
+        ("GROQ_API_KEY", "gsk"),
+        ("OLLAMA_BASE_URL", "http://127.0.0.1:11434"),
+    ]));
+    let names: Vec<&str> = found.providers.iter().map(|p| p.name.as_str()).collect();
+    // Gemini's base URL alone, without a key, is ignored; Ollama needs no key.
+    assert_eq!(names, ["openai", "groq", "ollama"]);
+    assert_eq!(
+        found.providers[0].base_url.as_deref(),
+        Some("http://127.0.0.1:1/v1")
+    );
+    assert_eq!(
+        found.providers[2].base_url.as_deref(),
+        Some("http://127.0.0.1:11434/v1")
+    );
+    let config = validate(
+        &found,
+        &env(&[("OPENAI_API_KEY", "sk-o"), ("GROQ_API_KEY", "gsk")]),
+    )
+    .unwrap();
+    assert_eq!(
+        config.providers[1].base_url,
+        "https://api.groq.com/openai/v1"
+    );
+    assert!(config.providers[2].api_key.is_none());
+}
+
+#[test]
+fn exposure_needs_a_master_key() {
+    let open: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+    let loopback: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    assert!(check_exposure(open, None).is_err());
+    assert!(check_exposure(loopback, None).is_ok());
+    assert!(check_exposure(open, Some(&Secret::new("k"))).is_ok());
+    assert!(check_exposure("[::1]:1".parse().unwrap(), None).is_ok());
+}
+
+#[test]
+fn secrets_do_not_leak_through_debug() {
+    let config = load(
+        GOOD,
+        &env(&[
+            ("OPENAI_API_KEY", "sk-secret-o"),
+            ("ANTHROPIC_API_KEY", "sk-a"),
+        ]),
+    )
+    .unwrap();
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("sk-secret-o"));
+}
+
+#[test]
+fn glob_matching() {
+    assert!(glob_match("gpt-*", "gpt-4o"));
+    assert!(glob_match("*", "anything"));
+    assert!(glob_match("o1", "o1"));
+    assert!(!glob_match("o1", "o1-mini"));
+    assert!(glob_match("a*b*c", "axxbyyc"));
+    assert!(!glob_match("a*b*c", "axxbyy"));
+    assert!(glob_match(
+        "accounts/fireworks/models/*",
+        "accounts/fireworks/models/llama"
+    ));
+    assert!(!glob_match("claude-*", "gpt-4o"));
+}

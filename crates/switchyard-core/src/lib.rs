@@ -1,0 +1,24 @@
+//! # switchyard-core
+//!
+//! The wasm-safe heart of the Switchyard AI gateway, shared by the native binary and the
+//! Cloudflare Worker. Everything here is pure: no tokio, no sockets, no clock of its own.
+//!
+//! # Layout
+//! - [`wire`]: OpenAI wire types (chat, stream chunks, embeddings, usage, models) and body
+//!   parsing with errors that name the field.
+//! - [`error`]: the one error model: kind → HTTP status and OpenAI error type, origin,
+//!   retryability, and the OpenAI-shaped body.
+//! - [`config`]: raw TOML structs → validated [`config::Config`]; provider presets and
+//!   discovery of providers from the environment.
+//! - [`routing`]: model name → ordered targets (route, `provider/model`, bare model).
+//! - [`provider`]: pure adapters, one file per wire format (OpenAI-compatible and Azure,
+//!   Anthropic Messages, Gemini), building upstream requests and translating answers, stream
+//!   events and errors.
+
+pub mod config;
+pub mod error;
+pub mod provider;
+pub mod routing;
+pub mod wire;
+
+pub use error::{ErrorKind, GatewayError, Origin};

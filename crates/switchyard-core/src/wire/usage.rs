@@ -1,0 +1,96 @@
+//! Token usage: OpenAI's wire shape, and the normalised form every adapter produces.
+
+use serde::{Deserialize, Serialize};
+
+/// OpenAI's `usage` object. `prompt_tokens` includes cached tokens, and `completion_tokens`
+/// includes reasoning tokens, as OpenAI counts them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Input tokens, cached ones included.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Output tokens, reasoning included.
+    #[serde(default)]
+    pub completion_tokens: u64,
+    /// Sum of the two.
+    #[serde(default)]
+    pub total_tokens: u64,
+    /// Cached-input breakdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+    /// Reasoning breakdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens_details: Option<CompletionTokensDetails>,
+}
+
+/// `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    /// Input tokens read from the provider's prompt cache.
+    #[serde(default)]
+    pub cached_tokens: u64,
+    /// Input tokens written to the provider's prompt cache (Anthropic bills these apart).
+    /// Not an OpenAI field; sent only when non-zero.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_creation_tokens: u64,
+}
+
+/// `usage.completion_tokens_details`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompletionTokensDetails {
+    /// Output tokens spent on hidden reasoning.
+    #[serde(default)]
+    pub reasoning_tokens: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+/// Usage normalised across providers: the unit of metering, cost and analytics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenUsage {
+    /// All input tokens, cache reads and writes included.
+    pub input: u64,
+    /// All output tokens, reasoning included.
+    pub output: u64,
+    /// Input tokens served from the provider's prompt cache.
+    pub cached_input: u64,
+    /// Input tokens written to the provider's prompt cache.
+    pub cache_write: u64,
+    /// Output tokens spent on reasoning.
+    pub reasoning: u64,
+}
+
+impl TokenUsage {
+    /// The normalised form of OpenAI's usage.
+    pub fn from_openai(usage: &Usage) -> Self {
+        let details = usage.prompt_tokens_details.as_ref();
+        TokenUsage {
+            input: usage.prompt_tokens,
+            output: usage.completion_tokens,
+            cached_input: details.map_or(0, |d| d.cached_tokens),
+            cache_write: details.map_or(0, |d| d.cache_creation_tokens),
+            reasoning: usage
+                .completion_tokens_details
+                .as_ref()
+                .map_or(0, |d| d.reasoning_tokens),
+        }
+    }
+
+    /// OpenAI's wire shape of this usage.
+    pub fn to_openai(self) -> Usage {
+        Usage {
+            prompt_tokens: self.input,
+            completion_tokens: self.output,
+            total_tokens: self.input + self.output,
+            prompt_tokens_details: Some(PromptTokensDetails {
+                cached_tokens: self.cached_input,
+                cache_creation_tokens: self.cache_write,
+            }),
+            completion_tokens_details: Some(CompletionTokensDetails {
+                reasoning_tokens: self.reasoning,
+            }),
+        }
+    }
+}
