@@ -1,1 +1,37 @@
-//! placeholder
+//! # switchyard
+//!
+//! The native Switchyard gateway: an OpenAI-compatible HTTP server in front of many LLM
+//! providers. The wire formats, config, errors and routing live in `switchyard-core`; this
+//! crate adds the server, the request chain, the transport, and the CLI.
+//!
+//! # Layout
+//! - [`app`]: shared state and the router, where the chain's order is written down.
+//! - [`chain`]: cross-cutting stages as middleware (request id and context, auth).
+//! - [`handlers`]: the endpoints; route → failover → adapter → transport for each.
+//! - [`failover`]: trying a route's targets in order.
+//! - [`transport`]: the pooled upstream HTTP client with its timeouts.
+//! - [`context`], [`timing`]: the typed per-request context and `Server-Timing`.
+//! - [`error`]: the one place errors become responses.
+//! - [`server`]: listener, connections, graceful shutdown.
+//! - [`cli`]: `serve`, `demo`, `config check`; [`demo`]: simulated providers and traffic.
+
+pub mod app;
+pub mod chain;
+pub mod cli;
+pub mod context;
+pub mod demo;
+pub mod error;
+pub mod failover;
+pub mod handlers;
+pub mod server;
+pub mod timing;
+pub mod transport;
+
+pub use app::{AppState, router};
+
+/// Installs the process-wide TLS crypto provider (ring). Call once before building a
+/// [`transport::Transport`]; later calls are harmless.
+pub fn install_crypto_provider() {
+    // Err means one is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

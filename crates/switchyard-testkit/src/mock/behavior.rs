@@ -183,7 +183,12 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(error.contains("error_rate"));
-        assert!(Behavior::status(42).validate().unwrap_err().contains("error_status"));
+        assert!(
+            Behavior::status(42)
+                .validate()
+                .unwrap_err()
+                .contains("error_status")
+        );
         assert!(Behavior::rate_limited(3).validate().is_ok());
     }
 }

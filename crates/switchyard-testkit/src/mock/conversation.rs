@@ -57,9 +57,10 @@ impl Conversation {
     /// override of the answer text.
     pub fn reply(&self, name: &str, answer: Option<&str>) -> Reply {
         if let Some(result) = &self.tool_result {
-            return Reply::Text(
-                answer.map_or_else(|| format!("{name} got tool result: {result}"), str::to_owned),
-            );
+            return Reply::Text(answer.map_or_else(
+                || format!("{name} got tool result: {result}"),
+                str::to_owned,
+            ));
         }
         if let Some(tool) = &self.tool_to_call {
             return Reply::ToolCall {

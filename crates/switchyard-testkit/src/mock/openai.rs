@@ -39,14 +39,14 @@ pub(crate) struct ChatRequest {
 /// Reads a chat completion request. `deployment` is Azure's, which names the model.
 pub(crate) fn parse_chat(body: &Value, deployment: Option<&str>) -> Result<ChatRequest, Rejection> {
     if !body.is_object() {
-        return Err(Rejection::bad_request("the request body must be a JSON object"));
+        return Err(Rejection::bad_request(
+            "the request body must be a JSON object",
+        ));
     }
     let model = match deployment.or_else(|| str_field(body, "model")) {
         Some(model) => model.to_owned(),
         None => {
-            return Err(Rejection::bad_request(
-                "you must provide a model parameter",
-            ));
+            return Err(Rejection::bad_request("you must provide a model parameter"));
         }
     };
     let Some(messages) = body.get("messages").and_then(Value::as_array) else {
@@ -146,7 +146,12 @@ fn finish_reason(reply: &Reply) -> &'static str {
 }
 
 /// A `chat.completion` object. `sequence` numbers the response, `created` is unix seconds.
-pub(crate) fn chat_response(request: &ChatRequest, reply: &Reply, sequence: u64, created: u64) -> Value {
+pub(crate) fn chat_response(
+    request: &ChatRequest,
+    reply: &Reply,
+    sequence: u64,
+    created: u64,
+) -> Value {
     let message = match reply {
         Reply::Text(text) => json!({"role": "assistant", "content": text, "refusal": null}),
         Reply::ToolCall { name, arguments } => json!({
@@ -182,7 +187,12 @@ pub(crate) fn chat_response(request: &ChatRequest, reply: &Reply, sequence: u64,
 }
 
 /// The `chat.completion.chunk` events of a streamed answer, `data: [DONE]` included.
-pub(crate) fn chat_stream(request: &ChatRequest, reply: &Reply, sequence: u64, created: u64) -> Vec<Bytes> {
+pub(crate) fn chat_stream(
+    request: &ChatRequest,
+    reply: &Reply,
+    sequence: u64,
+    created: u64,
+) -> Vec<Bytes> {
     let id = format!("chatcmpl-mock-{sequence}");
     let chunk = |index: u64, delta: Value, finish_reason: Option<&str>| {
         let mut chunk = json!({
@@ -206,7 +216,11 @@ pub(crate) fn chat_stream(request: &ChatRequest, reply: &Reply, sequence: u64, c
 
     let mut events = Vec::new();
     for index in 0..request.choices {
-        events.push(chunk(index, json!({"role": "assistant", "content": ""}), None));
+        events.push(chunk(
+            index,
+            json!({"role": "assistant", "content": ""}),
+            None,
+        ));
         match reply {
             Reply::Text(text) => {
                 for word in word_chunks(text) {
@@ -288,7 +302,10 @@ pub(crate) fn embeddings(body: &Value, deployment: Option<&str>) -> Result<Value
             prompt_tokens += input.tokens;
             let vector = embedding::vector(&input.text, dimensions);
             let embedding = if base64 {
-                let bytes: Vec<u8> = vector.iter().flat_map(|value| value.to_le_bytes()).collect();
+                let bytes: Vec<u8> = vector
+                    .iter()
+                    .flat_map(|value| value.to_le_bytes())
+                    .collect();
                 Value::String(BASE64.encode(bytes))
             } else {
                 json!(vector)
@@ -335,9 +352,9 @@ fn embedding_inputs(input: Option<&Value>) -> Result<Vec<EmbeddingInput>, Reject
     match input {
         Some(Value::String(text)) => Ok(vec![from_text(text)]),
         Some(Value::Array(items)) if items.is_empty() => Err(invalid()),
-        Some(Value::Array(items)) if items.iter().all(Value::is_number) => {
-            from_tokens(items).map(|input| vec![input]).ok_or_else(invalid)
-        }
+        Some(Value::Array(items)) if items.iter().all(Value::is_number) => from_tokens(items)
+            .map(|input| vec![input])
+            .ok_or_else(invalid),
         Some(Value::Array(items)) => items
             .iter()
             .map(|item| match item {
@@ -461,7 +478,10 @@ mod tests {
         let response = chat_response(&request, &reply, 7, 1);
         assert_eq!(response["id"], "chatcmpl-mock-7");
         assert_eq!(response["choices"].as_array().unwrap().len(), 2);
-        assert_eq!(response["choices"][1]["message"]["content"], "alpha says: hi");
+        assert_eq!(
+            response["choices"][1]["message"]["content"],
+            "alpha says: hi"
+        );
         assert_eq!(response["usage"]["prompt_tokens"], 1);
         assert_eq!(response["usage"]["completion_tokens"], 6);
         assert_eq!(response["usage"]["total_tokens"], 7);
@@ -517,7 +537,10 @@ mod tests {
             json!({"error": {"message": "bad key", "type": "authentication_error",
                              "param": null, "code": "invalid_api_key"}})
         );
-        assert_eq!(error_body(StatusCode::BAD_GATEWAY, "x")["error"]["type"], "server_error");
+        assert_eq!(
+            error_body(StatusCode::BAD_GATEWAY, "x")["error"]["type"],
+            "server_error"
+        );
         assert_eq!(
             error_body(StatusCode::BAD_REQUEST, "x")["error"]["type"],
             "invalid_request_error"

@@ -1,0 +1,92 @@
+//! The application: its shared state and the router, where the chain's order is fixed.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use axum::Router;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
+use bytes::Bytes;
+use switchyard_core::config::Config;
+use switchyard_core::routing::ModelRouter;
+
+use crate::chain::{auth, request_id};
+use crate::handlers::{chat, embeddings, meta};
+use crate::transport::Transport;
+
+/// The shared state: built once at start-up, cheap to clone (an `Arc` inside).
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+/// What every request reads.
+pub struct AppInner {
+    /// The validated config.
+    pub config: Config,
+    /// Model name → targets.
+    pub router: ModelRouter,
+    /// The pooled upstream client.
+    pub transport: Transport,
+    /// `GET /v1/models`, serialised once.
+    pub models_body: Bytes,
+    /// False once shutdown has begun (`/readyz` answers 503).
+    pub ready: AtomicBool,
+}
+
+impl AppState {
+    /// Builds the state from a validated config.
+    pub fn new(config: Config) -> Result<Self, String> {
+        let router = ModelRouter::new(&config);
+        let models_body = serde_json::to_vec(&router.list())
+            .map(Bytes::from)
+            .map_err(|error| format!("could not encode the model list: {error}"))?;
+        let transport = Transport::new(config.upstream)?;
+        Ok(AppState(Arc::new(AppInner {
+            config,
+            router,
+            transport,
+            models_body,
+            ready: AtomicBool::new(true),
+        })))
+    }
+}
+
+/// The HTTP router. The chain runs outermost first:
+///
+/// 0. panic catch → request id and context (every route);
+/// 1. auth (`/v1/*` only);
+/// 6–9. route → failover → adapter → transport, inside the handlers.
+///
+/// Stages 2–5 (account, rate limit, budget, cache) slot in between auth and the handlers.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/chat/completions", post(chat::chat_completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/embeddings", post(embeddings::embeddings))
+        .route("/v1/models", get(meta::list_models))
+        .route("/v1/models/{*model}", get(meta::get_model))
+        .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(meta::healthz))
+        .route("/readyz", get(meta::readyz))
+        .fallback(meta::not_found)
+        .method_not_allowed_fallback(meta::method_not_allowed)
+        .layer(from_fn_with_state(state.clone(), request_id::request_context))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> http::Response<axum::body::Body> {
+    tracing::error!("a request handler panicked");
+    crate::error::error_response(&switchyard_core::GatewayError::internal(
+        "The gateway hit an internal error",
+    ))
+}

@@ -1,0 +1,17 @@
+//! The request chain. Its order is written down in exactly one place, [`crate::app::router`];
+//! this module holds the cross-cutting stages that run as middleware.
+//!
+//! 0. HTTP basics: panic catch, request id and context (timings, deadline); the body limit is
+//!    enforced where the body is read, so that a 413 has OpenAI's shape.
+//! 1. [`auth`]: API key → principal; 401 before anything else runs.
+//! 2. account: one request event per request (analytics; not built yet).
+//! 3. rate limit (not built yet).
+//! 4. budget (not built yet).
+//! 5. cache (not built yet).
+//! 6. route: model → targets (`switchyard_core::routing`, in the handlers).
+//! 7. failover: [`crate::failover`].
+//! 8. provider adapter: `switchyard_core::provider` (pure).
+//! 9. transport: [`crate::transport`].
+
+pub mod auth;
+pub mod request_id;

@@ -1,0 +1,66 @@
+//! The one typed per-request context, created by the outermost stage and handed down the
+//! chain. Stages add to it (the principal, timings); handlers take it to build the answer.
+
+use axum::extract::FromRequestParts;
+use http::HeaderValue;
+use http::request::Parts;
+use switchyard_core::GatewayError;
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+use crate::timing::Timings;
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// No client auth is configured (loopback-only gateway).
+    Anonymous,
+    /// The client presented the master key.
+    MasterKey,
+}
+
+impl Principal {
+    /// A stable label for logs and analytics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Principal::Anonymous => "anonymous",
+            Principal::MasterKey => "master",
+        }
+    }
+}
+
+/// Everything the chain knows about one request. (`Clone` only because request extensions
+/// require it; the chain moves it, it does not share it.)
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// The request id, echoed in `x-request-id`.
+    pub request_id: HeaderValue,
+    /// Stage durations, for `Server-Timing`.
+    pub timings: Timings,
+    /// When the whole request, stream included, must be over.
+    pub deadline: Instant,
+    /// Set by the auth stage.
+    pub principal: Principal,
+}
+
+impl RequestContext {
+    /// The request id as text (ids are generated or checked to be visible ASCII).
+    pub fn request_id_str(&self) -> &str {
+        self.request_id.to_str().unwrap_or("invalid")
+    }
+}
+
+/// Extractor that takes the context out of the request: one owner at a time.
+pub struct Ctx(pub RequestContext);
+
+impl<S: Send + Sync> FromRequestParts<S> for Ctx {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .remove::<RequestContext>()
+            .map(Ctx)
+            .ok_or_else(|| ApiError(GatewayError::internal("request context missing")))
+    }
+}

@@ -1,0 +1,252 @@
+//! `POST /v1/chat/completions`: stages 6 to 9 of the chain for chat, streamed or not.
+//!
+//! Parse → route (model → targets) → failover over the targets, each attempt being adapter
+//! (build) → transport (send) → adapter (translate). A stream is committed to a target only
+//! once that target has produced its first event, so a provider that fails before its first
+//! byte is failed over like any other; after that, a failure ends the stream with an
+//! OpenAI-style error event, never a silent truncation.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use eventsource_stream::Event;
+use futures_util::{Stream, StreamExt};
+use http::{HeaderValue, header};
+use switchyard_core::config::Target;
+use switchyard_core::provider::{self, CallInfo, SseEvent, StreamDecoder, StreamItem};
+use switchyard_core::wire::ChatRequest;
+use switchyard_core::{ErrorKind, GatewayError, Origin};
+use tokio::time::timeout_at;
+
+use super::{Served, annotate, now_unix, read_body};
+use crate::app::AppState;
+use crate::context::{Ctx, RequestContext};
+use crate::error::ApiError;
+use crate::failover;
+use crate::timing::Stage;
+use crate::transport;
+
+/// The handler.
+pub async fn chat_completions(State(app): State<AppState>, Ctx(mut context): Ctx, body: Body) -> Response {
+    let deadline = context.deadline;
+    match timeout_at(deadline, handle(&app, &mut context, body)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => error_with_timing(&context, error),
+        Err(_) => error_with_timing(
+            &context,
+            GatewayError::new(
+                ErrorKind::Timeout,
+                Origin::Gateway,
+                "The request did not finish within the gateway's request timeout",
+            ),
+        ),
+    }
+}
+
+fn error_with_timing(context: &RequestContext, error: GatewayError) -> Response {
+    let mut response = ApiError(error).into_response();
+    annotate(&mut response, context, None);
+    response
+}
+
+async fn handle(app: &AppState, context: &mut RequestContext, body: Body) -> Result<Response, GatewayError> {
+    let started = Instant::now();
+    let body = read_body(body, app.config.server.max_body_bytes).await?;
+    let request = ChatRequest::from_slice(&body)?;
+    let started = context.timings.lap(Stage::Parse, started);
+
+    let resolution = app.router.resolve(&request.model)?;
+    context.timings.lap(Stage::Route, started);
+
+    if request.stream {
+        stream(app, context, &request, resolution.route_name(), resolution.targets()).await
+    } else {
+        super::complete(
+            app,
+            context,
+            resolution.route_name(),
+            resolution.targets(),
+            |call| provider::chat_request(call, &request),
+            |call, body| provider::chat_response(call, &request, body),
+        )
+        .await
+    }
+}
+
+/// A stream whose provider has produced its first event.
+struct StartedStream {
+    decoder: StreamDecoder,
+    events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, GatewayError>> + Send>>,
+    pending: VecDeque<StreamItem>,
+}
+
+/// A streamed answer.
+async fn stream(
+    app: &AppState,
+    context: &mut RequestContext,
+    request: &ChatRequest,
+    route: &str,
+    targets: &[Target],
+) -> Result<Response, GatewayError> {
+    let now = now_unix();
+    let request_id = context.request_id_str().to_owned();
+    let deadline = context.deadline;
+    let upstream_started = Instant::now();
+    let result = failover::run(targets, |target| {
+        let request_id = &request_id;
+        async move {
+            let call = CallInfo {
+                provider: &target.provider,
+                model: &target.model,
+                now_unix: now,
+                request_id,
+            };
+            let upstream = provider::chat_request(&call, request)?;
+            let response = app.transport.send(&target.provider, upstream, deadline).await?;
+            let mut started = StartedStream {
+                decoder: StreamDecoder::new(&call, request),
+                events: Box::pin(transport::events(
+                    Arc::clone(&target.provider),
+                    response,
+                    app.transport.idle_timeout(),
+                    deadline,
+                )),
+                pending: VecDeque::new(),
+            };
+            // Commit to this target only once it has produced output (or finished cleanly).
+            while started.pending.is_empty() {
+                match started.events.next().await {
+                    Some(Ok(event)) => {
+                        let mut out = Vec::new();
+                        started.decoder.decode(sse(&event), &mut out)?;
+                        started.pending.extend(out);
+                    }
+                    Some(Err(error)) => return Err(error),
+                    None => {
+                        let mut out = Vec::new();
+                        started.decoder.finish(&mut out)?;
+                        started.pending.extend(out);
+                        break;
+                    }
+                }
+            }
+            Ok(started)
+        }
+    })
+    .await;
+    context.timings.record(Stage::Upstream, upstream_started.elapsed());
+    let served = match result {
+        Ok(served) => served,
+        Err(failed) => return Ok(super::failure_response(context, failed)),
+    };
+    let provider_name = served.target.provider.name.clone();
+    let body = Body::from_stream(sse_body(served.value, provider_name, request_id));
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    annotate(
+        &mut response,
+        context,
+        Some(&Served {
+            provider: &served.target.provider.name,
+            model: &served.target.model,
+            route,
+            attempts: served.attempts,
+        }),
+    );
+    Ok(response)
+}
+
+fn sse(event: &Event) -> SseEvent<'_> {
+    SseEvent {
+        event: if event.event.is_empty() { "message" } else { &event.event },
+        data: &event.data,
+    }
+}
+
+/// The client's SSE body: pending items first, then upstream events as they come.
+fn sse_body(
+    started: StartedStream,
+    provider: String,
+    request_id: String,
+) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
+    futures_util::stream::unfold(
+        Some((started, provider, request_id)),
+        |state| async move {
+            let (mut started, provider, request_id) = state?;
+            loop {
+                if let Some(item) = started.pending.pop_front() {
+                    let done = matches!(item, StreamItem::Done);
+                    let frame = frame(&item);
+                    if done {
+                        log_stream_end(&started, &provider, &request_id, None);
+                        return Some((Ok(frame), None));
+                    }
+                    return Some((Ok(frame), Some((started, provider, request_id))));
+                }
+                let mut out = Vec::new();
+                let step = match started.events.next().await {
+                    Some(Ok(event)) => started.decoder.decode(sse(&event), &mut out),
+                    Some(Err(error)) => Err(error),
+                    None => started.decoder.finish(&mut out),
+                };
+                match step {
+                    Ok(()) => {
+                        if out.is_empty() && started.pending.is_empty() {
+                            // An event with nothing to forward (ping, message_start...).
+                            continue;
+                        }
+                        started.pending.extend(out);
+                    }
+                    Err(error) => {
+                        log_stream_end(&started, &provider, &request_id, Some(&error));
+                        return Some((Ok(error_frame(&error)), None));
+                    }
+                }
+            }
+        },
+    )
+}
+
+fn log_stream_end(started: &StartedStream, provider: &str, request_id: &str, error: Option<&GatewayError>) {
+    let usage = started.decoder.usage().unwrap_or_default();
+    match error {
+        None => tracing::debug!(
+            request_id,
+            provider,
+            input_tokens = usage.input,
+            output_tokens = usage.output,
+            "chat stream served"
+        ),
+        Some(error) => tracing::warn!(request_id, provider, error = %error, "chat stream failed mid-way"),
+    }
+}
+
+fn frame(item: &StreamItem) -> Bytes {
+    match item {
+        StreamItem::Chunk { data, .. } => {
+            let mut frame = BytesMut::with_capacity(data.len() + 8);
+            frame.put_slice(b"data: ");
+            frame.put_slice(data);
+            frame.put_slice(b"\n\n");
+            frame.freeze()
+        }
+        StreamItem::Done => Bytes::from_static(b"data: [DONE]\n\n"),
+    }
+}
+
+/// A mid-stream failure, as OpenAI sends it: an `error` object in a data event.
+fn error_frame(error: &GatewayError) -> Bytes {
+    let mut frame = BytesMut::with_capacity(160);
+    frame.put_slice(b"data: ");
+    frame.put_slice(&error.to_json());
+    frame.put_slice(b"\n\n");
+    frame.freeze()
+}

@@ -1,0 +1,44 @@
+//! `POST /v1/embeddings`: parse, route, then failover over the targets through the adapters.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use switchyard_core::GatewayError;
+use switchyard_core::provider;
+use switchyard_core::wire::EmbeddingsRequest;
+
+use super::{annotate, read_body};
+use crate::app::AppState;
+use crate::context::{Ctx, RequestContext};
+use crate::error::ApiError;
+use crate::timing::Stage;
+
+/// The handler.
+pub async fn embeddings(State(app): State<AppState>, Ctx(mut context): Ctx, body: Body) -> Response {
+    match handle(&app, &mut context, body).await {
+        Ok(response) => response,
+        Err(error) => {
+            let mut response = ApiError(error).into_response();
+            annotate(&mut response, &context, None);
+            response
+        }
+    }
+}
+
+async fn handle(app: &AppState, context: &mut RequestContext, body: Body) -> Result<Response, GatewayError> {
+    let started = std::time::Instant::now();
+    let body = read_body(body, app.config.server.max_body_bytes).await?;
+    let request = EmbeddingsRequest::from_slice(&body)?;
+    let started = context.timings.lap(Stage::Parse, started);
+    let resolution = app.router.resolve(&request.model)?;
+    context.timings.lap(Stage::Route, started);
+    super::complete(
+        app,
+        context,
+        resolution.route_name(),
+        resolution.targets(),
+        |call| provider::embeddings_request(call, &request),
+        |call, body| provider::embeddings_response(call, &request, body),
+    )
+    .await
+}

@@ -1,0 +1,164 @@
+//! Endpoint handlers: the LLM-specific stages of the chain (route, failover, adapter,
+//! transport) for each OpenAI endpoint, plus models, health and the fallbacks.
+
+pub mod chat;
+pub mod embeddings;
+pub mod meta;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use http_body_util::{BodyExt, Limited};
+use axum::response::IntoResponse;
+use switchyard_core::config::Target;
+use switchyard_core::provider::{CallInfo, Completion, UpstreamRequest};
+use switchyard_core::{ErrorKind, GatewayError, Origin};
+
+use crate::app::AppState;
+use crate::context::RequestContext;
+use crate::error::ApiError;
+use crate::failover;
+use crate::timing::Stage;
+
+/// Reads the request body up to `limit` bytes; beyond it, a 413.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) => {
+            if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                Err(GatewayError::new(
+                    ErrorKind::PayloadTooLarge,
+                    Origin::Client,
+                    format!("The request body is larger than this gateway's limit of {limit} bytes"),
+                )
+                .with_code("request_too_large"))
+            } else {
+                Err(GatewayError::invalid_request("The request body could not be read"))
+            }
+        }
+    }
+}
+
+/// What the gateway tells the client about how it served a request.
+pub struct Served<'a> {
+    /// The provider that answered.
+    pub provider: &'a str,
+    /// The upstream model that answered.
+    pub model: &'a str,
+    /// The route the request resolved to.
+    pub route: &'a str,
+    /// How many attempts it took.
+    pub attempts: u32,
+}
+
+/// Stamps the `x-switchyard-*` and `Server-Timing` headers.
+pub fn annotate(response: &mut Response, context: &RequestContext, served: Option<&Served<'_>>) {
+    let headers = response.headers_mut();
+    if let Some(served) = served {
+        insert(headers, "x-switchyard-provider", served.provider);
+        insert(headers, "x-switchyard-model", served.model);
+        insert(headers, "x-switchyard-route", served.route);
+        headers.insert(
+            HeaderName::from_static("x-switchyard-attempts"),
+            HeaderValue::from(served.attempts),
+        );
+    }
+    insert(headers, "server-timing", &context.timings.server_timing());
+}
+
+fn insert(headers: &mut http::HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(HeaderName::from_static(name), value);
+    }
+}
+
+/// Unix seconds now, for `created` fields.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A non-streamed answer from the first target that serves it: `build` makes the upstream
+/// request with the target's adapter, `translate` reads a 2xx answer.
+pub async fn complete<B, T>(
+    app: &AppState,
+    context: &mut RequestContext,
+    route: &str,
+    targets: &[Target],
+    build: B,
+    translate: T,
+) -> Result<Response, GatewayError>
+where
+    B: Fn(&CallInfo<'_>) -> Result<UpstreamRequest, GatewayError>,
+    T: Fn(&CallInfo<'_>, &[u8]) -> Result<Completion, GatewayError>,
+{
+    let now = now_unix();
+    let request_id = context.request_id_str().to_owned();
+    let deadline = context.deadline;
+    let upstream_started = std::time::Instant::now();
+    let result = failover::run(targets, |target| {
+        let (request_id, build, translate) = (&request_id, &build, &translate);
+        async move {
+            let call = CallInfo {
+                provider: &target.provider,
+                model: &target.model,
+                now_unix: now,
+                request_id,
+            };
+            let upstream = build(&call)?;
+            let response = app.transport.send(&target.provider, upstream, deadline).await?;
+            let body = app.transport.read_body(&target.provider, response, deadline).await?;
+            let translate_started = std::time::Instant::now();
+            let completion = translate(&call, &body)?;
+            Ok((completion, translate_started.elapsed()))
+        }
+    })
+    .await;
+    let upstream = upstream_started.elapsed();
+    match result {
+        Ok(served) => {
+            let (completion, translate) = served.value;
+            context.timings.record(Stage::Upstream, upstream.saturating_sub(translate));
+            context.timings.record(Stage::Translate, translate);
+            tracing::debug!(
+                request_id = %request_id,
+                provider = %served.target.provider.name,
+                input_tokens = completion.usage.input,
+                output_tokens = completion.usage.output,
+                "request served"
+            );
+            let mut response = Response::new(Body::from(completion.body));
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            annotate(
+                &mut response,
+                context,
+                Some(&Served {
+                    provider: &served.target.provider.name,
+                    model: &served.target.model,
+                    route,
+                    attempts: served.attempts,
+                }),
+            );
+            Ok(response)
+        }
+        Err(failed) => {
+            context.timings.record(Stage::Upstream, upstream);
+            Ok(failure_response(context, failed))
+        }
+    }
+}
+
+/// The answer when every attempt failed.
+pub fn failure_response(context: &RequestContext, failed: failover::Failed) -> Response {
+    let mut response = ApiError(failed.error).into_response();
+    response.headers_mut().insert(
+        HeaderName::from_static("x-switchyard-attempts"),
+        HeaderValue::from(failed.attempts),
+    );
+    annotate(&mut response, context, None);
+    response
+}

@@ -1,0 +1,109 @@
+//! Per-stage durations of one request, reported in `Server-Timing`.
+//!
+//! Stages are recorded as they finish; the header lists them in that order plus `total`.
+//! Durations are printed in milliseconds with microsecond precision.
+
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+/// A stage of the request path, as named in `Server-Timing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Client authentication.
+    Auth,
+    /// Reading and parsing the request body.
+    Parse,
+    /// Resolving the model to targets.
+    Route,
+    /// Provider calls: from the first request sent to the answer's headers (or, for a
+    /// non-streamed answer, its whole body), over all attempts.
+    Upstream,
+    /// Translating the provider's answer.
+    Translate,
+}
+
+impl Stage {
+    /// The `Server-Timing` metric name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Auth => "auth",
+            Stage::Parse => "parse",
+            Stage::Route => "route",
+            Stage::Upstream => "upstream",
+            Stage::Translate => "translate",
+        }
+    }
+}
+
+/// The stage durations of one request.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// When the gateway started on the request.
+    pub started: Instant,
+    stages: Vec<(Stage, Duration)>,
+}
+
+impl Timings {
+    /// Starts timing a request now.
+    pub fn start() -> Self {
+        Timings {
+            started: Instant::now(),
+            stages: Vec::with_capacity(6),
+        }
+    }
+
+    /// Adds `duration` to `stage` (a stage can run several times, e.g. per attempt).
+    pub fn record(&mut self, stage: Stage, duration: Duration) {
+        match self.stages.iter_mut().find(|(s, _)| *s == stage) {
+            Some((_, total)) => *total += duration,
+            None => self.stages.push((stage, duration)),
+        }
+    }
+
+    /// Records the time since `since` for `stage`, and returns now.
+    pub fn lap(&mut self, stage: Stage, since: Instant) -> Instant {
+        let now = Instant::now();
+        self.record(stage, now.saturating_duration_since(since));
+        now
+    }
+
+    /// The recorded duration of `stage`.
+    pub fn get(&self, stage: Stage) -> Option<Duration> {
+        self.stages.iter().find(|(s, _)| *s == stage).map(|(_, d)| *d)
+    }
+
+    /// The `Server-Timing` header value, with `total` up to now.
+    pub fn server_timing(&self) -> String {
+        let mut header = String::with_capacity(96);
+        for (stage, duration) in &self.stages {
+            push_metric(&mut header, stage.name(), *duration);
+        }
+        push_metric(&mut header, "total", self.started.elapsed());
+        header
+    }
+}
+
+fn push_metric(header: &mut String, name: &str, duration: Duration) {
+    if !header.is_empty() {
+        header.push_str(", ");
+    }
+    let micros = duration.as_micros();
+    // Writing to a String cannot fail.
+    let _ = write!(header, "{name};dur={}.{:03}", micros / 1000, micros % 1000);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_lists_stages_in_order_with_microseconds() {
+        let mut timings = Timings::start();
+        timings.record(Stage::Auth, Duration::from_micros(12));
+        timings.record(Stage::Upstream, Duration::from_micros(1_500));
+        timings.record(Stage::Upstream, Duration::from_micros(250));
+        let header = timings.server_timing();
+        assert!(header.starts_with("auth;dur=0.012, upstream;dur=1.750, total;dur="), "{header}");
+        assert_eq!(timings.get(Stage::Upstream), Some(Duration::from_micros(1_750)));
+    }
+}

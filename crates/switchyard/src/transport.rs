@@ -1,0 +1,283 @@
+//! The transport: one pooled HTTP client for every provider (keep-alive, HTTP/2 where the
+//! provider offers it through ALPN, rustls, `TCP_NODELAY`), with connect, first-byte, idle and
+//! total deadlines. It sends what an adapter built and hands back bytes or SSE events; it
+//! knows nothing about wire formats beyond asking the adapter to read error bodies.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use eventsource_stream::{Event, EventStreamError, Eventsource};
+use futures_util::{Stream, StreamExt};
+use switchyard_core::config::{Provider, UpstreamConfig};
+use switchyard_core::error::ErrorKind;
+use switchyard_core::provider::{UpstreamRequest, error_response};
+use switchyard_core::{GatewayError, Origin};
+use tokio::time::{Instant, timeout_at};
+
+/// Largest provider answer the gateway will buffer (non-streamed), to bound memory.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest error body read for its message.
+const MAX_ERROR_BYTES: usize = 64 * 1024;
+
+/// The shared upstream client. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    client: reqwest::Client,
+    timeouts: UpstreamConfig,
+}
+
+impl Transport {
+    /// Builds the client. Needs a rustls crypto provider installed (see `main`).
+    pub fn new(timeouts: UpstreamConfig) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .tls_backend_rustls()
+            .connect_timeout(timeouts.connect_timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .http2_adaptive_window(true)
+            // Upstream URLs come from config only; never follow a redirect elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| format!("could not build the HTTP client: {error}"))?;
+        Ok(Transport { client, timeouts })
+    }
+
+    /// The idle timeout between body chunks.
+    pub fn idle_timeout(&self) -> Duration {
+        self.timeouts.idle_timeout
+    }
+
+    /// Sends `request` and waits for the answer's headers. A non-2xx answer is read and
+    /// mapped to a gateway error by the provider's adapter.
+    pub async fn send(
+        &self,
+        provider: &Provider,
+        request: UpstreamRequest,
+        deadline: Instant,
+    ) -> Result<reqwest::Response, GatewayError> {
+        let builder = self
+            .client
+            .request(request.method, request.url)
+            .headers(request.headers)
+            .body(request.body);
+        let first_byte = deadline.min(Instant::now() + self.timeouts.first_byte_timeout);
+        let response = match timeout_at(first_byte, builder.send()).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return Err(send_error(provider, &error)),
+            Err(_) => {
+                return Err(timeout(
+                    provider,
+                    format!(
+                        "provider {} did not answer within {:?}",
+                        provider.name,
+                        first_byte_limit(first_byte, deadline, self.timeouts.first_byte_timeout)
+                    ),
+                ));
+            }
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let retry_after = retry_after(response.headers());
+        let body = self
+            .read_limited(provider, response, deadline, MAX_ERROR_BYTES)
+            .await
+            .unwrap_or_default();
+        Err(error_response(provider, status.as_u16(), retry_after, &body))
+    }
+
+    /// Reads a whole answer body, with the idle timeout between chunks.
+    pub async fn read_body(
+        &self,
+        provider: &Provider,
+        response: reqwest::Response,
+        deadline: Instant,
+    ) -> Result<Bytes, GatewayError> {
+        self.read_limited(provider, response, deadline, MAX_RESPONSE_BYTES)
+            .await
+    }
+
+    async fn read_limited(
+        &self,
+        provider: &Provider,
+        mut response: reqwest::Response,
+        deadline: Instant,
+        limit: usize,
+    ) -> Result<Bytes, GatewayError> {
+        // Most answers arrive in one chunk: keep it as is and copy only when a second comes.
+        let mut first: Option<Bytes> = None;
+        let mut body = BytesMut::new();
+        loop {
+            let idle = deadline.min(Instant::now() + self.timeouts.idle_timeout);
+            match timeout_at(idle, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => {
+                    let held = first.as_ref().map_or(0, Bytes::len);
+                    if held + body.len() + chunk.len() > limit {
+                        return Err(GatewayError::new(
+                            ErrorKind::BadGateway,
+                            Origin::Upstream(provider.name.clone()),
+                            format!("provider {} sent an answer over {limit} bytes", provider.name),
+                        ));
+                    }
+                    match first.take() {
+                        None if body.is_empty() => first = Some(chunk),
+                        held => {
+                            if let Some(held) = held {
+                                body.extend_from_slice(&held);
+                            }
+                            body.extend_from_slice(&chunk);
+                        }
+                    }
+                }
+                Ok(Ok(None)) => return Ok(first.unwrap_or_else(|| body.freeze())),
+                Ok(Err(error)) => return Err(body_error(provider, &error)),
+                Err(_) => {
+                    return Err(timeout(
+                        provider,
+                        format!("provider {} stopped sending its answer", provider.name),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Server-sent events of a streamed answer, with the idle timeout and deadline applied.
+pub fn events(
+    provider: std::sync::Arc<Provider>,
+    response: reqwest::Response,
+    idle_timeout: Duration,
+    deadline: Instant,
+) -> impl Stream<Item = Result<Event, GatewayError>> + Send + 'static {
+    let events = response.bytes_stream().eventsource();
+    futures_util::stream::unfold(
+        (Box::pin(events), provider, false),
+        move |(mut events, provider, ended)| async move {
+            if ended {
+                return None;
+            }
+            let idle = deadline.min(Instant::now() + idle_timeout);
+            match timeout_at(idle, events.next()).await {
+                Ok(Some(Ok(event))) => Some((Ok(event), (events, provider, false))),
+                Ok(Some(Err(error))) => {
+                    let error = match error {
+                        EventStreamError::Transport(error) => body_error(&provider, &error),
+                        EventStreamError::Utf8(_) | EventStreamError::Parser(_) => {
+                            GatewayError::new(
+                                ErrorKind::BadGateway,
+                                Origin::Upstream(provider.name.clone()),
+                                format!("provider {} sent a malformed event stream", provider.name),
+                            )
+                        }
+                    };
+                    Some((Err(error), (events, provider, true)))
+                }
+                Ok(None) => None,
+                Err(_) => {
+                    let error = timeout(
+                        &provider,
+                        if Instant::now() >= deadline {
+                            "the request deadline passed while streaming".to_owned()
+                        } else {
+                            format!("provider {} went silent for {idle_timeout:?}", provider.name)
+                        },
+                    );
+                    Some((Err(error), (events, provider, true)))
+                }
+            }
+        },
+    )
+}
+
+fn first_byte_limit(first_byte: Instant, deadline: Instant, configured: Duration) -> Duration {
+    if first_byte >= deadline {
+        deadline.saturating_duration_since(Instant::now())
+    } else {
+        configured
+    }
+}
+
+fn timeout(provider: &Provider, message: String) -> GatewayError {
+    GatewayError::new(ErrorKind::Timeout, Origin::Upstream(provider.name.clone()), message)
+}
+
+fn send_error(provider: &Provider, error: &reqwest::Error) -> GatewayError {
+    tracing::warn!(provider = %provider.name, error = %error_chain(error), "upstream request failed");
+    let origin = Origin::Upstream(provider.name.clone());
+    if error.is_connect() {
+        GatewayError::new(
+            ErrorKind::Unavailable,
+            origin,
+            format!("could not connect to provider {}", provider.name),
+        )
+    } else if error.is_timeout() {
+        GatewayError::new(
+            ErrorKind::Timeout,
+            origin,
+            format!("provider {} timed out", provider.name),
+        )
+    } else {
+        GatewayError::new(
+            ErrorKind::BadGateway,
+            origin,
+            format!("the connection to provider {} failed", provider.name),
+        )
+    }
+}
+
+fn body_error(provider: &Provider, error: &reqwest::Error) -> GatewayError {
+    tracing::warn!(provider = %provider.name, error = %error_chain(error), "upstream body failed");
+    GatewayError::new(
+        ErrorKind::BadGateway,
+        Origin::Upstream(provider.name.clone()),
+        format!("the connection to provider {} broke during the answer", provider.name),
+    )
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// `Retry-After` (seconds) or OpenAI's `retry-after-ms`.
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    if let Some(ms) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+    {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
+    }
+    headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_headers() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert("retry-after-ms", "1500".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_millis(1500)));
+        headers.insert("retry-after-ms", "nan".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+    }
+}
