@@ -1,8 +1,216 @@
-//! `switchyard demo`: the gateway over simulated providers (being written).
+//! `switchyard demo`: the real gateway over three simulated providers, with a little steady
+//! traffic, so that a newcomer sees it working with no API keys at all.
+//!
+//! The providers are in-process mock servers (from `switchyard-testkit`) on loopback ports,
+//! each speaking a different wire format so that translation is exercised too:
+//! - `swift` (OpenAI format): fast and reliable;
+//! - `steady` (Anthropic format): slower and reliable;
+//! - `flaky` (Gemini format): quick, but one request in four fails with a 500.
+//!
+//! Everything else is the production path: the same config validation, router, chain,
+//! failover and transport as `switchyard serve`.
 
-use crate::cli::DemoArgs;
+use std::collections::HashMap;
+use std::time::Duration;
 
-/// Runs the demo.
-pub async fn run(_args: DemoArgs) -> Result<(), String> {
-    Err("the demo is not built yet".to_owned())
+use switchyard_core::config::{self, RawConfig, RawProvider, RawRoute, RawTarget};
+use switchyard_testkit::mock::{Behavior, MockHandle, MockProvider};
+
+use crate::cli::{DemoArgs, ProcessEnv, announce};
+use crate::app::AppState;
+use crate::server;
+
+/// The demo providers: name, config kind, behaviour.
+fn providers() -> [(&'static str, &'static str, Behavior); 3] {
+    [
+        (
+            "swift",
+            "openai",
+            Behavior {
+                latency_ms: 40,
+                ttft_ms: 30,
+                chunk_delay_ms: 20,
+                ..Behavior::default()
+            },
+        ),
+        (
+            "steady",
+            "anthropic",
+            Behavior {
+                latency_ms: 250,
+                ttft_ms: 120,
+                chunk_delay_ms: 40,
+                ..Behavior::default()
+            },
+        ),
+        (
+            "flaky",
+            "gemini",
+            Behavior {
+                latency_ms: 60,
+                ttft_ms: 40,
+                chunk_delay_ms: 25,
+                error_rate: 0.25,
+                ..Behavior::default()
+            },
+        ),
+    ]
+}
+
+/// The demo's routes: name and targets (provider, upstream model), tried in order.
+const ROUTES: &[(&str, &[(&str, &str)])] = &[
+    ("demo", &[("flaky", "gemini-demo"), ("swift", "gpt-demo"), ("steady", "claude-demo")]),
+    ("fast", &[("swift", "gpt-demo")]),
+    ("smart", &[("steady", "claude-demo"), ("swift", "gpt-demo")]),
+];
+
+/// Runs the demo until Ctrl-C.
+pub async fn run(args: DemoArgs) -> Result<(), String> {
+    let mut mocks: Vec<MockHandle> = Vec::new();
+    for (name, _, behavior) in providers() {
+        let mock = MockProvider::builder()
+            .name(name)
+            .behavior(behavior)
+            .expect_api_key("demo-key")
+            .spawn()
+            .await
+            .map_err(|error| format!("could not start the simulated provider {name}: {error}"))?;
+        mocks.push(mock);
+    }
+    let raw = demo_config(&mocks);
+    // The simulated providers' keys are fixed; only the master key comes from the process.
+    let mut env: HashMap<String, String> = HashMap::from([("DEMO_KEY".to_owned(), "demo-key".to_owned())]);
+    if let Some(master) = config::Env::var(&ProcessEnv, config::DEFAULT_MASTER_KEY_ENV) {
+        env.insert(config::DEFAULT_MASTER_KEY_ENV.to_owned(), master);
+    }
+    let config = config::validate(&raw, &env).map_err(|error| format!("demo config: {error}"))?;
+    let listen = crate::cli::resolve_listen(Some(&args.listen), &config)?;
+    let master_key = config.server.master_key.clone();
+    let state = AppState::new(config)?;
+    let listener = server::bind(listen).await?;
+    let local = listener
+        .local_addr()
+        .map_err(|error| format!("could not read the listening address: {error}"))?;
+    let base = format!("http://{local}");
+    announce(&banner(&base, master_key.is_some()));
+    if !args.no_traffic {
+        tokio::spawn(traffic(base.clone(), master_key.map(|key| key.expose().to_owned())));
+    }
+    server::serve(listener, state, server::shutdown_signal()).await;
+    for mock in &mocks {
+        mock.shutdown().await;
+    }
+    Ok(())
+}
+
+/// The config the demo runs with, pointing at the mocks.
+fn demo_config(mocks: &[MockHandle]) -> RawConfig {
+    let providers = providers()
+        .iter()
+        .zip(mocks)
+        .map(|((name, kind, _), mock)| RawProvider {
+            name: (*name).to_owned(),
+            kind: (*kind).to_owned(),
+            base_url: Some(match *kind {
+                "openai" => format!("{}/v1", mock.base_url()),
+                _ => mock.base_url(),
+            }),
+            api_key_env: Some("DEMO_KEY".to_owned()),
+            models: Some(vec![]),
+            ..RawProvider::default()
+        })
+        .collect();
+    let routes = ROUTES
+        .iter()
+        .map(|(name, targets)| RawRoute {
+            model: (*name).to_owned(),
+            targets: targets
+                .iter()
+                .map(|(provider, model)| RawTarget {
+                    provider: (*provider).to_owned(),
+                    model: (*model).to_owned(),
+                })
+                .collect(),
+        })
+        .collect();
+    RawConfig {
+        providers,
+        routes,
+        ..RawConfig::default()
+    }
+}
+
+fn banner(base: &str, auth: bool) -> String {
+    let auth_header = if auth {
+        " -H \"Authorization: Bearer $SWITCHYARD_MASTER_KEY\""
+    } else {
+        ""
+    };
+    format!(
+        "switchyard listening on {base}\n\
+         \n\
+         Switchyard demo: three simulated providers, no API keys needed.\n\
+         \x20 swift  (OpenAI format)    fast, reliable\n\
+         \x20 steady (Anthropic format) slower, reliable\n\
+         \x20 flaky  (Gemini format)    fails 1 request in 4; route `demo` fails over from it\n\
+         Routes: demo, fast, smart. A little background traffic is running.\n\
+         \n\
+         Try:\n\
+         \x20 curl {base}/v1/chat/completions{auth_header} -H 'content-type: application/json' \\\n\
+         \x20   -d '{{\"model\":\"demo\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}' -i\n\
+         \x20 curl -N {base}/v1/chat/completions{auth_header} \\\n\
+         \x20   -d '{{\"model\":\"smart\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Stream to me\"}}]}}'\n\
+         \x20 curl {base}/v1/models{auth_header}\n\
+         Or point any OpenAI SDK at base_url={base}/v1.\n\
+         Press Ctrl-C to stop."
+    )
+}
+
+/// Steady background traffic: a request every 750 ms, cycling routes, streamed and not.
+async fn traffic(base: String, master_key: Option<String>) {
+    let client = match reqwest::Client::builder().timeout(Duration::from_secs(30)).build() {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::warn!(%error, "demo traffic disabled: could not build a client");
+            return;
+        }
+    };
+    let prompts = [
+        "What is a switchyard?",
+        "Summarise the benefits of failover",
+        "Write a haiku about latency",
+        "Explain circuit breakers briefly",
+    ];
+    let url = format!("{base}/v1/chat/completions");
+    let mut interval = tokio::time::interval(Duration::from_millis(750));
+    let mut sent: u64 = 0;
+    let mut failed: u64 = 0;
+    for round in 0u64.. {
+        interval.tick().await;
+        let (route, _) = ROUTES[(round % ROUTES.len() as u64) as usize];
+        let prompt = prompts[(round % prompts.len() as u64) as usize];
+        let body = serde_json::json!({
+            "model": route,
+            "stream": round % 3 == 0,
+            "messages": [{"role": "user", "content": prompt}],
+        });
+        let mut request = client
+            .post(&url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        if let Some(key) = &master_key {
+            request = request.bearer_auth(key);
+        }
+        sent += 1;
+        let ok = match request.send().await {
+            Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
+            Err(_) => false,
+        };
+        if !ok {
+            failed += 1;
+        }
+        if sent % 40 == 0 {
+            tracing::info!(sent, failed, "demo traffic");
+        }
+    }
 }

@@ -1152,3 +1152,679 @@ impl AnthropicStream {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::test_support::{golden, golden_sse, provider};
+    use crate::provider::{StreamDecoder, chat_request as dispatch_request, error_response};
+    use pretty_assertions::assert_eq;
+    use serde_json::json;
+
+    const MODEL: &str = "claude-sonnet-4-5";
+
+    fn call(provider: &Arc<Provider>) -> CallInfo<'_> {
+        CallInfo {
+            provider,
+            model: MODEL,
+            now_unix: 1_700_000_000,
+            request_id: "req-1",
+        }
+    }
+
+    fn parse_request(value: Value) -> ChatRequest {
+        serde_json::from_value(value).unwrap()
+    }
+
+    /// A one-message request with `extra` fields merged in.
+    fn simple_request(extra: Value) -> ChatRequest {
+        let mut value = json!({"model": "smart", "messages": [{"role": "user", "content": "hi"}]});
+        for (key, field) in extra.as_object().unwrap() {
+            value[key] = field.clone();
+        }
+        parse_request(value)
+    }
+
+    fn translate(request: &ChatRequest) -> Result<Value, GatewayError> {
+        let anthropic = provider("anthropic");
+        let upstream = dispatch_request(&call(&anthropic), request)?;
+        Ok(serde_json::from_slice(&upstream.body).unwrap())
+    }
+
+    fn rejection(request: Value) -> GatewayError {
+        translate(&parse_request(request)).unwrap_err()
+    }
+
+    #[test]
+    fn request_translates_conversation_tools_and_sampling() {
+        let anthropic = provider("anthropic");
+        let request = parse_request(golden("anthropic/request.in.json"));
+        let upstream = dispatch_request(&call(&anthropic), &request).unwrap();
+        assert_eq!(upstream.method, http::Method::POST);
+        assert_eq!(upstream.url, "https://api.anthropic.com/v1/messages");
+        assert_eq!(upstream.headers["x-api-key"], "test-key");
+        assert!(upstream.headers["x-api-key"].is_sensitive());
+        assert_eq!(upstream.headers["anthropic-version"], "2023-06-01");
+        assert_eq!(upstream.headers["content-type"], "application/json");
+        assert!(upstream.headers.get("authorization").is_none());
+        let body: Value = serde_json::from_slice(&upstream.body).unwrap();
+        assert_eq!(body, golden("anthropic/request.out.json"));
+    }
+
+    #[test]
+    fn configured_headers_are_sent_and_may_pin_the_version() {
+        let mut configured = (*provider("anthropic")).clone();
+        configured.headers = vec![
+            ("anthropic-version".to_owned(), "2024-01-01".to_owned()),
+            (
+                "anthropic-beta".to_owned(),
+                "files-api-2025-04-14".to_owned(),
+            ),
+        ];
+        let configured = Arc::new(configured);
+        let upstream = chat_request(&call(&configured), &simple_request(json!({}))).unwrap();
+        assert_eq!(upstream.headers["anthropic-version"], "2024-01-01");
+        assert_eq!(upstream.headers["anthropic-beta"], "files-api-2025-04-14");
+    }
+
+    #[test]
+    fn output_limit_defaults_to_4096() {
+        let body = translate(&simple_request(json!({}))).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "model": MODEL,
+                "max_tokens": 4096,
+                "messages": [{"role": "user", "content": "hi"}]
+            })
+        );
+        let body = translate(&simple_request(
+            json!({"max_completion_tokens": 100, "max_tokens": 200, "stream": true}),
+        ))
+        .unwrap();
+        assert_eq!(body["max_tokens"], 100);
+        assert_eq!(body["stream"], true);
+    }
+
+    #[test]
+    fn tool_choice_and_parallel_tool_calls() {
+        let tools = json!([{"type": "function", "function": {"name": "lookup"}}]);
+        let cases = [
+            (json!("auto"), None, json!({"type": "auto"})),
+            (json!("none"), None, json!({"type": "none"})),
+            (json!("required"), None, json!({"type": "any"})),
+            (
+                json!({"type": "function", "function": {"name": "lookup"}}),
+                None,
+                json!({"type": "tool", "name": "lookup"}),
+            ),
+            (
+                Value::Null,
+                Some(false),
+                json!({"type": "auto", "disable_parallel_tool_use": true}),
+            ),
+            (
+                json!("required"),
+                Some(false),
+                json!({"type": "any", "disable_parallel_tool_use": true}),
+            ),
+            (json!("none"), Some(false), json!({"type": "none"})),
+            (json!("auto"), Some(true), json!({"type": "auto"})),
+            (Value::Null, None, Value::Null),
+        ];
+        for (choice, parallel, expected) in cases {
+            let mut extra = json!({"tools": tools});
+            if !choice.is_null() {
+                extra["tool_choice"] = choice.clone();
+            }
+            if let Some(parallel) = parallel {
+                extra["parallel_tool_calls"] = json!(parallel);
+            }
+            let body = translate(&simple_request(extra)).unwrap();
+            assert_eq!(
+                body.get("tool_choice").cloned().unwrap_or(Value::Null),
+                expected,
+                "tool_choice {choice}, parallel_tool_calls {parallel:?}"
+            );
+        }
+
+        // Without tools there is nothing to run in parallel: no tool_choice is invented.
+        let body = translate(&simple_request(json!({"parallel_tool_calls": false}))).unwrap();
+        assert!(body.get("tool_choice").is_none());
+
+        let error = translate(&simple_request(
+            json!({"tools": tools, "tool_choice": "sometimes"}),
+        ))
+        .unwrap_err();
+        assert_eq!(error.status(), 400);
+        assert_eq!(error.param.as_deref(), Some("tool_choice"));
+    }
+
+    #[test]
+    fn json_schema_becomes_a_forced_tool() {
+        let schema = json!({
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "temp_c": {"type": "number"}},
+            "required": ["city", "temp_c"]
+        });
+        let body = translate(&simple_request(json!({
+            "tools": [{"type": "function", "function": {"name": "lookup"}}],
+            "tool_choice": "auto",
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "weather_report", "strict": true, "schema": schema}
+            }
+        })))
+        .unwrap();
+        assert_eq!(
+            body["tools"],
+            json!([
+                {"name": "lookup", "input_schema": {"type": "object", "properties": {}}},
+                {
+                    "name": "weather_report",
+                    "description": "Respond with JSON matching this schema",
+                    "input_schema": schema
+                }
+            ])
+        );
+        assert_eq!(
+            body["tool_choice"],
+            json!({"type": "tool", "name": "weather_report"})
+        );
+        assert!(body.get("system").is_none());
+
+        let error = rejection(json!({
+            "model": "smart",
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "weather_report"}}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "weather_report"}}
+        }));
+        assert_eq!(
+            error.param.as_deref(),
+            Some("response_format.json_schema.name")
+        );
+    }
+
+    #[test]
+    fn json_object_appends_an_instruction_to_system() {
+        let json_mode = json!({"type": "json_object"});
+        let body = translate(&simple_request(json!({"response_format": json_mode}))).unwrap();
+        assert_eq!(
+            body["system"],
+            "Respond only with a single valid JSON object."
+        );
+
+        let request = parse_request(json!({
+            "model": "smart",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "List three colours."}
+            ],
+            "response_format": json_mode
+        }));
+        let body = translate(&request).unwrap();
+        assert_eq!(
+            body["system"],
+            "Be brief.\n\nRespond only with a single valid JSON object."
+        );
+        assert_eq!(
+            body["messages"],
+            json!([{"role": "user", "content": "List three colours."}])
+        );
+    }
+
+    #[test]
+    fn options_anthropic_lacks_are_rejected() {
+        let error = translate(&simple_request(json!({"n": 2}))).unwrap_err();
+        assert_eq!(error.status(), 400);
+        assert_eq!(error.param.as_deref(), Some("n"));
+        assert_eq!(
+            error.message,
+            "provider anthropic (Anthropic) does not support n > 1"
+        );
+        assert!(translate(&simple_request(json!({"n": 1}))).is_ok());
+
+        let error = translate(&simple_request(json!({"logprobs": true}))).unwrap_err();
+        assert_eq!(error.status(), 400);
+        assert_eq!(error.param.as_deref(), Some("logprobs"));
+        assert!(translate(&simple_request(json!({"logprobs": false}))).is_ok());
+
+        let error = translate(&simple_request(
+            json!({"tools": [{"type": "web_search_preview"}]}),
+        ))
+        .unwrap_err();
+        assert_eq!(error.status(), 400);
+        assert_eq!(error.param.as_deref(), Some("tools[0].type"));
+    }
+
+    #[test]
+    fn parts_anthropic_does_not_accept_are_named() {
+        let error = rejection(json!({
+            "model": "smart",
+            "messages": [
+                {"role": "system", "content": "Transcribe."},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "What is said?"},
+                    {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+                ]}
+            ]
+        }));
+        assert_eq!(error.status(), 400);
+        assert_eq!(error.param.as_deref(), Some("messages[1].content[1]"));
+        assert!(
+            error.message.contains("messages[1].content[1]")
+                && error.message.contains("(Anthropic) does not accept audio"),
+            "{}",
+            error.message
+        );
+
+        let text_file = json!({"filename": "a.txt", "file_data": "data:text/plain;base64,aGk="});
+        let error = rejection(json!({
+            "model": "smart",
+            "messages": [{"role": "user", "content": [{"type": "file", "file": text_file}]}]
+        }));
+        assert_eq!(error.param.as_deref(), Some("messages[0].content[0]"));
+
+        let error = rejection(json!({
+            "model": "smart",
+            "messages": [{"role": "function", "name": "f", "content": "42"}]
+        }));
+        assert_eq!(error.param.as_deref(), Some("messages[0].role"));
+    }
+
+    #[test]
+    fn pdf_files_become_documents() {
+        let body = translate(&parse_request(json!({
+            "model": "smart",
+            "messages": [{"role": "user", "content": [
+                {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"}},
+                {"type": "text", "text": "Summarise."}
+            ]}]
+        })))
+        .unwrap();
+        assert_eq!(
+            body["messages"],
+            json!([{"role": "user", "content": [
+                {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}},
+                {"type": "text", "text": "Summarise."}
+            ]}])
+        );
+    }
+
+    #[test]
+    fn invalid_tool_arguments_are_rejected() {
+        let conversation = |arguments: &str| {
+            json!({
+                "model": "smart",
+                "messages": [
+                    {"role": "user", "content": "Weather in Paris and Rome?"},
+                    {"role": "assistant", "tool_calls": [
+                        {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}},
+                        {"id": "call_2", "type": "function", "function": {"name": "weather", "arguments": arguments}}
+                    ]}
+                ]
+            })
+        };
+        for arguments in ["{\"city\": \"Rome\"", "[\"Rome\"]"] {
+            let error = rejection(conversation(arguments));
+            assert_eq!(error.status(), 400, "{arguments}");
+            assert_eq!(
+                error.param.as_deref(),
+                Some("messages[1].tool_calls[1].function.arguments"),
+                "{arguments}"
+            );
+        }
+        // No content and no arguments: only tool_use blocks, with an empty input.
+        let body = translate(&parse_request(conversation(""))).unwrap();
+        assert_eq!(
+            body["messages"][1],
+            json!({"role": "assistant", "content": [
+                {"type": "tool_use", "id": "call_1", "name": "weather", "input": {"city": "Paris"}},
+                {"type": "tool_use", "id": "call_2", "name": "weather", "input": {}}
+            ]})
+        );
+    }
+
+    fn respond(request: &ChatRequest, body: &[u8]) -> Result<Completion, GatewayError> {
+        let anthropic = provider("anthropic");
+        crate::provider::chat_response(&call(&anthropic), request, body)
+    }
+
+    fn body_json(completion: &Completion) -> Value {
+        serde_json::from_slice(&completion.body).unwrap()
+    }
+
+    #[test]
+    fn response_translates_text_tool_calls_and_cache_usage() {
+        let body = golden("anthropic/response.json").to_string();
+        let completion = respond(&simple_request(json!({})), body.as_bytes()).unwrap();
+        assert_eq!(
+            body_json(&completion),
+            golden("anthropic/response.out.json")
+        );
+        assert_eq!(
+            completion.usage,
+            TokenUsage {
+                input: 1150,
+                output: 45,
+                cached_input: 1000,
+                cache_write: 30,
+                reasoning: 0
+            }
+        );
+    }
+
+    #[test]
+    fn response_drops_thinking() {
+        let body = golden("anthropic/response_thinking.json").to_string();
+        let completion = respond(&simple_request(json!({})), body.as_bytes()).unwrap();
+        assert_eq!(
+            body_json(&completion),
+            golden("anthropic/response_thinking.out.json")
+        );
+        assert_eq!(completion.usage.input, 10);
+        assert_eq!(completion.usage.output, 50);
+    }
+
+    #[test]
+    fn json_schema_response_becomes_content_in_the_model_key_order() {
+        let request = simple_request(json!({
+            "response_format": {"type": "json_schema", "json_schema": {"name": "weather_report"}}
+        }));
+        // Pretty-printed on purpose, keys not sorted, and a string holding spaces and quotes.
+        let body = r#"{
+            "id": "msg_01Schema", "type": "message", "role": "assistant",
+            "model": "claude-sonnet-4-5-20250929",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "weather_report",
+                         "input": {"temp_c": 21, "city": "Paris", "note": "mild, \"sunny\" "}}],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 90, "output_tokens": 20}
+        }"#;
+        let completion = respond(&request, body.as_bytes()).unwrap();
+        let choice = &body_json(&completion)["choices"][0];
+        assert_eq!(
+            choice["message"],
+            json!({
+                "role": "assistant",
+                "content": "{\"temp_c\":21,\"city\":\"Paris\",\"note\":\"mild, \\\"sunny\\\" \"}",
+                "refusal": null
+            })
+        );
+        assert_eq!(choice["finish_reason"], "stop");
+    }
+
+    #[test]
+    fn finish_reasons() {
+        let cases = [
+            ("end_turn", false, "stop"),
+            ("stop_sequence", false, "stop"),
+            ("pause_turn", false, "stop"),
+            ("max_tokens", false, "length"),
+            ("max_tokens", true, "length"),
+            ("tool_use", true, "tool_calls"),
+            ("tool_use", false, "stop"),
+            ("refusal", false, "content_filter"),
+        ];
+        for (stop_reason, made_tool_calls, expected) in cases {
+            assert_eq!(
+                finish_reason(stop_reason, made_tool_calls),
+                expected,
+                "{stop_reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn unreadable_response_is_a_retryable_502() {
+        let error = respond(&simple_request(json!({})), b"<html>oops</html>").unwrap_err();
+        assert_eq!(error.status(), 502);
+        assert!(error.retryable);
+    }
+
+    /// Runs a transcript through the decoder. `finish` is left to the caller.
+    fn decode_all(
+        request: &ChatRequest,
+        events: &[(String, String)],
+    ) -> (StreamDecoder, Vec<StreamItem>) {
+        let anthropic = provider("anthropic");
+        let mut decoder = StreamDecoder::new(&call(&anthropic), request);
+        let mut out = Vec::new();
+        for (event, data) in events {
+            decoder.decode(SseEvent { event, data }, &mut out).unwrap();
+        }
+        (decoder, out)
+    }
+
+    /// Chunks as (JSON, content flag); asserts the stream ends with exactly one `Done`.
+    fn chunks(items: &[StreamItem]) -> Vec<(Value, bool)> {
+        assert_eq!(items.last(), Some(&StreamItem::Done));
+        items[..items.len() - 1]
+            .iter()
+            .map(|item| match item {
+                StreamItem::Chunk { data, content } => {
+                    (serde_json::from_slice(data).unwrap(), *content)
+                }
+                StreamItem::Done => panic!("Done before the end"),
+            })
+            .collect()
+    }
+
+    fn streaming(include_usage: bool) -> ChatRequest {
+        simple_request(json!({
+            "stream": true,
+            "stream_options": {"include_usage": include_usage}
+        }))
+    }
+
+    #[test]
+    fn stream_translates_text_and_tool_calls() {
+        let expected: Vec<Value> =
+            serde_json::from_value(golden("anthropic/stream.out.json")).unwrap();
+        let flags = [true, true, true, true, true, false, false];
+        let events = golden_sse("anthropic/stream.sse");
+
+        let (mut decoder, mut items) = decode_all(&streaming(true), &events);
+        decoder.finish(&mut items).unwrap();
+        let (values, content): (Vec<Value>, Vec<bool>) = chunks(&items).into_iter().unzip();
+        assert_eq!(values, expected);
+        assert_eq!(content, flags);
+        let usage = TokenUsage {
+            input: 2520,
+            output: 89,
+            cached_input: 2048,
+            cache_write: 0,
+            reasoning: 0,
+        };
+        assert_eq!(decoder.usage(), Some(usage));
+
+        // Without include_usage: the same chunks minus the usage chunk; usage is still metered.
+        let (mut decoder, mut items) = decode_all(&streaming(false), &events);
+        decoder.finish(&mut items).unwrap();
+        let (values, content): (Vec<Value>, Vec<bool>) = chunks(&items).into_iter().unzip();
+        assert_eq!(values, expected[..6]);
+        assert_eq!(content, flags[..6]);
+        assert_eq!(decoder.usage(), Some(usage));
+    }
+
+    #[test]
+    fn stream_event_names_may_come_from_the_data() {
+        // Without `event:` lines the SSE parser reports `message`; `type` names the event.
+        let events: Vec<(String, String)> = golden_sse("anthropic/stream.sse")
+            .into_iter()
+            .map(|(_, data)| ("message".to_owned(), data))
+            .collect();
+        let (_, items) = decode_all(&streaming(true), &events);
+        let (values, _): (Vec<Value>, Vec<bool>) = chunks(&items).into_iter().unzip();
+        let expected: Vec<Value> =
+            serde_json::from_value(golden("anthropic/stream.out.json")).unwrap();
+        assert_eq!(values, expected);
+    }
+
+    #[test]
+    fn stream_json_schema_input_becomes_content() {
+        let request = simple_request(json!({
+            "stream": true,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "weather_report"}}
+        }));
+        let (mut decoder, mut items) =
+            decode_all(&request, &golden_sse("anthropic/stream_json_schema.sse"));
+        decoder.finish(&mut items).unwrap();
+        let head = json!({
+            "id": "chatcmpl-msg_01Schema",
+            "object": "chat.completion.chunk",
+            "created": 1_700_000_000,
+            "model": "claude-sonnet-4-5-20250929"
+        });
+        let chunk = |choice: Value| {
+            let mut chunk = head.clone();
+            chunk["choices"] = json!([choice]);
+            chunk
+        };
+        assert_eq!(
+            chunks(&items),
+            vec![
+                (
+                    chunk(
+                        json!({"index": 0, "delta": {"role": "assistant", "content": "{\"city\": \"Paris\","}, "finish_reason": null})
+                    ),
+                    true
+                ),
+                (
+                    chunk(
+                        json!({"index": 0, "delta": {"content": " \"temp_c\": 21}"}, "finish_reason": null})
+                    ),
+                    true
+                ),
+                (
+                    chunk(json!({"index": 0, "delta": {}, "finish_reason": "stop"})),
+                    false
+                ),
+            ]
+        );
+        assert_eq!(
+            decoder.usage().map(|usage| (usage.input, usage.output)),
+            Some((90, 20))
+        );
+    }
+
+    #[test]
+    fn stream_skips_thinking_and_gives_parameterless_tools_an_empty_object() {
+        let events: Vec<(String, String)> = [
+            ("message_start", r#"{"type":"message_start","message":{"id":"msg_1","model":"claude-opus-4-1","usage":{"input_tokens":5,"output_tokens":1}}}"#),
+            ("content_block_start", r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}"#),
+            ("content_block_delta", r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Need the time."}}"#),
+            ("content_block_delta", r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQB"}}"#),
+            ("content_block_stop", r#"{"type":"content_block_stop","index":0}"#),
+            ("content_block_start", r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_now","name":"now","input":{}}}"#),
+            ("content_block_delta", r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":""}}"#),
+            ("content_block_stop", r#"{"type":"content_block_stop","index":1}"#),
+            ("message_delta", r#"{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":30}}"#),
+            ("message_stop", r#"{"type":"message_stop"}"#),
+        ]
+        .into_iter()
+        .map(|(event, data)| (event.to_owned(), data.to_owned()))
+        .collect();
+        let (mut decoder, mut items) = decode_all(&streaming(false), &events);
+        decoder.finish(&mut items).unwrap();
+        let deltas: Vec<(Value, Value, bool)> = chunks(&items)
+            .into_iter()
+            .map(|(chunk, content)| {
+                let choice = &chunk["choices"][0];
+                (
+                    choice["delta"].clone(),
+                    choice["finish_reason"].clone(),
+                    content,
+                )
+            })
+            .collect();
+        assert_eq!(
+            deltas,
+            vec![
+                (
+                    json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "toolu_now", "type": "function", "function": {"name": "now", "arguments": ""}}]}),
+                    Value::Null,
+                    true
+                ),
+                (
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
+                    Value::Null,
+                    true
+                ),
+                (json!({}), json!("tool_calls"), false),
+            ]
+        );
+    }
+
+    #[test]
+    fn stream_without_message_stop_fails_in_finish() {
+        let mut events = golden_sse("anthropic/stream.sse");
+        let last = events.pop().unwrap();
+        assert_eq!(last.0, "message_stop");
+        let (mut decoder, mut items) = decode_all(&streaming(true), &events);
+        assert!(!items.contains(&StreamItem::Done));
+        let error = decoder.finish(&mut items).unwrap_err();
+        assert_eq!(error.status(), 502);
+        assert!(error.retryable);
+        assert_eq!(
+            error.message,
+            "provider anthropic ended the stream before message_stop"
+        );
+        // What was seen is still metered.
+        assert_eq!(decoder.usage().map(|usage| usage.output), Some(89));
+    }
+
+    #[test]
+    fn stream_error_event_fails_the_stream() {
+        let anthropic = provider("anthropic");
+        let mut decoder = StreamDecoder::new(&call(&anthropic), &streaming(false));
+        let mut out = Vec::new();
+        let error = decoder
+            .decode(
+                SseEvent {
+                    event: "error",
+                    data: r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+                },
+                &mut out,
+            )
+            .unwrap_err();
+        assert_eq!(error.status(), 502);
+        assert!(error.retryable);
+        assert_eq!(
+            error.message,
+            "provider anthropic failed mid-stream: Overloaded"
+        );
+        assert_eq!(error.code.as_deref(), Some("overloaded_error"));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn error_bodies() {
+        let anthropic = provider("anthropic");
+        let error = error_response(
+            &anthropic,
+            529,
+            None,
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        );
+        assert_eq!(error.status(), 503);
+        assert!(error.retryable);
+        assert_eq!(error.code.as_deref(), Some("overloaded_error"));
+        assert_eq!(error.message, "provider anthropic returned 529: Overloaded");
+
+        let error = error_response(
+            &anthropic,
+            400,
+            None,
+            br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#,
+        );
+        assert_eq!(error.status(), 400);
+        assert!(!error.retryable);
+        assert_eq!(error.code.as_deref(), Some("invalid_request_error"));
+
+        assert_eq!(
+            error_details(b"<html>502 Bad Gateway</html>"),
+            (Some("<html>502 Bad Gateway</html>".to_owned()), None)
+        );
+        assert_eq!(error_details(b""), (None, None));
+    }
+}

@@ -872,12 +872,13 @@ struct GoogleError {
     status: Option<String>,
 }
 
-/// Gemini answers with the envelope, or sometimes with a one-element array of it.
+/// Gemini answers with the envelope, or sometimes with a one-element array of it. `Many`
+/// comes first because serde would also read an array into the struct, by position.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum ErrorBody {
-    One(ErrorEnvelope),
     Many(Vec<ErrorEnvelope>),
+    One(ErrorEnvelope),
 }
 
 /// Message and code (Google's `status`, e.g. `RESOURCE_EXHAUSTED`) of an error body.
@@ -1253,4 +1254,700 @@ pub fn embeddings_response(
             ..TokenUsage::default()
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::test_support::{golden, golden_sse, provider};
+    use crate::provider::{
+        StreamDecoder, chat_request as dispatch_request, chat_response as dispatch_response,
+        embeddings_request as dispatch_embeddings_request,
+        embeddings_response as dispatch_embeddings_response, error_response,
+    };
+    use crate::wire::StreamOptions;
+    use pretty_assertions::assert_eq;
+
+    fn call<'a>(provider: &'a Arc<Provider>, model: &'a str) -> CallInfo<'a> {
+        CallInfo {
+            provider,
+            model,
+            now_unix: 1_700_000_000,
+            request_id: "req-1",
+        }
+    }
+
+    fn chat(value: Value) -> ChatRequest {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn body_of(upstream: &UpstreamRequest) -> Value {
+        serde_json::from_slice(&upstream.body).unwrap()
+    }
+
+    fn minimal(extra: Value) -> ChatRequest {
+        let mut request = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        for (key, value) in extra.as_object().unwrap() {
+            request[key] = value.clone();
+        }
+        chat(request)
+    }
+
+    // --- request -----------------------------------------------------------------------------
+
+    #[test]
+    fn request_translates_to_generate_content() {
+        let gemini = provider("gemini");
+        let request = chat(golden("gemini/request.in.json"));
+        let upstream = dispatch_request(&call(&gemini, "gemini-2.5-flash"), &request).unwrap();
+        assert_eq!(upstream.method, http::Method::POST);
+        assert_eq!(
+            upstream.url,
+            "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent"
+        );
+        assert_eq!(upstream.headers["content-type"], "application/json");
+        assert_eq!(upstream.headers["x-goog-api-key"], "test-key");
+        assert!(upstream.headers["x-goog-api-key"].is_sensitive());
+        assert!(upstream.headers.get("authorization").is_none());
+        assert!(!upstream.url.contains("test-key"));
+        assert_eq!(body_of(&upstream), golden("gemini/request.out.json"));
+    }
+
+    #[test]
+    fn stream_request_asks_for_sse_and_keeps_the_key_out_of_the_url() {
+        let gemini = provider("gemini");
+        let mut request = chat(golden("gemini/request.in.json"));
+        request.stream = true;
+        let upstream = dispatch_request(&call(&gemini, "gemini-2.5-flash"), &request).unwrap();
+        assert_eq!(
+            upstream.url,
+            "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+        );
+        assert!(!upstream.url.contains("key"));
+        assert_eq!(upstream.headers["x-goog-api-key"], "test-key");
+        assert!(upstream.headers["x-goog-api-key"].is_sensitive());
+        // The body is the same as for a non-streamed call: Gemini has no `stream` field.
+        assert_eq!(body_of(&upstream), golden("gemini/request.out.json"));
+    }
+
+    #[test]
+    fn model_names_stay_one_path_segment() {
+        let gemini = provider("gemini");
+        let request = minimal(json!({}));
+        let upstream =
+            dispatch_request(&call(&gemini, "models/gemini-2.0-flash"), &request).unwrap();
+        assert_eq!(
+            upstream.url,
+            "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:generateContent"
+        );
+        let upstream = dispatch_request(&call(&gemini, "a/../b?key=x"), &request).unwrap();
+        assert_eq!(
+            upstream.url,
+            "https://generativelanguage.googleapis.com/v1beta/models/a%2F..%2Fb%3Fkey%3Dx:generateContent"
+        );
+    }
+
+    #[test]
+    fn minimal_request_sends_no_generation_config() {
+        let gemini = provider("gemini");
+        let upstream = dispatch_request(&call(&gemini, "m"), &minimal(json!({}))).unwrap();
+        assert_eq!(
+            body_of(&upstream),
+            json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})
+        );
+    }
+
+    #[test]
+    fn sampling_logprobs_and_json_mode() {
+        let gemini = provider("gemini");
+        let request = minimal(json!({
+            "max_tokens": 10, "max_completion_tokens": 99, "stop": "###",
+            "presence_penalty": 0.5, "frequency_penalty": -0.5,
+            "logprobs": true, "top_logprobs": 3,
+            "response_format": {"type": "json_object"}
+        }));
+        let upstream = dispatch_request(&call(&gemini, "m"), &request).unwrap();
+        assert_eq!(
+            body_of(&upstream)["generationConfig"],
+            json!({
+                "maxOutputTokens": 99,
+                "stopSequences": ["###"],
+                "presencePenalty": 0.5,
+                "frequencyPenalty": -0.5,
+                "responseLogprobs": true,
+                "logprobs": 3,
+                "responseMimeType": "application/json"
+            })
+        );
+        let upstream = dispatch_request(
+            &call(&gemini, "m"),
+            &minimal(json!({"response_format": {"type": "text"}})),
+        )
+        .unwrap();
+        assert!(body_of(&upstream).get("generationConfig").is_none());
+    }
+
+    #[test]
+    fn tool_choice_modes() {
+        let gemini = provider("gemini");
+        for (choice, mode) in [("auto", "AUTO"), ("none", "NONE"), ("required", "ANY")] {
+            let upstream = dispatch_request(
+                &call(&gemini, "m"),
+                &minimal(json!({"tool_choice": choice})),
+            )
+            .unwrap();
+            assert_eq!(
+                body_of(&upstream)["toolConfig"],
+                json!({"functionCallingConfig": {"mode": mode}}),
+                "{choice}"
+            );
+        }
+        for bad in [json!("sometimes"), json!({"type": "function"}), json!(3)] {
+            let error = dispatch_request(&call(&gemini, "m"), &minimal(json!({"tool_choice": bad})))
+                .unwrap_err();
+            assert_eq!(error.status(), 400);
+            assert_eq!(error.param.as_deref(), Some("tool_choice"));
+        }
+    }
+
+    #[test]
+    fn audio_files_and_empty_texts() {
+        let gemini = provider("gemini");
+        let request = chat(json!({"model": "m", "messages": [
+            {"role": "user", "content": [
+                {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+                {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}},
+                {"type": "text", "text": ""},
+                {"type": "image_url", "image_url": {"url": "http://example.test/x"}},
+                {"type": "image_url", "image_url": {"url": "https://example.test/a.b/pic.GIF#frag"}}
+            ]},
+            {"role": "user", "content": "and this?"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "now", "arguments": ""}}
+            ]},
+            {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "[1, 2]"}]},
+            {"role": "function", "name": "legacy", "content": "{\"ok\":true}"}
+        ]}));
+        let upstream = dispatch_request(&call(&gemini, "m"), &request).unwrap();
+        assert_eq!(
+            body_of(&upstream)["contents"],
+            json!([
+                {"role": "user", "parts": [
+                    {"inlineData": {"mimeType": "audio/wav", "data": "UklGRg=="}},
+                    {"inlineData": {"mimeType": "application/pdf", "data": "JVBERi0="}},
+                    {"fileData": {"mimeType": "image/jpeg", "fileUri": "http://example.test/x"}},
+                    {"fileData": {"mimeType": "image/gif", "fileUri": "https://example.test/a.b/pic.GIF#frag"}},
+                    {"text": "and this?"}
+                ]},
+                {"role": "model", "parts": [{"functionCall": {"name": "now", "args": {}}}]},
+                {"role": "user", "parts": [
+                    {"functionResponse": {"name": "now", "response": {"content": "[1, 2]"}}},
+                    {"functionResponse": {"name": "legacy", "response": {"ok": true}}}
+                ]}
+            ])
+        );
+    }
+
+    fn request_error(value: Value) -> GatewayError {
+        let gemini = provider("gemini");
+        dispatch_request(&call(&gemini, "m"), &chat(value)).unwrap_err()
+    }
+
+    #[test]
+    fn untranslatable_requests_name_the_field() {
+        let cases = [
+            (
+                json!({"model": "m", "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "tool", "tool_call_id": "nope", "content": "x"}
+                ]}),
+                "messages[1].tool_call_id",
+            ),
+            (
+                json!({"model": "m", "messages": [
+                    {"role": "assistant", "tool_calls": [
+                        {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                        {"id": "b", "type": "function", "function": {"name": "g", "arguments": "{not json"}}
+                    ]}
+                ]}),
+                "messages[0].tool_calls[1].function.arguments",
+            ),
+            (
+                json!({"model": "m", "messages": [
+                    {"role": "assistant", "tool_calls": [
+                        {"id": "a", "type": "function", "function": {"name": "f", "arguments": "[1]"}}
+                    ]}
+                ]}),
+                "messages[0].tool_calls[0].function.arguments",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                       "tools": [{"type": "function", "function": {"name": "f"}}, {"type": "web_search"}]}),
+                "tools[1].type",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": [
+                    {"type": "text", "text": "x"},
+                    {"type": "image_url", "image_url": {"url": "ftp://example.test/a.png"}}
+                ]}]}),
+                "messages[0].content[1].image_url.url",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": [
+                    {"type": "file", "file": {"file_id": "file-123"}}
+                ]}]}),
+                "messages[0].content[0].file",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": [
+                    {"type": "input_audio", "input_audio": {"data": "AAAA"}}
+                ]}]}),
+                "messages[0].content[0].input_audio",
+            ),
+        ];
+        for (request, param) in cases {
+            let error = request_error(request);
+            assert_eq!(error.status(), 400, "{param}");
+            assert_eq!(error.origin, Origin::Client, "{param}");
+            assert!(!error.retryable, "{param}");
+            assert_eq!(error.param.as_deref(), Some(param));
+        }
+    }
+
+    // --- response ----------------------------------------------------------------------------
+
+    #[test]
+    fn response_translates_text_calls_and_usage() {
+        let gemini = provider("gemini");
+        let body = golden("gemini/response.json").to_string();
+        let request = minimal(json!({}));
+        let completion =
+            dispatch_response(&call(&gemini, "gemini-2.5-flash"), &request, body.as_bytes())
+                .unwrap();
+        let translated: Value = serde_json::from_slice(&completion.body).unwrap();
+        assert_eq!(translated, golden("gemini/response.out.json"));
+        assert_eq!(
+            completion.usage,
+            TokenUsage {
+                input: 120,
+                output: 75,
+                cached_input: 100,
+                cache_write: 0,
+                reasoning: 45
+            }
+        );
+    }
+
+    #[test]
+    fn response_without_ids_or_finish_reason_uses_fallbacks() {
+        let gemini = provider("gemini");
+        let body = br#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f"}}]}}]}"#;
+        let completion =
+            chat_response(&call(&gemini, "gemini-x"), &minimal(json!({})), body).unwrap();
+        let translated: Value = serde_json::from_slice(&completion.body).unwrap();
+        assert_eq!(
+            translated,
+            json!({
+                "id": "chatcmpl-req-1", "object": "chat.completion", "created": 1_700_000_000,
+                "model": "gemini-x",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+                    "tool_calls": [{"id": "call_0_0", "type": "function",
+                                    "function": {"name": "f", "arguments": "{}"}}],
+                    "refusal": null},
+                    "finish_reason": "tool_calls", "logprobs": null}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+                          "prompt_tokens_details": {"cached_tokens": 0},
+                          "completion_tokens_details": {"reasoning_tokens": 0}}
+            })
+        );
+        assert_eq!(completion.usage, TokenUsage::default());
+    }
+
+    #[test]
+    fn finish_reasons_map_to_openai() {
+        let cases = [
+            ("STOP", false, "stop"),
+            ("STOP", true, "tool_calls"),
+            ("MAX_TOKENS", false, "length"),
+            ("MAX_TOKENS", true, "length"),
+            ("SAFETY", false, "content_filter"),
+            ("RECITATION", false, "content_filter"),
+            ("BLOCKLIST", false, "content_filter"),
+            ("PROHIBITED_CONTENT", false, "content_filter"),
+            ("SPII", false, "content_filter"),
+            ("IMAGE_SAFETY", true, "content_filter"),
+            ("MALFORMED_FUNCTION_CALL", false, "stop"),
+            ("OTHER", false, "stop"),
+        ];
+        for (reason, made_calls, expected) in cases {
+            assert_eq!(finish_reason(reason, made_calls), expected, "{reason}");
+        }
+    }
+
+    #[test]
+    fn logprobs_become_openai_logprobs() {
+        let gemini = provider("gemini");
+        let body = br#"{"candidates":[{"content":{"parts":[{"text":"Hi!"}]},"finishReason":"STOP",
+            "logprobsResult":{
+                "topCandidates":[{"candidates":[{"token":"Hi","logProbability":-0.25},{"token":"Hey","logProbability":-1.5}]}],
+                "chosenCandidates":[{"token":"Hi","logProbability":-0.25},{"token":"!","logProbability":-0.5}]}}]}"#;
+        let completion = chat_response(&call(&gemini, "m"), &minimal(json!({})), body).unwrap();
+        let translated: Value = serde_json::from_slice(&completion.body).unwrap();
+        assert_eq!(
+            translated["choices"][0]["logprobs"],
+            json!({"content": [
+                {"token": "Hi", "logprob": -0.25, "bytes": [72, 105], "top_logprobs": [
+                    {"token": "Hi", "logprob": -0.25, "bytes": [72, 105]},
+                    {"token": "Hey", "logprob": -1.5, "bytes": [72, 101, 121]}
+                ]},
+                {"token": "!", "logprob": -0.5, "bytes": [33], "top_logprobs": []}
+            ], "refusal": null})
+        );
+    }
+
+    #[test]
+    fn blocked_prompt_is_a_content_policy_400() {
+        let gemini = provider("gemini");
+        let body = golden("gemini/response.blocked.json").to_string();
+        let error = chat_response(&call(&gemini, "m"), &minimal(json!({})), body.as_bytes())
+            .unwrap_err();
+        assert_eq!(error.status(), 400);
+        assert_eq!(error.code.as_deref(), Some("content_policy_violation"));
+        assert!(!error.retryable);
+        assert_eq!(error.origin, Origin::Upstream("gemini".to_owned()));
+        assert!(error.message.contains("blocked the prompt"), "{}", error.message);
+        assert!(error.message.contains("SAFETY"), "{}", error.message);
+    }
+
+    #[test]
+    fn unreadable_or_empty_answers_are_retryable_502s() {
+        let gemini = provider("gemini");
+        for body in [&b"<html>oops</html>"[..], br#"{"candidates": "many"}"#, b"{}"] {
+            let error = chat_response(&call(&gemini, "m"), &minimal(json!({})), body).unwrap_err();
+            assert_eq!(error.status(), 502, "{}", String::from_utf8_lossy(body));
+            assert!(error.retryable);
+        }
+    }
+
+    // --- stream ------------------------------------------------------------------------------
+
+    fn stream_request(wants_usage: bool) -> ChatRequest {
+        let mut request = chat(golden("gemini/request.in.json"));
+        request.stream = true;
+        if wants_usage {
+            request.stream_options = Some(StreamOptions {
+                include_usage: Some(true),
+                ..Default::default()
+            });
+        }
+        request
+    }
+
+    /// Feeds a transcript through the decoder; returns the items and the result of `finish`.
+    fn run_stream(
+        transcript: &[(String, String)],
+        request: &ChatRequest,
+    ) -> (Vec<StreamItem>, Result<(), GatewayError>, Option<TokenUsage>) {
+        let gemini = provider("gemini");
+        let mut decoder = StreamDecoder::new(&call(&gemini, "gemini-2.5-flash"), request);
+        let mut out = Vec::new();
+        for (event, data) in transcript {
+            decoder
+                .decode(SseEvent { event, data }, &mut out)
+                .unwrap();
+        }
+        let finished = decoder.finish(&mut out);
+        (out, finished, decoder.usage())
+    }
+
+    /// The chunks as JSON, the content flags, and whether the list ends with `[DONE]`.
+    fn chunks(items: &[StreamItem]) -> (Vec<Value>, Vec<bool>, bool) {
+        let mut values = Vec::new();
+        let mut flags = Vec::new();
+        let mut done = false;
+        for item in items {
+            match item {
+                StreamItem::Chunk { data, content } => {
+                    assert!(!done, "a chunk after [DONE]");
+                    values.push(serde_json::from_slice(data).unwrap());
+                    flags.push(*content);
+                }
+                StreamItem::Done => done = true,
+            }
+        }
+        (values, flags, done)
+    }
+
+    #[test]
+    fn stream_translates_fragments_and_appends_usage_when_asked() {
+        let transcript = golden_sse("gemini/stream.sse");
+        assert_eq!(transcript.len(), 3);
+        let expected = golden("gemini/stream.out.json");
+        let expected = expected.as_array().unwrap();
+        let usage = TokenUsage {
+            input: 12,
+            output: 10,
+            cached_input: 0,
+            cache_write: 0,
+            reasoning: 4,
+        };
+
+        let (items, finished, seen) = run_stream(&transcript, &stream_request(true));
+        finished.unwrap();
+        let (values, flags, done) = chunks(&items);
+        assert_eq!(values, expected.as_slice());
+        assert_eq!(flags, [true, true, true, false]);
+        assert!(done);
+        assert_eq!(items.last(), Some(&StreamItem::Done));
+        assert_eq!(seen, Some(usage));
+
+        let (items, finished, seen) = run_stream(&transcript, &stream_request(false));
+        finished.unwrap();
+        let (values, flags, done) = chunks(&items);
+        assert_eq!(values, expected[..3]);
+        assert_eq!(flags, [true, true, true]);
+        assert!(done);
+        assert_eq!(seen, Some(usage), "usage is metered even when not sent");
+    }
+
+    #[test]
+    fn stream_with_function_calls() {
+        let transcript = golden_sse("gemini/stream_tools.sse");
+        let (items, finished, usage) = run_stream(&transcript, &stream_request(false));
+        finished.unwrap();
+        let (values, flags, done) = chunks(&items);
+        assert_eq!(
+            Value::Array(values),
+            golden("gemini/stream_tools.out.json")
+        );
+        assert_eq!(flags, [true, true]);
+        assert!(done);
+        assert_eq!(
+            usage,
+            Some(TokenUsage {
+                input: 30,
+                output: 12,
+                ..TokenUsage::default()
+            })
+        );
+    }
+
+    #[test]
+    fn stream_cut_before_finish_reason_fails_in_finish() {
+        let transcript = golden_sse("gemini/stream.sse");
+        let (items, finished, _) = run_stream(&transcript[..2], &stream_request(true));
+        let error = finished.unwrap_err();
+        assert_eq!(error.status(), 502);
+        assert!(error.retryable);
+        assert!(
+            error
+                .message
+                .contains("provider gemini ended the stream before finishing"),
+            "{}",
+            error.message
+        );
+        assert!(!items.contains(&StreamItem::Done));
+
+        let (items, finished, _) = run_stream(&[], &stream_request(false));
+        assert!(finished.is_err());
+        assert!(items.is_empty());
+    }
+
+    #[test]
+    fn stream_error_fragment_fails_the_stream() {
+        let gemini = provider("gemini");
+        let mut decoder = GeminiStream::new(&call(&gemini, "m"), &stream_request(false));
+        let mut out = Vec::new();
+        let error = decoder
+            .decode(
+                SseEvent {
+                    event: "message",
+                    data: r#"{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}"#,
+                },
+                &mut out,
+            )
+            .unwrap_err();
+        assert_eq!(error.status(), 502);
+        assert!(error.retryable);
+        assert!(error.message.contains("The model is overloaded."), "{}", error.message);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn stream_blocked_prompt_is_a_content_policy_error() {
+        let gemini = provider("gemini");
+        let mut decoder = GeminiStream::new(&call(&gemini, "m"), &stream_request(false));
+        let mut out = Vec::new();
+        let error = decoder
+            .decode(
+                SseEvent {
+                    event: "message",
+                    data: r#"{"promptFeedback":{"blockReason":"PROHIBITED_CONTENT"}}"#,
+                },
+                &mut out,
+            )
+            .unwrap_err();
+        assert_eq!(error.status(), 400);
+        assert_eq!(error.code.as_deref(), Some("content_policy_violation"));
+        assert!(!error.retryable);
+    }
+
+    // --- embeddings --------------------------------------------------------------------------
+
+    fn embeddings(value: Value) -> EmbeddingsRequest {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn embeddings_request_batches_texts() {
+        let gemini = provider("gemini");
+        let request = embeddings(golden("gemini/embeddings.request.in.json"));
+        let upstream =
+            dispatch_embeddings_request(&call(&gemini, "text-embedding-004"), &request).unwrap();
+        assert_eq!(
+            upstream.url,
+            "https://generativelanguage.googleapis.com/v1beta/models/text-embedding-004:batchEmbedContents"
+        );
+        assert_eq!(upstream.headers["x-goog-api-key"], "test-key");
+        assert!(upstream.headers["x-goog-api-key"].is_sensitive());
+        assert_eq!(
+            body_of(&upstream),
+            golden("gemini/embeddings.request.out.json")
+        );
+
+        let single = embeddings(json!({"model": "embed", "input": "one"}));
+        let upstream =
+            dispatch_embeddings_request(&call(&gemini, "models/text-embedding-004"), &single)
+                .unwrap();
+        assert_eq!(
+            body_of(&upstream),
+            json!({"requests": [{"model": "models/text-embedding-004",
+                                 "content": {"parts": [{"text": "one"}]}}]})
+        );
+    }
+
+    #[test]
+    fn embeddings_of_token_ids_are_refused() {
+        let gemini = provider("gemini");
+        for input in [json!([1, 2, 3]), json!([[1, 2], [3]])] {
+            let request = embeddings(json!({"model": "embed", "input": input}));
+            let error = dispatch_embeddings_request(&call(&gemini, "text-embedding-004"), &request)
+                .unwrap_err();
+            assert_eq!(error.status(), 400);
+            assert_eq!(error.param.as_deref(), Some("input"));
+            assert!(error.message.contains("text only"), "{}", error.message);
+        }
+    }
+
+    #[test]
+    fn embeddings_response_as_floats_with_estimated_usage() {
+        let gemini = provider("gemini");
+        let request = embeddings(golden("gemini/embeddings.request.in.json"));
+        let body = golden("gemini/embeddings.response.json").to_string();
+        let completion = dispatch_embeddings_response(
+            &call(&gemini, "text-embedding-004"),
+            &request,
+            body.as_bytes(),
+        )
+        .unwrap();
+        let translated: Value = serde_json::from_slice(&completion.body).unwrap();
+        assert_eq!(translated, golden("gemini/embeddings.response.out.json"));
+        // "hello world" + "bonjour" = 18 characters, ceil(18 / 4) = 5.
+        assert_eq!(
+            completion.usage,
+            TokenUsage {
+                input: 5,
+                ..TokenUsage::default()
+            }
+        );
+    }
+
+    #[test]
+    fn embeddings_response_as_base64() {
+        let gemini = provider("gemini");
+        let mut request = embeddings(golden("gemini/embeddings.request.in.json"));
+        request.encoding_format = Some("base64".to_owned());
+        let body = golden("gemini/embeddings.response.json").to_string();
+        let completion =
+            embeddings_response(&call(&gemini, "text-embedding-004"), &request, body.as_bytes())
+                .unwrap();
+        let translated: Value = serde_json::from_slice(&completion.body).unwrap();
+        // 0.25, -0.5, 1.0 as little-endian f32: 00 00 80 3E, 00 00 00 BF, 00 00 80 3F.
+        assert_eq!(translated["data"][0]["embedding"], "AACAPgAAAL8AAIA/");
+        let expected: [[f32; 3]; 2] = [[0.25, -0.5, 1.0], [0.125, 0.0, -2.0]];
+        for (index, floats) in expected.iter().enumerate() {
+            let text = translated["data"][index]["embedding"].as_str().unwrap();
+            let bytes = BASE64.decode(text).unwrap();
+            let decoded: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|chunk| f32::from_le_bytes(chunk.try_into().unwrap()))
+                .collect();
+            assert_eq!(decoded, floats.as_slice());
+            assert_eq!(translated["data"][index]["index"], index);
+        }
+        assert_eq!(translated["usage"], json!({"prompt_tokens": 5, "total_tokens": 5}));
+    }
+
+    #[test]
+    fn embeddings_count_mismatch_or_garbage_is_a_502() {
+        let gemini = provider("gemini");
+        let request = embeddings(golden("gemini/embeddings.request.in.json"));
+        for body in [&br#"{"embeddings":[{"values":[1.0]}]}"#[..], b"not json"] {
+            let error = embeddings_response(&call(&gemini, "e"), &request, body).unwrap_err();
+            assert_eq!(error.status(), 502);
+            assert!(error.retryable);
+        }
+    }
+
+    // --- errors ------------------------------------------------------------------------------
+
+    #[test]
+    fn error_bodies_as_object_array_or_text() {
+        let object = golden("gemini/error.json").to_string();
+        assert_eq!(
+            error_details(object.as_bytes()),
+            (
+                Some("Resource has been exhausted (e.g. check quota).".to_owned()),
+                Some("RESOURCE_EXHAUSTED".to_owned())
+            )
+        );
+        let array = golden("gemini/error.array.json").to_string();
+        assert_eq!(
+            error_details(array.as_bytes()),
+            (
+                Some("API key not valid. Please pass a valid API key.".to_owned()),
+                Some("INVALID_ARGUMENT".to_owned())
+            )
+        );
+        assert_eq!(
+            error_details(b"Bad Gateway"),
+            (Some("Bad Gateway".to_owned()), None)
+        );
+        assert_eq!(
+            error_details(br#"{"unexpected":true}"#),
+            (Some(r#"{"unexpected":true}"#.to_owned()), None)
+        );
+        assert_eq!(error_details(b""), (None, None));
+    }
+
+    #[test]
+    fn resource_exhausted_is_a_retryable_429() {
+        let gemini = provider("gemini");
+        let body = golden("gemini/error.json").to_string();
+        let error = error_response(
+            &gemini,
+            429,
+            Some(std::time::Duration::from_secs(30)),
+            body.as_bytes(),
+        );
+        assert_eq!(error.status(), 429);
+        assert!(error.retryable);
+        assert_eq!(error.retry_after, Some(std::time::Duration::from_secs(30)));
+        assert_eq!(error.code.as_deref(), Some("RESOURCE_EXHAUSTED"));
+        assert!(
+            error.message.contains("Resource has been exhausted"),
+            "{}",
+            error.message
+        );
+    }
 }

@@ -101,31 +101,33 @@ async fn next_frame(
     if state.aborted {
         return None;
     }
-    let abort_now = state
+    let at_limit = state
         .pacing
         .abort_after
         .is_some_and(|limit| state.sent >= limit);
-    let event = if abort_now { None } else { state.events.next() };
-    let Some(event) = event else {
-        if state.pacing.abort_after.is_none() {
-            return None;
+    let next = if at_limit { None } else { state.events.next() };
+    match next {
+        Some(event) => {
+            let delay = if state.sent == 0 {
+                state.pacing.time_to_first_event
+            } else {
+                state.pacing.between_events
+            };
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            state.sent += 1;
+            Some((Ok(Frame::data(event)), state))
         }
-        // Return Pending once so hyper flushes the head and the events already sent; an error
-        // straight away could make it drop them unwritten.
-        tokio::task::yield_now().await;
-        state.aborted = true;
-        return Some((Err(ConnectionAbort), state));
-    };
-    let delay = if state.sent == 0 {
-        state.pacing.time_to_first_event
-    } else {
-        state.pacing.between_events
-    };
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
+        None if state.pacing.abort_after.is_some() => {
+            // Return Pending once so hyper flushes the head and the events already sent; an
+            // error straight away could make it drop them unwritten.
+            tokio::task::yield_now().await;
+            state.aborted = true;
+            Some((Err(ConnectionAbort), state))
+        }
+        None => None,
     }
-    state.sent += 1;
-    Some((Ok(Frame::data(event)), state))
 }
 
 #[cfg(test)]

@@ -265,7 +265,7 @@ pub(crate) fn error_body(status: StatusCode, message: &str) -> Value {
         501 => "UNIMPLEMENTED",
         503 => "UNAVAILABLE",
         504 => "DEADLINE_EXCEEDED",
-        400..=499 => "FAILED_PRECONDITION",
+        _ if status.is_client_error() => "FAILED_PRECONDITION",
         _ => "INTERNAL",
     };
     json!({"error": {"code": status.as_u16(), "message": message, "status": rpc_status}})
