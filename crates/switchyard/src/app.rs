@@ -79,8 +79,13 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(meta::readyz))
         .fallback(meta::not_found)
         .method_not_allowed_fallback(meta::method_not_allowed)
-        .layer(from_fn_with_state(state.clone(), request_id::request_context))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(from_fn_with_state(
+            state.clone(),
+            request_id::request_context,
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
         .with_state(state)
 }
 

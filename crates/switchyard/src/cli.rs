@@ -130,13 +130,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 /// The address to listen on: `--listen`, then the config, then the default.
 pub fn resolve_listen(flag: Option<&str>, config: &Config) -> Result<SocketAddr, String> {
     let listen = match flag {
-        Some(flag) => config::parse_listen(flag).map_err(|message| format!("--listen: {message}"))?,
+        Some(flag) => {
+            config::parse_listen(flag).map_err(|message| format!("--listen: {message}"))?
+        }
         None => match config.server.listen {
             Some(listen) => listen,
             None => config::parse_listen(DEFAULT_LISTEN)?,
         },
     };
-    config::check_exposure(listen, config.server.master_key.as_ref()).map_err(|error| error.message)?;
+    config::check_exposure(listen, config.server.master_key.as_ref())
+        .map_err(|error| error.message)?;
     Ok(listen)
 }
 
@@ -149,7 +152,9 @@ pub async fn run_gateway(config: Config, listen: SocketAddr) -> Result<(), Strin
         tracing::info!(route = %route.name, targets = route.targets.len(), "route");
     }
     if config.server.master_key.is_none() {
-        tracing::warn!("no master key set: client auth is off, so the gateway listens on loopback only");
+        tracing::warn!(
+            "no master key set: client auth is off, so the gateway listens on loopback only"
+        );
     }
     let state = AppState::new(config)?;
     let listener = server::bind(listen).await?;

@@ -16,8 +16,8 @@ use std::time::Duration;
 use switchyard_core::config::{self, RawConfig, RawProvider, RawRoute, RawTarget};
 use switchyard_testkit::mock::{Behavior, MockHandle, MockProvider};
 
-use crate::cli::{DemoArgs, ProcessEnv, announce};
 use crate::app::AppState;
+use crate::cli::{DemoArgs, ProcessEnv, announce};
 use crate::server;
 
 /// The demo providers: name, config kind, behaviour.
@@ -59,7 +59,14 @@ fn providers() -> [(&'static str, &'static str, Behavior); 3] {
 
 /// The demo's routes: name and targets (provider, upstream model), tried in order.
 const ROUTES: &[(&str, &[(&str, &str)])] = &[
-    ("demo", &[("flaky", "gemini-demo"), ("swift", "gpt-demo"), ("steady", "claude-demo")]),
+    (
+        "demo",
+        &[
+            ("flaky", "gemini-demo"),
+            ("swift", "gpt-demo"),
+            ("steady", "claude-demo"),
+        ],
+    ),
     ("fast", &[("swift", "gpt-demo")]),
     ("smart", &[("steady", "claude-demo"), ("swift", "gpt-demo")]),
 ];
@@ -79,7 +86,8 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     }
     let raw = demo_config(&mocks);
     // The simulated providers' keys are fixed; only the master key comes from the process.
-    let mut env: HashMap<String, String> = HashMap::from([("DEMO_KEY".to_owned(), "demo-key".to_owned())]);
+    let mut env: HashMap<String, String> =
+        HashMap::from([("DEMO_KEY".to_owned(), "demo-key".to_owned())]);
     if let Some(master) = config::Env::var(&ProcessEnv, config::DEFAULT_MASTER_KEY_ENV) {
         env.insert(config::DEFAULT_MASTER_KEY_ENV.to_owned(), master);
     }
@@ -94,7 +102,10 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let base = format!("http://{local}");
     announce(&banner(&base, master_key.is_some()));
     if !args.no_traffic {
-        tokio::spawn(traffic(base.clone(), master_key.map(|key| key.expose().to_owned())));
+        tokio::spawn(traffic(
+            base.clone(),
+            master_key.map(|key| key.expose().to_owned()),
+        ));
     }
     server::serve(listener, state, server::shutdown_signal()).await;
     for mock in &mocks {
@@ -168,7 +179,10 @@ fn banner(base: &str, auth: bool) -> String {
 
 /// Steady background traffic: a request every 750 ms, cycling routes, streamed and not.
 async fn traffic(base: String, master_key: Option<String>) {
-    let client = match reqwest::Client::builder().timeout(Duration::from_secs(30)).build() {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+    {
         Ok(client) => client,
         Err(error) => {
             tracing::warn!(%error, "demo traffic disabled: could not build a client");

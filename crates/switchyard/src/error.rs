@@ -28,7 +28,10 @@ pub fn error_response(error: &GatewayError) -> Response {
     let mut response = Response::new(Body::from(error.to_json()));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some(retry_after) = error.retry_after {
         // Round up: a client that waits the whole figure must not come back early.
         let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);

@@ -32,7 +32,10 @@ pub struct Failed {
 }
 
 /// Runs `attempt` against each target in turn until one succeeds or an error must stop us.
-pub async fn run<'a, T, F, Fut>(targets: &'a [Target], mut attempt: F) -> Result<Served<'a, T>, Failed>
+pub async fn run<'a, T, F, Fut>(
+    targets: &'a [Target],
+    mut attempt: F,
+) -> Result<Served<'a, T>, Failed>
 where
     F: FnMut(&'a Target) -> Fut,
     Fut: Future<Output = Result<T, GatewayError>>,
@@ -52,7 +55,8 @@ where
             Err(error) => {
                 // A client-origin error here means this target's adapter cannot express the
                 // request; another target might.
-                let next = index + 1 < targets.len() && (error.retryable || error.origin == Origin::Client);
+                let next = index + 1 < targets.len()
+                    && (error.retryable || error.origin == Origin::Client);
                 tracing::debug!(
                     provider = %target.provider.name,
                     model = %target.model,

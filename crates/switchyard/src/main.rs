@@ -12,7 +12,10 @@ fn main() -> std::process::ExitCode {
         .init();
     switchyard::install_crypto_provider();
     let cli = switchyard::cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("switchyard: could not start the async runtime: {error}");

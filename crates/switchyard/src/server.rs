@@ -68,7 +68,10 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
     drop(listener);
     state.ready.store(false, Ordering::Relaxed);
     let grace = state.config.server.shutdown_grace;
-    tracing::info!(?grace, "shutting down: no new connections; letting in-flight requests finish");
+    tracing::info!(
+        ?grace,
+        "shutting down: no new connections; letting in-flight requests finish"
+    );
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing the remaining connections"),

@@ -69,7 +69,10 @@ impl Timings {
 
     /// The recorded duration of `stage`.
     pub fn get(&self, stage: Stage) -> Option<Duration> {
-        self.stages.iter().find(|(s, _)| *s == stage).map(|(_, d)| *d)
+        self.stages
+            .iter()
+            .find(|(s, _)| *s == stage)
+            .map(|(_, d)| *d)
     }
 
     /// The `Server-Timing` header value, with `total` up to now.
@@ -103,7 +106,13 @@ mod tests {
         timings.record(Stage::Upstream, Duration::from_micros(1_500));
         timings.record(Stage::Upstream, Duration::from_micros(250));
         let header = timings.server_timing();
-        assert!(header.starts_with("auth;dur=0.012, upstream;dur=1.750, total;dur="), "{header}");
-        assert_eq!(timings.get(Stage::Upstream), Some(Duration::from_micros(1_750)));
+        assert!(
+            header.starts_with("auth;dur=0.012, upstream;dur=1.750, total;dur="),
+            "{header}"
+        );
+        assert_eq!(
+            timings.get(Stage::Upstream),
+            Some(Duration::from_micros(1_750))
+        );
     }
 }

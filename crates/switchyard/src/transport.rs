@@ -86,7 +86,12 @@ impl Transport {
             .read_limited(provider, response, deadline, MAX_ERROR_BYTES)
             .await
             .unwrap_or_default();
-        Err(error_response(provider, status.as_u16(), retry_after, &body))
+        Err(error_response(
+            provider,
+            status.as_u16(),
+            retry_after,
+            &body,
+        ))
     }
 
     /// Reads a whole answer body, with the idle timeout between chunks.
@@ -119,7 +124,10 @@ impl Transport {
                         return Err(GatewayError::new(
                             ErrorKind::BadGateway,
                             Origin::Upstream(provider.name.clone()),
-                            format!("provider {} sent an answer over {limit} bytes", provider.name),
+                            format!(
+                                "provider {} sent an answer over {limit} bytes",
+                                provider.name
+                            ),
                         ));
                     }
                     match first.take() {
@@ -182,7 +190,10 @@ pub fn events(
                         if Instant::now() >= deadline {
                             "the request deadline passed while streaming".to_owned()
                         } else {
-                            format!("provider {} went silent for {idle_timeout:?}", provider.name)
+                            format!(
+                                "provider {} went silent for {idle_timeout:?}",
+                                provider.name
+                            )
                         },
                     );
                     Some((Err(error), (events, provider, true)))
@@ -201,7 +212,11 @@ fn first_byte_limit(first_byte: Instant, deadline: Instant, configured: Duration
 }
 
 fn timeout(provider: &Provider, message: String) -> GatewayError {
-    GatewayError::new(ErrorKind::Timeout, Origin::Upstream(provider.name.clone()), message)
+    GatewayError::new(
+        ErrorKind::Timeout,
+        Origin::Upstream(provider.name.clone()),
+        message,
+    )
 }
 
 fn send_error(provider: &Provider, error: &reqwest::Error) -> GatewayError {
@@ -233,7 +248,10 @@ fn body_error(provider: &Provider, error: &reqwest::Error) -> GatewayError {
     GatewayError::new(
         ErrorKind::BadGateway,
         Origin::Upstream(provider.name.clone()),
-        format!("the connection to provider {} broke during the answer", provider.name),
+        format!(
+            "the connection to provider {} broke during the answer",
+            provider.name
+        ),
     )
 }
 

@@ -729,7 +729,10 @@ fn openai_logprobs(result: &LogprobsResult) -> Value {
 fn split_parts(content: Option<&CandidateContent>) -> (String, Vec<&ResponseFunctionCall>) {
     let mut text = String::new();
     let mut calls = Vec::new();
-    for part in content.map(|content| content.parts.as_slice()).unwrap_or_default() {
+    for part in content
+        .map(|content| content.parts.as_slice())
+        .unwrap_or_default()
+    {
         if let Some(call) = &part.function_call {
             calls.push(call);
         } else if let Some(piece) = &part.text
@@ -999,9 +1002,7 @@ impl GeminiStream {
         }
         let id = self
             .id
-            .get_or_insert_with(|| {
-                completion_id(fragment.response_id.as_deref(), &self.request_id)
-            })
+            .get_or_insert_with(|| completion_id(fragment.response_id.as_deref(), &self.request_id))
             .clone();
         let model = self
             .model
@@ -1403,8 +1404,9 @@ mod tests {
             );
         }
         for bad in [json!("sometimes"), json!({"type": "function"}), json!(3)] {
-            let error = dispatch_request(&call(&gemini, "m"), &minimal(json!({"tool_choice": bad})))
-                .unwrap_err();
+            let error =
+                dispatch_request(&call(&gemini, "m"), &minimal(json!({"tool_choice": bad})))
+                    .unwrap_err();
             assert_eq!(error.status(), 400);
             assert_eq!(error.param.as_deref(), Some("tool_choice"));
         }
@@ -1521,9 +1523,12 @@ mod tests {
         let gemini = provider("gemini");
         let body = golden("gemini/response.json").to_string();
         let request = minimal(json!({}));
-        let completion =
-            dispatch_response(&call(&gemini, "gemini-2.5-flash"), &request, body.as_bytes())
-                .unwrap();
+        let completion = dispatch_response(
+            &call(&gemini, "gemini-2.5-flash"),
+            &request,
+            body.as_bytes(),
+        )
+        .unwrap();
         let translated: Value = serde_json::from_slice(&completion.body).unwrap();
         assert_eq!(translated, golden("gemini/response.out.json"));
         assert_eq!(
@@ -1609,20 +1614,28 @@ mod tests {
     fn blocked_prompt_is_a_content_policy_400() {
         let gemini = provider("gemini");
         let body = golden("gemini/response.blocked.json").to_string();
-        let error = chat_response(&call(&gemini, "m"), &minimal(json!({})), body.as_bytes())
-            .unwrap_err();
+        let error =
+            chat_response(&call(&gemini, "m"), &minimal(json!({})), body.as_bytes()).unwrap_err();
         assert_eq!(error.status(), 400);
         assert_eq!(error.code.as_deref(), Some("content_policy_violation"));
         assert!(!error.retryable);
         assert_eq!(error.origin, Origin::Upstream("gemini".to_owned()));
-        assert!(error.message.contains("blocked the prompt"), "{}", error.message);
+        assert!(
+            error.message.contains("blocked the prompt"),
+            "{}",
+            error.message
+        );
         assert!(error.message.contains("SAFETY"), "{}", error.message);
     }
 
     #[test]
     fn unreadable_or_empty_answers_are_retryable_502s() {
         let gemini = provider("gemini");
-        for body in [&b"<html>oops</html>"[..], br#"{"candidates": "many"}"#, b"{}"] {
+        for body in [
+            &b"<html>oops</html>"[..],
+            br#"{"candidates": "many"}"#,
+            b"{}",
+        ] {
             let error = chat_response(&call(&gemini, "m"), &minimal(json!({})), body).unwrap_err();
             assert_eq!(error.status(), 502, "{}", String::from_utf8_lossy(body));
             assert!(error.retryable);
@@ -1647,14 +1660,16 @@ mod tests {
     fn run_stream(
         transcript: &[(String, String)],
         request: &ChatRequest,
-    ) -> (Vec<StreamItem>, Result<(), GatewayError>, Option<TokenUsage>) {
+    ) -> (
+        Vec<StreamItem>,
+        Result<(), GatewayError>,
+        Option<TokenUsage>,
+    ) {
         let gemini = provider("gemini");
         let mut decoder = StreamDecoder::new(&call(&gemini, "gemini-2.5-flash"), request);
         let mut out = Vec::new();
         for (event, data) in transcript {
-            decoder
-                .decode(SseEvent { event, data }, &mut out)
-                .unwrap();
+            decoder.decode(SseEvent { event, data }, &mut out).unwrap();
         }
         let finished = decoder.finish(&mut out);
         (out, finished, decoder.usage())
@@ -1716,10 +1731,7 @@ mod tests {
         let (items, finished, usage) = run_stream(&transcript, &stream_request(false));
         finished.unwrap();
         let (values, flags, done) = chunks(&items);
-        assert_eq!(
-            Value::Array(values),
-            golden("gemini/stream_tools.out.json")
-        );
+        assert_eq!(Value::Array(values), golden("gemini/stream_tools.out.json"));
         assert_eq!(flags, [true, true]);
         assert!(done);
         assert_eq!(
@@ -1769,7 +1781,11 @@ mod tests {
             .unwrap_err();
         assert_eq!(error.status(), 502);
         assert!(error.retryable);
-        assert!(error.message.contains("The model is overloaded."), "{}", error.message);
+        assert!(
+            error.message.contains("The model is overloaded."),
+            "{}",
+            error.message
+        );
         assert!(out.is_empty());
     }
 
@@ -1868,9 +1884,12 @@ mod tests {
         let mut request = embeddings(golden("gemini/embeddings.request.in.json"));
         request.encoding_format = Some("base64".to_owned());
         let body = golden("gemini/embeddings.response.json").to_string();
-        let completion =
-            embeddings_response(&call(&gemini, "text-embedding-004"), &request, body.as_bytes())
-                .unwrap();
+        let completion = embeddings_response(
+            &call(&gemini, "text-embedding-004"),
+            &request,
+            body.as_bytes(),
+        )
+        .unwrap();
         let translated: Value = serde_json::from_slice(&completion.body).unwrap();
         // 0.25, -0.5, 1.0 as little-endian f32: 00 00 80 3E, 00 00 00 BF, 00 00 80 3F.
         assert_eq!(translated["data"][0]["embedding"], "AACAPgAAAL8AAIA/");
@@ -1885,7 +1904,10 @@ mod tests {
             assert_eq!(decoded, floats.as_slice());
             assert_eq!(translated["data"][index]["index"], index);
         }
-        assert_eq!(translated["usage"], json!({"prompt_tokens": 5, "total_tokens": 5}));
+        assert_eq!(
+            translated["usage"],
+            json!({"prompt_tokens": 5, "total_tokens": 5})
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! to stderr (`RUST_LOG`, default `info`). Stops cleanly on SIGINT or SIGTERM. Further
 //! misbehaviour is scripted at run time through the `/__mock/*` control API.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -47,6 +47,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
@@ -87,6 +88,16 @@ async fn run(args: Args) -> ExitCode {
         }
     };
 
+    // Listen for signals before announcing: a harness may send SIGTERM as soon as it has read
+    // the line, and without a handler that would kill the process instead of stopping it.
+    let shutdown = match shutdown_signal() {
+        Ok(shutdown) => shutdown,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGINT / SIGTERM");
+            return ExitCode::FAILURE;
+        }
+    };
+
     let mut stdout = std::io::stdout().lock();
     let announced = writeln!(stdout, "switchyard-mock listening on {}", mock.base_url())
         .and_then(|()| stdout.flush());
@@ -97,40 +108,35 @@ async fn run(args: Args) -> ExitCode {
     }
     tracing::info!(name = mock.name(), addr = %mock.addr(), threads = args.threads, "mock provider started");
 
-    let signal = shutdown_signal().await;
+    let signal = shutdown.await;
     tracing::info!(signal, "shutting down");
     mock.shutdown().await;
     ExitCode::SUCCESS
 }
 
-/// Waits for SIGINT or SIGTERM and names the one that came.
+/// Installs the SIGINT and SIGTERM handlers now; the future completes with the name of the
+/// first signal that arrives.
 #[cfg(unix)]
-async fn shutdown_signal() -> &'static str {
+fn shutdown_signal() -> std::io::Result<impl Future<Output = &'static str>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(terminate) => terminate,
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the mock");
-            return ctrl_c().await;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
         }
-    };
-    tokio::select! {
-        signal = ctrl_c() => signal,
-        _ = terminate.recv() => "SIGTERM",
-    }
+    })
 }
 
-/// Waits for Ctrl-C.
+/// Completes on Ctrl-C.
 #[cfg(not(unix))]
-async fn shutdown_signal() -> &'static str {
-    ctrl_c().await
-}
-
-async fn ctrl_c() -> &'static str {
-    if let Err(error) = tokio::signal::ctrl_c().await {
-        tracing::warn!(%error, "cannot listen for SIGINT");
-        // Without signals the process can only be killed; wait for that.
-        std::future::pending::<()>().await;
-    }
-    "SIGINT"
+fn shutdown_signal() -> std::io::Result<impl Future<Output = &'static str>> {
+    Ok(async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+        "Ctrl-C"
+    })
 }

@@ -641,10 +641,10 @@ mod tests {
     #[test]
     fn streaming_tables_add_time_to_first_byte() {
         let mut scenarios = run();
-        scenarios[0].first_byte_p50_ms = Some(0.0415);
+        scenarios[0].first_byte_p50_ms = Some(0.0416);
         let table = render_table(&scenarios, true);
         assert!(table.lines().next().unwrap().contains("| max ms | TTFB p50 ms | +p50 ms |"));
-        assert!(table.lines().nth(2).unwrap().contains("| 0.180 | 0.400 | 0.042 | - |"));
+        assert!(table.lines().nth(2).unwrap().contains("| 0.200 | 0.400 | 0.042 | - |"));
     }
 
     #[test]

@@ -18,7 +18,11 @@ use crate::error::ApiError;
 use crate::timing::Stage;
 
 /// The middleware.
-pub async fn authenticate(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn authenticate(
+    State(app): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let started = std::time::Instant::now();
     let outcome = match &app.config.server.master_key {
         None => Ok(Principal::Anonymous),
@@ -47,7 +51,9 @@ fn presented_key(headers: &http::HeaderMap) -> Option<&[u8]> {
             .unwrap_or(bytes);
         return Some(token.trim_ascii());
     }
-    headers.get("x-api-key").map(|value| value.as_bytes().trim_ascii())
+    headers
+        .get("x-api-key")
+        .map(|value| value.as_bytes().trim_ascii())
 }
 
 fn check(presented: Option<&[u8]>, master: &str) -> Result<Principal, GatewayError> {
@@ -62,10 +68,12 @@ fn check(presented: Option<&[u8]>, master: &str) -> Result<Principal, GatewayErr
     if bool::from(presented.ct_eq(master.as_bytes())) {
         Ok(Principal::MasterKey)
     } else {
-        Err(
-            GatewayError::new(ErrorKind::Authentication, Origin::Client, "Incorrect API key provided")
-                .with_code("invalid_api_key"),
+        Err(GatewayError::new(
+            ErrorKind::Authentication,
+            Origin::Client,
+            "Incorrect API key provided",
         )
+        .with_code("invalid_api_key"))
     }
 }
 
@@ -89,7 +97,10 @@ mod tests {
         let wrong = check(Some(b"secreT"), "secret").unwrap_err();
         assert_eq!(wrong.status(), 401);
         assert_eq!(wrong.code.as_deref(), Some("invalid_api_key"));
-        assert_eq!(check(None, "secret").unwrap_err().code.as_deref(), Some("missing_api_key"));
+        assert_eq!(
+            check(None, "secret").unwrap_err().code.as_deref(),
+            Some("missing_api_key")
+        );
         assert_eq!(check(Some(b""), "secret").unwrap_err().status(), 401);
     }
 }

@@ -18,7 +18,11 @@ use crate::timing::Timings;
 pub const REQUEST_ID: &str = "x-request-id";
 
 /// The middleware.
-pub async fn request_context(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn request_context(
+    State(app): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let timings = Timings::start();
     let request_id = request
         .headers()
@@ -62,6 +66,8 @@ mod tests {
         assert_eq!(a.len(), 28);
         assert!(is_acceptable(&a));
         assert!(!is_acceptable(&HeaderValue::from_static("has space")));
-        assert!(!is_acceptable(&HeaderValue::from_str(&"x".repeat(129)).unwrap()));
+        assert!(!is_acceptable(
+            &HeaderValue::from_str(&"x".repeat(129)).unwrap()
+        ));
     }
 }

@@ -32,7 +32,11 @@ use crate::timing::Stage;
 use crate::transport;
 
 /// The handler.
-pub async fn chat_completions(State(app): State<AppState>, Ctx(mut context): Ctx, body: Body) -> Response {
+pub async fn chat_completions(
+    State(app): State<AppState>,
+    Ctx(mut context): Ctx,
+    body: Body,
+) -> Response {
     let deadline = context.deadline;
     match timeout_at(deadline, handle(&app, &mut context, body)).await {
         Ok(Ok(response)) => response,
@@ -54,7 +58,11 @@ fn error_with_timing(context: &RequestContext, error: GatewayError) -> Response 
     response
 }
 
-async fn handle(app: &AppState, context: &mut RequestContext, body: Body) -> Result<Response, GatewayError> {
+async fn handle(
+    app: &AppState,
+    context: &mut RequestContext,
+    body: Body,
+) -> Result<Response, GatewayError> {
     let started = Instant::now();
     let body = read_body(body, app.config.server.max_body_bytes).await?;
     let request = ChatRequest::from_slice(&body)?;
@@ -64,7 +72,14 @@ async fn handle(app: &AppState, context: &mut RequestContext, body: Body) -> Res
     context.timings.lap(Stage::Route, started);
 
     if request.stream {
-        stream(app, context, &request, resolution.route_name(), resolution.targets()).await
+        stream(
+            app,
+            context,
+            &request,
+            resolution.route_name(),
+            resolution.targets(),
+        )
+        .await
     } else {
         super::complete(
             app,
@@ -107,7 +122,10 @@ async fn stream(
                 request_id,
             };
             let upstream = provider::chat_request(&call, request)?;
-            let response = app.transport.send(&target.provider, upstream, deadline).await?;
+            let response = app
+                .transport
+                .send(&target.provider, upstream, deadline)
+                .await?;
             let mut started = StartedStream {
                 decoder: StreamDecoder::new(&call, request),
                 events: Box::pin(transport::events(
@@ -139,7 +157,9 @@ async fn stream(
         }
     })
     .await;
-    context.timings.record(Stage::Upstream, upstream_started.elapsed());
+    context
+        .timings
+        .record(Stage::Upstream, upstream_started.elapsed());
     let served = match result {
         Ok(served) => served,
         Err(failed) => return Ok(super::failure_response(context, failed)),
@@ -148,7 +168,10 @@ async fn stream(
     let body = Body::from_stream(sse_body(served.value, provider_name, request_id));
     let mut response = Response::new(body);
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     annotate(
@@ -166,7 +189,11 @@ async fn stream(
 
 fn sse(event: &Event) -> SseEvent<'_> {
     SseEvent {
-        event: if event.event.is_empty() { "message" } else { &event.event },
+        event: if event.event.is_empty() {
+            "message"
+        } else {
+            &event.event
+        },
         data: &event.data,
     }
 }
@@ -177,45 +204,47 @@ fn sse_body(
     provider: String,
     request_id: String,
 ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
-    futures_util::stream::unfold(
-        Some((started, provider, request_id)),
-        |state| async move {
-            let (mut started, provider, request_id) = state?;
-            loop {
-                if let Some(item) = started.pending.pop_front() {
-                    let done = matches!(item, StreamItem::Done);
-                    let frame = frame(&item);
-                    if done {
-                        log_stream_end(&started, &provider, &request_id, None);
-                        return Some((Ok(frame), None));
-                    }
-                    return Some((Ok(frame), Some((started, provider, request_id))));
+    futures_util::stream::unfold(Some((started, provider, request_id)), |state| async move {
+        let (mut started, provider, request_id) = state?;
+        loop {
+            if let Some(item) = started.pending.pop_front() {
+                let done = matches!(item, StreamItem::Done);
+                let frame = frame(&item);
+                if done {
+                    log_stream_end(&started, &provider, &request_id, None);
+                    return Some((Ok(frame), None));
                 }
-                let mut out = Vec::new();
-                let step = match started.events.next().await {
-                    Some(Ok(event)) => started.decoder.decode(sse(&event), &mut out),
-                    Some(Err(error)) => Err(error),
-                    None => started.decoder.finish(&mut out),
-                };
-                match step {
-                    Ok(()) => {
-                        if out.is_empty() && started.pending.is_empty() {
-                            // An event with nothing to forward (ping, message_start...).
-                            continue;
-                        }
-                        started.pending.extend(out);
+                return Some((Ok(frame), Some((started, provider, request_id))));
+            }
+            let mut out = Vec::new();
+            let step = match started.events.next().await {
+                Some(Ok(event)) => started.decoder.decode(sse(&event), &mut out),
+                Some(Err(error)) => Err(error),
+                None => started.decoder.finish(&mut out),
+            };
+            match step {
+                Ok(()) => {
+                    if out.is_empty() && started.pending.is_empty() {
+                        // An event with nothing to forward (ping, message_start...).
+                        continue;
                     }
-                    Err(error) => {
-                        log_stream_end(&started, &provider, &request_id, Some(&error));
-                        return Some((Ok(error_frame(&error)), None));
-                    }
+                    started.pending.extend(out);
+                }
+                Err(error) => {
+                    log_stream_end(&started, &provider, &request_id, Some(&error));
+                    return Some((Ok(error_frame(&error)), None));
                 }
             }
-        },
-    )
+        }
+    })
 }
 
-fn log_stream_end(started: &StartedStream, provider: &str, request_id: &str, error: Option<&GatewayError>) {
+fn log_stream_end(
+    started: &StartedStream,
+    provider: &str,
+    request_id: &str,
+    error: Option<&GatewayError>,
+) {
     let usage = started.decoder.usage().unwrap_or_default();
     match error {
         None => tracing::debug!(
@@ -225,7 +254,9 @@ fn log_stream_end(started: &StartedStream, provider: &str, request_id: &str, err
             output_tokens = usage.output,
             "chat stream served"
         ),
-        Some(error) => tracing::warn!(request_id, provider, error = %error, "chat stream failed mid-way"),
+        Some(error) => {
+            tracing::warn!(request_id, provider, error = %error, "chat stream failed mid-way")
+        }
     }
 }
 

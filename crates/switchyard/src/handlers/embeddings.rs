@@ -14,7 +14,11 @@ use crate::error::ApiError;
 use crate::timing::Stage;
 
 /// The handler.
-pub async fn embeddings(State(app): State<AppState>, Ctx(mut context): Ctx, body: Body) -> Response {
+pub async fn embeddings(
+    State(app): State<AppState>,
+    Ctx(mut context): Ctx,
+    body: Body,
+) -> Response {
     match handle(&app, &mut context, body).await {
         Ok(response) => response,
         Err(error) => {
@@ -25,7 +29,11 @@ pub async fn embeddings(State(app): State<AppState>, Ctx(mut context): Ctx, body
     }
 }
 
-async fn handle(app: &AppState, context: &mut RequestContext, body: Body) -> Result<Response, GatewayError> {
+async fn handle(
+    app: &AppState,
+    context: &mut RequestContext,
+    body: Body,
+) -> Result<Response, GatewayError> {
     let started = std::time::Instant::now();
     let body = read_body(body, app.config.server.max_body_bytes).await?;
     let request = EmbeddingsRequest::from_slice(&body)?;

@@ -6,11 +6,11 @@ pub mod embeddings;
 pub mod meta;
 
 use axum::body::Body;
+use axum::response::IntoResponse;
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Limited};
-use axum::response::IntoResponse;
 use switchyard_core::config::Target;
 use switchyard_core::provider::{CallInfo, Completion, UpstreamRequest};
 use switchyard_core::{ErrorKind, GatewayError, Origin};
@@ -26,15 +26,22 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> 
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) => {
-            if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 Err(GatewayError::new(
                     ErrorKind::PayloadTooLarge,
                     Origin::Client,
-                    format!("The request body is larger than this gateway's limit of {limit} bytes"),
+                    format!(
+                        "The request body is larger than this gateway's limit of {limit} bytes"
+                    ),
                 )
                 .with_code("request_too_large"))
             } else {
-                Err(GatewayError::invalid_request("The request body could not be read"))
+                Err(GatewayError::invalid_request(
+                    "The request body could not be read",
+                ))
             }
         }
     }
@@ -108,8 +115,14 @@ where
                 request_id,
             };
             let upstream = build(&call)?;
-            let response = app.transport.send(&target.provider, upstream, deadline).await?;
-            let body = app.transport.read_body(&target.provider, response, deadline).await?;
+            let response = app
+                .transport
+                .send(&target.provider, upstream, deadline)
+                .await?;
+            let body = app
+                .transport
+                .read_body(&target.provider, response, deadline)
+                .await?;
             let translate_started = std::time::Instant::now();
             let completion = translate(&call, &body)?;
             Ok((completion, translate_started.elapsed()))
@@ -120,7 +133,9 @@ where
     match result {
         Ok(served) => {
             let (completion, translate) = served.value;
-            context.timings.record(Stage::Upstream, upstream.saturating_sub(translate));
+            context
+                .timings
+                .record(Stage::Upstream, upstream.saturating_sub(translate));
             context.timings.record(Stage::Translate, translate);
             tracing::debug!(
                 request_id = %request_id,
@@ -130,9 +145,10 @@ where
                 "request served"
             );
             let mut response = Response::new(Body::from(completion.body));
-            response
-                .headers_mut()
-                .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             annotate(
                 &mut response,
                 context,

@@ -1,0 +1,144 @@
+//! Helpers for the socket-level tests: an in-process gateway on a real loopback port, built
+//! from a TOML config exactly as `switchyard serve` builds it, and small SSE utilities.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+
+use switchyard::AppState;
+use switchyard::server;
+use switchyard_core::config::{parse_toml, validate};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running gateway.
+pub struct TestGateway {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl TestGateway {
+    /// Starts a gateway from `toml`, with `env` as its environment.
+    pub async fn start(toml: &str, env: &[(&str, &str)]) -> Self {
+        switchyard::install_crypto_provider();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let config = validate(&parse_toml(toml).unwrap(), &env).unwrap();
+        let state = AppState::new(config).unwrap();
+        let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        TestGateway {
+            base,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stops the gateway and waits for it to drain.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// A plain HTTP client (no TLS needed on loopback).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().build().unwrap()
+}
+
+/// POSTs JSON and returns status, headers and the parsed body.
+pub async fn post_json(
+    url: &str,
+    body: &serde_json::Value,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let mut request = client()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
+    (status, headers, body)
+}
+
+/// The `data:` payloads of an SSE body, in order.
+pub fn sse_data(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|event| {
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|line| line.strip_prefix("data: "))
+                .collect();
+            (!data.is_empty()).then(|| data.join("\n"))
+        })
+        .collect()
+}
+
+/// The text a stream of OpenAI chunks adds up to (choice 0).
+pub fn stream_text(data: &[String]) -> String {
+    data.iter()
+        .filter(|d| d.as_str() != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|chunk| {
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Config for one OpenAI-shaped, one Anthropic-shaped and one Gemini-shaped provider, all
+/// served by `mock`, plus extra TOML appended.
+pub fn three_formats(mock: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "{mock}/v1"
+api_key_env = "OPENAI_KEY"
+models = ["mock-*"]
+
+[[providers]]
+name = "anthropic"
+kind = "anthropic"
+base_url = "{mock}"
+api_key_env = "ANTHROPIC_KEY"
+
+[[providers]]
+name = "gemini"
+kind = "gemini"
+base_url = "{mock}"
+api_key_env = "GEMINI_KEY"
+{extra}
+"#
+    )
+}
+
+/// The provider keys `three_formats` reads.
+pub const PROVIDER_KEYS: &[(&str, &str)] = &[
+    ("OPENAI_KEY", "provider-key"),
+    ("ANTHROPIC_KEY", "provider-key"),
+    ("GEMINI_KEY", "provider-key"),
+];
