@@ -27,8 +27,9 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Builds the client. Needs a rustls crypto provider installed (see `main`).
+    /// Builds the client (installing the TLS crypto provider if none is yet).
     pub fn new(timeouts: UpstreamConfig) -> Result<Self, String> {
+        crate::install_crypto_provider();
         let client = reqwest::Client::builder()
             .tls_backend_rustls()
             .connect_timeout(timeouts.connect_timeout)

@@ -106,10 +106,7 @@ impl ChildProcess {
             Err(_) => {
                 return Err(LoadError::Startup {
                     role,
-                    reason: format!(
-                        "no \"{prefix}...\" line within {:?}",
-                        startup_timeout
-                    ),
+                    reason: format!("no \"{prefix}...\" line within {:?}", startup_timeout),
                     output: output.text(),
                 });
             }
@@ -194,17 +191,18 @@ impl OutputTail {
 
     fn text(&self) -> String {
         let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+        lines
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     async fn drain(self, stream: impl AsyncRead + Unpin) {
         self.drain_lines(BufReader::new(stream).lines()).await;
     }
 
-    async fn drain_lines<R: tokio::io::AsyncBufRead + Unpin>(
-        self,
-        mut lines: tokio::io::Lines<R>,
-    ) {
+    async fn drain_lines<R: tokio::io::AsyncBufRead + Unpin>(self, mut lines: tokio::io::Lines<R>) {
         while let Ok(Some(line)) = lines.next_line().await {
             self.push(line);
         }

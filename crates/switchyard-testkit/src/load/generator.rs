@@ -157,7 +157,9 @@ pub async fn generate(plan: LoadPlan, origin: Instant) -> Result<LoadOutcome, Lo
         &mut *tally.lock().unwrap_or_else(PoisonError::into_inner),
         Tally::new()?,
     );
-    let last = tally.last_completion.map_or(window.end, |last| last.max(window.end));
+    let last = tally
+        .last_completion
+        .map_or(window.end, |last| last.max(window.end));
     Ok(LoadOutcome {
         latency: tally.latency,
         first_byte: tally.first_byte,
@@ -399,7 +401,9 @@ fn record(
 }
 
 fn micros(duration: Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(duration.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// What one request/response exchange looked like.
@@ -564,7 +568,10 @@ mod tests {
         assert!(outcome.non_success > 0);
         assert_eq!(outcome.latency.len(), 0);
         let failure = outcome.first_failure.unwrap();
-        assert!(failure.contains("503") && failure.contains("busy"), "{failure}");
+        assert!(
+            failure.contains("503") && failure.contains("busy"),
+            "{failure}"
+        );
     }
 
     #[tokio::test]

@@ -128,9 +128,10 @@ pub async fn run(options: &LoadOptions, children: &mut Children) -> Result<Repor
                 "{} c={concurrency}: {:.0} RPS, p50 {}, {} non-2xx, {} errors",
                 route.label(),
                 result.requests_per_second,
-                result
-                    .latency
-                    .map_or_else(|| "-".to_owned(), |latency| format!("{:.3} ms", latency.p50_ms)),
+                result.latency.map_or_else(
+                    || "-".to_owned(),
+                    |latency| format!("{:.3} ms", latency.p50_ms)
+                ),
                 result.non_success,
                 result.errors
             ));
@@ -163,10 +164,7 @@ pub async fn run(options: &LoadOptions, children: &mut Children) -> Result<Repor
             concurrency: options.concurrency.0.clone(),
             direct_only: options.direct_only,
             mock_latency_ms: options.mock_latency_ms,
-            body_file: options
-                .body
-                .as_ref()
-                .map(|path| path.display().to_string()),
+            body_file: options.body.as_ref().map(|path| path.display().to_string()),
         },
         mock,
         gateway,

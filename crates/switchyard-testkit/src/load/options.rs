@@ -179,9 +179,7 @@ pub fn release_dir() -> PathBuf {
 pub fn workspace_root() -> PathBuf {
     let from_manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     if from_manifest.join("Cargo.toml").is_file() {
-        return from_manifest
-            .canonicalize()
-            .unwrap_or(from_manifest);
+        return from_manifest.canonicalize().unwrap_or(from_manifest);
     }
     std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
 }

@@ -89,8 +89,7 @@ impl Comparison {
         Some(Self {
             added_p50_ms: gateway_latency.p50_ms - direct_latency.p50_ms,
             added_p99_ms: gateway_latency.p99_ms - direct_latency.p99_ms,
-            rps_percent_of_direct: gateway.requests_per_second / direct.requests_per_second
-                * 100.0,
+            rps_percent_of_direct: gateway.requests_per_second / direct.requests_per_second * 100.0,
         })
     }
 }
@@ -244,7 +243,10 @@ impl Report {
             .filter(|scenario| scenario.had_failures())
             .collect();
         if !failures.is_empty() {
-            let _ = writeln!(out, "\n**Runs with failures** (figures cover 2xx responses only):");
+            let _ = writeln!(
+                out,
+                "\n**Runs with failures** (figures cover 2xx responses only):"
+            );
             for scenario in failures {
                 let _ = writeln!(
                     out,
@@ -373,7 +375,10 @@ pub fn render_targets(targets: &[TargetCheck]) -> String {
             .into_iter()
             .map(str::to_owned),
     );
-    push_row(&mut out, ["---", "---", "---:", "---"].into_iter().map(str::to_owned));
+    push_row(
+        &mut out,
+        ["---", "---", "---:", "---"].into_iter().map(str::to_owned),
+    );
     for target in targets {
         let verdict = match &target.note {
             Some(note) => format!("{} ({note})", target.verdict.label()),
@@ -471,8 +476,8 @@ pub fn evaluate_targets(
             };
         };
         let (measured, met) = figure(&comparison);
-        let clean =
-            !row.had_failures() && !direct_row(concurrency).is_some_and(ScenarioResult::had_failures);
+        let clean = !row.had_failures()
+            && !direct_row(concurrency).is_some_and(ScenarioResult::had_failures);
         TargetCheck {
             target,
             goal,
@@ -643,8 +648,20 @@ mod tests {
         let mut scenarios = run();
         scenarios[0].first_byte_p50_ms = Some(0.0416);
         let table = render_table(&scenarios, true);
-        assert!(table.lines().next().unwrap().contains("| max ms | TTFB p50 ms | +p50 ms |"));
-        assert!(table.lines().nth(2).unwrap().contains("| 0.200 | 0.400 | 0.042 | - |"));
+        assert!(
+            table
+                .lines()
+                .next()
+                .unwrap()
+                .contains("| max ms | TTFB p50 ms | +p50 ms |")
+        );
+        assert!(
+            table
+                .lines()
+                .nth(2)
+                .unwrap()
+                .contains("| 0.200 | 0.400 | 0.042 | - |")
+        );
     }
 
     #[test]
@@ -680,7 +697,11 @@ mod tests {
             .filter(|scenario| scenario.route == Route::Direct)
             .collect();
         let targets = evaluate_targets(&scenarios, None);
-        assert!(targets.iter().all(|target| target.verdict == Verdict::NotMeasured));
+        assert!(
+            targets
+                .iter()
+                .all(|target| target.verdict == Verdict::NotMeasured)
+        );
         let rendered = render_targets(&targets);
         assert!(rendered.contains("| not measured (no gateway in this run) |"));
     }

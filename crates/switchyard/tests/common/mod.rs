@@ -57,6 +57,7 @@ impl TestGateway {
 
 /// A plain HTTP client (no TLS needed on loopback).
 pub fn client() -> reqwest::Client {
+    switchyard::install_crypto_provider();
     reqwest::Client::builder().build().unwrap()
 }
 

@@ -1,0 +1,194 @@
+//! Tests of the real `switchyard` binary: start-up errors, `config check`, and graceful
+//! shutdown on SIGTERM with a stream in flight.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{client, sse_data, stream_text};
+use switchyard_testkit::mock::{Behavior, MockProvider};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// A config file in a fresh temp dir, removed at the end of the test process.
+fn write_config(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("switchyard-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The binary with an empty environment (no provider keys leak in from the machine).
+fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BINARY);
+    command.args(args).env_clear().env("RUST_LOG", "info");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    command
+}
+
+async fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let output = tokio::time::timeout(Duration::from_secs(20), command(args, env).output())
+        .await
+        .expect("the binary must exit by itself")
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+const PROVIDER: &str = r#"
+[[providers]]
+name = "mock"
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_key_env = "MOCK_KEY"
+"#;
+
+#[tokio::test]
+async fn bad_configs_exit_non_zero_naming_the_key_before_listening() {
+    let cases = [
+        ("unknown-key", format!("{PROVIDER}\n[server]\nlisten_addr = \"x\"\n"), "listen_addr", vec![("MOCK_KEY", "k")]),
+        (
+            "unknown-provider",
+            format!("{PROVIDER}\n[[routes]]\nmodel = \"r\"\ntargets = [ {{ provider = \"nope\", model = \"m\" }} ]\n"),
+            "routes[0].targets[0].provider",
+            vec![("MOCK_KEY", "k")],
+        ),
+        ("missing-env", PROVIDER.to_owned(), "MOCK_KEY is not set", vec![]),
+    ];
+    for (name, text, expected, env) in cases {
+        let path = write_config(name, &text);
+        let path = path.to_str().unwrap();
+        let (ok, stdout, stderr) = run_to_exit(&["serve", "--config", path, "--listen", "127.0.0.1:0"], &env).await;
+        assert!(!ok, "{name} must fail");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+        assert!(!stdout.contains("listening"), "{name} must fail before listening");
+
+        let (ok, _, stderr) = run_to_exit(&["config", "check", path], &env).await;
+        assert!(!ok, "config check {name}");
+        assert!(stderr.contains(expected), "config check {name}: {stderr}");
+    }
+    let path = write_config("good", PROVIDER);
+    let (ok, stdout, _) = run_to_exit(&["config", "check", path.to_str().unwrap()], &[("MOCK_KEY", "k")]).await;
+    assert!(ok);
+    assert!(stdout.contains("ok (1 providers, 0 routes)"), "{stdout}");
+}
+
+#[tokio::test]
+async fn refuses_to_expose_an_unauthenticated_gateway() {
+    let path = write_config("exposed", PROVIDER);
+    let args = ["serve", "--config", path.to_str().unwrap(), "--listen", "0.0.0.0:0"];
+    let (ok, _, stderr) = run_to_exit(&args, &[("MOCK_KEY", "k")]).await;
+    assert!(!ok);
+    assert!(stderr.contains("SWITCHYARD_MASTER_KEY"), "{stderr}");
+    assert!(stderr.contains("loopback"), "{stderr}");
+}
+
+#[tokio::test]
+async fn no_providers_points_at_the_demo() {
+    let (ok, _, stderr) = run_to_exit(&["serve", "--listen", "127.0.0.1:0"], &[]).await;
+    assert!(!ok);
+    assert!(stderr.contains("no providers configured"), "{stderr}");
+    assert!(stderr.contains("switchyard demo"), "{stderr}");
+}
+
+/// Starts the binary and waits for its address line.
+async fn start(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
+    let mut child = command(args, env).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("the gateway must announce its address")
+        .unwrap()
+        .unwrap_or_default();
+    let address = line
+        .strip_prefix("switchyard listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .to_owned();
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, address)
+}
+
+#[tokio::test]
+async fn discovers_providers_from_the_environment() {
+    let mock = MockProvider::builder().name("envmock").expect_api_key("sk-env").spawn().await.unwrap();
+    let base = format!("{}/v1", mock.base_url());
+    let (mut child, address) = start(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("OPENAI_API_KEY", "sk-env"), ("OPENAI_BASE_URL", &base)],
+    )
+    .await;
+    let response = client()
+        .post(format!("{address}/v1/chat/completions"))
+        .body(r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"from env"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchyard-provider"], "openai");
+    assert!(response.text().await.unwrap().contains("envmock says: from env"));
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_stream_finish_then_exits() {
+    let mock = MockProvider::builder()
+        .name("slow")
+        .behavior(Behavior {
+            chunk_delay_ms: 150,
+            ..Behavior::default()
+        })
+        .spawn()
+        .await
+        .unwrap();
+    let config = write_config(
+        "shutdown",
+        &format!(
+            "[server]\nshutdown_grace = \"20s\"\n[[providers]]\nname = \"mock\"\nkind = \"openai\"\nbase_url = \"{}/v1\"\nmodels = [\"mock-*\"]\n",
+            mock.base_url()
+        ),
+    );
+    let (mut child, address) = start(&["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"], &[]).await;
+
+    let mut response = client()
+        .post(format!("{address}/v1/chat/completions"))
+        .body(r#"{"model":"mock-small","stream":true,"messages":[{"role":"user","content":"one two three four five six"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut text = String::new();
+    let first = response.chunk().await.unwrap().unwrap();
+    text.push_str(&String::from_utf8_lossy(&first));
+
+    let pid = child.id().unwrap().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert!(status.success());
+
+    // The stream in flight runs to its end.
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let data = sse_data(&text);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{text}");
+    assert_eq!(stream_text(&data), "slow says: one two three four five six");
+
+    // Then the process exits cleanly, and nothing listens any more.
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("exits after draining").unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let refused = client().get(format!("{address}/healthz")).send().await;
+    assert!(refused.is_err(), "no new connections after shutdown");
+}

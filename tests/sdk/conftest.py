@@ -1,0 +1,291 @@
+"""Fixtures for the real-client suite: the official `openai` SDK against the gateway binary.
+
+One mock provider process and one gateway process serve the whole session:
+
+    SDK client --(master key)--> switchyard serve --(provider key)--> switchyard-mock
+
+The mock speaks the OpenAI, Anthropic and Gemini wires on one port and requires the provider
+key (`--expect-api-key`), so a request that reaches it with any other key gets a 401 and the
+test fails: the gateway must send the provider's key, never the client's. Every test starts
+from a reset mock (zero calls, nothing recorded, normal behaviour), so it may assert on exactly
+the requests it caused.
+
+The binaries come from `SWITCHYARD_BIN_DIR` (set by `scripts/sdk-tests.sh`), else from
+`target/debug`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+from support import CLIENT_TIMEOUT_S, MASTER_KEY, MOCK_NAME, PROVIDER_KEY
+
+REPO = Path(__file__).resolve().parents[2]
+
+# How long a process may take to print its listening line.
+START_TIMEOUT_S = 20.0
+
+GATEWAY_CONFIG = """\
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "{mock}/v1"
+api_key_env = "SDK_TEST_OPENAI_KEY"
+models = ["mock-*"]
+
+[[providers]]
+name = "anthropic"
+kind = "anthropic"
+base_url = "{mock}"
+api_key_env = "SDK_TEST_ANTHROPIC_KEY"
+
+[[providers]]
+name = "gemini"
+kind = "gemini"
+base_url = "{mock}"
+api_key_env = "SDK_TEST_GEMINI_KEY"
+
+[[routes]]
+model = "smart"
+targets = [ {{ provider = "openai", model = "mock-large" }} ]
+"""
+
+
+class ChildProcess:
+    """A binary started on port 0 that announces its address on one stdout line."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path):
+        self.name = name
+        # `http://ADDR`, once the listening line has been read.
+        self.address = ""
+        self.log_path = log_path
+        # stderr goes to a file: a pipe nobody drains would block the child once full.
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=env,
+            text=True,
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        # A thread keeps reading stdout so the child never blocks on a full pipe, and so the
+        # wait for the first line can have a deadline.
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+
+    def _read_stdout(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def wait_for_address(self, prefix: str) -> str:
+        """The `http://ADDR` from the line `{prefix} http://ADDR`, or a failure with stderr."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        seen: list[str] = []
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._fail(f"did not print '{prefix} http://...' within {START_TIMEOUT_S}s", seen)
+            try:
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.process.wait(timeout=5)
+                self._fail(f"exited with status {self.process.returncode} before listening", seen)
+            seen.append(line)
+            if line.startswith(prefix + " "):
+                address = line[len(prefix) + 1 :].strip()
+                if not address.startswith("http://"):
+                    self._fail(f"printed an unexpected address {address!r}", seen)
+                return address.rstrip("/")
+
+    def stderr(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def _fail(self, reason: str, stdout_lines: list[str]) -> None:
+        self.stop()
+        pytest.fail(
+            f"{self.name} {reason}\n"
+            f"--- stdout ---\n" + "\n".join(stdout_lines) + "\n"
+            f"--- stderr ({self.log_path}) ---\n{self.stderr()}",
+            pytrace=False,
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self._log.close()
+
+
+class MockControl:
+    """The mock's `/__mock/*` control API."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url
+
+    def _call(self, method: str, command: str, body: object = None) -> object:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"{self.base_url}/__mock/{command}",
+            data=data,
+            method=method,
+            headers={"content-type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            raise AssertionError(
+                f"mock control {method} /__mock/{command} failed: {error.code} {error.read()!r}"
+            ) from error
+
+    def reset(self) -> None:
+        self._call("POST", "reset", {})
+
+    def calls(self) -> int:
+        return int(self._call("GET", "calls")["calls"])
+
+    def requests(self) -> list[dict]:
+        """Recorded API requests since the last reset, oldest first."""
+        return list(self._call("GET", "requests"))
+
+    def only_request(self) -> dict:
+        """The one API request the test caused, failing if there were more or fewer."""
+        recorded = self.requests()
+        assert len(recorded) == 1, f"expected exactly one upstream request, got {recorded}"
+        return recorded[0]
+
+    def set_behavior(self, behavior: dict) -> None:
+        self._call("POST", "behavior", behavior)
+
+    def script(self, behaviors: list[dict]) -> None:
+        self._call("POST", "script", behaviors)
+
+
+@dataclass
+class Gateway:
+    """The running gateway: its root URL (no `/v1`)."""
+
+    url: str
+
+
+def binary_dir() -> Path:
+    configured = os.environ.get("SWITCHYARD_BIN_DIR")
+    directory = Path(configured) if configured else REPO / "target" / "debug"
+    for name in ("switchyard", "switchyard-mock"):
+        if not os.access(directory / name, os.X_OK):
+            pytest.exit(
+                f"{directory / name} is missing: build it (scripts/sdk-tests.sh does) "
+                "or set SWITCHYARD_BIN_DIR",
+                returncode=2,
+            )
+    return directory
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment for a child: ours, minus anything that could change what it serves."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("SWITCHYARD_") and not name.endswith("_API_KEY")
+    }
+    env.setdefault("RUST_LOG", "info")
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def mock_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChildProcess]:
+    logs = tmp_path_factory.mktemp("mock")
+    child = ChildProcess(
+        "switchyard-mock",
+        [
+            str(binary_dir() / "switchyard-mock"),
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            MOCK_NAME,
+            "--expect-api-key",
+            PROVIDER_KEY,
+        ],
+        child_env({}),
+        logs / "stderr.log",
+    )
+    try:
+        child.address = child.wait_for_address("switchyard-mock listening on")
+        yield child
+    finally:
+        child.stop()
+
+
+@pytest.fixture(scope="session")
+def mock_control(mock_process: ChildProcess) -> MockControl:
+    return MockControl(mock_process.address)
+
+
+@pytest.fixture(scope="session")
+def gateway(mock_process: ChildProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    directory = tmp_path_factory.mktemp("gateway")
+    config = directory / "switchyard.toml"
+    config.write_text(GATEWAY_CONFIG.format(mock=mock_process.address))
+    env = child_env(
+        {
+            "SWITCHYARD_MASTER_KEY": MASTER_KEY,
+            "SDK_TEST_OPENAI_KEY": PROVIDER_KEY,
+            "SDK_TEST_ANTHROPIC_KEY": PROVIDER_KEY,
+            "SDK_TEST_GEMINI_KEY": PROVIDER_KEY,
+        }
+    )
+    child = ChildProcess(
+        "switchyard",
+        [
+            str(binary_dir() / "switchyard"),
+            "serve",
+            "--config",
+            str(config),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        env,
+        directory / "stderr.log",
+    )
+    try:
+        yield Gateway(child.wait_for_address("switchyard listening on"))
+    finally:
+        child.stop()
+
+
+@pytest.fixture(autouse=True)
+def mock(mock_control: MockControl) -> MockControl:
+    """The mock, reset so the test sees only its own upstream requests."""
+    mock_control.reset()
+    return mock_control
+
+
+@pytest.fixture
+def client(gateway: Gateway) -> Iterator[OpenAI]:
+    """An SDK client configured exactly as an application would point it at the gateway."""
+    with OpenAI(base_url=f"{gateway.url}/v1", api_key=MASTER_KEY, timeout=CLIENT_TIMEOUT_S) as sdk:
+        yield sdk
