@@ -176,7 +176,9 @@ struct FunctionDeclaration {
     name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Standard JSON Schema (not the OpenAPI subset of `parameters`), so that the schemas
+    /// OpenAI clients send (`additionalProperties`, `$ref`...) are accepted as they are.
+    #[serde(rename = "parametersJsonSchema", skip_serializing_if = "Option::is_none")]
     parameters: Option<Value>,
 }
 
