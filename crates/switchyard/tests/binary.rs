@@ -31,7 +31,11 @@ fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     for (name, value) in env {
         command.env(name, value);
     }
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     command
 }
 
@@ -58,29 +62,52 @@ api_key_env = "MOCK_KEY"
 #[tokio::test]
 async fn bad_configs_exit_non_zero_naming_the_key_before_listening() {
     let cases = [
-        ("unknown-key", format!("{PROVIDER}\n[server]\nlisten_addr = \"x\"\n"), "listen_addr", vec![("MOCK_KEY", "k")]),
+        (
+            "unknown-key",
+            format!("{PROVIDER}\n[server]\nlisten_addr = \"x\"\n"),
+            "listen_addr",
+            vec![("MOCK_KEY", "k")],
+        ),
         (
             "unknown-provider",
-            format!("{PROVIDER}\n[[routes]]\nmodel = \"r\"\ntargets = [ {{ provider = \"nope\", model = \"m\" }} ]\n"),
+            format!(
+                "{PROVIDER}\n[[routes]]\nmodel = \"r\"\ntargets = [ {{ provider = \"nope\", model = \"m\" }} ]\n"
+            ),
             "routes[0].targets[0].provider",
             vec![("MOCK_KEY", "k")],
         ),
-        ("missing-env", PROVIDER.to_owned(), "MOCK_KEY is not set", vec![]),
+        (
+            "missing-env",
+            PROVIDER.to_owned(),
+            "MOCK_KEY is not set",
+            vec![],
+        ),
     ];
     for (name, text, expected, env) in cases {
         let path = write_config(name, &text);
         let path = path.to_str().unwrap();
-        let (ok, stdout, stderr) = run_to_exit(&["serve", "--config", path, "--listen", "127.0.0.1:0"], &env).await;
+        let (ok, stdout, stderr) = run_to_exit(
+            &["serve", "--config", path, "--listen", "127.0.0.1:0"],
+            &env,
+        )
+        .await;
         assert!(!ok, "{name} must fail");
         assert!(stderr.contains(expected), "{name}: {stderr}");
-        assert!(!stdout.contains("listening"), "{name} must fail before listening");
+        assert!(
+            !stdout.contains("listening"),
+            "{name} must fail before listening"
+        );
 
         let (ok, _, stderr) = run_to_exit(&["config", "check", path], &env).await;
         assert!(!ok, "config check {name}");
         assert!(stderr.contains(expected), "config check {name}: {stderr}");
     }
     let path = write_config("good", PROVIDER);
-    let (ok, stdout, _) = run_to_exit(&["config", "check", path.to_str().unwrap()], &[("MOCK_KEY", "k")]).await;
+    let (ok, stdout, _) = run_to_exit(
+        &["config", "check", path.to_str().unwrap()],
+        &[("MOCK_KEY", "k")],
+    )
+    .await;
     assert!(ok);
     assert!(stdout.contains("ok (1 providers, 0 routes)"), "{stdout}");
 }
@@ -88,7 +115,13 @@ async fn bad_configs_exit_non_zero_naming_the_key_before_listening() {
 #[tokio::test]
 async fn refuses_to_expose_an_unauthenticated_gateway() {
     let path = write_config("exposed", PROVIDER);
-    let args = ["serve", "--config", path.to_str().unwrap(), "--listen", "0.0.0.0:0"];
+    let args = [
+        "serve",
+        "--config",
+        path.to_str().unwrap(),
+        "--listen",
+        "0.0.0.0:0",
+    ];
     let (ok, _, stderr) = run_to_exit(&args, &[("MOCK_KEY", "k")]).await;
     assert!(!ok);
     assert!(stderr.contains("SWITCHYARD_MASTER_KEY"), "{stderr}");
@@ -124,7 +157,12 @@ async fn start(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
 
 #[tokio::test]
 async fn discovers_providers_from_the_environment() {
-    let mock = MockProvider::builder().name("envmock").expect_api_key("sk-env").spawn().await.unwrap();
+    let mock = MockProvider::builder()
+        .name("envmock")
+        .expect_api_key("sk-env")
+        .spawn()
+        .await
+        .unwrap();
     let base = format!("{}/v1", mock.base_url());
     let (mut child, address) = start(
         &["serve", "--listen", "127.0.0.1:0"],
@@ -139,7 +177,13 @@ async fn discovers_providers_from_the_environment() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-switchyard-provider"], "openai");
-    assert!(response.text().await.unwrap().contains("envmock says: from env"));
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("envmock says: from env")
+    );
     child.kill().await.unwrap();
 }
 
@@ -161,7 +205,17 @@ async fn sigterm_lets_an_in_flight_stream_finish_then_exits() {
             mock.base_url()
         ),
     );
-    let (mut child, address) = start(&["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"], &[]).await;
+    let (mut child, address) = start(
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    )
+    .await;
 
     let mut response = client()
         .post(format!("{address}/v1/chat/completions"))
@@ -175,7 +229,11 @@ async fn sigterm_lets_an_in_flight_stream_finish_then_exits() {
     text.push_str(&String::from_utf8_lossy(&first));
 
     let pid = child.id().unwrap().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
     assert!(status.success());
 
     // The stream in flight runs to its end.
@@ -187,8 +245,38 @@ async fn sigterm_lets_an_in_flight_stream_finish_then_exits() {
     assert_eq!(stream_text(&data), "slow says: one two three four five six");
 
     // Then the process exits cleanly, and nothing listens any more.
-    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("exits after draining").unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits after draining")
+        .unwrap();
     assert!(exit.success(), "{exit:?}");
     let refused = client().get(format!("{address}/healthz")).send().await;
     assert!(refused.is_err(), "no new connections after shutdown");
+}
+
+#[tokio::test]
+async fn demo_serves_without_any_keys() {
+    let (mut child, address) =
+        start(&["demo", "--listen", "127.0.0.1:0", "--no-traffic"], &[]).await;
+    for route in ["demo", "fast", "smart"] {
+        let response = client()
+            .post(format!("{address}/v1/chat/completions"))
+            .body(format!(
+                r#"{{"model":"{route}","messages":[{{"role":"user","content":"hello demo"}}]}}"#
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{route}");
+        let provider = response.headers()["x-switchyard-provider"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let text = response.text().await.unwrap();
+        assert!(
+            text.contains(&format!("{provider} says: hello demo")),
+            "{route}: {text}"
+        );
+    }
+    child.kill().await.unwrap();
 }

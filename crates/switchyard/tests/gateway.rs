@@ -545,3 +545,81 @@ async fn models_and_health() {
     let ready = client().get(gateway.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+#[tokio::test]
+async fn a_refused_connection_fails_over() {
+    let second = mock("second").await;
+    // Bind then drop a listener: nothing listens on that port any more.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = format!(
+        r#"
+[[providers]]
+name = "gone"
+kind = "openai"
+base_url = "http://{closed}/v1"
+api_key_env = "OPENAI_KEY"
+[[providers]]
+name = "second"
+kind = "openai"
+base_url = "{}/v1"
+api_key_env = "OPENAI_KEY"
+[[routes]]
+model = "pair"
+targets = [ {{ provider = "gone", model = "m1" }}, {{ provider = "second", model = "m2" }} ]
+"#,
+        second.base_url()
+    );
+    let gateway = TestGateway::start(&config, PROVIDER_KEYS).await;
+    let (status, headers, body) = post_json(
+        &gateway.url("/v1/chat/completions"),
+        &chat("pair", "x"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-switchyard-provider"], "second");
+    assert_eq!(headers["x-switchyard-attempts"], "2");
+
+    // With no target left, the client learns which provider could not be reached.
+    let (status, _, body) = post_json(
+        &gateway.url("/v1/chat/completions"),
+        &chat("gone/m1", "x"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not connect to provider gone")
+    );
+}
+
+#[tokio::test]
+async fn slow_request_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = mock("alpha").await;
+    let gateway = gateway_over(&mock, "[server]\nheader_read_timeout = \"200ms\"\n", &[]).await;
+    let address = gateway.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Never finish the headers: the gateway must close the connection by itself.
+    let mut buffer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut buffer),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "the connection must be closed by the header read timeout"
+    );
+    assert_eq!(mock.calls(), 0);
+}
