@@ -19,12 +19,13 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,25 @@ targets = [ {{ provider = "openai", model = "mock-large" }} ]
 """
 
 
+# Every process the session started, so a failing test's report can show their logs.
+_CHILDREN: list[ChildProcess] = []
+# How much of a child's stderr a failing test's report shows.
+STDERR_TAIL_LINES = 30
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Adds the tail of each child's stderr to a failed test's report."""
+    report = yield
+    if report.failed and report.when == "call":
+        for child in _CHILDREN:
+            tail = "\n".join(child.stderr().splitlines()[-STDERR_TAIL_LINES:])
+            report.sections.append((f"{child.name} stderr (full log: {child.log_path})", tail))
+    return report
+
+
 class ChildProcess:
     """A binary started on port 0 that announces its address on one stdout line."""
 
@@ -81,7 +101,10 @@ class ChildProcess:
             stderr=self._log,
             env=env,
             text=True,
+            # Its own process group, so stopping it also stops anything it started.
+            start_new_session=True,
         )
+        _CHILDREN.append(self)
         self._lines: queue.Queue[str | None] = queue.Queue()
         # A thread keeps reading stdout so the child never blocks on a full pipe, and so the
         # wait for the first line can have a deadline.
@@ -106,8 +129,12 @@ class ChildProcess:
             except queue.Empty:
                 continue
             if line is None:
-                self.process.wait(timeout=5)
-                self._fail(f"exited with status {self.process.returncode} before listening", seen)
+                try:
+                    self.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass  # It closed stdout but lives on; _fail stops it.
+                status = self.process.returncode
+                self._fail(f"closed its stdout (exit status {status}) before listening", seen)
             seen.append(line)
             if line.startswith(prefix + " "):
                 address = line[len(prefix) + 1 :].strip()
@@ -116,7 +143,8 @@ class ChildProcess:
                 return address.rstrip("/")
 
     def stderr(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def _fail(self, reason: str, stdout_lines: list[str]) -> None:
@@ -129,14 +157,21 @@ class ChildProcess:
         )
 
     def stop(self) -> None:
+        """SIGTERM to the child's process group, SIGKILL if it lingers. Idempotent."""
         if self.process.poll() is None:
-            self.process.terminate()
+            self._signal_group(signal.SIGTERM)
             try:
                 self.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                self._signal_group(signal.SIGKILL)
                 self.process.wait(timeout=5)
         self._log.close()
+
+    def _signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:
+            pass
 
 
 class MockControl:
@@ -212,6 +247,8 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
         if not name.startswith("SWITCHYARD_") and not name.endswith("_API_KEY")
     }
     env.setdefault("RUST_LOG", "info")
+    # Plain logs in the files a failing test shows.
+    env["NO_COLOR"] = "1"
     env.update(extra)
     return env
 
@@ -246,7 +283,9 @@ def mock_control(mock_process: ChildProcess) -> MockControl:
 
 
 @pytest.fixture(scope="session")
-def gateway(mock_process: ChildProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gateway(
+    mock_process: ChildProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
     directory = tmp_path_factory.mktemp("gateway")
     config = directory / "switchyard.toml"
     config.write_text(GATEWAY_CONFIG.format(mock=mock_process.address))
@@ -286,6 +325,12 @@ def mock(mock_control: MockControl) -> MockControl:
 
 @pytest.fixture
 def client(gateway: Gateway) -> Iterator[OpenAI]:
-    """An SDK client configured exactly as an application would point it at the gateway."""
-    with OpenAI(base_url=f"{gateway.url}/v1", api_key=MASTER_KEY, timeout=CLIENT_TIMEOUT_S) as sdk:
+    """An SDK client configured as an application would point it at the gateway.
+
+    Without the SDK's own retries: a test must see the gateway's first answer, not a later
+    one that hides a failure (and a retried 5xx would also cost seconds of backoff).
+    """
+    with OpenAI(
+        base_url=f"{gateway.url}/v1", api_key=MASTER_KEY, timeout=CLIENT_TIMEOUT_S, max_retries=0
+    ) as sdk:
         yield sdk

@@ -24,6 +24,7 @@ def test_chat_answers_with_the_provider_text_usage_and_headers(client, mock):
 
     assert raw.headers["x-switchyard-provider"] == "openai"
     assert raw.headers["x-switchyard-model"] == "mock-large"
+    assert raw.headers.get("x-request-id"), "every response carries a request id"
     assert completion.object == "chat.completion"
     assert len(completion.choices) == 1
     choice = completion.choices[0]
@@ -49,6 +50,16 @@ def test_the_client_key_never_reaches_the_provider(client, mock):
     upstream = mock.only_request()
     assert upstream["headers"]["authorization"] == f"Bearer {PROVIDER_KEY}"
     assert_no_master_key([upstream])
+
+
+def test_client_request_id_is_echoed(client):
+    raw = client.chat.completions.with_raw_response.create(
+        model="smart",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-request-id": "sdk-test-request-1"},
+    )
+
+    assert raw.headers["x-request-id"] == "sdk-test-request-1"
 
 
 def test_bare_model_matches_the_provider_pattern(client, mock):

@@ -178,7 +178,10 @@ struct FunctionDeclaration {
     description: Option<String>,
     /// Standard JSON Schema (not the OpenAPI subset of `parameters`), so that the schemas
     /// OpenAI clients send (`additionalProperties`, `$ref`...) are accepted as they are.
-    #[serde(rename = "parametersJsonSchema", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "parametersJsonSchema",
+        skip_serializing_if = "Option::is_none"
+    )]
     parameters: Option<Value>,
 }
 
@@ -631,11 +634,12 @@ impl ResponseFunctionCall {
             .map_or_else(|| "{}".to_owned(), Value::to_string)
     }
 
-    /// The call's own id, or one made from its place in the answer.
-    fn id(&self, candidate: u32, position: u32) -> String {
+    /// The call's own id, or one made from the request id and its place in the answer, so
+    /// that ids stay unique across a conversation, as OpenAI's are.
+    fn id(&self, request_id: &str, candidate: u32, position: u32) -> String {
         self.id
             .clone()
-            .unwrap_or_else(|| format!("call_{candidate}_{position}"))
+            .unwrap_or_else(|| format!("call_{request_id}_{candidate}_{position}"))
     }
 }
 
@@ -785,13 +789,13 @@ fn no_candidates(provider: &Provider, feedback: Option<&PromptFeedback>) -> Gate
     }
 }
 
-fn choice(candidate: &Candidate) -> Choice {
+fn choice(candidate: &Candidate, request_id: &str) -> Choice {
     let (text, calls) = split_parts(candidate.content.as_ref());
     let tool_calls: Vec<ToolCall> = calls
         .iter()
         .zip(0u32..)
         .map(|(call, position)| ToolCall {
-            id: call.id(candidate.index, position),
+            id: call.id(request_id, candidate.index, position),
             kind: "function".to_owned(),
             function: FunctionCall {
                 name: call.name.clone(),
@@ -850,7 +854,11 @@ pub fn chat_response(
         model: response
             .model_version
             .unwrap_or_else(|| call.model.to_owned()),
-        choices: response.candidates.iter().map(choice).collect(),
+        choices: response
+            .candidates
+            .iter()
+            .map(|candidate| choice(candidate, call.request_id))
+            .collect(),
         usage: Some(usage.to_openai()),
         system_fingerprint: None,
     };
@@ -1022,7 +1030,7 @@ impl GeminiStream {
             for call in calls {
                 tool_calls.push(ToolCallDelta {
                     index: progress.tool_calls,
-                    id: Some(call.id(candidate.index, progress.tool_calls)),
+                    id: Some(call.id(&self.request_id, candidate.index, progress.tool_calls)),
                     kind: Some("function".to_owned()),
                     function: Some(FunctionCallDelta {
                         name: Some(call.name.clone()),
@@ -1558,7 +1566,7 @@ mod tests {
                 "id": "chatcmpl-req-1", "object": "chat.completion", "created": 1_700_000_000,
                 "model": "gemini-x",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
-                    "tool_calls": [{"id": "call_0_0", "type": "function",
+                    "tool_calls": [{"id": "call_req-1_0_0", "type": "function",
                                     "function": {"name": "f", "arguments": "{}"}}],
                     "refusal": null},
                     "finish_reason": "tool_calls", "logprobs": null}],
