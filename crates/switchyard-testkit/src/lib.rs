@@ -17,4 +17,5 @@
 //! The mock does not depend on `switchyard-core` on purpose: it is an independent reading of
 //! the provider wire formats, so tests of the gateway's adapters are not circular.
 
+pub mod load;
 pub mod mock;

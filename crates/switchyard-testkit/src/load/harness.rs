@@ -62,6 +62,16 @@ impl Children {
 pub async fn run(options: &LoadOptions, children: &mut Children) -> Result<Report, LoadError> {
     let machine = MachineFacts::read();
     let (body, stream) = load_body(options)?;
+    // Fail on a missing build before starting anything.
+    let mut programs = vec![("mock", options.mock_program())];
+    if !options.direct_only {
+        programs.push(("gateway", options.gateway_program()));
+    }
+    for (role, path) in programs {
+        if !path.is_file() {
+            return Err(LoadError::MissingBinary { role, path });
+        }
+    }
 
     let mock = start_mock(options).await?;
     progress(format_args!(

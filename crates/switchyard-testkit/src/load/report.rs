@@ -259,6 +259,20 @@ impl Report {
                 );
             }
         }
+        for scenario in self
+            .scenarios
+            .iter()
+            .filter(|scenario| scenario.reconnects > 0)
+        {
+            let _ = writeln!(
+                out,
+                "\n- {} c={}: the server closed {} keep-alive connections, which were \
+                 replaced (reconnect time is outside the latency figures)",
+                scenario.route.label(),
+                scenario.concurrency,
+                scenario.reconnects,
+            );
+        }
         let _ = writeln!(
             out,
             "\nLatency is request sent to last body byte of 2xx responses; RPS counts complete \
@@ -712,6 +726,41 @@ mod tests {
         let targets = evaluate_targets(&scenarios, Some(&gateway(1)));
         assert_eq!(targets[1].verdict, Verdict::NotMeasured);
         assert!(targets[1].note.as_deref().unwrap().contains("32"));
+    }
+
+    #[test]
+    fn the_markdown_report_names_failures_and_reconnects() {
+        let mut scenarios = run();
+        scenarios[1].non_success = 2;
+        scenarios[1].first_failure = Some("HTTP 502 Bad Gateway: upstream".to_owned());
+        scenarios[3].reconnects = 5;
+        let report = Report {
+            machine: MachineFacts {
+                cpus: 2,
+                load_average: Some([0.5, 0.25, 0.125]),
+                kernel: None,
+            },
+            settings: Settings {
+                stream: false,
+                warmup_seconds: 1.0,
+                duration_seconds: 5.0,
+                load_threads: 1,
+                concurrency: vec![1, 32],
+                direct_only: false,
+                mock_latency_ms: None,
+                body_file: None,
+            },
+            mock: gateway(4_000_000),
+            gateway: Some(gateway(6_000_000)),
+            targets: evaluate_targets(&scenarios, Some(&gateway(6_000_000))),
+            scenarios,
+        };
+        let markdown = report.to_markdown();
+        assert!(markdown.contains("- machine: nproc 2, load average 0.50 0.25 0.12 at start"));
+        assert!(markdown.contains("- via-gateway c=1: 2 non-2xx, 0 errors; first: HTTP 502"));
+        assert!(markdown.contains("- via-gateway c=32: the server closed 5 keep-alive"));
+        assert!(markdown.contains("RSS idle 6.0 MB, VmHWM at end 12.0 MB"));
+        assert!(markdown.contains("| gateway idle RSS | < 15.0 MB | 6.0 MB | PASS |"));
     }
 
     #[test]
