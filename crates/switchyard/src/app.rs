@@ -61,9 +61,9 @@ impl AppState {
 ///
 /// 0. panic catch → request id and context (every route);
 /// 1. auth (`/v1/*` only);
-/// 6–9. route → failover → adapter → transport, inside the handlers.
-///
-/// Stages 2–5 (account, rate limit, budget, cache) slot in between auth and the handlers.
+/// 2. account, 3. rate limit, 4. budget, 5. cache: not built yet; they slot in here, between
+///    auth and the handlers;
+/// 6. route, 7. failover, 8. adapter, 9. transport: inside the handlers.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
