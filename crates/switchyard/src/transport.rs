@@ -2,12 +2,23 @@
 //! provider offers it through ALPN, rustls, `TCP_NODELAY`), with connect, first-byte, idle and
 //! total deadlines. It sends what an adapter built and hands back bytes or SSE events; it
 //! knows nothing about wire formats beyond asking the adapter to read error bodies.
+//!
+//! It is hyper-util's pooled client used directly: the load harness showed reqwest's extra
+//! layers (URL and IDNA parsing, connector clones, header merging) on every request, and the
+//! gateway needs none of its conveniences (redirects, cookies, proxies, decompression).
 
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt};
+use http::HeaderValue;
+use http_body_util::{BodyDataStream, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use switchyard_core::config::{Provider, UpstreamConfig};
 use switchyard_core::error::ErrorKind;
 use switchyard_core::provider::{UpstreamRequest, error_response};
@@ -19,30 +30,44 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// Largest error body read for its message.
 const MAX_ERROR_BYTES: usize = 64 * 1024;
 
+/// A provider's answer, headers received, body still to read.
+pub type UpstreamResponse = http::Response<Incoming>;
+
 /// The shared upstream client. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Transport {
-    client: reqwest::Client,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeouts: UpstreamConfig,
+    user_agent: HeaderValue,
 }
 
 impl Transport {
-    /// Builds the client (installing the TLS crypto provider if none is yet).
+    /// Builds the client: rustls (ring) with the platform's trust store.
     pub fn new(timeouts: UpstreamConfig) -> Result<Self, String> {
         crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .tls_backend_rustls()
-            .connect_timeout(timeouts.connect_timeout)
-            .tcp_nodelay(true)
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(timeouts.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_platform_verifier(rustls::crypto::ring::default_provider())
+            .map_err(|error| format!("could not set up TLS for upstream connections: {error}"))?
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
             .http2_adaptive_window(true)
-            // Upstream URLs come from config only; never follow a redirect elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|error| format!("could not build the HTTP client: {error}"))?;
-        Ok(Transport { client, timeouts })
+            .build(https);
+        Ok(Transport {
+            client,
+            timeouts,
+            user_agent: HeaderValue::from_static(concat!("switchyard/", env!("CARGO_PKG_VERSION"))),
+        })
     }
 
     /// The idle timeout between body chunks.
@@ -57,14 +82,19 @@ impl Transport {
         provider: &Provider,
         request: UpstreamRequest,
         deadline: Instant,
-    ) -> Result<reqwest::Response, GatewayError> {
-        let builder = self
-            .client
-            .request(request.method, request.url)
-            .headers(request.headers)
-            .body(request.body);
+    ) -> Result<UpstreamResponse, GatewayError> {
+        let uri: http::Uri = request.url.parse().map_err(|_| {
+            GatewayError::internal(format!("provider {} has an invalid URL", provider.name))
+        })?;
+        let mut outgoing = http::Request::new(Full::new(request.body));
+        *outgoing.method_mut() = request.method;
+        *outgoing.uri_mut() = uri;
+        *outgoing.headers_mut() = request.headers;
+        outgoing
+            .headers_mut()
+            .insert(http::header::USER_AGENT, self.user_agent.clone());
         let first_byte = deadline.min(Instant::now() + self.timeouts.first_byte_timeout);
-        let response = match timeout_at(first_byte, builder.send()).await {
+        let response = match timeout_at(first_byte, self.client.request(outgoing)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => return Err(send_error(provider, &error)),
             Err(_) => {
@@ -87,19 +117,14 @@ impl Transport {
             .read_limited(provider, response, deadline, MAX_ERROR_BYTES)
             .await
             .unwrap_or_default();
-        Err(error_response(
-            provider,
-            status.as_u16(),
-            retry_after,
-            &body,
-        ))
+        Err(error_response(provider, status.as_u16(), retry_after, &body))
     }
 
     /// Reads a whole answer body, with the idle timeout between chunks.
     pub async fn read_body(
         &self,
         provider: &Provider,
-        response: reqwest::Response,
+        response: UpstreamResponse,
         deadline: Instant,
     ) -> Result<Bytes, GatewayError> {
         self.read_limited(provider, response, deadline, MAX_RESPONSE_BYTES)
@@ -109,40 +134,41 @@ impl Transport {
     async fn read_limited(
         &self,
         provider: &Provider,
-        mut response: reqwest::Response,
+        response: UpstreamResponse,
         deadline: Instant,
         limit: usize,
     ) -> Result<Bytes, GatewayError> {
+        let mut body = response.into_body();
         // Most answers arrive in one chunk: keep it as is and copy only when a second comes.
         let mut first: Option<Bytes> = None;
-        let mut body = BytesMut::new();
+        let mut buffer = BytesMut::new();
         loop {
             let idle = deadline.min(Instant::now() + self.timeouts.idle_timeout);
-            match timeout_at(idle, response.chunk()).await {
-                Ok(Ok(Some(chunk))) => {
+            match timeout_at(idle, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    let Ok(chunk) = frame.into_data() else {
+                        continue; // trailers
+                    };
                     let held = first.as_ref().map_or(0, Bytes::len);
-                    if held + body.len() + chunk.len() > limit {
+                    if held + buffer.len() + chunk.len() > limit {
                         return Err(GatewayError::new(
                             ErrorKind::BadGateway,
                             Origin::Upstream(provider.name.clone()),
-                            format!(
-                                "provider {} sent an answer over {limit} bytes",
-                                provider.name
-                            ),
+                            format!("provider {} sent an answer over {limit} bytes", provider.name),
                         ));
                     }
                     match first.take() {
-                        None if body.is_empty() => first = Some(chunk),
+                        None if buffer.is_empty() => first = Some(chunk),
                         held => {
                             if let Some(held) = held {
-                                body.extend_from_slice(&held);
+                                buffer.extend_from_slice(&held);
                             }
-                            body.extend_from_slice(&chunk);
+                            buffer.extend_from_slice(&chunk);
                         }
                     }
                 }
-                Ok(Ok(None)) => return Ok(first.unwrap_or_else(|| body.freeze())),
-                Ok(Err(error)) => return Err(body_error(provider, &error)),
+                Ok(None) => return Ok(first.unwrap_or_else(|| buffer.freeze())),
+                Ok(Some(Err(error))) => return Err(body_error(provider, &error)),
                 Err(_) => {
                     return Err(timeout(
                         provider,
@@ -157,11 +183,11 @@ impl Transport {
 /// Server-sent events of a streamed answer, with the idle timeout and deadline applied.
 pub fn events(
     provider: std::sync::Arc<Provider>,
-    response: reqwest::Response,
+    response: UpstreamResponse,
     idle_timeout: Duration,
     deadline: Instant,
 ) -> impl Stream<Item = Result<Event, GatewayError>> + Send + 'static {
-    let events = response.bytes_stream().eventsource();
+    let events = BodyDataStream::new(response.into_body()).eventsource();
     futures_util::stream::unfold(
         (Box::pin(events), provider, false),
         move |(mut events, provider, ended)| async move {
@@ -220,7 +246,7 @@ fn timeout(provider: &Provider, message: String) -> GatewayError {
     )
 }
 
-fn send_error(provider: &Provider, error: &reqwest::Error) -> GatewayError {
+fn send_error(provider: &Provider, error: &hyper_util::client::legacy::Error) -> GatewayError {
     tracing::warn!(provider = %provider.name, error = %error_chain(error), "upstream request failed");
     let origin = Origin::Upstream(provider.name.clone());
     if error.is_connect() {
@@ -228,12 +254,6 @@ fn send_error(provider: &Provider, error: &reqwest::Error) -> GatewayError {
             ErrorKind::Unavailable,
             origin,
             format!("could not connect to provider {}", provider.name),
-        )
-    } else if error.is_timeout() {
-        GatewayError::new(
-            ErrorKind::Timeout,
-            origin,
-            format!("provider {} timed out", provider.name),
         )
     } else {
         GatewayError::new(
@@ -244,7 +264,7 @@ fn send_error(provider: &Provider, error: &reqwest::Error) -> GatewayError {
     }
 }
 
-fn body_error(provider: &Provider, error: &reqwest::Error) -> GatewayError {
+fn body_error(provider: &Provider, error: &hyper::Error) -> GatewayError {
     tracing::warn!(provider = %provider.name, error = %error_chain(error), "upstream body failed");
     GatewayError::new(
         ErrorKind::BadGateway,
