@@ -117,7 +117,12 @@ impl Transport {
             .read_limited(provider, response, deadline, MAX_ERROR_BYTES)
             .await
             .unwrap_or_default();
-        Err(error_response(provider, status.as_u16(), retry_after, &body))
+        Err(error_response(
+            provider,
+            status.as_u16(),
+            retry_after,
+            &body,
+        ))
     }
 
     /// Reads a whole answer body, with the idle timeout between chunks.
@@ -154,7 +159,10 @@ impl Transport {
                         return Err(GatewayError::new(
                             ErrorKind::BadGateway,
                             Origin::Upstream(provider.name.clone()),
-                            format!("provider {} sent an answer over {limit} bytes", provider.name),
+                            format!(
+                                "provider {} sent an answer over {limit} bytes",
+                                provider.name
+                            ),
                         ));
                     }
                     match first.take() {
