@@ -12,21 +12,20 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::{BufMut, Bytes, BytesMut};
 use eventsource_stream::Event;
 use futures_util::{Stream, StreamExt};
 use http::{HeaderValue, header};
+use switchyard_core::GatewayError;
 use switchyard_core::config::Target;
 use switchyard_core::provider::{self, CallInfo, SseEvent, StreamDecoder, StreamItem};
 use switchyard_core::wire::ChatRequest;
-use switchyard_core::{ErrorKind, GatewayError, Origin};
 use tokio::time::timeout_at;
 
 use super::{Served, annotate, now_unix, read_body};
 use crate::app::AppState;
 use crate::context::{Ctx, RequestContext};
-use crate::error::ApiError;
 use crate::failover;
 use crate::timing::Stage;
 use crate::transport;
@@ -37,25 +36,8 @@ pub async fn chat_completions(
     Ctx(mut context): Ctx,
     body: Body,
 ) -> Response {
-    let deadline = context.deadline;
-    match timeout_at(deadline, handle(&app, &mut context, body)).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(error)) => error_with_timing(&context, error),
-        Err(_) => error_with_timing(
-            &context,
-            GatewayError::new(
-                ErrorKind::Timeout,
-                Origin::Gateway,
-                "The request did not finish within the gateway's request timeout",
-            ),
-        ),
-    }
-}
-
-fn error_with_timing(context: &RequestContext, error: GatewayError) -> Response {
-    let mut response = ApiError(error).into_response();
-    annotate(&mut response, context, None);
-    response
+    let outcome = timeout_at(context.deadline, handle(&app, &mut context, body)).await;
+    super::conclude(&context, outcome)
 }
 
 async fn handle(
@@ -177,12 +159,7 @@ async fn stream(
     annotate(
         &mut response,
         context,
-        Some(&Served {
-            provider: &served.target.provider.name,
-            model: &served.target.model,
-            route,
-            attempts: served.attempts,
-        }),
+        Some(&Served::new(served.target, served.attempts, route)),
     );
     Ok(response)
 }

@@ -2,15 +2,14 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use switchyard_core::GatewayError;
 use switchyard_core::provider;
 use switchyard_core::wire::EmbeddingsRequest;
 
-use super::{annotate, read_body};
+use super::read_body;
 use crate::app::AppState;
 use crate::context::{Ctx, RequestContext};
-use crate::error::ApiError;
 use crate::timing::Stage;
 
 /// The handler.
@@ -19,14 +18,8 @@ pub async fn embeddings(
     Ctx(mut context): Ctx,
     body: Body,
 ) -> Response {
-    match handle(&app, &mut context, body).await {
-        Ok(response) => response,
-        Err(error) => {
-            let mut response = ApiError(error).into_response();
-            annotate(&mut response, &context, None);
-            response
-        }
-    }
+    let outcome = tokio::time::timeout_at(context.deadline, handle(&app, &mut context, body)).await;
+    super::conclude(&context, outcome)
 }
 
 async fn handle(

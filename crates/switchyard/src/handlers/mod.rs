@@ -59,6 +59,38 @@ pub struct Served<'a> {
     pub attempts: u32,
 }
 
+impl<'a> Served<'a> {
+    /// `target` answered on `route` after `attempts` attempts.
+    pub fn new(target: &'a Target, attempts: u32, route: &'a str) -> Self {
+        Served {
+            provider: &target.provider.name,
+            model: &target.model,
+            route,
+            attempts,
+        }
+    }
+}
+
+/// The response for a handler's outcome under the request deadline: its answer, or its error
+/// (or the deadline's) with the stage timings so far.
+pub fn conclude(
+    context: &RequestContext,
+    outcome: Result<Result<Response, GatewayError>, tokio::time::error::Elapsed>,
+) -> Response {
+    let error = match outcome {
+        Ok(Ok(response)) => return response,
+        Ok(Err(error)) => error,
+        Err(_) => GatewayError::new(
+            ErrorKind::Timeout,
+            Origin::Gateway,
+            "The request did not finish within the gateway's request timeout",
+        ),
+    };
+    let mut response = ApiError(error).into_response();
+    annotate(&mut response, context, None);
+    response
+}
+
 /// Stamps the `x-switchyard-*` and `Server-Timing` headers.
 pub fn annotate(response: &mut Response, context: &RequestContext, served: Option<&Served<'_>>) {
     let headers = response.headers_mut();
@@ -152,12 +184,7 @@ where
             annotate(
                 &mut response,
                 context,
-                Some(&Served {
-                    provider: &served.target.provider.name,
-                    model: &served.target.model,
-                    route,
-                    attempts: served.attempts,
-                }),
+                Some(&Served::new(served.target, served.attempts, route)),
             );
             Ok(response)
         }
