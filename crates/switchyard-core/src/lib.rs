@@ -4,6 +4,7 @@
 //! Cloudflare Worker. Everything here is pure: no tokio, no sockets, no clock of its own.
 //!
 //! # Layout
+//! - [`clock`]: injected monotonic time ([`clock::Clock`], [`clock::ManualClock`]).
 //! - [`wire`]: OpenAI wire types (chat, stream chunks, embeddings, usage, models) and body
 //!   parsing with errors that name the field.
 //! - [`error`]: the one error model: kind → HTTP status and OpenAI error type, origin,
@@ -15,6 +16,7 @@
 //!   Anthropic Messages, Gemini), building upstream requests and translating answers, stream
 //!   events and errors.
 
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod provider;
