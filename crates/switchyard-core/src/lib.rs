@@ -12,6 +12,8 @@
 //! - [`config`]: raw TOML structs → validated [`config::Config`]; provider presets and
 //!   discovery of providers from the environment.
 //! - [`routing`]: model name → ordered targets (route, `provider/model`, bare model).
+//! - [`strategy`]: routing strategies: the attempt order over a route's available targets.
+//! - [`health`]: per-target policies: circuit breaker, retry budget, backoff, peak-EWMA latency.
 //! - [`provider`]: pure adapters, one file per wire format (OpenAI-compatible and Azure,
 //!   Anthropic Messages, Gemini), building upstream requests and translating answers, stream
 //!   events and errors.
@@ -19,8 +21,10 @@
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod provider;
 pub mod routing;
+pub mod strategy;
 pub mod wire;
 
 pub use error::{ErrorKind, GatewayError, Origin};

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, Provider, Route, Target};
 use crate::error::GatewayError;
+use crate::strategy::Strategy;
 use crate::wire::{ModelInfo, ModelList};
 
 /// The resolved targets for one request.
@@ -35,11 +36,27 @@ impl Resolution<'_> {
         }
     }
 
-    /// The targets, in preference order.
+    /// The targets, in config order.
     pub fn targets(&self) -> &[Target] {
         match self {
             Resolution::Route(route) => &route.targets,
             Resolution::Direct { targets, .. } => targets,
+        }
+    }
+
+    /// How to choose among the targets (`priority` for direct names: config order).
+    pub fn strategy(&self) -> Strategy {
+        match self {
+            Resolution::Route(route) => route.strategy,
+            Resolution::Direct { .. } => Strategy::Priority,
+        }
+    }
+
+    /// Routes to fall back to, in order, when every target failed.
+    pub fn fallbacks(&self) -> &[String] {
+        match self {
+            Resolution::Route(route) => &route.fallbacks,
+            Resolution::Direct { .. } => &[],
         }
     }
 }
@@ -70,6 +87,11 @@ impl ModelRouter {
         }
     }
 
+    /// A configured route by name.
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes.get(name)
+    }
+
     /// The targets for `model`, or a 404 in OpenAI's shape.
     pub fn resolve<'a>(&'a self, model: &'a str) -> Result<Resolution<'a>, GatewayError> {
         if let Some(route) = self.routes.get(model) {
@@ -83,19 +105,16 @@ impl ModelRouter {
             }
             return Ok(Resolution::Direct {
                 name: model,
-                targets: vec![Target {
-                    provider: Arc::clone(provider),
-                    model: rest.to_owned(),
-                }],
+                targets: vec![Target::direct(Arc::clone(provider), rest.to_owned(), 0)],
             });
         }
         let targets: Vec<Target> = self
             .providers
             .iter()
             .filter(|provider| provider.serves(model))
-            .map(|provider| Target {
-                provider: Arc::clone(provider),
-                model: model.to_owned(),
+            .zip(0u32..)
+            .map(|(provider, position)| {
+                Target::direct(Arc::clone(provider), model.to_owned(), position)
             })
             .collect();
         if targets.is_empty() {

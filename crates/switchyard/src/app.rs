@@ -11,7 +11,8 @@ use switchyard_core::config::Config;
 use switchyard_core::routing::ModelRouter;
 
 use crate::chain::{auth, request_id};
-use crate::handlers::{chat, embeddings, meta};
+use crate::handlers::{admin, chat, embeddings, meta};
+use crate::tracker::{TokioClock, Tracker};
 use crate::transport::Transport;
 
 /// The shared state: built once at start-up, cheap to clone (an `Arc` inside).
@@ -33,6 +34,8 @@ pub struct AppInner {
     pub router: ModelRouter,
     /// The pooled upstream client.
     pub transport: Transport,
+    /// Health and performance of every provider and target, and the retry budget.
+    pub tracker: Tracker,
     /// `GET /v1/models`, serialised once.
     pub models_body: Bytes,
     /// False once shutdown has begun (`/readyz` answers 503).
@@ -46,11 +49,13 @@ impl AppState {
         let models_body = serde_json::to_vec(&router.list())
             .map(Bytes::from)
             .map_err(|error| format!("could not encode the model list: {error}"))?;
-        let transport = Transport::new(config.upstream)?;
+        let transport = Transport::new(config.upstream, &config.providers)?;
+        let tracker = Tracker::new(&config, Arc::new(TokioClock::new()));
         Ok(AppState(Arc::new(AppInner {
             config,
             router,
             transport,
+            tracker,
             models_body,
             ready: AtomicBool::new(true),
         })))
@@ -60,7 +65,7 @@ impl AppState {
 /// The HTTP router. The chain runs outermost first:
 ///
 /// 0. panic catch → request id and context (every route);
-/// 1. auth (`/v1/*` only);
+/// 1. auth (`/v1/*` and `/admin/*`);
 /// 2. account, 3. rate limit, 4. budget, 5. cache: not built yet; they slot in here, between
 ///    auth and the handlers;
 /// 6. route, 7. failover, 8. adapter, 9. transport: inside the handlers.
@@ -72,6 +77,9 @@ pub fn router(state: AppState) -> Router {
         .route("/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(meta::list_models))
         .route("/v1/models/{*model}", get(meta::get_model))
+        .route("/admin/providers", get(admin::providers))
+        .route("/admin/providers/{name}/drain", post(admin::drain))
+        .route("/admin/providers/{name}/enable", post(admin::enable))
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .merge(api)

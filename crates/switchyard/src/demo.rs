@@ -140,8 +140,10 @@ fn demo_config(mocks: &[MockHandle]) -> RawConfig {
                 .map(|(provider, model)| RawTarget {
                     provider: (*provider).to_owned(),
                     model: (*model).to_owned(),
+                    ..RawTarget::default()
                 })
                 .collect(),
+            ..RawRoute::default()
         })
         .collect();
     RawConfig {

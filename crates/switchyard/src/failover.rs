@@ -1,25 +1,64 @@
-//! Stage 7: failover across a route's targets.
+//! Stage 7: choosing targets and failing over between them.
 //!
-//! Tries the targets in order. A retryable error (connect failure, timeout, 5xx, 429) moves
-//! on to the next target; so does a target whose adapter cannot express the request (for
-//! example `n > 1` on Anthropic) when another target might. Any other error is the answer.
-//! When every target fails, the last error is. Backoff, circuit breakers and retry budgets
-//! come with the provider manager.
+//! For each route of the plan (the requested route, then its fallbacks), the route's strategy
+//! orders the targets that are available now (breaker admits, not drained, healthy, not
+//! cooling down after a 429, under their concurrency limit); unavailable ones cost nothing.
+//! Attempts then go down that order:
+//! - a retryable error (connect failure, timeout, 5xx, 429) moves on to the next target at
+//!   once, with no backoff, so recovering from a dead provider adds almost nothing;
+//! - a route with a single target retries that target after an exponential backoff with
+//!   jitter, unless it is now unavailable (for example in `Retry-After` cooldown);
+//! - a target whose adapter cannot express the request (a client-origin error) is skipped;
+//! - any other error (400, 401, 403, 404, content policy) is the answer, never retried.
+//!
+//! Every retry needs the retry budget's consent, and the whole is bounded by `max_attempts`
+//! and the request deadline. When nothing could be tried, the answer is a fast 503.
 
 use std::future::Future;
 
-use switchyard_core::config::Target;
-use switchyard_core::{GatewayError, Origin};
+use switchyard_core::config::{RoutingConfig, Target};
+use switchyard_core::strategy::{self, Strategy};
+use switchyard_core::{ErrorKind, GatewayError, Origin};
+use tokio::time::Instant;
+
+use crate::tracker::{InFlight, Tracker};
+
+/// One route of a plan.
+#[derive(Debug, Clone, Copy)]
+pub struct PlannedRoute<'a> {
+    /// Its name, reported in `x-switchyard-route`.
+    pub name: &'a str,
+    /// Its targets, in config order.
+    pub targets: &'a [Target],
+    /// How to order them.
+    pub strategy: Strategy,
+}
+
+/// What the strategies need to know about the request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts {
+    /// Streamed (latency is judged by time to first token).
+    pub stream: bool,
+    /// Estimated input tokens, for `least-cost`.
+    pub input_tokens: u64,
+    /// The client's output limit, for `least-cost`.
+    pub max_output_tokens: Option<u32>,
+    /// When the whole request must be over.
+    pub deadline: Instant,
+}
 
 /// The outcome of a successful attempt.
-#[derive(Debug)]
 pub struct Served<'a, T> {
     /// What the attempt produced.
     pub value: T,
     /// The target that served it.
     pub target: &'a Target,
+    /// The route that target belongs to.
+    pub route: &'a str,
     /// How many attempts it took, this one included.
     pub attempts: u32,
+    /// The target's in-flight slot: finish it when the answer is over.
+    pub in_flight: InFlight,
 }
 
 /// A failure after `attempts` attempts.
@@ -31,42 +70,107 @@ pub struct Failed {
     pub attempts: u32,
 }
 
-/// Runs `attempt` against each target in turn until one succeeds or an error must stop us.
+/// Runs `attempt` against the plan's targets until one succeeds or an error must stop us.
 pub async fn run<'a, T, F, Fut>(
-    targets: &'a [Target],
+    tracker: &Tracker,
+    routing: &RoutingConfig,
+    plan: &[PlannedRoute<'a>],
+    facts: RequestFacts,
     mut attempt: F,
 ) -> Result<Served<'a, T>, Failed>
 where
     F: FnMut(&'a Target) -> Fut,
     Fut: Future<Output = Result<T, GatewayError>>,
 {
-    let mut attempts = 0;
-    let mut last_error = None;
-    for (index, target) in targets.iter().enumerate() {
-        attempts += 1;
-        match attempt(target).await {
-            Ok(value) => {
-                return Ok(Served {
-                    value,
+    tracker.deposit();
+    let mut attempts: u32 = 0;
+    let mut last_error: Option<GatewayError> = None;
+    'routes: for route in plan {
+        let states: Vec<_> = route
+            .targets
+            .iter()
+            .map(|target| tracker.target(target))
+            .collect();
+        let views: Vec<_> = route
+            .targets
+            .iter()
+            .zip(&states)
+            .map(|(target, state)| {
+                tracker.candidate(
                     target,
-                    attempts,
-                });
+                    state,
+                    facts.stream,
+                    facts.input_tokens,
+                    facts.max_output_tokens,
+                )
+            })
+            .collect();
+        let order = strategy::order(route.strategy, &views, &mut || fastrand::u64(..));
+        if order.is_empty() {
+            last_error.get_or_insert_with(|| no_target(route.name));
+            continue;
+        }
+        let single = route.targets.len() == 1;
+        let mut same_target_retries = 0;
+        let mut position = 0;
+        while let Some(&index) = order.get(position) {
+            if attempts >= routing.max_attempts {
+                break 'routes;
             }
-            Err(error) => {
-                // A client-origin error here means this target's adapter cannot express the
-                // request; another target might.
-                let next = index + 1 < targets.len()
-                    && (error.retryable || error.origin == Origin::Client);
-                tracing::debug!(
-                    provider = %target.provider.name,
-                    model = %target.model,
-                    error = %error,
-                    next,
-                    "attempt failed"
-                );
-                last_error = Some(error);
-                if !next {
-                    break;
+            if attempts > 0 && !tracker.try_retry() {
+                tracing::warn!(route = route.name, "retry budget exhausted: not retrying");
+                break 'routes;
+            }
+            let target = &route.targets[index];
+            let admitted = match tracker.begin(target, &states[index]) {
+                Ok(admitted) => admitted,
+                Err(error) => {
+                    // It became unavailable since the ordering (or is cooling down after the
+                    // last attempt): skip it at no cost.
+                    last_error.get_or_insert(error);
+                    position += 1;
+                    continue;
+                }
+            };
+            attempts += 1;
+            match attempt(target).await {
+                Ok(value) => {
+                    let in_flight = admitted.succeed(facts.stream);
+                    return Ok(Served {
+                        value,
+                        target,
+                        route: route.name,
+                        attempts,
+                        in_flight,
+                    });
+                }
+                Err(error) => {
+                    admitted.fail(&error);
+                    // A client-origin error here means this target's adapter cannot express
+                    // the request; another target might.
+                    let worth_another = error.retryable || error.origin == Origin::Client;
+                    tracing::debug!(
+                        provider = %target.provider.name,
+                        model = %target.model,
+                        error = %error,
+                        attempts,
+                        "attempt failed"
+                    );
+                    if !worth_another {
+                        return Err(Failed { error, attempts });
+                    }
+                    let retry_same = single && error.retryable;
+                    last_error = Some(error);
+                    if retry_same && attempts < routing.max_attempts {
+                        let delay = routing.backoff.delay(same_target_retries, fastrand::f64());
+                        same_target_retries += 1;
+                        if Instant::now() + delay >= facts.deadline {
+                            break 'routes;
+                        }
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    position += 1;
                 }
             }
         }
@@ -77,91 +181,18 @@ where
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use switchyard_core::ErrorKind;
-    use switchyard_core::config::{Provider, Target};
-
-    use super::*;
-
-    fn targets(n: usize) -> Vec<Target> {
-        (0..n)
-            .map(|i| Target {
-                provider: Arc::new(Provider {
-                    name: format!("p{i}"),
-                    kind: "openai".into(),
-                    wire: switchyard_core::provider::WireFormat::OpenAi,
-                    base_url: "http://127.0.0.1:1".into(),
-                    api_key: None,
-                    api_version: String::new(),
-                    models: vec![],
-                    headers: vec![],
-                }),
-                model: "m".into(),
-            })
-            .collect()
-    }
-
-    fn upstream(kind: ErrorKind) -> GatewayError {
-        GatewayError::new(kind, Origin::Upstream("p".into()), "x")
-    }
-
-    async fn outcome(results: Vec<Result<u32, GatewayError>>) -> (Result<(String, u32), u16>, u32) {
-        let targets = targets(results.len());
-        let mut results = results.into_iter();
-        let mut tried = 0;
-        let result = run(&targets, |target| {
-            tried += 1;
-            let next = results.next().unwrap();
-            async move { next.map(|v| (target.provider.name.clone(), v)) }
-        })
-        .await;
-        match result {
-            Ok(served) => {
-                assert_eq!(served.attempts, tried);
-                (Ok(served.value), tried)
-            }
-            Err(failed) => {
-                assert_eq!(failed.attempts, tried);
-                (Err(failed.error.status()), tried)
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn retryable_errors_move_on() {
-        let (result, tried) = outcome(vec![Err(upstream(ErrorKind::Unavailable)), Ok(7)]).await;
-        assert_eq!(result, Ok(("p1".into(), 7)));
-        assert_eq!(tried, 2);
-    }
-
-    #[tokio::test]
-    async fn a_non_retryable_upstream_error_is_the_answer() {
-        let bad_request =
-            GatewayError::new(ErrorKind::InvalidRequest, Origin::Upstream("p".into()), "x");
-        let (result, tried) = outcome(vec![Err(bad_request), Ok(7)]).await;
-        assert_eq!(result, Err(400));
-        assert_eq!(tried, 1);
-    }
-
-    #[tokio::test]
-    async fn a_target_that_cannot_express_the_request_is_skipped() {
-        let (result, tried) =
-            outcome(vec![Err(GatewayError::invalid_request("n > 1")), Ok(1)]).await;
-        assert_eq!(result, Ok(("p1".into(), 1)));
-        assert_eq!(tried, 2);
-    }
-
-    #[tokio::test]
-    async fn the_last_error_is_reported_when_all_fail() {
-        let (result, tried) = outcome(vec![
-            Err(upstream(ErrorKind::Unavailable)),
-            Err(upstream(ErrorKind::RateLimited)),
-        ])
-        .await;
-        assert_eq!(result, Err(429));
-        assert_eq!(tried, 2);
-    }
+fn no_target(route: &str) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::Unavailable,
+        Origin::Gateway,
+        format!(
+            "No provider is available for `{route}` right now: every target is drained, failing \
+             its health check, cooling down after a rate limit, at its concurrency limit, or has \
+             its circuit breaker open"
+        ),
+    )
+    .with_code("no_available_provider")
 }
+
+#[cfg(test)]
+mod tests;

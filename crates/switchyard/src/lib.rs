@@ -8,7 +8,10 @@
 //! - [`app`]: shared state and the router, where the chain's order is written down.
 //! - [`chain`]: cross-cutting stages as middleware (request id and context, auth).
 //! - [`handlers`]: the endpoints; route → failover → adapter → transport for each.
-//! - [`failover`]: trying a route's targets in order.
+//! - [`failover`]: ordering a route's targets by its strategy and failing over between them
+//!   (retries, backoff, retry budget, fallback routes).
+//! - [`tracker`]: per-target breakers, latency and load; drain; the retry budget.
+//! - [`health_check`]: active probes of providers in the background.
 //! - [`transport`]: the pooled upstream HTTP client with its timeouts.
 //! - [`context`], [`timing`]: the typed per-request context and `Server-Timing`.
 //! - [`error`]: the one place errors become responses.
@@ -23,8 +26,10 @@ pub mod demo;
 pub mod error;
 pub mod failover;
 pub mod handlers;
+pub mod health_check;
 pub mod server;
 pub mod timing;
+pub mod tracker;
 pub mod transport;
 
 pub use app::{AppState, router};

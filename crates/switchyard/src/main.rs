@@ -20,10 +20,11 @@ fn main() -> std::process::ExitCode {
         .init();
     switchyard::install_crypto_provider();
     let cli = switchyard::cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = cli.workers {
+        builder.worker_threads(usize::from(workers));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("switchyard: could not start the async runtime: {error}");

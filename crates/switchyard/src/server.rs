@@ -26,6 +26,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
 /// Serves until `shutdown` resolves, then drains.
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()>) {
     let router = app::router(state.clone());
+    crate::health_check::spawn_all(&state);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

@@ -7,6 +7,8 @@
 //! layers (URL and IDNA parsing, connector clones, header merging) on every request, and the
 //! gateway needs none of its conveniences (redirects, cookies, proxies, decompression).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -19,7 +21,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use switchyard_core::config::{Provider, UpstreamConfig};
+use switchyard_core::config::{Provider, Target, UpstreamConfig};
 use switchyard_core::error::ErrorKind;
 use switchyard_core::provider::{UpstreamRequest, error_response};
 use switchyard_core::{GatewayError, Origin};
@@ -33,46 +35,77 @@ const MAX_ERROR_BYTES: usize = 64 * 1024;
 /// A provider's answer, headers received, body still to read.
 pub type UpstreamResponse = http::Response<Incoming>;
 
-/// The shared upstream client. Cheap to clone.
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The shared upstream client: one connection pool per provider (each with its own connect
+/// timeout). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Transport {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    timeouts: UpstreamConfig,
+    clients: Arc<HashMap<String, HttpClient>>,
+    default_client: HttpClient,
     user_agent: HeaderValue,
 }
 
+/// How long one call may take.
+#[derive(Debug, Clone, Copy)]
+pub struct CallLimits {
+    /// Request sent → response headers.
+    pub first_byte: Duration,
+    /// Longest silence between body chunks.
+    pub idle: Duration,
+    /// When the call must be over (the request deadline, or sooner with a total timeout).
+    pub deadline: Instant,
+}
+
+impl CallLimits {
+    /// The limits for calling `target` within the request `deadline`.
+    pub fn for_target(target: &Target, deadline: Instant) -> Self {
+        let deadline = match target.timeouts.total {
+            Some(total) => deadline.min(Instant::now() + total),
+            None => deadline,
+        };
+        CallLimits {
+            first_byte: target.timeouts.first_byte,
+            idle: target.timeouts.idle,
+            deadline,
+        }
+    }
+}
+
+fn client(connect_timeout: Duration) -> Result<HttpClient, String> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_platform_verifier(rustls::crypto::ring::default_provider())
+        .map_err(|error| format!("could not set up TLS for upstream connections: {error}"))?
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .http2_adaptive_window(true)
+        .build(https))
+}
+
 impl Transport {
-    /// Builds the client: rustls (ring) with the platform's trust store.
-    pub fn new(timeouts: UpstreamConfig) -> Result<Self, String> {
+    /// Builds a pool per provider: rustls (ring) with the platform's trust store.
+    pub fn new(upstream: UpstreamConfig, providers: &[Arc<Provider>]) -> Result<Self, String> {
         crate::install_crypto_provider();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(timeouts.connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_platform_verifier(rustls::crypto::ring::default_provider())
-            .map_err(|error| format!("could not set up TLS for upstream connections: {error}"))?
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .http2_adaptive_window(true)
-            .build(https);
+        let mut clients = HashMap::with_capacity(providers.len());
+        for provider in providers {
+            clients.insert(provider.name.clone(), client(provider.timeouts.connect)?);
+        }
         Ok(Transport {
-            client,
-            timeouts,
+            clients: Arc::new(clients),
+            default_client: client(upstream.connect_timeout)?,
             user_agent: HeaderValue::from_static(concat!("switchyard/", env!("CARGO_PKG_VERSION"))),
         })
-    }
-
-    /// The idle timeout between body chunks.
-    pub fn idle_timeout(&self) -> Duration {
-        self.timeouts.idle_timeout
     }
 
     /// Sends `request` and waits for the answer's headers. A non-2xx answer is read and
@@ -81,7 +114,7 @@ impl Transport {
         &self,
         provider: &Provider,
         request: UpstreamRequest,
-        deadline: Instant,
+        limits: CallLimits,
     ) -> Result<UpstreamResponse, GatewayError> {
         let uri: http::Uri = request.url.parse().map_err(|_| {
             GatewayError::internal(format!("provider {} has an invalid URL", provider.name))
@@ -93,8 +126,13 @@ impl Transport {
         outgoing
             .headers_mut()
             .insert(http::header::USER_AGENT, self.user_agent.clone());
-        let first_byte = deadline.min(Instant::now() + self.timeouts.first_byte_timeout);
-        let response = match timeout_at(first_byte, self.client.request(outgoing)).await {
+        let deadline = limits.deadline;
+        let first_byte = deadline.min(Instant::now() + limits.first_byte);
+        let client = self
+            .clients
+            .get(&provider.name)
+            .unwrap_or(&self.default_client);
+        let response = match timeout_at(first_byte, client.request(outgoing)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => return Err(send_error(provider, &error)),
             Err(_) => {
@@ -103,7 +141,7 @@ impl Transport {
                     format!(
                         "provider {} did not answer within {:?}",
                         provider.name,
-                        first_byte_limit(first_byte, deadline, self.timeouts.first_byte_timeout)
+                        first_byte_limit(first_byte, deadline, limits.first_byte)
                     ),
                 ));
             }
@@ -113,8 +151,7 @@ impl Transport {
             return Ok(response);
         }
         let retry_after = retry_after(response.headers());
-        let body = self
-            .read_limited(provider, response, deadline, MAX_ERROR_BYTES)
+        let body = read_limited(provider, response, limits, MAX_ERROR_BYTES)
             .await
             .unwrap_or_default();
         Err(error_response(
@@ -130,59 +167,58 @@ impl Transport {
         &self,
         provider: &Provider,
         response: UpstreamResponse,
-        deadline: Instant,
+        limits: CallLimits,
     ) -> Result<Bytes, GatewayError> {
-        self.read_limited(provider, response, deadline, MAX_RESPONSE_BYTES)
-            .await
+        read_limited(provider, response, limits, MAX_RESPONSE_BYTES).await
     }
+}
 
-    async fn read_limited(
-        &self,
-        provider: &Provider,
-        response: UpstreamResponse,
-        deadline: Instant,
-        limit: usize,
-    ) -> Result<Bytes, GatewayError> {
-        let mut body = response.into_body();
-        // Most answers arrive in one chunk: keep it as is and copy only when a second comes.
-        let mut first: Option<Bytes> = None;
-        let mut buffer = BytesMut::new();
-        loop {
-            let idle = deadline.min(Instant::now() + self.timeouts.idle_timeout);
-            match timeout_at(idle, body.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    let Ok(chunk) = frame.into_data() else {
-                        continue; // trailers
-                    };
-                    let held = first.as_ref().map_or(0, Bytes::len);
-                    if held + buffer.len() + chunk.len() > limit {
-                        return Err(GatewayError::new(
-                            ErrorKind::BadGateway,
-                            Origin::Upstream(provider.name.clone()),
-                            format!(
-                                "provider {} sent an answer over {limit} bytes",
-                                provider.name
-                            ),
-                        ));
-                    }
-                    match first.take() {
-                        None if buffer.is_empty() => first = Some(chunk),
-                        held => {
-                            if let Some(held) = held {
-                                buffer.extend_from_slice(&held);
-                            }
-                            buffer.extend_from_slice(&chunk);
-                        }
-                    }
-                }
-                Ok(None) => return Ok(first.unwrap_or_else(|| buffer.freeze())),
-                Ok(Some(Err(error))) => return Err(body_error(provider, &error)),
-                Err(_) => {
-                    return Err(timeout(
-                        provider,
-                        format!("provider {} stopped sending its answer", provider.name),
+async fn read_limited(
+    provider: &Provider,
+    response: UpstreamResponse,
+    limits: CallLimits,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
+    let deadline = limits.deadline;
+    let mut body = response.into_body();
+    // Most answers arrive in one chunk: keep it as is and copy only when a second comes.
+    let mut first: Option<Bytes> = None;
+    let mut buffer = BytesMut::new();
+    loop {
+        let idle = deadline.min(Instant::now() + limits.idle);
+        match timeout_at(idle, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                let Ok(chunk) = frame.into_data() else {
+                    continue; // trailers
+                };
+                let held = first.as_ref().map_or(0, Bytes::len);
+                if held + buffer.len() + chunk.len() > limit {
+                    return Err(GatewayError::new(
+                        ErrorKind::BadGateway,
+                        Origin::Upstream(provider.name.clone()),
+                        format!(
+                            "provider {} sent an answer over {limit} bytes",
+                            provider.name
+                        ),
                     ));
                 }
+                match first.take() {
+                    None if buffer.is_empty() => first = Some(chunk),
+                    held => {
+                        if let Some(held) = held {
+                            buffer.extend_from_slice(&held);
+                        }
+                        buffer.extend_from_slice(&chunk);
+                    }
+                }
+            }
+            Ok(None) => return Ok(first.unwrap_or_else(|| buffer.freeze())),
+            Ok(Some(Err(error))) => return Err(body_error(provider, &error)),
+            Err(_) => {
+                return Err(timeout(
+                    provider,
+                    format!("provider {} stopped sending its answer", provider.name),
+                ));
             }
         }
     }
@@ -190,11 +226,11 @@ impl Transport {
 
 /// Server-sent events of a streamed answer, with the idle timeout and deadline applied.
 pub fn events(
-    provider: std::sync::Arc<Provider>,
+    provider: Arc<Provider>,
     response: UpstreamResponse,
-    idle_timeout: Duration,
-    deadline: Instant,
+    limits: CallLimits,
 ) -> impl Stream<Item = Result<Event, GatewayError>> + Send + 'static {
+    let (idle_timeout, deadline) = (limits.idle, limits.deadline);
     let events = BodyDataStream::new(response.into_body()).eventsource();
     futures_util::stream::unfold(
         (Box::pin(events), provider, false),

@@ -364,8 +364,8 @@ async fn failover_on_retryable_errors_only() {
     for behavior in [
         Behavior::status(500),
         Behavior::status(503),
-        Behavior::rate_limited(3),
         Behavior::connection_reset(),
+        Behavior::rate_limited(3),
     ] {
         first.push_script(behavior.clone());
         let (status, headers, body) = post_json(&url, &chat("pair", "x"), &[]).await;
@@ -374,8 +374,20 @@ async fn failover_on_retryable_errors_only() {
         assert_eq!(headers["x-switchyard-attempts"], "2", "{behavior:?}");
         assert_eq!(body["choices"][0]["message"]["content"], "second says: x");
     }
+    // The 429's Retry-After put `first` in cooldown: the next request skips it at no cost.
+    let before = first.calls();
+    let (status, headers, _) = post_json(&url, &chat("pair", "x"), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-switchyard-attempts"], "1");
+    assert_eq!(
+        first.calls(),
+        before,
+        "a cooling-down target gets no traffic"
+    );
 
     // A 400 describes the request: returned as is, never retried elsewhere.
+    let gateway = TestGateway::start(&two_target_route(&first, &second), PROVIDER_KEYS).await;
+    let url = gateway.url("/v1/chat/completions");
     let before = second.calls();
     first.push_script(Behavior::status(400));
     let (status, headers, body) = post_json(&url, &chat("pair", "x"), &[]).await;

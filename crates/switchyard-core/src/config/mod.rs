@@ -15,9 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use presets::{PRESETS, Preset, kind_names, preset};
-pub use raw::{RawConfig, RawProvider, RawRoute, RawServer, RawTarget, RawUpstream};
+pub use raw::{
+    RawBreaker, RawConfig, RawHealthCheck, RawProvider, RawRoute, RawRouting, RawServer, RawTarget,
+    RawTimeouts, RawUpstream,
+};
 
+use crate::health::{Backoff, BreakerConfig};
 use crate::provider::WireFormat;
+use crate::strategy::Strategy;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -90,6 +95,56 @@ pub struct Config {
     pub providers: Vec<Arc<Provider>>,
     /// Named routes.
     pub routes: Vec<Route>,
+    /// Retries, backoff, retry budget and breakers.
+    pub routing: RoutingConfig,
+}
+
+/// Validated `[routing]`.
+#[derive(Debug, Clone)]
+pub struct RoutingConfig {
+    /// Most attempts for one request, across targets and fallback routes.
+    pub max_attempts: u32,
+    /// Retries may be at most this fraction of requests.
+    pub retry_budget: f64,
+    /// Retries always allowed per second.
+    pub min_retries_per_second: u32,
+    /// Backoff before retrying a target that already failed this request.
+    pub backoff: Backoff,
+    /// Circuit breaker settings for every target.
+    pub breaker: BreakerConfig,
+}
+
+/// Timeouts of one provider or target, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP + TLS connect.
+    pub connect: Duration,
+    /// Request sent → response headers.
+    pub first_byte: Duration,
+    /// Longest silence between body chunks.
+    pub idle: Duration,
+    /// Whole attempt, body included (`None`: only the request deadline).
+    pub total: Option<Duration>,
+}
+
+/// An active health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Time between probes.
+    pub interval: Duration,
+    /// Probe timeout.
+    pub timeout: Duration,
+    /// Probe with a one-token completion to this model, instead of `GET /models`.
+    pub model: Option<String>,
+}
+
+/// A target's price, USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price {
+    /// Per million input tokens.
+    pub input_per_million: f64,
+    /// Per million output tokens.
+    pub output_per_million: f64,
 }
 
 /// Validated `[server]`.
@@ -139,6 +194,10 @@ pub struct Provider {
     pub models: Vec<String>,
     /// Extra static headers.
     pub headers: Vec<(String, String)>,
+    /// Timeouts (the `[upstream]` defaults, overridden by the provider's own).
+    pub timeouts: Timeouts,
+    /// Active health checks, when configured.
+    pub health_check: Option<HealthCheck>,
 }
 
 impl Provider {
@@ -153,7 +212,11 @@ impl Provider {
 pub struct Route {
     /// The model name clients ask for.
     pub name: String,
-    /// Targets in order.
+    /// How targets are chosen.
+    pub strategy: Strategy,
+    /// Routes tried, in order, when every target failed.
+    pub fallbacks: Vec<String>,
+    /// Targets in config order.
     pub targets: Vec<Target>,
 }
 
@@ -164,6 +227,32 @@ pub struct Target {
     pub provider: Arc<Provider>,
     /// The upstream model (Azure: deployment).
     pub model: String,
+    /// Share of traffic for `weighted`.
+    pub weight: u32,
+    /// Lower is preferred for `priority`.
+    pub priority: u32,
+    /// Price for `least-cost`, when configured.
+    pub price: Option<Price>,
+    /// Most requests in flight; beyond it the target is skipped.
+    pub max_concurrency: Option<u32>,
+    /// Timeouts for calls to this target.
+    pub timeouts: Timeouts,
+}
+
+impl Target {
+    /// A target with default settings: how bare and `provider/model` names resolve.
+    pub fn direct(provider: Arc<Provider>, model: String, position: u32) -> Self {
+        let timeouts = provider.timeouts;
+        Target {
+            provider,
+            model,
+            weight: 1,
+            priority: position,
+            price: None,
+            max_concurrency: None,
+            timeouts,
+        }
+    }
 }
 
 /// Validates a raw config, resolving secrets from `env`.
@@ -179,10 +268,11 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         idle_timeout: positive(raw.upstream.idle_timeout, 120, "upstream.idle_timeout")?,
     };
 
+    let routing = validate_routing(&raw.routing)?;
     let mut providers: Vec<Arc<Provider>> = Vec::with_capacity(raw.providers.len());
     for (index, provider) in raw.providers.iter().enumerate() {
         let key = format!("providers[{index}]");
-        let provider = validate_provider(provider, &key, env)?;
+        let provider = validate_provider(provider, &key, env, &upstream)?;
         if providers
             .iter()
             .any(|existing| existing.name == provider.name)
@@ -235,21 +325,36 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
                     ),
                 ));
             };
-            if target.model.trim().is_empty() {
-                return Err(ConfigError::new(
-                    format!("{target_key}.model"),
-                    "must not be empty",
-                ));
-            }
-            targets.push(Target {
-                provider: Arc::clone(provider),
-                model: target.model.clone(),
-            });
+            targets.push(validate_target(
+                target,
+                &target_key,
+                provider,
+                target_index,
+            )?);
         }
+        let strategy = match &route.strategy {
+            Some(strategy) => strategy
+                .parse::<Strategy>()
+                .map_err(|message| ConfigError::new(format!("{key}.strategy"), message))?,
+            None => Strategy::default(),
+        };
         routes.push(Route {
             name: route.model.clone(),
+            strategy,
+            fallbacks: route.fallbacks.clone(),
             targets,
         });
+    }
+    for (index, route) in raw.routes.iter().enumerate() {
+        for (fallback_index, fallback) in route.fallbacks.iter().enumerate() {
+            let key = format!("routes[{index}].fallbacks[{fallback_index}]");
+            if fallback == &route.model {
+                return Err(ConfigError::new(key, "a route cannot fall back to itself"));
+            }
+            if !route_names.contains(fallback.as_str()) {
+                return Err(ConfigError::new(key, format!("unknown route `{fallback}`")));
+            }
+        }
     }
 
     Ok(Config {
@@ -257,6 +362,183 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         upstream,
         providers,
         routes,
+        routing,
+    })
+}
+
+fn validate_target(
+    raw: &RawTarget,
+    key: &str,
+    provider: &Arc<Provider>,
+    position: usize,
+) -> Result<Target, ConfigError> {
+    if raw.model.trim().is_empty() {
+        return Err(ConfigError::new(
+            format!("{key}.model"),
+            "must not be empty",
+        ));
+    }
+    if raw.timeouts.connect.is_some() {
+        return Err(ConfigError::new(
+            format!("{key}.timeouts.connect"),
+            "the connect timeout is set per provider (providers[].timeouts.connect)",
+        ));
+    }
+    let price = match (raw.input_price, raw.output_price) {
+        (None, None) => None,
+        (input, output) => {
+            for (name, value) in [("input_price", input), ("output_price", output)] {
+                if let Some(value) = value
+                    && !(value.is_finite() && value >= 0.0)
+                {
+                    return Err(ConfigError::new(
+                        format!("{key}.{name}"),
+                        "must be a non-negative number (USD per million tokens)",
+                    ));
+                }
+            }
+            Some(Price {
+                input_per_million: input.unwrap_or(0.0),
+                output_per_million: output.unwrap_or(0.0),
+            })
+        }
+    };
+    if raw.max_concurrency == Some(0) {
+        return Err(ConfigError::new(
+            format!("{key}.max_concurrency"),
+            "must be at least 1",
+        ));
+    }
+    let timeouts = resolve_timeouts(
+        &raw.timeouts,
+        &provider.timeouts,
+        &format!("{key}.timeouts"),
+    )?;
+    Ok(Target {
+        provider: Arc::clone(provider),
+        model: raw.model.clone(),
+        weight: raw.weight.unwrap_or(1),
+        priority: raw
+            .priority
+            .unwrap_or_else(|| u32::try_from(position).unwrap_or(u32::MAX)),
+        price,
+        max_concurrency: raw.max_concurrency,
+        timeouts,
+    })
+}
+
+/// Overrides `inherited` with the timeouts set in `raw`, rejecting zeros.
+fn resolve_timeouts(
+    raw: &RawTimeouts,
+    inherited: &Timeouts,
+    key: &str,
+) -> Result<Timeouts, ConfigError> {
+    let pick = |value: Option<Duration>,
+                fallback: Duration,
+                name: &str|
+     -> Result<Duration, ConfigError> {
+        match value {
+            Some(value) if value.is_zero() => Err(ConfigError::new(
+                format!("{key}.{name}"),
+                "must be greater than zero",
+            )),
+            Some(value) => Ok(value),
+            None => Ok(fallback),
+        }
+    };
+    let total = match raw.total {
+        Some(total) if total.is_zero() => {
+            return Err(ConfigError::new(
+                format!("{key}.total"),
+                "must be greater than zero",
+            ));
+        }
+        Some(total) => Some(total),
+        None => inherited.total,
+    };
+    Ok(Timeouts {
+        connect: pick(raw.connect, inherited.connect, "connect")?,
+        first_byte: pick(raw.first_byte, inherited.first_byte, "first_byte")?,
+        idle: pick(raw.idle, inherited.idle, "idle")?,
+        total,
+    })
+}
+
+fn validate_routing(raw: &RawRouting) -> Result<RoutingConfig, ConfigError> {
+    let max_attempts = raw.max_attempts.unwrap_or(3);
+    if !(1..=20).contains(&max_attempts) {
+        return Err(ConfigError::new(
+            "routing.max_attempts",
+            "must be between 1 and 20",
+        ));
+    }
+    let retry_budget = raw.retry_budget.unwrap_or(0.2);
+    if !(0.0..=1.0).contains(&retry_budget) {
+        return Err(ConfigError::new(
+            "routing.retry_budget",
+            "must be a fraction between 0 and 1",
+        ));
+    }
+    let backoff = Backoff {
+        base: raw.backoff_base.unwrap_or(Duration::from_millis(25)),
+        max: raw.backoff_max.unwrap_or(Duration::from_secs(2)),
+    };
+    if backoff.base.is_zero() {
+        return Err(ConfigError::new(
+            "routing.backoff_base",
+            "must be greater than zero",
+        ));
+    }
+    if backoff.base > backoff.max {
+        return Err(ConfigError::new(
+            "routing.backoff_max",
+            "must not be shorter than routing.backoff_base",
+        ));
+    }
+    let defaults = BreakerConfig::default();
+    let breaker = &raw.breaker;
+    let breaker = BreakerConfig {
+        consecutive_failures: breaker
+            .consecutive_failures
+            .unwrap_or(defaults.consecutive_failures),
+        error_rate: breaker.error_rate.unwrap_or(defaults.error_rate),
+        window: breaker.window.unwrap_or(defaults.window),
+        min_requests: breaker.min_requests.unwrap_or(defaults.min_requests),
+        cooldown: breaker.cooldown.unwrap_or(defaults.cooldown),
+        max_cooldown: breaker.max_cooldown.unwrap_or(defaults.max_cooldown),
+    };
+    if breaker.consecutive_failures == 0 {
+        return Err(ConfigError::new(
+            "routing.breaker.consecutive_failures",
+            "must be at least 1",
+        ));
+    }
+    if !(breaker.error_rate > 0.0 && breaker.error_rate <= 1.0) {
+        return Err(ConfigError::new(
+            "routing.breaker.error_rate",
+            "must be a fraction above 0 and at most 1",
+        ));
+    }
+    for (name, value) in [("window", breaker.window), ("cooldown", breaker.cooldown)] {
+        if value.is_zero() {
+            return Err(ConfigError::new(
+                format!("routing.breaker.{name}"),
+                "must be greater than zero",
+            ));
+        }
+    }
+    if breaker.max_cooldown < breaker.cooldown {
+        return Err(ConfigError::new(
+            "routing.breaker.max_cooldown",
+            "must not be shorter than routing.breaker.cooldown",
+        ));
+    }
+    Ok(RoutingConfig {
+        max_attempts,
+        retry_budget,
+        min_retries_per_second: raw.min_retries_per_second.unwrap_or(10),
+        backoff,
+        breaker,
     })
 }
 
@@ -293,7 +575,12 @@ fn validate_server(raw: &RawServer, env: &dyn Env) -> Result<ServerConfig, Confi
     })
 }
 
-fn validate_provider(raw: &RawProvider, key: &str, env: &dyn Env) -> Result<Provider, ConfigError> {
+fn validate_provider(
+    raw: &RawProvider,
+    key: &str,
+    env: &dyn Env,
+    upstream: &UpstreamConfig,
+) -> Result<Provider, ConfigError> {
     let name = raw.name.trim();
     if name.is_empty()
         || !name
@@ -371,6 +658,21 @@ fn validate_provider(raw: &RawProvider, key: &str, env: &dyn Env) -> Result<Prov
         }
         headers.push((header.clone(), value.clone()));
     }
+    let defaults = Timeouts {
+        connect: upstream.connect_timeout,
+        first_byte: upstream.first_byte_timeout,
+        idle: upstream.idle_timeout,
+        total: None,
+    };
+    let timeouts = resolve_timeouts(&raw.timeouts, &defaults, &format!("{key}.timeouts"))?;
+    let health_check = match &raw.health_check {
+        None => None,
+        Some(check) => Some(HealthCheck {
+            interval: positive(check.interval, 30, &format!("{key}.health_check.interval"))?,
+            timeout: positive(check.timeout, 5, &format!("{key}.health_check.timeout"))?,
+            model: check.model.clone(),
+        }),
+    };
     Ok(Provider {
         name: name.to_owned(),
         kind: raw.kind.clone(),
@@ -383,6 +685,8 @@ fn validate_provider(raw: &RawProvider, key: &str, env: &dyn Env) -> Result<Prov
             .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.to_owned()),
         models,
         headers,
+        timeouts,
+        health_check,
     })
 }
 

@@ -24,6 +24,84 @@ pub struct RawConfig {
     /// Named routes: a model name clients ask for, and the targets that serve it.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// Retries, backoff, retry budget and circuit breakers.
+    #[serde(default)]
+    pub routing: RawRouting,
+}
+
+/// `[routing]`: how failures are handled, for every route.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    /// Most attempts for one request, first included, across targets and fallback routes.
+    /// Default 3.
+    pub max_attempts: Option<u32>,
+    /// Retries may be at most this fraction of requests (over the last 10 s). Default 0.2.
+    pub retry_budget: Option<f64>,
+    /// Retries always allowed per second, whatever the budget. Default 10.
+    pub min_retries_per_second: Option<u32>,
+    /// First backoff before retrying the same target. Default 25ms.
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_base: Option<Duration>,
+    /// Longest backoff. Default 2s.
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_max: Option<Duration>,
+    /// Circuit breaker per target.
+    #[serde(default)]
+    pub breaker: RawBreaker,
+}
+
+/// `[routing.breaker]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    /// Open after this many failures in a row. Default 5.
+    pub consecutive_failures: Option<u32>,
+    /// Or when this fraction of requests in the window failed. Default 0.5.
+    pub error_rate: Option<f64>,
+    /// The error-rate window. Default 30s.
+    #[serde(default, with = "humantime_serde")]
+    pub window: Option<Duration>,
+    /// Fewest requests in the window before the error rate counts. Default 20.
+    pub min_requests: Option<u32>,
+    /// First open period; doubles after each failed probe. Default 5s.
+    #[serde(default, with = "humantime_serde")]
+    pub cooldown: Option<Duration>,
+    /// Longest open period. Default 5m.
+    #[serde(default, with = "humantime_serde")]
+    pub max_cooldown: Option<Duration>,
+}
+
+/// Timeouts for one provider or target; unset ones inherit.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// TCP + TLS connect (per provider only).
+    #[serde(default, with = "humantime_serde")]
+    pub connect: Option<Duration>,
+    /// Request sent → response headers.
+    #[serde(default, with = "humantime_serde")]
+    pub first_byte: Option<Duration>,
+    /// Longest silence between body chunks.
+    #[serde(default, with = "humantime_serde")]
+    pub idle: Option<Duration>,
+    /// Whole attempt, body included.
+    #[serde(default, with = "humantime_serde")]
+    pub total: Option<Duration>,
+}
+
+/// `health_check` of a provider: an active probe, independent of user traffic.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// Time between probes. Default 30s.
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// Probe timeout. Default 5s.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Send a one-token chat completion to this model instead of `GET /models`.
+    pub model: Option<String>,
 }
 
 /// `[server]`.
@@ -82,6 +160,11 @@ pub struct RawProvider {
     /// Extra static headers sent with every request (not for secrets).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Timeouts for this provider (override `[upstream]`).
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    /// Active health checks (off unless set).
+    pub health_check: Option<RawHealthCheck>,
 }
 
 /// `[[routes]]`.
@@ -90,7 +173,12 @@ pub struct RawProvider {
 pub struct RawRoute {
     /// The model name clients ask for.
     pub model: String,
-    /// Where it goes, tried in order.
+    /// `priority` (default), `weighted`, `least-latency`, `least-busy` or `least-cost`.
+    pub strategy: Option<String>,
+    /// Routes to try, in order, when every target of this one failed.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// Where it goes.
     #[serde(default)]
     pub targets: Vec<RawTarget>,
 }
@@ -103,4 +191,17 @@ pub struct RawTarget {
     pub provider: String,
     /// The model name at that provider (the Azure deployment for `azure`).
     pub model: String,
+    /// Share of traffic for `weighted`. Default 1.
+    pub weight: Option<u32>,
+    /// Lower is preferred for `priority`. Default: the target's position.
+    pub priority: Option<u32>,
+    /// USD per million input tokens, for `least-cost`.
+    pub input_price: Option<f64>,
+    /// USD per million output tokens, for `least-cost`.
+    pub output_price: Option<f64>,
+    /// Most requests in flight to this target; beyond it the target is skipped.
+    pub max_concurrency: Option<u32>,
+    /// Timeouts for this target (override the provider's).
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
 }

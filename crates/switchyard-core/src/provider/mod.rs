@@ -148,6 +148,60 @@ pub fn embeddings_response(
     }
 }
 
+/// A cheap request that shows whether a provider is up and accepts the gateway's key: its
+/// model list (`GET /models` or the wire format's equivalent). Used by active health checks.
+pub fn models_request(provider: &Provider) -> Result<UpstreamRequest, GatewayError> {
+    let mut headers = HeaderMap::with_capacity(4 + provider.headers.len());
+    for (name, value) in &provider.headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    let key = provider.api_key.as_ref().map(|key| key.expose());
+    let base = &provider.base_url;
+    let url = match provider.wire {
+        WireFormat::OpenAi => {
+            if let Some(key) = key {
+                headers.insert(
+                    http::header::AUTHORIZATION,
+                    secret_header(&format!("Bearer {key}"))?,
+                );
+            }
+            format!("{base}/models")
+        }
+        WireFormat::Azure => {
+            if let Some(key) = key {
+                headers.insert("api-key", secret_header(key)?);
+            }
+            format!("{base}/openai/models?api-version={}", provider.api_version)
+        }
+        WireFormat::Anthropic => {
+            if let Some(key) = key {
+                headers.insert("x-api-key", secret_header(key)?);
+            }
+            if !headers.contains_key("anthropic-version") {
+                headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+            }
+            format!("{base}/v1/models")
+        }
+        WireFormat::Gemini => {
+            if let Some(key) = key {
+                headers.insert("x-goog-api-key", secret_header(key)?);
+            }
+            format!("{base}/v1beta/models")
+        }
+    };
+    Ok(UpstreamRequest {
+        method: Method::GET,
+        url,
+        headers,
+        body: Bytes::new(),
+    })
+}
+
 /// Maps a provider's error answer (non-2xx) to a gateway error.
 pub fn error_response(
     provider: &Provider,
@@ -314,6 +368,13 @@ pub(crate) mod test_support {
             api_version: "2024-10-21".to_owned(),
             models: vec![],
             headers: vec![],
+            timeouts: crate::config::Timeouts {
+                connect: std::time::Duration::from_secs(5),
+                first_byte: std::time::Duration::from_secs(120),
+                idle: std::time::Duration::from_secs(120),
+                total: None,
+            },
+            health_check: None,
         })
     }
 

@@ -18,7 +18,6 @@ use eventsource_stream::Event;
 use futures_util::{Stream, StreamExt};
 use http::{HeaderValue, header};
 use switchyard_core::GatewayError;
-use switchyard_core::config::Target;
 use switchyard_core::provider::{self, CallInfo, SseEvent, StreamDecoder, StreamItem};
 use switchyard_core::wire::ChatRequest;
 use tokio::time::timeout_at;
@@ -26,9 +25,11 @@ use tokio::time::timeout_at;
 use super::{Served, annotate, now_unix, read_body};
 use crate::app::AppState;
 use crate::context::{Ctx, RequestContext};
-use crate::failover;
+use crate::failover::{self, PlannedRoute, RequestFacts};
 use crate::timing::Stage;
+use crate::tracker::InFlight;
 use crate::transport;
+use crate::transport::CallLimits;
 
 /// The handler.
 pub async fn chat_completions(
@@ -51,23 +52,23 @@ async fn handle(
     let started = context.timings.lap(Stage::Parse, started);
 
     let resolution = app.router.resolve(&request.model)?;
+    let plan = super::plan(app, &resolution);
     context.timings.lap(Stage::Route, started);
+    let facts = RequestFacts {
+        stream: request.stream,
+        input_tokens: super::estimate_input_tokens(&body),
+        max_output_tokens: request.output_limit(),
+        deadline: context.deadline,
+    };
 
     if request.stream {
-        stream(
-            app,
-            context,
-            &request,
-            resolution.route_name(),
-            resolution.targets(),
-        )
-        .await
+        stream(app, context, &request, &plan, facts).await
     } else {
         super::complete(
             app,
             context,
-            resolution.route_name(),
-            resolution.targets(),
+            &plan,
+            facts,
             |call| provider::chat_request(call, &request),
             |call, body| provider::chat_response(call, &request, body),
         )
@@ -80,6 +81,8 @@ struct StartedStream {
     decoder: StreamDecoder,
     events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, GatewayError>> + Send>>,
     pending: VecDeque<StreamItem>,
+    /// The target's in-flight slot, held until the stream ends.
+    in_flight: Option<InFlight>,
 }
 
 /// A streamed answer.
@@ -87,14 +90,13 @@ async fn stream(
     app: &AppState,
     context: &mut RequestContext,
     request: &ChatRequest,
-    route: &str,
-    targets: &[Target],
+    plan: &[PlannedRoute<'_>],
+    facts: RequestFacts,
 ) -> Result<Response, GatewayError> {
     let now = now_unix();
     let request_id = context.request_id_str().to_owned();
-    let deadline = context.deadline;
     let upstream_started = Instant::now();
-    let result = failover::run(targets, |target| {
+    let result = failover::run(&app.tracker, &app.config.routing, plan, facts, |target| {
         let request_id = &request_id;
         async move {
             let call = CallInfo {
@@ -104,19 +106,20 @@ async fn stream(
                 request_id,
             };
             let upstream = provider::chat_request(&call, request)?;
+            let limits = CallLimits::for_target(target, facts.deadline);
             let response = app
                 .transport
-                .send(&target.provider, upstream, deadline)
+                .send(&target.provider, upstream, limits)
                 .await?;
             let mut started = StartedStream {
                 decoder: StreamDecoder::new(&call, request),
                 events: Box::pin(transport::events(
                     Arc::clone(&target.provider),
                     response,
-                    app.transport.idle_timeout(),
-                    deadline,
+                    limits,
                 )),
                 pending: VecDeque::new(),
+                in_flight: None,
             };
             // Commit to this target only once it has produced output (or finished cleanly).
             while started.pending.is_empty() {
@@ -147,7 +150,9 @@ async fn stream(
         Err(failed) => return Ok(super::failure_response(context, failed)),
     };
     let provider_name = served.target.provider.name.clone();
-    let body = Body::from_stream(sse_body(served.value, provider_name, request_id));
+    let mut started = served.value;
+    started.in_flight = Some(served.in_flight);
+    let body = Body::from_stream(sse_body(started, provider_name, request_id));
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(
@@ -159,7 +164,7 @@ async fn stream(
     annotate(
         &mut response,
         context,
-        Some(&Served::new(served.target, served.attempts, route)),
+        Some(&Served::new(served.target, served.attempts, served.route)),
     );
     Ok(response)
 }
@@ -188,7 +193,7 @@ fn sse_body(
                 let done = matches!(item, StreamItem::Done);
                 let frame = frame(&item);
                 if done {
-                    log_stream_end(&started, &provider, &request_id, None);
+                    log_stream_end(&mut started, &provider, &request_id, None);
                     return Some((Ok(frame), None));
                 }
                 return Some((Ok(frame), Some((started, provider, request_id))));
@@ -208,7 +213,7 @@ fn sse_body(
                     started.pending.extend(out);
                 }
                 Err(error) => {
-                    log_stream_end(&started, &provider, &request_id, Some(&error));
+                    log_stream_end(&mut started, &provider, &request_id, Some(&error));
                     return Some((Ok(error_frame(&error)), None));
                 }
             }
@@ -216,13 +221,17 @@ fn sse_body(
     })
 }
 
+/// The stream is over: settle the target's in-flight slot and log.
 fn log_stream_end(
-    started: &StartedStream,
+    started: &mut StartedStream,
     provider: &str,
     request_id: &str,
     error: Option<&GatewayError>,
 ) {
     let usage = started.decoder.usage().unwrap_or_default();
+    if let Some(in_flight) = started.in_flight.take() {
+        in_flight.finish(usage.output, true, error);
+    }
     match error {
         None => tracing::debug!(
             request_id,

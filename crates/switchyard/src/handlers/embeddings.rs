@@ -10,6 +10,7 @@ use switchyard_core::wire::EmbeddingsRequest;
 use super::read_body;
 use crate::app::AppState;
 use crate::context::{Ctx, RequestContext};
+use crate::failover::RequestFacts;
 use crate::timing::Stage;
 
 /// The handler.
@@ -32,12 +33,19 @@ async fn handle(
     let request = EmbeddingsRequest::from_slice(&body)?;
     let started = context.timings.lap(Stage::Parse, started);
     let resolution = app.router.resolve(&request.model)?;
+    let plan = super::plan(app, &resolution);
     context.timings.lap(Stage::Route, started);
+    let facts = RequestFacts {
+        stream: false,
+        input_tokens: super::estimate_input_tokens(&body),
+        max_output_tokens: Some(0),
+        deadline: context.deadline,
+    };
     super::complete(
         app,
         context,
-        resolution.route_name(),
-        resolution.targets(),
+        &plan,
+        facts,
         |call| provider::embeddings_request(call, &request),
         |call, body| provider::embeddings_response(call, &request, body),
     )

@@ -1,6 +1,7 @@
 //! Endpoint handlers: the LLM-specific stages of the chain (route, failover, adapter,
 //! transport) for each OpenAI endpoint, plus models, health and the fallbacks.
 
+pub mod admin;
 pub mod chat;
 pub mod embeddings;
 pub mod meta;
@@ -13,13 +14,15 @@ use http::{HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Limited};
 use switchyard_core::config::Target;
 use switchyard_core::provider::{CallInfo, Completion, UpstreamRequest};
+use switchyard_core::routing::Resolution;
 use switchyard_core::{ErrorKind, GatewayError, Origin};
 
 use crate::app::AppState;
 use crate::context::RequestContext;
 use crate::error::ApiError;
-use crate::failover;
+use crate::failover::{self, PlannedRoute, RequestFacts};
 use crate::timing::Stage;
+use crate::transport::CallLimits;
 
 /// Reads the request body up to `limit` bytes; beyond it, a 413.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
@@ -124,8 +127,8 @@ pub fn now_unix() -> u64 {
 pub async fn complete<B, T>(
     app: &AppState,
     context: &mut RequestContext,
-    route: &str,
-    targets: &[Target],
+    plan: &[PlannedRoute<'_>],
+    facts: RequestFacts,
     build: B,
     translate: T,
 ) -> Result<Response, GatewayError>
@@ -135,9 +138,8 @@ where
 {
     let now = now_unix();
     let request_id = context.request_id_str().to_owned();
-    let deadline = context.deadline;
     let upstream_started = std::time::Instant::now();
-    let result = failover::run(targets, |target| {
+    let result = failover::run(&app.tracker, &app.config.routing, plan, facts, |target| {
         let (request_id, build, translate) = (&request_id, &build, &translate);
         async move {
             let call = CallInfo {
@@ -147,13 +149,14 @@ where
                 request_id,
             };
             let upstream = build(&call)?;
+            let limits = CallLimits::for_target(target, facts.deadline);
             let response = app
                 .transport
-                .send(&target.provider, upstream, deadline)
+                .send(&target.provider, upstream, limits)
                 .await?;
             let body = app
                 .transport
-                .read_body(&target.provider, response, deadline)
+                .read_body(&target.provider, response, limits)
                 .await?;
             let translate_started = std::time::Instant::now();
             let completion = translate(&call, &body)?;
@@ -165,6 +168,9 @@ where
     match result {
         Ok(served) => {
             let (completion, translate) = served.value;
+            served
+                .in_flight
+                .finish(completion.usage.output, false, None);
             context
                 .timings
                 .record(Stage::Upstream, upstream.saturating_sub(translate));
@@ -184,7 +190,7 @@ where
             annotate(
                 &mut response,
                 context,
-                Some(&Served::new(served.target, served.attempts, route)),
+                Some(&Served::new(served.target, served.attempts, served.route)),
             );
             Ok(response)
         }
@@ -193,6 +199,32 @@ where
             Ok(failure_response(context, failed))
         }
     }
+}
+
+/// The routes to try: the resolved one, then its fallbacks (their own fallbacks are not
+/// followed).
+pub fn plan<'a>(app: &'a AppState, resolution: &'a Resolution<'a>) -> Vec<PlannedRoute<'a>> {
+    let mut plan = Vec::with_capacity(1 + resolution.fallbacks().len());
+    plan.push(PlannedRoute {
+        name: resolution.route_name(),
+        targets: resolution.targets(),
+        strategy: resolution.strategy(),
+    });
+    for name in resolution.fallbacks() {
+        if let Some(route) = app.router.route(name) {
+            plan.push(PlannedRoute {
+                name: &route.name,
+                targets: &route.targets,
+                strategy: route.strategy,
+            });
+        }
+    }
+    plan
+}
+
+/// A rough input token count for cost estimates: about four bytes of JSON per token.
+pub fn estimate_input_tokens(body: &[u8]) -> u64 {
+    (body.len() / 4) as u64
 }
 
 /// The answer when every attempt failed.

@@ -1,0 +1,46 @@
+//! `/admin/*`: the operator's API, behind the master key.
+//!
+//! - `GET /admin/providers`: every provider and target with its health and performance
+//!   (breaker state, latency, time to first token, errors, in-flight, last error).
+//! - `POST /admin/providers/{name}/drain` and `/enable`: take a provider out of rotation or
+//!   put it back. In-flight requests finish; new ones skip it.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use switchyard_core::{ErrorKind, GatewayError, Origin};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// `GET /admin/providers`.
+pub async fn providers(State(app): State<AppState>) -> Response {
+    Json(json!({ "providers": app.tracker.snapshot() })).into_response()
+}
+
+/// `POST /admin/providers/{name}/drain`.
+pub async fn drain(State(app): State<AppState>, Path(name): Path<String>) -> Response {
+    set_drained(&app, &name, true)
+}
+
+/// `POST /admin/providers/{name}/enable`.
+pub async fn enable(State(app): State<AppState>, Path(name): Path<String>) -> Response {
+    set_drained(&app, &name, false)
+}
+
+fn set_drained(app: &AppState, name: &str, drained: bool) -> Response {
+    if app.tracker.set_drained(name, drained) {
+        Json(json!({ "provider": name, "drained": drained })).into_response()
+    } else {
+        ApiError(
+            GatewayError::new(
+                ErrorKind::NotFound,
+                Origin::Client,
+                format!("There is no provider named `{name}`"),
+            )
+            .with_code("provider_not_found"),
+        )
+        .into_response()
+    }
+}
