@@ -288,6 +288,28 @@ pub fn kind_for_upstream_status(status: u16) -> (ErrorKind, bool) {
     }
 }
 
+/// The gateway error for a provider rejecting the gateway's own credentials: a 502 that is
+/// not retried, with a fixed message. The provider's own text is left out because it may echo
+/// part of the key (OpenAI: "Incorrect API key provided: sk-proj-****WXYZ"); the native crate
+/// logs the provider's answer separately. `status` is what the provider answered with (401,
+/// 403, or Gemini's 400 for an invalid key).
+pub fn upstream_credentials_rejected(
+    provider: &str,
+    status: u16,
+    retry_after: Option<Duration>,
+) -> GatewayError {
+    let mut error = GatewayError::new(
+        ErrorKind::BadGateway,
+        Origin::Upstream(provider.to_owned()),
+        format!("provider {provider} rejected the gateway's credentials ({status})"),
+    )
+    .with_retryable(false)
+    .with_retry_after(retry_after)
+    .with_code("upstream_authentication_failed");
+    error.upstream_status = Some(status);
+    error
+}
+
 /// Builds the gateway error for a provider's error answer, given the message and code that a
 /// wire-format adapter extracted from the body.
 pub fn upstream_error(
@@ -297,6 +319,9 @@ pub fn upstream_error(
     code: Option<String>,
     retry_after: Option<Duration>,
 ) -> GatewayError {
+    if status == 401 || status == 403 {
+        return upstream_credentials_rejected(provider, status, retry_after);
+    }
     let (kind, retryable) = kind_for_upstream_status(status);
     let content_policy = code
         .as_deref()
@@ -305,20 +330,12 @@ pub fn upstream_error(
             .as_deref()
             .is_some_and(|m| m.contains("content management policy"));
     let detail = message.unwrap_or_else(|| "no error message".to_owned());
-    let message = match status {
-        401 | 403 => {
-            format!("provider {provider} rejected the gateway's credentials ({status}): {detail}")
-        }
-        _ => format!("provider {provider} returned {status}: {detail}"),
-    };
+    let message = format!("provider {provider} returned {status}: {detail}");
     let mut error = GatewayError::new(kind, Origin::Upstream(provider.to_owned()), message)
         .with_retryable(retryable && !content_policy)
         .with_retry_after(retry_after);
     error.upstream_status = Some(status);
     error.code = code.map(Cow::Owned);
-    if status == 401 || status == 403 {
-        error.code = Some(Cow::Borrowed("upstream_authentication_failed"));
-    }
     error
 }
 
@@ -394,5 +411,29 @@ mod tests {
             error.code.as_deref(),
             Some("upstream_authentication_failed")
         );
+    }
+
+    #[test]
+    fn upstream_auth_failures_never_echo_the_provider_message() {
+        for status in [401, 403] {
+            let error = upstream_error(
+                "openai",
+                status,
+                Some("Incorrect API key provided: sk-proj-****WXYZ".into()),
+                Some("invalid_api_key".into()),
+                None,
+            );
+            assert_eq!(
+                error.message,
+                format!("provider openai rejected the gateway's credentials ({status})")
+            );
+            assert!(!String::from_utf8_lossy(&error.to_json()).contains("WXYZ"));
+            assert_eq!(
+                error.code.as_deref(),
+                Some("upstream_authentication_failed")
+            );
+            assert!(!error.retryable);
+            assert_eq!(error.upstream_status, Some(status));
+        }
     }
 }

@@ -183,6 +183,10 @@ name = "backup"
 kind = "openai"
 base_url = "http://127.0.0.1:1/v1"
 models = ["gpt-4o", "local-*"]
+[[providers]]
+name = "vllm"
+kind = "openai"
+base_url = "http://127.0.0.1:2/v1"
 [[routes]]
 model = "smart"
 targets = [ { provider = "anthropic", model = "claude-sonnet-4-5" }, { provider = "openai", model = "gpt-4o" } ]
@@ -223,9 +227,14 @@ targets = [ { provider = "anthropic", model = "claude-sonnet-4-5" }, { provider 
     #[test]
     fn bare_models_match_patterns_in_order() {
         let router = router();
+        // `vllm` is `kind = "openai"` at its own URL: OpenAI's patterns are not its own.
         assert_eq!(
             names(&router.resolve("gpt-4o").unwrap()),
             ["openai:gpt-4o", "backup:gpt-4o"]
+        );
+        assert_eq!(
+            names(&router.resolve("vllm/gpt-4o").unwrap()),
+            ["vllm:gpt-4o"]
         );
         assert_eq!(
             names(&router.resolve("local-llama").unwrap()),

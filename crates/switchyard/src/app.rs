@@ -7,6 +7,7 @@ use axum::Router;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use bytes::Bytes;
+use switchyard_core::clock::Clock;
 use switchyard_core::config::Config;
 use switchyard_core::routing::ModelRouter;
 
@@ -45,12 +46,18 @@ pub struct AppInner {
 impl AppState {
     /// Builds the state from a validated config.
     pub fn new(config: Config) -> Result<Self, String> {
+        Self::with_clock(config, Arc::new(TokioClock::new()))
+    }
+
+    /// Builds the state with the given clock for breakers, cooldowns and latency estimates
+    /// (tests drive it by hand).
+    pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, String> {
         let router = ModelRouter::new(&config);
         let models_body = serde_json::to_vec(&router.list())
             .map(Bytes::from)
             .map_err(|error| format!("could not encode the model list: {error}"))?;
         let transport = Transport::new(config.upstream, &config.providers)?;
-        let tracker = Tracker::new(&config, Arc::new(TokioClock::new()));
+        let tracker = Tracker::new(&config, clock);
         Ok(AppState(Arc::new(AppInner {
             config,
             router,
@@ -64,7 +71,7 @@ impl AppState {
 
 /// The HTTP router. The chain runs outermost first:
 ///
-/// 0. panic catch → request id and context (every route);
+/// 0. request id and context → panic catch (every route);
 /// 1. auth (`/v1/*` and `/admin/*`);
 /// 2. account, 3. rate limit, 4. budget, 5. cache: not built yet; they slot in here, between
 ///    auth and the handlers;
@@ -87,12 +94,14 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(meta::readyz))
         .fallback(meta::not_found)
         .method_not_allowed_fallback(meta::method_not_allowed)
+        // Outermost last: the request id wraps the panic catch, so that even the answer to a
+        // panic carries `x-request-id`.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
         .layer(from_fn_with_state(
             state.clone(),
             request_id::request_context,
-        ))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            panic_response,
         ))
         .with_state(state)
 }

@@ -57,18 +57,39 @@ fn providers() -> [(&'static str, &'static str, Behavior); 3] {
     ]
 }
 
-/// The demo's routes: name and targets (provider, upstream model), tried in order.
-const ROUTES: &[(&str, &[(&str, &str)])] = &[
+/// A demo route: name, strategy, and targets (provider, upstream model).
+type DemoRoute = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+/// The demo's routes.
+const ROUTES: &[DemoRoute] = &[
     (
         "demo",
+        "priority",
         &[
             ("flaky", "gemini-demo"),
             ("swift", "gpt-demo"),
             ("steady", "claude-demo"),
         ],
     ),
-    ("fast", &[("swift", "gpt-demo")]),
-    ("smart", &[("steady", "claude-demo"), ("swift", "gpt-demo")]),
+    ("fast", "priority", &[("swift", "gpt-demo")]),
+    (
+        "smart",
+        "priority",
+        &[("steady", "claude-demo"), ("swift", "gpt-demo")],
+    ),
+    (
+        "quickest",
+        "least-latency",
+        &[
+            ("steady", "claude-demo"),
+            ("swift", "gpt-demo"),
+            ("flaky", "gemini-demo"),
+        ],
+    ),
 ];
 
 /// Runs the demo until Ctrl-C.
@@ -133,8 +154,9 @@ fn demo_config(mocks: &[MockHandle]) -> RawConfig {
         .collect();
     let routes = ROUTES
         .iter()
-        .map(|(name, targets)| RawRoute {
+        .map(|(name, strategy, targets)| RawRoute {
             model: (*name).to_owned(),
+            strategy: Some((*strategy).to_owned()),
             targets: targets
                 .iter()
                 .map(|(provider, model)| RawTarget {
@@ -166,7 +188,7 @@ fn banner(base: &str, auth: bool) -> String {
          \x20 swift  (OpenAI format)    fast, reliable\n\
          \x20 steady (Anthropic format) slower, reliable\n\
          \x20 flaky  (Gemini format)    fails 1 request in 4; route `demo` fails over from it\n\
-         Routes: demo, fast, smart. A little background traffic is running.\n\
+         Routes: demo, fast, smart, quickest (least-latency). Background traffic is running.\n\
          \n\
          Try:\n\
          \x20 curl {base}/v1/chat/completions{auth_header} -H 'content-type: application/json' \\\n\
@@ -174,6 +196,7 @@ fn banner(base: &str, auth: bool) -> String {
          \x20 curl -N {base}/v1/chat/completions{auth_header} \\\n\
          \x20   -d '{{\"model\":\"smart\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Stream to me\"}}]}}'\n\
          \x20 curl {base}/v1/models{auth_header}\n\
+         \x20 curl {base}/admin/providers{auth_header}   # breakers, latency, errors per provider\n\
          Or point any OpenAI SDK at base_url={base}/v1.\n\
          Press Ctrl-C to stop."
     )
@@ -203,7 +226,7 @@ async fn traffic(base: String, master_key: Option<String>) {
     let mut failed: u64 = 0;
     for round in 0u64.. {
         interval.tick().await;
-        let (route, _) = ROUTES[(round % ROUTES.len() as u64) as usize];
+        let (route, _, _) = ROUTES[(round % ROUTES.len() as u64) as usize];
         let prompt = prompts[(round % prompts.len() as u64) as usize];
         let body = serde_json::json!({
             "model": route,

@@ -22,7 +22,8 @@ pub fn spawn_all(app: &AppState) {
 }
 
 async fn run(app: AppState, provider: Arc<Provider>, check: HealthCheck) {
-    let mut interval = tokio::time::interval(check.interval);
+    // The first probe comes one interval after start: providers start out trusted.
+    let mut interval = tokio::time::interval_at(Instant::now() + check.interval, check.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;

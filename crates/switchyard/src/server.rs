@@ -23,7 +23,9 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
         .map_err(|error| format!("could not listen on {addr}: {error}"))
 }
 
-/// Serves until `shutdown` resolves, then drains.
+/// Serves until `shutdown` resolves, then drains: readiness fails at once, connections are
+/// still accepted for `drain_delay` (so a load balancer can notice), then the listener closes
+/// and in-flight requests get up to `shutdown_grace` to finish.
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()>) {
     let router = app::router(state.clone());
     crate::health_check::spawn_all(&state);
@@ -33,10 +35,22 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
         .timer(TokioTimer::new())
         .header_read_timeout(state.config.server.header_read_timeout)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let header_read_timeout = state.config.server.header_read_timeout;
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
+    let mut stop_accepting: Option<tokio::time::Instant> = None;
     loop {
+        let drain_over = async {
+            match stop_accepting {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -53,26 +67,35 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
                     tracing::debug!(%error, "could not set TCP_NODELAY");
                 }
                 let service = TowerToHyperService::new(router.clone());
-                let connection = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let connection = graceful.watch(connection);
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    if let Err(error) = connection.await {
+                    // hyper's header timeout starts with the first byte; a client that connects
+                    // and sends nothing would hold the socket forever.
+                    if tokio::time::timeout(header_read_timeout, stream.readable()).await.is_err() {
+                        tracing::debug!(%peer, "closing a connection that sent nothing");
+                        return;
+                    }
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    if let Err(error) = watcher.watch(connection).await {
                         tracing::debug!(%peer, error = %error, "connection ended with an error");
                     }
                 });
             }
-            () = &mut shutdown => break,
+            () = &mut shutdown, if stop_accepting.is_none() => {
+                state.ready.store(false, Ordering::Relaxed);
+                let delay = state.config.server.drain_delay;
+                tracing::info!(?delay, "shutting down: not ready; still accepting during the drain delay");
+                stop_accepting = Some(tokio::time::Instant::now() + delay);
+            }
+            () = drain_over => break,
         }
     }
     drop(listener);
-    state.ready.store(false, Ordering::Relaxed);
     let grace = state.config.server.shutdown_grace;
-    tracing::info!(
-        ?grace,
-        "shutting down: no new connections; letting in-flight requests finish"
-    );
+    tracing::info!(?grace, "listener closed; letting in-flight requests finish");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing the remaining connections"),

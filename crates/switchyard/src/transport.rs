@@ -224,35 +224,26 @@ async fn read_limited(
     }
 }
 
-/// Server-sent events of a streamed answer, with the idle timeout and deadline applied.
+/// Server-sent events of a streamed answer. The idle timeout applies to the bytes, below the
+/// SSE parser, so that keep-alive comments (`: ping`) count as signs of life.
 pub fn events(
     provider: Arc<Provider>,
     response: UpstreamResponse,
     limits: CallLimits,
 ) -> impl Stream<Item = Result<Event, GatewayError>> + Send + 'static {
     let (idle_timeout, deadline) = (limits.idle, limits.deadline);
-    let events = BodyDataStream::new(response.into_body()).eventsource();
-    futures_util::stream::unfold(
-        (Box::pin(events), provider, false),
-        move |(mut events, provider, ended)| async move {
+    let bytes = BodyDataStream::new(response.into_body());
+    let timed = futures_util::stream::unfold(
+        (Box::pin(bytes), Arc::clone(&provider), false),
+        move |(mut bytes, provider, ended)| async move {
             if ended {
                 return None;
             }
             let idle = deadline.min(Instant::now() + idle_timeout);
-            match timeout_at(idle, events.next()).await {
-                Ok(Some(Ok(event))) => Some((Ok(event), (events, provider, false))),
+            match timeout_at(idle, bytes.next()).await {
+                Ok(Some(Ok(chunk))) => Some((Ok(chunk), (bytes, provider, false))),
                 Ok(Some(Err(error))) => {
-                    let error = match error {
-                        EventStreamError::Transport(error) => body_error(&provider, &error),
-                        EventStreamError::Utf8(_) | EventStreamError::Parser(_) => {
-                            GatewayError::new(
-                                ErrorKind::BadGateway,
-                                Origin::Upstream(provider.name.clone()),
-                                format!("provider {} sent a malformed event stream", provider.name),
-                            )
-                        }
-                    };
-                    Some((Err(error), (events, provider, true)))
+                    Some((Err(body_error(&provider, &error)), (bytes, provider, true)))
                 }
                 Ok(None) => None,
                 Err(_) => {
@@ -267,11 +258,21 @@ pub fn events(
                             )
                         },
                     );
-                    Some((Err(error), (events, provider, true)))
+                    Some((Err(error), (bytes, provider, true)))
                 }
             }
         },
-    )
+    );
+    timed.eventsource().map(move |event| {
+        event.map_err(|error| match error {
+            EventStreamError::Transport(error) => error,
+            EventStreamError::Utf8(_) | EventStreamError::Parser(_) => GatewayError::new(
+                ErrorKind::BadGateway,
+                Origin::Upstream(provider.name.clone()),
+                format!("provider {} sent a malformed event stream", provider.name),
+            ),
+        })
+    })
 }
 
 fn first_byte_limit(first_byte: Instant, deadline: Instant, configured: Duration) -> Duration {
@@ -331,21 +332,28 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// `Retry-After` (seconds) or OpenAI's `retry-after-ms`.
+/// The longest pause a provider may impose through `Retry-After`: beyond it, the breaker and
+/// health checks are better judges than a number from a header.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `Retry-After` (seconds) or OpenAI's `retry-after-ms`, capped at an hour.
 fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    if let Some(ms) = headers
+    let millis = headers
         .get("retry-after-ms")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|ms| ms.is_finite() && *ms >= 0.0)
-    {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
-    }
-    headers
-        .get(http::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+        .map(|ms| Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(MAX_RETRY_AFTER));
+    let seconds = || {
+        headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs)
+    };
+    millis
+        .or_else(seconds)
+        .map(|pause| pause.min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -361,6 +369,11 @@ mod tests {
         headers.insert("retry-after-ms", "1500".parse().unwrap());
         assert_eq!(retry_after(&headers), Some(Duration::from_millis(1500)));
         headers.insert("retry-after-ms", "nan".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        // Absurd values neither panic nor pause a target for ages.
+        headers.insert("retry-after-ms", "1e30".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER));
+        headers.insert("retry-after-ms", "-5".parse().unwrap());
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
     }
 }

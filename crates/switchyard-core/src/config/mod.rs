@@ -162,6 +162,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Drain time after SIGTERM.
     pub shutdown_grace: Duration,
+    /// On SIGTERM, keep accepting this long with readiness failing.
+    pub drain_delay: Duration,
 }
 
 /// Validated `[upstream]`.
@@ -572,6 +574,7 @@ fn validate_server(raw: &RawServer, env: &dyn Env) -> Result<ServerConfig, Confi
         header_read_timeout: positive(raw.header_read_timeout, 10, "server.header_read_timeout")?,
         request_timeout: positive(raw.request_timeout, 600, "server.request_timeout")?,
         shutdown_grace: raw.shutdown_grace.unwrap_or(Duration::from_secs(30)),
+        drain_delay: raw.drain_delay.unwrap_or(Duration::ZERO),
     })
 }
 
@@ -642,9 +645,15 @@ fn validate_provider(
             "kind `azure` needs an API key; set api_key_env (usually \"AZURE_OPENAI_API_KEY\")",
         ));
     }
+    // A preset's model names describe its own service: a `kind = "openai"` provider pointed
+    // at a self-hosted vLLM must not claim `gpt-*`. So they apply only at the default URL.
+    let at_preset_url = preset
+        .base_url
+        .is_some_and(|default| check_base_url(default).is_ok_and(|default| default == base_url));
     let models = match &raw.models {
         Some(models) => models.clone(),
-        None => preset.models.iter().map(|m| (*m).to_owned()).collect(),
+        None if at_preset_url => preset.models.iter().map(|m| (*m).to_owned()).collect(),
+        None => Vec::new(),
     };
     let mut headers = Vec::with_capacity(raw.headers.len());
     for (header, value) in &raw.headers {
@@ -792,11 +801,18 @@ pub fn discover(env: &dyn Env) -> RawConfig {
                 url
             }
         });
+        // A base-URL variable is the SDKs' way to reach the same API through another host
+        // (`OPENAI_BASE_URL`), and without a config file there is no other place to name
+        // models, so the preset's patterns stay; only a configured `base_url` drops them.
+        let models = base_url
+            .is_some()
+            .then(|| preset.models.iter().map(|m| (*m).to_owned()).collect());
         providers.push(RawProvider {
             name: preset.kind.to_owned(),
             kind: preset.kind.to_owned(),
             base_url,
             api_key_env: preset.key_env.map(str::to_owned),
+            models,
             ..RawProvider::default()
         });
     }

@@ -124,6 +124,10 @@ pub struct RawServer {
     /// How long in-flight requests may run after SIGTERM. Default 30s.
     #[serde(default, with = "humantime_serde")]
     pub shutdown_grace: Option<Duration>,
+    /// On SIGTERM, how long to keep accepting (with `/readyz` failing) before closing the
+    /// listener, so that a load balancer stops routing here first. Default 0s.
+    #[serde(default, with = "humantime_serde")]
+    pub drain_delay: Option<Duration>,
 }
 
 /// `[upstream]`.

@@ -169,6 +169,58 @@ fn discovery_uses_sdk_variable_names() {
         "https://api.groq.com/openai/v1"
     );
     assert!(config.providers[2].api_key.is_none());
+    // OPENAI_BASE_URL still means OpenAI's API (through another host): bare `gpt-*` names
+    // keep reaching it.
+    assert!(config.providers[0].serves("gpt-4o-mini"));
+}
+
+#[test]
+fn preset_models_apply_only_at_the_preset_url() {
+    let text = r#"
+[[providers]]
+name = "openai"
+kind = "openai"
+api_key_env = "K"
+
+[[providers]]
+name = "same-url"
+kind = "openai"
+base_url = "https://api.openai.com/v1/"
+api_key_env = "K"
+
+[[providers]]
+name = "vllm"
+kind = "openai"
+base_url = "http://10.0.0.5:8000/v1"
+
+[[providers]]
+name = "vllm-listed"
+kind = "openai"
+base_url = "http://10.0.0.6:8000/v1"
+models = ["meta-llama/*"]
+
+[[providers]]
+name = "groq-proxy"
+kind = "groq"
+base_url = "https://proxy.example/groq/v1"
+api_key_env = "K"
+"#;
+    let config = load(text, &env(&[("K", "k")])).unwrap();
+    let serves = |name: &str, model: &str| {
+        config
+            .providers
+            .iter()
+            .find(|provider| provider.name == name)
+            .unwrap()
+            .serves(model)
+    };
+    assert!(serves("openai", "gpt-4o"));
+    assert!(serves("same-url", "gpt-4o"));
+    assert!(!serves("vllm", "gpt-4o"));
+    assert!(config.providers[2].models.is_empty());
+    assert!(!serves("vllm-listed", "gpt-4o"));
+    assert!(serves("vllm-listed", "meta-llama/Llama-3.1-8B"));
+    assert!(!serves("groq-proxy", "llama-3.3-70b"));
 }
 
 #[test]

@@ -450,6 +450,10 @@ fn part_block<'a>(
             }
         }
         ContentPart::InputAudio { .. } => Err(refuse("audio input (`input_audio`)")),
+        ContentPart::Other(_) => Err(refuse(&format!(
+            "content parts of type `{}`",
+            part.type_name()
+        ))),
     }
 }
 
@@ -1395,6 +1399,26 @@ mod tests {
         .unwrap_err();
         assert_eq!(error.status(), 400);
         assert_eq!(error.param.as_deref(), Some("tools[0].type"));
+    }
+
+    #[test]
+    fn unknown_part_types_are_refused_by_name() {
+        let error = rejection(json!({
+            "model": "smart",
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "Watch"},
+                {"type": "input_video", "input_video": {"url": "https://example.test/a.mp4"}}
+            ]}]
+        }));
+        assert_eq!(error.status(), 400);
+        assert_eq!(error.param.as_deref(), Some("messages[0].content[1]"));
+        assert!(
+            error
+                .message
+                .contains("(Anthropic) does not accept content parts of type `input_video`"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]

@@ -11,7 +11,6 @@
 //! Gemini rejects unknown fields.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -22,7 +21,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     CallInfo, Completion, SseEvent, StreamItem, UpstreamRequest, base_headers, chunk_bytes,
-    parse_upstream, secret_header, stream_error, to_body,
+    parse_upstream, path_segment, secret_header, stream_error, to_body,
 };
 use crate::config::Provider;
 use crate::error::{ErrorKind, GatewayError, Origin};
@@ -30,7 +29,7 @@ use crate::wire::{
     ChatCompletion, ChatCompletionChunk, ChatMessage, ChatRequest, Choice, ChunkChoice,
     ContentPart, Delta, Embedding, EmbeddingsRequest, EmbeddingsResponse, EmbeddingsUsage,
     FunctionCall, FunctionCallDelta, ImageUrl, MessageContent, ResponseFormat, ResponseMessage,
-    Role, TokenUsage, Tool, ToolCall, ToolCallDelta,
+    Role, TokenUsage, Tool, ToolCall, ToolCallDelta, count_or_zero,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -49,21 +48,6 @@ fn model_url(call: &CallInfo<'_>, method: &str) -> String {
 /// Gemini's own model names read `models/gemini-...`; accept them with or without the prefix.
 fn model_id(model: &str) -> &str {
     model.strip_prefix("models/").unwrap_or(model)
-}
-
-/// Percent-encodes a model name into a single path segment, so that no model name can reach
-/// another path or add a query string.
-fn path_segment(text: &str) -> String {
-    let mut segment = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            segment.push(char::from(byte));
-        } else {
-            // Writing to a String cannot fail.
-            let _ = write!(segment, "%{byte:02X}");
-        }
-    }
-    segment
 }
 
 fn headers(provider: &Provider) -> Result<http::HeaderMap, GatewayError> {
@@ -365,6 +349,13 @@ fn content_parts(
                         translated.push(audio_part(input_audio, &param)?);
                     }
                     ContentPart::File { file } => translated.push(file_part(file, &param)?),
+                    ContentPart::Other(_) => {
+                        return Err(GatewayError::invalid_request(format!(
+                            "{param}: Gemini does not accept content parts of type `{}`",
+                            part.type_name()
+                        ))
+                        .with_param(param));
+                    }
                 }
             }
             Ok(translated)
@@ -652,14 +643,14 @@ struct PromptFeedback {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct UsageMetadata {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count_or_zero")]
     prompt_token_count: u64,
     /// Visible output only; thoughts are counted apart.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count_or_zero")]
     candidates_token_count: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count_or_zero")]
     thoughts_token_count: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count_or_zero")]
     cached_content_token_count: u64,
 }
 
@@ -878,11 +869,14 @@ struct ErrorEnvelope {
     error: Option<GoogleError>,
 }
 
-/// `{"code": 429, "message": "...", "status": "RESOURCE_EXHAUSTED"}`.
+/// `{"code": 429, "message": "...", "status": "RESOURCE_EXHAUSTED", "details": [...]}`.
 #[derive(Deserialize)]
 struct GoogleError {
     message: Option<String>,
     status: Option<String>,
+    /// `google.rpc` detail objects; read loosely, only for their `reason`.
+    #[serde(default)]
+    details: Option<Value>,
 }
 
 /// Gemini answers with the envelope, or sometimes with a one-element array of it. `Many`
@@ -894,14 +888,37 @@ enum ErrorBody {
     One(ErrorEnvelope),
 }
 
-/// Message and code (Google's `status`, e.g. `RESOURCE_EXHAUSTED`) of an error body.
-pub fn error_details(body: &[u8]) -> (Option<String>, Option<String>) {
-    let error = match serde_json::from_slice::<ErrorBody>(body) {
+fn google_error(body: &[u8]) -> Option<GoogleError> {
+    match serde_json::from_slice::<ErrorBody>(body) {
         Ok(ErrorBody::One(envelope)) => envelope.error,
         Ok(ErrorBody::Many(envelopes)) => envelopes.into_iter().find_map(|e| e.error),
         Err(_) => None,
+    }
+}
+
+/// Whether an error body says the gateway's API key is invalid. Gemini says so with a 400
+/// INVALID_ARGUMENT whose details carry the reason `API_KEY_INVALID`.
+pub fn rejects_api_key(body: &[u8]) -> bool {
+    let Some(error) = google_error(body) else {
+        return false;
     };
-    match error {
+    let reason = error
+        .details
+        .as_ref()
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|detail| detail.get("reason").and_then(Value::as_str) == Some("API_KEY_INVALID"));
+    reason
+        || error
+            .message
+            .as_deref()
+            .is_some_and(|message| message.contains("API key not valid"))
+}
+
+/// Message and code (Google's `status`, e.g. `RESOURCE_EXHAUSTED`) of an error body.
+pub fn error_details(body: &[u8]) -> (Option<String>, Option<String>) {
+    match google_error(body) {
         Some(error) if error.message.is_some() || error.status.is_some() => {
             (error.message, error.status)
         }
@@ -1355,6 +1372,75 @@ mod tests {
         assert_eq!(
             upstream.url,
             "https://generativelanguage.googleapis.com/v1beta/models/a%2F..%2Fb%3Fkey%3Dx:generateContent"
+        );
+    }
+
+    #[test]
+    fn unknown_part_types_are_refused_by_name() {
+        let gemini = provider("gemini");
+        let request = chat(json!({"model": "m", "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "Watch"},
+                {"type": "input_video", "input_video": {"url": "https://example.test/a.mp4"}}
+            ]}
+        ]}));
+        let error = dispatch_request(&call(&gemini, "m"), &request).unwrap_err();
+        assert_eq!(error.status(), 400);
+        assert_eq!(error.param.as_deref(), Some("messages[1].content[1]"));
+        assert!(
+            error
+                .message
+                .contains("Gemini does not accept content parts of type `input_video`"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn invalid_api_key_is_an_upstream_credentials_failure() {
+        let gemini = provider("gemini");
+        let array = golden("gemini/error.array.json").to_string();
+        let error = error_response(&gemini, 400, None, array.as_bytes());
+        assert_eq!(error.status(), 502);
+        assert!(!error.retryable);
+        assert_eq!(
+            error.code.as_deref(),
+            Some("upstream_authentication_failed")
+        );
+        assert_eq!(
+            error.message,
+            "provider gemini rejected the gateway's credentials (400)"
+        );
+        assert_eq!(error.origin, Origin::Upstream("gemini".to_owned()));
+        // The reason alone is enough, and so is the message alone.
+        let by_reason = br#"{"error":{"code":400,"message":"Bad key.","status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}"#;
+        assert_eq!(error_response(&gemini, 400, None, by_reason).status(), 502);
+        let by_message =
+            br#"{"error":{"code":400,"message":"API key not valid.","status":"INVALID_ARGUMENT"}}"#;
+        assert_eq!(error_response(&gemini, 400, None, by_message).status(), 502);
+        // Any other INVALID_ARGUMENT is still the client's.
+        let other = br#"{"error":{"code":400,"message":"Invalid JSON payload.","status":"INVALID_ARGUMENT","details":[{"reason":"BAD_FIELD"}]}}"#;
+        let error = error_response(&gemini, 400, None, other);
+        assert_eq!(error.status(), 400);
+        assert!(error.message.contains("Invalid JSON payload."));
+    }
+
+    #[test]
+    fn null_usage_counts_are_zero() {
+        let gemini = provider("gemini");
+        let body = br#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Hi"}]},"finishReason":"STOP","index":0}],
+            "usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":1,"thoughtsTokenCount":null,"cachedContentTokenCount":null},
+            "modelVersion":"gemini-2.0-flash","responseId":"r1"}"#;
+        let request = minimal(json!({}));
+        let completion = dispatch_response(&call(&gemini, "m"), &request, body).unwrap();
+        assert_eq!(
+            completion.usage,
+            TokenUsage {
+                input: 5,
+                output: 1,
+                ..TokenUsage::default()
+            }
         );
     }
 

@@ -11,6 +11,7 @@ pub mod anthropic;
 pub mod gemini;
 pub mod openai;
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use serde::Deserialize;
 
 use crate::config::Provider;
-use crate::error::{GatewayError, Origin, upstream_error};
+use crate::error::{GatewayError, Origin, upstream_credentials_rejected, upstream_error};
 use crate::wire::{ChatRequest, EmbeddingsRequest, TokenUsage};
 
 /// How a provider's requests are encoded.
@@ -212,7 +213,14 @@ pub fn error_response(
     let (message, code) = match provider.wire {
         WireFormat::OpenAi | WireFormat::Azure => openai::error_details(body),
         WireFormat::Anthropic => anthropic::error_details(body),
-        WireFormat::Gemini => gemini::error_details(body),
+        WireFormat::Gemini => {
+            // Gemini answers a bad key with 400 INVALID_ARGUMENT, which would otherwise tell
+            // the client that its own request was invalid.
+            if gemini::rejects_api_key(body) {
+                return upstream_credentials_rejected(&provider.name, status, retry_after);
+            }
+            gemini::error_details(body)
+        }
     };
     upstream_error(&provider.name, status, message, code, retry_after)
 }
@@ -303,6 +311,22 @@ pub(crate) fn secret_header(value: &str) -> Result<HeaderValue, GatewayError> {
     Ok(value)
 }
 
+/// Percent-encodes `text` (a model or deployment name) into one URL path segment: everything
+/// outside RFC 3986's unreserved characters is encoded, so that no name can climb to another
+/// path (`../`), add a query string (`?`) or a fragment, whatever the client sent as `model`.
+pub(crate) fn path_segment(text: &str) -> String {
+    let mut segment = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            segment.push(char::from(byte));
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(segment, "%{byte:02X}");
+        }
+    }
+    segment
+}
+
 /// Serialises an outgoing body.
 pub(crate) fn to_body<T: serde::Serialize>(value: &T) -> Result<Bytes, GatewayError> {
     serde_json::to_vec(value)
@@ -315,12 +339,14 @@ pub(crate) fn parse_upstream<'a, T: Deserialize<'a>>(
     provider: &Provider,
     body: &'a [u8],
 ) -> Result<T, GatewayError> {
-    serde_json::from_slice(body).map_err(|error| {
+    // serde's detail ("expected value at line 1 column 7") means nothing to a client and
+    // describes the provider's body, so it is left out.
+    serde_json::from_slice(body).map_err(|_| {
         GatewayError::new(
             crate::error::ErrorKind::BadGateway,
             Origin::Upstream(provider.name.clone()),
             format!(
-                "provider {} sent a response the gateway could not read: {error}",
+                "provider {} sent a response the gateway could not read",
                 provider.name
             ),
         )

@@ -1,12 +1,16 @@
 //! OpenAI chat completion wire types: the request clients send, and the response and stream
 //! chunks the gateway answers with.
 //!
-//! The request keeps every field it does not model in `extra`, so an OpenAI-compatible
-//! upstream receives exactly what the client sent (new OpenAI parameters keep working without
-//! a gateway release). Translating adapters read the typed fields and ignore `extra`.
+//! A parsed request keeps the client's body in `raw`, and an OpenAI-compatible upstream
+//! receives that body with only its top level rewritten, so every field the gateway does not
+//! model, at any depth, reaches it as sent (new OpenAI parameters keep working without a
+//! gateway release). Requests built in code have no `raw` and are serialised from the typed
+//! fields, which keep unknown top-level fields in `extra`. Translating adapters read the
+//! typed fields and ignore `extra`.
 
 use std::fmt;
 
+use bytes::Bytes;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -78,6 +82,12 @@ pub struct ChatRequest {
     /// Every other field, passed through untouched to OpenAI-compatible upstreams.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+    /// The body exactly as the client sent it, set by [`ChatRequest::from_bytes`]. When set,
+    /// an OpenAI-compatible upstream receives these bytes with only `model` and
+    /// `stream_options` rewritten, so changing typed fields after parsing does not change
+    /// what it receives. `None` for requests built in code (health probes).
+    #[serde(skip)]
+    pub raw: Option<Bytes>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -85,8 +95,23 @@ fn is_false(value: &bool) -> bool {
 }
 
 impl ChatRequest {
-    /// Parses a request body, naming the offending field on error.
+    /// Parses a request body, naming the offending field on error, and keeps a copy of the
+    /// body in `raw` for passthrough. [`ChatRequest::from_bytes`] keeps it without copying.
     pub fn from_slice(body: &[u8]) -> Result<Self, GatewayError> {
+        let mut request = Self::parse(body)?;
+        request.raw = Some(Bytes::copy_from_slice(body));
+        Ok(request)
+    }
+
+    /// Parses a request body, naming the offending field on error, and keeps the body in
+    /// `raw` for passthrough.
+    pub fn from_bytes(body: Bytes) -> Result<Self, GatewayError> {
+        let mut request = Self::parse(&body)?;
+        request.raw = Some(body);
+        Ok(request)
+    }
+
+    fn parse(body: &[u8]) -> Result<Self, GatewayError> {
         let request: ChatRequest = super::parse_body(body)?;
         request.validate()?;
         Ok(request)
@@ -306,7 +331,11 @@ impl<'de> Deserialize<'de> for MessageContent {
 }
 
 /// One content part.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// A part of a type the gateway does not know is not an error: it is kept as
+/// [`ContentPart::Other`], which an OpenAI-compatible upstream receives untouched and a
+/// translating adapter refuses by name.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ContentPart {
     /// Text.
@@ -334,6 +363,69 @@ pub enum ContentPart {
         /// The refusal text.
         refusal: String,
     },
+    /// A part of another type, kept as sent (its `type` field included).
+    #[serde(untagged)]
+    Other(Value),
+}
+
+impl ContentPart {
+    /// The part's wire `type`.
+    pub fn type_name(&self) -> &str {
+        match self {
+            ContentPart::Text { .. } => "text",
+            ContentPart::ImageUrl { .. } => "image_url",
+            ContentPart::InputAudio { .. } => "input_audio",
+            ContentPart::File { .. } => "file",
+            ContentPart::Refusal { .. } => "refusal",
+            ContentPart::Other(part) => part.get("type").and_then(Value::as_str).unwrap_or(""),
+        }
+    }
+}
+
+/// The part types the gateway models, for deserialising: serde's internally tagged enum
+/// gives good messages for a known type with wrong fields (`missing field `text``).
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum KnownPart {
+    Text { text: String },
+    ImageUrl { image_url: ImageUrl },
+    InputAudio { input_audio: Value },
+    File { file: Value },
+    Refusal { refusal: String },
+}
+
+impl From<KnownPart> for ContentPart {
+    fn from(part: KnownPart) -> Self {
+        match part {
+            KnownPart::Text { text } => ContentPart::Text { text },
+            KnownPart::ImageUrl { image_url } => ContentPart::ImageUrl { image_url },
+            KnownPart::InputAudio { input_audio } => ContentPart::InputAudio { input_audio },
+            KnownPart::File { file } => ContentPart::File { file },
+            KnownPart::Refusal { refusal } => ContentPart::Refusal { refusal },
+        }
+    }
+}
+
+// Hand-written so that an unknown `type` becomes `Other` while a known type with wrong fields
+// still fails with serde's message. The part is buffered once, as serde's own internally
+// tagged enums do.
+impl<'de> Deserialize<'de> for ContentPart {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let part = Value::deserialize(deserializer)?;
+        let Value::Object(fields) = &part else {
+            return Err(de::Error::custom(
+                "expected a content part: an object with a `type`",
+            ));
+        };
+        match fields.get("type").and_then(Value::as_str) {
+            Some("text" | "image_url" | "input_audio" | "file" | "refusal") | None => {
+                KnownPart::deserialize(part)
+                    .map(ContentPart::from)
+                    .map_err(de::Error::custom)
+            }
+            Some(_) => Ok(ContentPart::Other(part)),
+        }
+    }
 }
 
 /// `image_url` of a content part.
@@ -625,6 +717,79 @@ mod tests {
             panic!("image expected")
         };
         assert_eq!(image_url.as_data_url(), Some(("image/png", "AAAA")));
+    }
+
+    #[test]
+    fn unknown_part_types_are_kept() {
+        let video =
+            json!({"type":"input_video","input_video":{"url":"https://example.test/a.mp4"}});
+        let body = json!({"model":"m","messages":[{"role":"user","content":[
+            {"type":"text","text":"watch"}, video.clone()
+        ]}]});
+        let request = parse(body.clone()).unwrap();
+        let Some(MessageContent::Parts(parts)) = &request.messages[0].content else {
+            panic!("parts expected")
+        };
+        assert_eq!(parts[1], ContentPart::Other(video));
+        assert_eq!(parts[1].type_name(), "input_video");
+        assert_eq!(request.messages[0].text_content(), "watch");
+        // Serialised as sent: no invented tag.
+        assert_eq!(serde_json::to_value(&request).unwrap(), body);
+    }
+
+    #[test]
+    fn known_part_types_with_wrong_fields_fail_clearly() {
+        let error = parse(json!({"model":"m","messages":[{"role":"user","content":[
+            {"type":"text","txt":"x"}
+        ]}]}))
+        .unwrap_err();
+        assert_eq!(error.status(), 400);
+        assert!(
+            error.message.contains("missing field `text`"),
+            "{}",
+            error.message
+        );
+        assert_eq!(error.param.as_deref(), Some("messages[0].content[0]"));
+
+        let error = parse(json!({"model":"m","messages":[{"role":"user","content":[
+            {"type":"image_url","image_url":{"detail":"low"}}
+        ]}]}))
+        .unwrap_err();
+        assert!(
+            error.message.contains("missing field `url`"),
+            "{}",
+            error.message
+        );
+
+        let error = parse(json!({"model":"m","messages":[{"role":"user","content":[
+            {"text":"no type"}
+        ]}]}))
+        .unwrap_err();
+        assert!(
+            error.message.contains("missing field `type`"),
+            "{}",
+            error.message
+        );
+
+        let error =
+            parse(json!({"model":"m","messages":[{"role":"user","content":[5]}]})).unwrap_err();
+        assert!(
+            error.message.contains("expected a content part"),
+            "{}",
+            error.message
+        );
+        assert_eq!(error.param.as_deref(), Some("messages[0].content[0]"));
+    }
+
+    #[test]
+    fn parsing_keeps_the_body() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#;
+        let request = ChatRequest::from_slice(body).unwrap();
+        assert_eq!(request.raw.as_deref(), Some(&body[..]));
+        let request = ChatRequest::from_bytes(bytes::Bytes::from_static(body)).unwrap();
+        assert_eq!(request.raw.as_deref(), Some(&body[..]));
+        // `raw` is the gateway's, not a field a client can set or see.
+        assert!(serde_json::to_value(&request).unwrap().get("raw").is_none());
     }
 
     #[test]

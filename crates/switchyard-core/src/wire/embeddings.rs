@@ -1,5 +1,6 @@
 //! OpenAI embeddings wire types.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -24,6 +25,11 @@ pub struct EmbeddingsRequest {
     /// Other fields, passed through.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+    /// The body exactly as the client sent it, set by [`EmbeddingsRequest::from_bytes`]. When
+    /// set, an OpenAI-compatible upstream receives these bytes with only `model` rewritten.
+    /// `None` for requests built in code.
+    #[serde(skip)]
+    pub raw: Option<Bytes>,
 }
 
 /// The `input` of an embeddings request.
@@ -52,8 +58,22 @@ impl EmbeddingInput {
 }
 
 impl EmbeddingsRequest {
-    /// Parses and checks a request body.
+    /// Parses and checks a request body, and keeps a copy of it in `raw` for passthrough.
+    /// [`EmbeddingsRequest::from_bytes`] keeps it without copying.
     pub fn from_slice(body: &[u8]) -> Result<Self, GatewayError> {
+        let mut request = Self::parse(body)?;
+        request.raw = Some(Bytes::copy_from_slice(body));
+        Ok(request)
+    }
+
+    /// Parses and checks a request body, and keeps it in `raw` for passthrough.
+    pub fn from_bytes(body: Bytes) -> Result<Self, GatewayError> {
+        let mut request = Self::parse(&body)?;
+        request.raw = Some(body);
+        Ok(request)
+    }
+
+    fn parse(body: &[u8]) -> Result<Self, GatewayError> {
         let request: EmbeddingsRequest = super::parse_body(body)?;
         if request.model.is_empty() {
             return Err(
@@ -117,9 +137,9 @@ pub struct Embedding {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EmbeddingsUsage {
     /// Input tokens.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::usage::count_or_zero")]
     pub prompt_tokens: u64,
     /// Same as `prompt_tokens`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::usage::count_or_zero")]
     pub total_tokens: u64,
 }

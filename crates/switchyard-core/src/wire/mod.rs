@@ -40,8 +40,11 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
 
 fn body_error(path: &str, inner: serde_json::Error) -> GatewayError {
     let message = match inner.classify() {
+        // The path is only where parsing stopped, not a field at fault: no `param`.
         serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-            format!("The request body is not valid JSON: {inner}")
+            return GatewayError::invalid_request(format!(
+                "The request body is not valid JSON: {inner}"
+            ));
         }
         serde_json::error::Category::Io => "The request body could not be read".to_owned(),
         serde_json::error::Category::Data if path == "." => {
@@ -127,5 +130,24 @@ mod tests {
         );
         let error = parse_body::<ChatRequest>(b"{\"model\":\"\xff\"}").unwrap_err();
         assert_eq!(error.status(), 400);
+    }
+
+    #[test]
+    fn syntax_errors_name_no_param() {
+        let bodies: [&[u8]; 4] = [
+            br#"{"model":"m","messages":[{"role":"user","content":"x"},]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}"#,
+            br#"{"model":"m","temperature":0.5,"messages":[{"role":"user","content":"x"}]} x"#,
+            br#"{"model":"m","messages":[{"role":"user","content":"x" "#,
+        ];
+        for body in bodies {
+            let error = parse_body::<ChatRequest>(body).unwrap_err();
+            assert!(
+                error.message.contains("not valid JSON"),
+                "{}",
+                error.message
+            );
+            assert_eq!(error.param, None, "{}", String::from_utf8_lossy(body));
+        }
     }
 }

@@ -1,19 +1,23 @@
 //! Token usage: OpenAI's wire shape, and the normalised form every adapter produces.
+//!
+//! Providers are loose with usage (`"cached_tokens": null` from some OpenAI-compatible
+//! servers), and a count the gateway cannot read must never fail an answer the provider
+//! already produced, so every count reads `null` and absence as 0.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// OpenAI's `usage` object. `prompt_tokens` includes cached tokens, and `completion_tokens`
 /// includes reasoning tokens, as OpenAI counts them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     /// Input tokens, cached ones included.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count_or_zero")]
     pub prompt_tokens: u64,
     /// Output tokens, reasoning included.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count_or_zero")]
     pub completion_tokens: u64,
     /// Sum of the two.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count_or_zero")]
     pub total_tokens: u64,
     /// Cached-input breakdown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -27,11 +31,15 @@ pub struct Usage {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PromptTokensDetails {
     /// Input tokens read from the provider's prompt cache.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count_or_zero")]
     pub cached_tokens: u64,
     /// Input tokens written to the provider's prompt cache (Anthropic bills these apart).
     /// Not an OpenAI field; sent only when non-zero.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        deserialize_with = "count_or_zero",
+        skip_serializing_if = "is_zero"
+    )]
     pub cache_creation_tokens: u64,
 }
 
@@ -39,12 +47,17 @@ pub struct PromptTokensDetails {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CompletionTokensDetails {
     /// Output tokens spent on hidden reasoning.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count_or_zero")]
     pub reasoning_tokens: u64,
 }
 
 fn is_zero(value: &u64) -> bool {
     *value == 0
+}
+
+/// Reads a token count, taking `null` as 0 (with `#[serde(default)]`, absence is 0 too).
+pub(crate) fn count_or_zero<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    Ok(Option::<u64>::deserialize(deserializer)?.unwrap_or(0))
 }
 
 /// Usage normalised across providers: the unit of metering, cost and analytics.
@@ -92,5 +105,32 @@ impl TokenUsage {
                 reasoning_tokens: self.reasoning,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn null_and_missing_counts_are_zero() {
+        let usage: Usage = serde_json::from_value(json!({
+            "prompt_tokens": 10,
+            "completion_tokens": null,
+            "total_tokens": null,
+            "prompt_tokens_details": {"cached_tokens": null, "audio_tokens": null},
+            "completion_tokens_details": {"reasoning_tokens": null}
+        }))
+        .unwrap();
+        assert_eq!(
+            TokenUsage::from_openai(&usage),
+            TokenUsage {
+                input: 10,
+                ..TokenUsage::default()
+            }
+        );
+        let usage: Usage = serde_json::from_value(json!({"prompt_tokens_details": null})).unwrap();
+        assert_eq!(usage, Usage::default());
     }
 }

@@ -42,18 +42,20 @@ pub async fn authenticate(
 }
 
 /// The key the client presented, from `Authorization: Bearer` or `x-api-key`.
+/// A Bearer token wins; otherwise `x-api-key` (a proxy may add `Authorization: Basic ...`).
 fn presented_key(headers: &http::HeaderMap) -> Option<&[u8]> {
-    if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+    let bearer = headers.get(http::header::AUTHORIZATION).and_then(|value| {
         let bytes = value.as_bytes();
-        let token = bytes
+        bytes
             .strip_prefix(b"Bearer ")
             .or_else(|| bytes.strip_prefix(b"bearer "))
-            .unwrap_or(bytes);
-        return Some(token.trim_ascii());
-    }
-    headers
-        .get("x-api-key")
-        .map(|value| value.as_bytes().trim_ascii())
+            .map(<[u8]>::trim_ascii)
+    });
+    bearer.or_else(|| {
+        headers
+            .get("x-api-key")
+            .map(|value| value.as_bytes().trim_ascii())
+    })
 }
 
 fn check(presented: Option<&[u8]>, master: &str) -> Result<Principal, GatewayError> {
@@ -87,6 +89,12 @@ mod tests {
         assert_eq!(presented_key(&headers), None);
         headers.insert("x-api-key", "k1".parse().unwrap());
         assert_eq!(presented_key(&headers), Some(&b"k1"[..]));
+        headers.insert("authorization", "Basic dXNlcjpwYXNz".parse().unwrap());
+        assert_eq!(
+            presented_key(&headers),
+            Some(&b"k1"[..]),
+            "not a bearer token"
+        );
         headers.insert("authorization", "Bearer k2".parse().unwrap());
         assert_eq!(presented_key(&headers), Some(&b"k2"[..]));
     }

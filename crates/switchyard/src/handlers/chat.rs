@@ -17,9 +17,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use eventsource_stream::Event;
 use futures_util::{Stream, StreamExt};
 use http::{HeaderValue, header};
-use switchyard_core::GatewayError;
 use switchyard_core::provider::{self, CallInfo, SseEvent, StreamDecoder, StreamItem};
 use switchyard_core::wire::ChatRequest;
+use switchyard_core::{ErrorKind, GatewayError, Origin};
 use tokio::time::timeout_at;
 
 use super::{Served, annotate, now_unix, read_body};
@@ -48,7 +48,7 @@ async fn handle(
 ) -> Result<Response, GatewayError> {
     let started = Instant::now();
     let body = read_body(body, app.config.server.max_body_bytes).await?;
-    let request = ChatRequest::from_slice(&body)?;
+    let request = ChatRequest::from_bytes(body.clone())?;
     let started = context.timings.lap(Stage::Parse, started);
 
     let resolution = app.router.resolve(&request.model)?;
@@ -111,6 +111,17 @@ async fn stream(
                 .transport
                 .send(&target.provider, upstream, limits)
                 .await?;
+            if !is_event_stream(response.headers()) {
+                // A 200 with a JSON error body (some compatible servers do this) is a failure.
+                let _ = app
+                    .transport
+                    .read_body(&target.provider, response, limits)
+                    .await;
+                return Err(empty_stream(
+                    &target.provider.name,
+                    "answered without an event stream",
+                ));
+            }
             let mut started = StartedStream {
                 decoder: StreamDecoder::new(&call, request),
                 events: Box::pin(transport::events(
@@ -137,6 +148,12 @@ async fn stream(
                         break;
                     }
                 }
+            }
+            if matches!(started.pending.front(), Some(StreamItem::Done)) {
+                return Err(empty_stream(
+                    &target.provider.name,
+                    "ended the stream without any output",
+                ));
             }
             Ok(started)
         }
@@ -167,6 +184,21 @@ async fn stream(
         Some(&Served::new(served.target, served.attempts, served.route)),
     );
     Ok(response)
+}
+
+fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().starts_with("text/event-stream"))
+}
+
+fn empty_stream(provider: &str, what: &str) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::BadGateway,
+        Origin::Upstream(provider.to_owned()),
+        format!("provider {provider} {what}"),
+    )
 }
 
 fn sse(event: &Event) -> SseEvent<'_> {

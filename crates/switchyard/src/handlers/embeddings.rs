@@ -30,7 +30,7 @@ async fn handle(
 ) -> Result<Response, GatewayError> {
     let started = std::time::Instant::now();
     let body = read_body(body, app.config.server.max_body_bytes).await?;
-    let request = EmbeddingsRequest::from_slice(&body)?;
+    let request = EmbeddingsRequest::from_bytes(body.clone())?;
     let started = context.timings.lap(Stage::Parse, started);
     let resolution = app.router.resolve(&request.model)?;
     let plan = super::plan(app, &resolution);

@@ -14,6 +14,8 @@ use tokio::task::JoinHandle;
 pub struct TestGateway {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// The gateway's state (config, tracker), for white-box checks.
+    pub state: AppState,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -21,21 +23,36 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts a gateway from `toml`, with `env` as its environment.
     pub async fn start(toml: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_with_clock(
+            toml,
+            env,
+            std::sync::Arc::new(switchyard::tracker::TokioClock::new()),
+        )
+        .await
+    }
+
+    /// Starts a gateway whose breakers and cooldowns run on `clock`.
+    pub async fn start_with_clock(
+        toml: &str,
+        env: &[(&str, &str)],
+        clock: std::sync::Arc<dyn switchyard_core::clock::Clock>,
+    ) -> Self {
         switchyard::install_crypto_provider();
         let env: HashMap<String, String> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         let config = validate(&parse_toml(toml).unwrap(), &env).unwrap();
-        let state = AppState::new(config).unwrap();
+        let state = AppState::with_clock(config, clock).unwrap();
         let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(listener, state, async move {
+        let task = tokio::spawn(server::serve(listener, state.clone(), async move {
             let _ = rx.await;
         }));
         TestGateway {
             base,
+            state,
             shutdown: Some(tx),
             task,
         }
