@@ -316,10 +316,26 @@ def gateway(
         child.stop()
 
 
+def enable_providers(gateway: Gateway) -> None:
+    """Puts every provider back in rotation through the admin API, which also closes their
+    breakers and ends Retry-After cooldowns, so that one test's scripted failures do not
+    decide the next test's routing."""
+    for name in ("openai", "anthropic", "gemini"):
+        request = urllib.request.Request(
+            f"{gateway.url}/admin/providers/{name}/enable",
+            method="POST",
+            headers={"Authorization": f"Bearer {MASTER_KEY}"},
+        )
+        with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT_S) as response:
+            assert response.status == 200
+
+
 @pytest.fixture(autouse=True)
-def mock(mock_control: MockControl) -> MockControl:
-    """The mock, reset so the test sees only its own upstream requests."""
+def mock(mock_control: MockControl, gateway: Gateway) -> MockControl:
+    """The mock, reset so the test sees only its own upstream requests, behind a gateway
+    whose providers are all healthy again."""
     mock_control.reset()
+    enable_providers(gateway)
     return mock_control
 
 

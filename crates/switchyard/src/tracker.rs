@@ -387,16 +387,28 @@ impl Tracker {
         providers
     }
 
-    /// Takes a provider out of rotation (`drain`) or puts it back.
+    /// Takes a provider out of rotation (`drain`) or puts it back (`enable`). Enabling is an
+    /// operator saying "it is fixed": it also closes the breakers of the provider's targets
+    /// and ends their `Retry-After` cooldowns.
     pub fn set_drained(&self, name: &str, drained: bool) -> bool {
-        match self.providers.get(name) {
-            Some(provider) => {
-                provider.drained.store(drained, Ordering::Relaxed);
-                tracing::info!(provider = name, drained, "provider rotation changed");
-                true
+        let Some(provider) = self.providers.get(name) else {
+            return false;
+        };
+        provider.drained.store(drained, Ordering::Relaxed);
+        if !drained {
+            let targets = self
+                .targets
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for ((provider_name, _), state) in targets.iter() {
+                if provider_name == name {
+                    *lock(&state.breaker) = CircuitBreaker::new(self.breaker.clone());
+                    state.cooldown_until.store(0, Ordering::Relaxed);
+                }
             }
-            None => false,
         }
+        tracing::info!(provider = name, drained, "provider rotation changed");
+        true
     }
 }
 

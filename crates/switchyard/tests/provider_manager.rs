@@ -418,3 +418,39 @@ async fn keep_alive_comments_keep_a_slow_stream_alive() {
     assert_eq!(stream_text(&data), "done thinking", "{data:?}");
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
 }
+
+#[tokio::test]
+async fn enable_closes_breakers_and_ends_cooldowns() {
+    let (first, second) = (mock("first").await, mock("second").await);
+    let clock = Arc::new(ManualClock::new(1_000_000_000));
+    let gateway =
+        TestGateway::start_with_clock(&config(&[&first, &second], "", ""), &[], clock).await;
+    let url = gateway.url("/v1/chat/completions");
+    first.set_behavior(Behavior::status(500));
+    for _ in 0..2 {
+        post_json(&url, &chat("r"), &[]).await;
+    }
+    first.set_behavior(Behavior::rate_limited(600));
+    let (_, providers) = admin_providers(&gateway, None).await;
+    assert_eq!(target(&providers, "first")["breaker"], "open");
+    let response = client()
+        .post(gateway.url("/admin/providers/first/enable"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (_, providers) = admin_providers(&gateway, None).await;
+    assert_eq!(target(&providers, "first")["breaker"], "closed");
+    // A 429 with a 10-minute Retry-After cools `first` down; enable ends that too.
+    post_json(&url, &chat("r"), &[]).await;
+    let (_, headers, _) = post_json(&url, &chat("r"), &[]).await;
+    assert_eq!(headers["x-switchyard-provider"], "second");
+    first.set_behavior(Behavior::default());
+    client()
+        .post(gateway.url("/admin/providers/first/enable"))
+        .send()
+        .await
+        .unwrap();
+    let (_, headers, _) = post_json(&url, &chat("r"), &[]).await;
+    assert_eq!(headers["x-switchyard-provider"], "first");
+}
