@@ -64,7 +64,9 @@ pub struct Tracker {
     clock: Arc<dyn Clock>,
     breaker: BreakerConfig,
     providers: HashMap<String, Arc<ProviderState>>,
-    targets: RwLock<HashMap<(String, String), Arc<TargetState>>>,
+    /// Provider name → model → state. Nested so that lookups borrow `&str`s: no allocation
+    /// on the request path.
+    targets: RwLock<HashMap<String, HashMap<String, Arc<TargetState>>>>,
     budget: Mutex<RetryBudget>,
 }
 
@@ -224,12 +226,12 @@ impl Tracker {
 
     /// The state of `target`, created on first use (bare model names make targets on the fly).
     pub fn target(&self, target: &Target) -> Arc<TargetState> {
-        let key = (target.provider.name.clone(), target.model.clone());
         if let Some(state) = self
             .targets
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&key)
+            .get(target.provider.name.as_str())
+            .and_then(|models| models.get(target.model.as_str()))
         {
             return Arc::clone(state);
         }
@@ -246,7 +248,8 @@ impl Tracker {
                 last_check: Mutex::new(None),
             }),
         };
-        Arc::clone(targets.entry(key).or_insert_with(|| {
+        let models = targets.entry(target.provider.name.clone()).or_default();
+        Arc::clone(models.entry(target.model.clone()).or_insert_with(|| {
             Arc::new(TargetState {
                 provider,
                 model: target.model.clone(),
@@ -362,9 +365,10 @@ impl Tracker {
                 .map(|provider| {
                     let last_check = lock(&provider.last_check).clone();
                     let mut target_snapshots: Vec<TargetSnapshot> = targets
-                        .iter()
-                        .filter(|((name, _), _)| *name == provider.provider.name)
-                        .map(|(_, state)| state.snapshot(now))
+                        .get(provider.provider.name.as_str())
+                        .into_iter()
+                        .flat_map(HashMap::values)
+                        .map(|state| state.snapshot(now))
                         .collect();
                     target_snapshots.sort_by(|a, b| a.model.cmp(&b.model));
                     ProviderSnapshot {
@@ -400,11 +404,9 @@ impl Tracker {
                 .targets
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for ((provider_name, _), state) in targets.iter() {
-                if provider_name == name {
-                    *lock(&state.breaker) = CircuitBreaker::new(self.breaker.clone());
-                    state.cooldown_until.store(0, Ordering::Relaxed);
-                }
+            for state in targets.get(name).into_iter().flat_map(HashMap::values) {
+                *lock(&state.breaker) = CircuitBreaker::new(self.breaker.clone());
+                state.cooldown_until.store(0, Ordering::Relaxed);
             }
         }
         tracing::info!(provider = name, drained, "provider rotation changed");
