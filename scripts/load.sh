@@ -5,6 +5,8 @@
 #   scripts/load.sh --direct-only        # the mock alone (builds only switchyard-testkit)
 #   scripts/load.sh --stream             # SSE, also reports time to first byte
 #   scripts/load.sh --concurrency 1,64 --duration 10 --json load.json
+#   scripts/load.sh --chaos              # 3 providers, alpha fails then recovers under load
+#   scripts/load.sh --chaos --chaos-fault reset|hang|refuse --chaos-strategy weighted
 #   scripts/load.sh --help               # every flag
 #
 # The harness starts switchyard-mock and `switchyard serve` on 127.0.0.1, prints a markdown

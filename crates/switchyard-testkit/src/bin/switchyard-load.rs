@@ -29,7 +29,7 @@ fn main() -> ExitCode {
 async fn run(options: LoadOptions) -> ExitCode {
     let mut children = Children::default();
     let result = tokio::select! {
-        result = load::run(&options, &mut children) => result,
+        result = run_mode(&options, &mut children) => result,
         signal = shutdown_signal() => Err(LoadError::Interrupted(signal)),
     };
     // Whatever happened, no child outlives the harness.
@@ -45,9 +45,11 @@ async fn run(options: LoadOptions) -> ExitCode {
             };
         }
     };
-    println!("{}", report.to_markdown());
+    println!("{}", report.markdown);
     if let Some(path) = &options.json {
-        let written = serde_json::to_string_pretty(&report)
+        let written = report
+            .json
+            .and_then(|json| serde_json::to_string_pretty(&json))
             .map_err(std::io::Error::other)
             .and_then(|json| std::fs::write(path, json + "\n"));
         if let Err(error) = written {
@@ -57,6 +59,24 @@ async fn run(options: LoadOptions) -> ExitCode {
         eprintln!("switchyard-load: wrote {}", path.display());
     }
     ExitCode::SUCCESS
+}
+
+/// What a run printed and what its JSON file holds, whichever mode ran.
+struct Rendered {
+    markdown: String,
+    json: serde_json::Result<serde_json::Value>,
+}
+
+/// Runs the chaos scenario with `--chaos`, else the direct/gateway scenarios.
+async fn run_mode(options: &LoadOptions, children: &mut Children) -> Result<Rendered, LoadError> {
+    let (markdown, json) = if options.chaos {
+        let report = load::chaos::run(options, children).await?;
+        (report.to_markdown(), serde_json::to_value(&report))
+    } else {
+        let report = load::run(options, children).await?;
+        (report.to_markdown(), serde_json::to_value(&report))
+    };
+    Ok(Rendered { markdown, json })
 }
 
 /// Completes on Ctrl-C, SIGTERM or SIGHUP, naming the signal.

@@ -55,6 +55,11 @@ pub enum LoadError {
     #[error("load generator: {0}")]
     Generator(String),
 
+    /// A call to a child's control API (the mock's `/__mock/*`) failed, so the run could
+    /// not do what its scenario says.
+    #[error("control call to the {role}: {message}")]
+    Control { role: &'static str, message: String },
+
     /// A signal asked the harness to stop.
     #[error("interrupted by {0}")]
     Interrupted(&'static str),

@@ -3,11 +3,15 @@
 //!
 //! Each of the N connections is one task that sends the same request back to back: the next
 //! request leaves when the previous response's body has been read to the end. A run has a
-//! warm-up, whose requests are not recorded, then a measured window; a request belongs to
-//! the window it started in, and no request starts after the window closes. Latency (µs,
-//! request sent to last body byte) of every 2xx response goes into one HDR histogram.
-//! Non-2xx responses and failures (connect errors, resets, timeouts, truncated streams) are
-//! counted apart and never enter the histogram, so failing fast cannot flatter latency.
+//! warm-up, whose requests are not recorded, then a measured window made of one or more
+//! phases back to back (the chaos scenario uses three; the connections carry on across a
+//! phase boundary). A request belongs to the phase it started in, and no request starts
+//! after the last phase closes. Latency (µs, request sent to last body byte) of every 2xx
+//! response goes into one HDR histogram per phase; the gateway's answers that took more
+//! than one attempt (its `x-switchyard-attempts` header) also go into a second one, the
+//! cost of a failover. Non-2xx responses and failures (connect errors, resets, timeouts,
+//! truncated streams) are counted apart and never enter a histogram, so failing fast cannot
+//! flatter latency.
 //!
 //! The generator runs on a runtime of its own ([`start_on_own_runtime`]): by default one
 //! thread, so on a small machine it takes as little CPU from the processes under test as it
@@ -39,6 +43,9 @@ const SIGNIFICANT_FIGURES: u8 = 3;
 /// Pause after a failed connect, so a dead target costs a few errors, not a busy loop.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
 
+/// The gateway's response header that says how many attempts a request took.
+const ATTEMPTS_HEADER: &str = "x-switchyard-attempts";
+
 /// How much of a failed response's body is kept to explain it.
 const FAILURE_SNIPPET_BYTES: usize = 200;
 
@@ -57,19 +64,30 @@ pub struct LoadPlan {
     pub concurrency: usize,
     /// Time from start before recording begins (connects happen here).
     pub warmup: Duration,
-    /// Length of the measured window.
-    pub duration: Duration,
+    /// Lengths of the measured phases, back to back after the warm-up; each gets a
+    /// [`LoadOutcome`] of its own. A plain scenario has exactly one.
+    pub phases: Vec<Duration>,
     /// Longest a connect or a request may take before it counts as an error.
     pub request_timeout: Duration,
 }
 
-/// What one scenario measured, over its measured window only.
+impl LoadPlan {
+    /// The whole measured window: every phase.
+    pub fn measured(&self) -> Duration {
+        self.phases.iter().sum()
+    }
+}
+
+/// What one phase of a scenario measured.
 #[derive(Debug)]
 pub struct LoadOutcome {
     /// Request sent to last body byte of each 2xx response, µs.
     pub latency: Histogram<u64>,
     /// Request sent to first body byte of each 2xx response, µs.
     pub first_byte: Histogram<u64>,
+    /// Request sent to last body byte of each 2xx response the gateway says took more than
+    /// one attempt (`x-switchyard-attempts` above 1), µs: the cost of a failover.
+    pub retried_latency: Histogram<u64>,
     /// Complete 2xx responses.
     pub succeeded: u64,
     /// Complete responses with any other status.
@@ -78,7 +96,8 @@ pub struct LoadOutcome {
     pub errors: u64,
     /// Times a connection had to be replaced after the server closed or broke it.
     pub reconnects: u64,
-    /// From the window's start to the last recorded response (at least the window).
+    /// The phase's length; for the last phase, from its start to the last recorded
+    /// response (at least the phase), since nothing new starts after it to fill the tail.
     pub elapsed: Duration,
     /// The first failure seen, to explain non-zero counts.
     pub first_failure: Option<String>,
@@ -96,16 +115,19 @@ impl LoadOutcome {
     }
 }
 
-/// Runs `plan` on a new runtime in a thread of its own and hands back its outcome.
+/// The outcomes of a run, one per phase of its plan, in order.
+pub type PhaseOutcomes = Vec<LoadOutcome>;
+
+/// Runs `plan` on a new runtime in a thread of its own and hands back its outcomes.
 ///
 /// `threads` = 1 gives a current-thread runtime; more gives a multi-thread runtime with that
 /// many workers. `origin` is when the warm-up starts, so the caller can line its own
-/// sampling up with the measured window.
+/// sampling (and, in the chaos scenario, its faults) up with the phases.
 pub fn start_on_own_runtime(
     plan: LoadPlan,
     threads: u16,
     origin: Instant,
-) -> Result<oneshot::Receiver<Result<LoadOutcome, LoadError>>, LoadError> {
+) -> Result<oneshot::Receiver<Result<PhaseOutcomes, LoadError>>, LoadError> {
     let mut builder = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -131,16 +153,22 @@ pub fn start_on_own_runtime(
 }
 
 /// Runs `plan` on the current runtime: opens the connections, loads the target through the
-/// warm-up and the measured window, and returns once every connection has finished.
+/// warm-up and every phase, and returns once every connection has finished, with one
+/// outcome per phase.
 ///
-/// Bounded: no request starts after `origin + warmup + duration`, and each one in flight
+/// Bounded: no request starts after `origin + warmup + measured`, and each one in flight
 /// then ends within `request_timeout`.
-pub async fn generate(plan: LoadPlan, origin: Instant) -> Result<LoadOutcome, LoadError> {
-    let window = Window {
-        start: origin + plan.warmup,
-        end: origin + plan.warmup + plan.duration,
-    };
-    let tally = Arc::new(Mutex::new(Tally::new()?));
+pub async fn generate(plan: LoadPlan, origin: Instant) -> Result<PhaseOutcomes, LoadError> {
+    if plan.phases.is_empty() {
+        return Err(LoadError::Generator(
+            "a plan needs at least one phase".to_owned(),
+        ));
+    }
+    let schedule = Arc::new(Schedule::new(origin + plan.warmup, &plan.phases));
+    let tallies = (0..plan.phases.len())
+        .map(|_| Tally::new())
+        .collect::<Result<Vec<_>, _>>()?;
+    let tally = Arc::new(Mutex::new(tallies));
     let template = Arc::new(RequestTemplate::new(&plan)?);
     let plan = Arc::new(plan);
     let mut connections = JoinSet::new();
@@ -148,41 +176,95 @@ pub async fn generate(plan: LoadPlan, origin: Instant) -> Result<LoadOutcome, Lo
         connections.spawn(drive_connection(
             Arc::clone(&plan),
             Arc::clone(&template),
-            window,
+            Arc::clone(&schedule),
             Arc::clone(&tally),
         ));
     }
     while connections.join_next().await.is_some() {}
-    let tally = std::mem::replace(
-        &mut *tally.lock().unwrap_or_else(PoisonError::into_inner),
-        Tally::new()?,
-    );
-    let last = tally
-        .last_completion
-        .map_or(window.end, |last| last.max(window.end));
-    Ok(LoadOutcome {
-        latency: tally.latency,
-        first_byte: tally.first_byte,
-        succeeded: tally.succeeded,
-        non_success: tally.non_success,
-        errors: tally.errors,
-        reconnects: tally.reconnects,
-        elapsed: last.saturating_duration_since(window.start),
-        first_failure: tally.first_failure,
-    })
+    let tallies = std::mem::take(&mut *tally.lock().unwrap_or_else(PoisonError::into_inner));
+    let last_phase = tallies.len().saturating_sub(1);
+    let outcomes = tallies
+        .into_iter()
+        .enumerate()
+        .map(|(phase, tally)| {
+            let (start, end) = schedule.bounds(phase);
+            // Only the last phase is stretched to its last response: an earlier phase's
+            // stragglers overlap the next phase, whose requests keep the connections busy.
+            let last = match tally.last_completion {
+                Some(last) if phase == last_phase => last.max(end),
+                _ => end,
+            };
+            LoadOutcome {
+                latency: tally.latency,
+                first_byte: tally.first_byte,
+                retried_latency: tally.retried_latency,
+                succeeded: tally.succeeded,
+                non_success: tally.non_success,
+                errors: tally.errors,
+                reconnects: tally.reconnects,
+                elapsed: last.saturating_duration_since(start),
+                first_failure: tally.first_failure,
+            }
+        })
+        .collect();
+    Ok(outcomes)
 }
 
-/// When recording starts and when sending stops.
-#[derive(Debug, Clone, Copy)]
-struct Window {
+/// When recording starts, where each phase ends, and when sending stops (the last end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
     start: Instant,
-    end: Instant,
+    /// The end of each phase, ascending; never empty when built from a valid plan.
+    ends: Vec<Instant>,
+}
+
+impl Schedule {
+    /// Phases of the given lengths, back to back from `start`.
+    pub fn new(start: Instant, phases: &[Duration]) -> Self {
+        let mut at = start;
+        let ends = phases
+            .iter()
+            .map(|length| {
+                at += *length;
+                at
+            })
+            .collect();
+        Self { start, ends }
+    }
+
+    /// The first recorded instant.
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
+    /// The instant no request may start at or after.
+    pub fn end(&self) -> Instant {
+        self.ends.last().copied().unwrap_or(self.start)
+    }
+
+    /// The phase that `at` falls in: `None` during the warm-up and after the end.
+    pub fn phase_of(&self, at: Instant) -> Option<usize> {
+        if at < self.start {
+            return None;
+        }
+        self.ends.iter().position(|end| at < *end)
+    }
+
+    /// Where phase `phase` starts and ends.
+    pub fn bounds(&self, phase: usize) -> (Instant, Instant) {
+        let start = match phase.checked_sub(1) {
+            Some(previous) => self.ends.get(previous).copied().unwrap_or(self.start),
+            None => self.start,
+        };
+        (start, self.ends.get(phase).copied().unwrap_or(start))
+    }
 }
 
 /// Everything the connections of one scenario record.
 struct Tally {
     latency: Histogram<u64>,
     first_byte: Histogram<u64>,
+    retried_latency: Histogram<u64>,
     succeeded: u64,
     non_success: u64,
     errors: u64,
@@ -200,6 +282,7 @@ impl Tally {
         Ok(Self {
             latency: histogram()?,
             first_byte: histogram()?,
+            retried_latency: histogram()?,
             succeeded: 0,
             non_success: 0,
             errors: 0,
@@ -216,11 +299,18 @@ impl Tally {
     }
 }
 
-/// Locks the shared tally. A std Mutex: every section is a few counter updates or one
-/// histogram record, never across an await, and with one generator thread it is never
-/// contended.
-fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
+/// Locks the shared tallies (one per phase). A std Mutex: every section is a few counter
+/// updates or one histogram record, never across an await, and with one generator thread it
+/// is never contended.
+fn lock(tally: &Mutex<Vec<Tally>>) -> std::sync::MutexGuard<'_, Vec<Tally>> {
     tally.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Applies `update` to the tally of phase `phase`, if there is one.
+fn in_phase(tally: &Mutex<Vec<Tally>>, phase: usize, update: impl FnOnce(&mut Tally)) {
+    if let Some(tally) = lock(tally).get_mut(phase) {
+        update(tally);
+    }
 }
 
 /// The request every connection sends, built once.
@@ -302,27 +392,31 @@ async fn connect(target: SocketAddr, timeout: Duration) -> Result<Connection, St
 async fn drive_connection(
     plan: Arc<LoadPlan>,
     template: Arc<RequestTemplate>,
-    window: Window,
-    tally: Arc<Mutex<Tally>>,
+    schedule: Arc<Schedule>,
+    tally: Arc<Mutex<Vec<Tally>>>,
 ) {
     let mut connection: Option<Connection> = None;
     let mut connected_before = false;
-    while Instant::now() < window.end {
+    while Instant::now() < schedule.end() {
         let mut current = match connection.take() {
             Some(current) if !current.sender.is_closed() => current,
             _ => match connect(plan.target, plan.request_timeout).await {
                 Ok(fresh) => {
-                    if connected_before && Instant::now() >= window.start {
-                        lock(&tally).reconnects += 1;
+                    let phase = schedule
+                        .phase_of(Instant::now())
+                        .filter(|_| connected_before);
+                    if let Some(phase) = phase {
+                        in_phase(&tally, phase, |tally| tally.reconnects += 1);
                     }
                     connected_before = true;
                     fresh
                 }
                 Err(failure) => {
-                    if Instant::now() >= window.start {
-                        let mut tally = lock(&tally);
-                        tally.errors += 1;
-                        tally.note_failure(|| failure);
+                    if let Some(phase) = schedule.phase_of(Instant::now()) {
+                        in_phase(&tally, phase, |tally| {
+                            tally.errors += 1;
+                            tally.note_failure(|| failure);
+                        });
                     }
                     tokio::time::sleep(RECONNECT_PAUSE).await;
                     continue;
@@ -334,10 +428,10 @@ async fn drive_connection(
             continue;
         }
         let started = Instant::now();
-        if started >= window.end {
+        if started >= schedule.end() {
             break;
         }
-        let recorded = started >= window.start;
+        let recorded = schedule.phase_of(started);
         let result = tokio::time::timeout(
             plan.request_timeout,
             exchange(&mut current.sender, template.request(), plan.stream),
@@ -345,8 +439,10 @@ async fn drive_connection(
         .await;
         let finished = Instant::now();
         let keep = matches!(result, Ok(Ok(_)));
-        if recorded {
-            record(&tally, started, finished, result, plan.request_timeout);
+        if let Some(phase) = recorded {
+            in_phase(&tally, phase, |tally| {
+                record(tally, started, finished, result, plan.request_timeout);
+            });
         }
         if keep {
             connection = Some(current);
@@ -354,15 +450,14 @@ async fn drive_connection(
     }
 }
 
-/// Adds one request's result to the tally.
+/// Adds one request's result to its phase's tally.
 fn record(
-    tally: &Mutex<Tally>,
+    tally: &mut Tally,
     started: Instant,
     finished: Instant,
     result: Result<Result<Exchange, String>, tokio::time::error::Elapsed>,
     timeout: Duration,
 ) {
-    let mut tally = lock(tally);
     tally.last_completion = Some(finished);
     match result {
         Ok(Ok(exchange)) if exchange.status.is_success() && exchange.complete => {
@@ -374,6 +469,11 @@ fn record(
             tally
                 .first_byte
                 .saturating_record(micros(first_byte.saturating_duration_since(started)));
+            if exchange.attempts.is_some_and(|attempts| attempts > 1) {
+                tally
+                    .retried_latency
+                    .saturating_record(micros(finished.saturating_duration_since(started)));
+            }
         }
         Ok(Ok(exchange)) if exchange.status.is_success() => {
             tally.errors += 1;
@@ -411,6 +511,8 @@ struct Exchange {
     status: http::StatusCode,
     /// When the first non-empty body chunk arrived.
     first_byte: Option<Instant>,
+    /// The gateway's `x-switchyard-attempts` header, when the response has one.
+    attempts: Option<u32>,
     /// False when a stream ended without its `[DONE]` event.
     complete: bool,
     /// The start of a non-2xx body.
@@ -427,6 +529,11 @@ async fn exchange(
         .await
         .map_err(|error| format!("request: {error}"))?;
     let status = response.status();
+    let attempts = response
+        .headers()
+        .get(ATTEMPTS_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse().ok());
     let mut body = response.into_body();
     let mut first_byte = None;
     let mut snippet = Vec::new();
@@ -453,6 +560,7 @@ async fn exchange(
     Ok(Exchange {
         status,
         first_byte,
+        attempts,
         complete,
         snippet,
     })
@@ -492,14 +600,16 @@ mod tests {
                         let path = request.uri().path().to_owned();
                         let _ = request.into_body().collect().await;
                         let (status, body) = match path.as_str() {
-                            "/json" => (StatusCode::OK, "{\"ok\":true}"),
+                            "/json" | "/retried" => (StatusCode::OK, "{\"ok\":true}"),
                             "/sse" => (StatusCode::OK, "data: {\"x\":1}\n\ndata: [DONE]\n\n"),
                             "/cut" => (StatusCode::OK, "data: {\"x\":1}\n\n"),
                             _ => (StatusCode::SERVICE_UNAVAILABLE, "{\"error\":\"busy\"}"),
                         };
+                        let attempts = if path == "/retried" { "2" } else { "1" };
                         Ok::<_, std::convert::Infallible>(
                             Response::builder()
                                 .status(status)
+                                .header(ATTEMPTS_HEADER, attempts)
                                 .body(Full::new(Bytes::from_static(body.as_bytes())))
                                 .unwrap(),
                         )
@@ -521,17 +631,62 @@ mod tests {
             stream,
             concurrency: 4,
             warmup: Duration::from_millis(50),
-            duration: Duration::from_millis(200),
+            phases: vec![Duration::from_millis(200)],
             request_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// The one outcome of a single-phase plan.
+    fn single(outcomes: Result<PhaseOutcomes, LoadError>) -> LoadOutcome {
+        let mut outcomes = outcomes.unwrap();
+        assert_eq!(outcomes.len(), 1);
+        outcomes.pop().unwrap()
+    }
+
+    #[test]
+    fn schedule_places_instants_in_their_phase() {
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        let schedule = Schedule::new(start, &[ms(100), ms(50), ms(100)]);
+        assert_eq!(schedule.start(), start);
+        assert_eq!(schedule.end(), start + ms(250));
+        assert_eq!(schedule.phase_of(start.checked_sub(ms(1)).unwrap()), None);
+        assert_eq!(schedule.phase_of(start), Some(0));
+        assert_eq!(schedule.phase_of(start + ms(99)), Some(0));
+        assert_eq!(schedule.phase_of(start + ms(100)), Some(1));
+        assert_eq!(schedule.phase_of(start + ms(149)), Some(1));
+        assert_eq!(schedule.phase_of(start + ms(150)), Some(2));
+        assert_eq!(schedule.phase_of(start + ms(250)), None);
+        assert_eq!(schedule.bounds(0), (start, start + ms(100)));
+        assert_eq!(schedule.bounds(1), (start + ms(100), start + ms(150)));
+        assert_eq!(schedule.bounds(2), (start + ms(150), start + ms(250)));
+    }
+
+    #[tokio::test]
+    async fn a_plan_without_phases_is_refused() {
+        let mut empty = plan(SocketAddr::from(([127, 0, 0, 1], 9)), "/json", false);
+        empty.phases.clear();
+        assert!(generate(empty, Instant::now()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn every_phase_gets_its_own_outcome() {
+        let target = responder().await;
+        let mut phased = plan(target, "/json", false);
+        phased.phases = vec![Duration::from_millis(100), Duration::from_millis(150)];
+        assert_eq!(phased.measured(), Duration::from_millis(250));
+        let outcomes = generate(phased, Instant::now()).await.unwrap();
+        assert_eq!(outcomes.len(), 2);
+        assert!(outcomes.iter().all(|outcome| outcome.succeeded > 0));
+        // An earlier phase lasts exactly its length; the last one covers its stragglers.
+        assert_eq!(outcomes[0].elapsed, Duration::from_millis(100));
+        assert!(outcomes[1].elapsed >= Duration::from_millis(150));
     }
 
     #[tokio::test]
     async fn keep_alive_requests_are_recorded() {
         let target = responder().await;
-        let outcome = generate(plan(target, "/json", false), Instant::now())
-            .await
-            .unwrap();
+        let outcome = single(generate(plan(target, "/json", false), Instant::now()).await);
         assert!(outcome.succeeded > 0);
         assert_eq!(outcome.latency.len(), outcome.succeeded);
         assert_eq!((outcome.errors, outcome.non_success), (0, 0));
@@ -541,18 +696,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn responses_after_a_failover_are_measured_apart() {
+        let target = responder().await;
+        let first_try = single(generate(plan(target, "/json", false), Instant::now()).await);
+        assert_eq!(first_try.retried_latency.len(), 0);
+        let retried = single(generate(plan(target, "/retried", false), Instant::now()).await);
+        assert!(retried.succeeded > 0);
+        assert_eq!(retried.retried_latency.len(), retried.succeeded);
+    }
+
+    #[tokio::test]
     async fn complete_streams_count_and_cut_ones_are_errors() {
         let target = responder().await;
-        let complete = generate(plan(target, "/sse", true), Instant::now())
-            .await
-            .unwrap();
+        let complete = single(generate(plan(target, "/sse", true), Instant::now()).await);
         assert!(complete.succeeded > 0);
         assert_eq!(complete.first_byte.len(), complete.succeeded);
         assert_eq!(complete.errors, 0);
 
-        let cut = generate(plan(target, "/cut", true), Instant::now())
-            .await
-            .unwrap();
+        let cut = single(generate(plan(target, "/cut", true), Instant::now()).await);
         assert_eq!(cut.succeeded, 0);
         assert!(cut.errors > 0);
         assert!(cut.first_failure.unwrap().contains("[DONE]"));
@@ -561,9 +722,7 @@ mod tests {
     #[tokio::test]
     async fn non_success_statuses_are_counted_apart() {
         let target = responder().await;
-        let outcome = generate(plan(target, "/busy", false), Instant::now())
-            .await
-            .unwrap();
+        let outcome = single(generate(plan(target, "/busy", false), Instant::now()).await);
         assert_eq!(outcome.succeeded, 0);
         assert!(outcome.non_success > 0);
         assert_eq!(outcome.latency.len(), 0);
@@ -582,9 +741,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let outcome = generate(plan(target, "/json", false), Instant::now())
-            .await
-            .unwrap();
+        let outcome = single(generate(plan(target, "/json", false), Instant::now()).await);
         assert_eq!(outcome.succeeded, 0);
         assert!(outcome.errors > 0);
         assert!(outcome.first_failure.unwrap().starts_with("connect"));
@@ -613,7 +770,7 @@ mod tests {
         let outcome = runtime.block_on(async {
             let receiver =
                 start_on_own_runtime(plan(target, "/json", false), 2, Instant::now()).unwrap();
-            receiver.await.unwrap().unwrap()
+            single(receiver.await.unwrap())
         });
         assert!(outcome.succeeded > 0);
     }

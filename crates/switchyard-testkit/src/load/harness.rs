@@ -37,8 +37,11 @@ const SETTLE_BEFORE_IDLE_RSS: Duration = Duration::from_millis(250);
 /// The processes of a run and the gateway's config file.
 #[derive(Debug, Default)]
 pub struct Children {
-    /// The mock provider, once started.
+    /// The mock provider of the scenario runs, once started.
     pub mock: Option<ChildProcess>,
+    /// The chaos run's mock providers (alpha, beta, gamma), each named by its role; one that
+    /// the run has killed on purpose is not in here until it is restarted.
+    pub providers: Vec<ChildProcess>,
     /// The gateway, once started (never with `--direct-only`).
     pub gateway: Option<ChildProcess>,
     /// Removed when the children stop.
@@ -54,7 +57,15 @@ impl Children {
         if let Some(mock) = self.mock.take() {
             mock.stop().await;
         }
+        for provider in self.providers.drain(..) {
+            provider.stop().await;
+        }
         self.config = None;
+    }
+
+    /// Keeps the gateway's config file until the children stop.
+    pub(super) fn keep_config(&mut self, config: ConfigFile) -> &ConfigFile {
+        self.config.insert(config)
     }
 }
 
@@ -73,7 +84,7 @@ pub async fn run(options: &LoadOptions, children: &mut Children) -> Result<Repor
         }
     }
 
-    let mock = start_mock(options).await?;
+    let mock = start_mock(options, "mock", "127.0.0.1:0").await?;
     progress(format_args!(
         "mock pid {} listening on {}",
         mock.pid(),
@@ -84,9 +95,7 @@ pub async fn run(options: &LoadOptions, children: &mut Children) -> Result<Repor
     let mock_pid = mock.pid();
 
     if !options.direct_only {
-        let config = children
-            .config
-            .insert(ConfigFile::create(&gateway_config(mock_address))?);
+        let config = children.keep_config(ConfigFile::create(&gateway_config(mock_address))?);
         let gateway = start_gateway(options, config).await?;
         progress(format_args!(
             "gateway pid {} listening on {}",
@@ -127,7 +136,7 @@ pub async fn run(options: &LoadOptions, children: &mut Children) -> Result<Repor
                 stream,
                 concurrency,
                 warmup: options.warmup,
-                duration: options.duration,
+                phases: vec![options.duration],
                 request_timeout: options.request_timeout,
             };
             let measures_gateway = gateway_pid.filter(|_| route == Route::ViaGateway);
@@ -213,12 +222,17 @@ pub fn prepare_body(text: &str, stream: bool) -> Result<(Bytes, bool), String> {
     Ok((Bytes::from(bytes), true))
 }
 
-async fn start_mock(options: &LoadOptions) -> Result<ChildProcess, LoadError> {
+/// Starts a mock provider called `name` (also its role in messages) on `listen`.
+pub(super) async fn start_mock(
+    options: &LoadOptions,
+    name: &'static str,
+    listen: &str,
+) -> Result<ChildProcess, LoadError> {
     let mut args: Vec<OsString> = vec![
         "--listen".into(),
-        "127.0.0.1:0".into(),
+        listen.into(),
         "--name".into(),
-        "mock".into(),
+        name.into(),
     ];
     if let Some(latency) = options.mock_latency_ms {
         args.extend(["--latency-ms".into(), latency.to_string().into()]);
@@ -228,7 +242,7 @@ async fn start_mock(options: &LoadOptions) -> Result<ChildProcess, LoadError> {
     }
     args.extend(options.mock_arg.iter().cloned());
     ChildProcess::start(
-        "mock",
+        name,
         &options.mock_program(),
         &args,
         "switchyard-mock",
@@ -237,7 +251,7 @@ async fn start_mock(options: &LoadOptions) -> Result<ChildProcess, LoadError> {
     .await
 }
 
-async fn start_gateway(
+pub(super) async fn start_gateway(
     options: &LoadOptions,
     config: &ConfigFile,
 ) -> Result<ChildProcess, LoadError> {
@@ -287,7 +301,9 @@ async fn run_scenario(
     let before = CpuSamples::take(mock_pid, measures_gateway);
     let outcome = outcome
         .await
-        .map_err(|_| LoadError::Generator("its thread ended without a result".to_owned()))??;
+        .map_err(|_| LoadError::Generator("its thread ended without a result".to_owned()))??
+        .pop()
+        .ok_or_else(|| LoadError::Generator("a one-phase plan gave no outcome".to_owned()))?;
     let after = CpuSamples::take(mock_pid, measures_gateway);
 
     let gateway_peak_rss = match gateway_rss {
@@ -388,10 +404,11 @@ fn summarise(route: Route, concurrency: usize, stream: bool, measured: Measured)
 }
 
 /// Fails the run when a child died: the figures after that would be meaningless.
-fn ensure_alive(children: &mut Children) -> Result<(), LoadError> {
+pub(super) fn ensure_alive(children: &mut Children) -> Result<(), LoadError> {
     for child in [children.mock.as_mut(), children.gateway.as_mut()]
         .into_iter()
         .flatten()
+        .chain(children.providers.iter_mut())
     {
         if let Some(status) = child.exit_status() {
             return Err(LoadError::ChildExited {
@@ -404,7 +421,7 @@ fn ensure_alive(children: &mut Children) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn progress(message: std::fmt::Arguments<'_>) {
+pub(super) fn progress(message: std::fmt::Arguments<'_>) {
     eprintln!("switchyard-load: {message}");
 }
 

@@ -16,11 +16,17 @@
 //! - [`procfs`]: CPU time, RSS and machine facts from `/proc`, parsed by pure functions.
 //! - [`harness`]: one run, in order: start, scenarios with sampling, figures.
 //! - [`report`]: the figures, the markdown table, the target checks, JSON.
+//! - [`chaos`]: the `--chaos` run instead: three providers behind one route, one of them
+//!   failing and recovering under steady load; [`chaos_report`] is its figures and table.
+//! - [`control`]: one-off calls to the mock's `/__mock/*` API and the gateway's admin API.
 //! - [`error`]: why a run could not be carried out (a missed target is not an error).
 //!
 //! The harness only ever loads loopback addresses, and every scenario ends by itself.
 
+pub mod chaos;
+pub mod chaos_report;
 pub mod child;
+pub mod control;
 pub mod error;
 pub mod generator;
 pub mod harness;
@@ -28,6 +34,7 @@ pub mod options;
 pub mod procfs;
 pub mod report;
 
+pub use chaos_report::ChaosReport;
 pub use error::LoadError;
 pub use harness::{Children, run};
 pub use options::LoadOptions;

@@ -23,6 +23,11 @@ pub const MAX_PHASE: Duration = Duration::from_secs(600);
 /// table and a summary of the performance targets to stdout; progress goes to stderr. A
 /// missed target is reported, never an error: the exit status is non-zero only when the
 /// harness itself could not run.
+///
+/// With --chaos it runs the chaos scenario instead: three mock providers (alpha, beta,
+/// gamma) behind one gateway route, steady load through three phases (healthy; alpha
+/// failing; alpha recovered), and a table of success rate, latency and alpha's traffic and
+/// breaker state per phase.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "switchyard-load", version, about, long_about)]
 pub struct LoadOptions {
@@ -90,6 +95,91 @@ pub struct LoadOptions {
     /// Also write every figure as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+
+    /// Run the chaos scenario instead of the direct/gateway table: three providers behind
+    /// one route, and steady load while the first one fails and recovers.
+    #[arg(long, conflicts_with_all = ["concurrency", "direct_only", "duration"])]
+    pub chaos: bool,
+
+    /// Connections of the chaos run, each with one request in flight.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 16,
+        value_parser = parse_connections,
+        requires = "chaos"
+    )]
+    pub chaos_concurrency: usize,
+
+    /// Length of each chaos phase: healthy, failing, recovered (the warm-up comes first).
+    #[arg(long, value_name = "DURATION", default_value = "5", value_parser = parse_phase, requires = "chaos")]
+    pub chaos_phase: Duration,
+
+    /// How alpha fails: answer 500, reset the connection, hang (the gateway's first-byte
+    /// timeout ends it), or refuse connections (the process is killed, then restarted on
+    /// the same port).
+    #[arg(long, value_enum, value_name = "FAULT", default_value_t = ChaosFault::Status500, requires = "chaos")]
+    pub chaos_fault: ChaosFault,
+
+    /// The chaos route's strategy.
+    #[arg(long, value_enum, value_name = "STRATEGY", default_value_t = ChaosStrategy::Priority, requires = "chaos")]
+    pub chaos_strategy: ChaosStrategy,
+}
+
+/// How the failing provider of the chaos run fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum ChaosFault {
+    /// Every request is answered with HTTP 500.
+    #[value(name = "500")]
+    #[serde(rename = "500")]
+    Status500,
+    /// Every connection is closed without an answer.
+    #[value(name = "reset")]
+    #[serde(rename = "reset")]
+    Reset,
+    /// No request is ever answered.
+    #[value(name = "hang")]
+    #[serde(rename = "hang")]
+    Hang,
+    /// The process is gone: connections are refused.
+    #[value(name = "refuse")]
+    #[serde(rename = "refuse")]
+    Refuse,
+}
+
+impl ChaosFault {
+    /// The name on the command line and in the report.
+    pub fn label(self) -> &'static str {
+        match self {
+            ChaosFault::Status500 => "500",
+            ChaosFault::Reset => "reset",
+            ChaosFault::Hang => "hang",
+            ChaosFault::Refuse => "refuse",
+        }
+    }
+}
+
+/// The routing strategies the chaos run can exercise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChaosStrategy {
+    /// Ordered fallback: alpha first.
+    Priority,
+    /// Power of two choices over latency.
+    LeastLatency,
+    /// Weighted random (equal weights).
+    Weighted,
+}
+
+impl ChaosStrategy {
+    /// The name in the gateway's config.
+    pub fn config_name(self) -> &'static str {
+        match self {
+            ChaosStrategy::Priority => "priority",
+            ChaosStrategy::LeastLatency => "least-latency",
+            ChaosStrategy::Weighted => "weighted",
+        }
+    }
 }
 
 impl LoadOptions {
@@ -134,6 +224,20 @@ pub fn parse_concurrency_list(text: &str) -> Result<ConcurrencyList, String> {
         levels.push(level);
     }
     Ok(ConcurrencyList(levels))
+}
+
+/// Parses a number of connections between 1 and [`MAX_CONCURRENCY`].
+pub fn parse_connections(text: &str) -> Result<usize, String> {
+    let connections: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number"))?;
+    if connections == 0 || connections > MAX_CONCURRENCY {
+        return Err(format!(
+            "concurrency {connections} is outside 1..={MAX_CONCURRENCY}"
+        ));
+    }
+    Ok(connections)
 }
 
 /// Parses a phase length: a bare number of seconds (`5`, `0.5`) or a humantime duration
@@ -228,6 +332,51 @@ mod tests {
         assert!(!options.stream && !options.direct_only);
         assert!(options.mock_program().ends_with("release/switchyard-mock"));
         assert!(options.gateway_program().ends_with("release/switchyard"));
+    }
+
+    #[test]
+    fn chaos_defaults_and_choices() {
+        let options = LoadOptions::try_parse_from(["switchyard-load", "--chaos"]).unwrap();
+        assert!(options.chaos);
+        assert_eq!(options.chaos_concurrency, 16);
+        assert_eq!(options.chaos_phase, Duration::from_secs(5));
+        assert_eq!(options.chaos_fault, ChaosFault::Status500);
+        assert_eq!(options.chaos_strategy, ChaosStrategy::Priority);
+
+        let options = LoadOptions::try_parse_from([
+            "switchyard-load",
+            "--chaos",
+            "--chaos-fault",
+            "refuse",
+            "--chaos-strategy",
+            "least-latency",
+            "--chaos-phase",
+            "2s",
+            "--chaos-concurrency",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(options.chaos_fault, ChaosFault::Refuse);
+        assert_eq!(options.chaos_fault.label(), "refuse");
+        assert_eq!(options.chaos_strategy.config_name(), "least-latency");
+        assert_eq!(options.chaos_phase, Duration::from_secs(2));
+        assert_eq!(options.chaos_concurrency, 4);
+    }
+
+    #[test]
+    fn chaos_flags_need_chaos_and_exclude_the_scenario_flags() {
+        for bad in [
+            vec!["switchyard-load", "--chaos-fault", "reset"],
+            vec!["switchyard-load", "--chaos", "--concurrency", "8"],
+            vec!["switchyard-load", "--chaos", "--direct-only"],
+            vec!["switchyard-load", "--chaos", "--chaos-fault", "timeout"],
+            vec!["switchyard-load", "--chaos", "--chaos-concurrency", "0"],
+        ] {
+            assert!(
+                LoadOptions::try_parse_from(&bad).is_err(),
+                "{bad:?} was accepted"
+            );
+        }
     }
 
     #[test]

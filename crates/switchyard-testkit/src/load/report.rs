@@ -284,7 +284,7 @@ impl Report {
     }
 }
 
-fn describe_machine(machine: &MachineFacts) -> String {
+pub(super) fn describe_machine(machine: &MachineFacts) -> String {
     let load = match machine.load_average {
         Some([one, five, fifteen]) => {
             format!("load average {one:.2} {five:.2} {fifteen:.2} at start")
