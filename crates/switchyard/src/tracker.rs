@@ -515,7 +515,13 @@ impl Attempt {
             if counts_against {
                 breaker.record(now, Outcome::Failure, self.probe);
             } else if self.probe {
-                breaker.record(now, Outcome::Success, true);
+                if error.origin == switchyard_core::Origin::Client {
+                    // The request never reached the provider (its adapter refused it): no verdict.
+                    breaker.release_probe();
+                } else {
+                    // The provider answered, if only with a 4xx: it is up.
+                    breaker.record(now, Outcome::Success, true);
+                }
             }
         }
         if let (ErrorKind::RateLimited, Some(pause)) = (error.kind, error.retry_after) {
