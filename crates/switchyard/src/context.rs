@@ -51,16 +51,16 @@ impl RequestContext {
 }
 
 /// Extractor that takes the context out of the request: one owner at a time.
-pub struct Ctx(pub RequestContext);
+pub struct TakenContext(pub RequestContext);
 
-impl<S: Send + Sync> FromRequestParts<S> for Ctx {
+impl<S: Send + Sync> FromRequestParts<S> for TakenContext {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         parts
             .extensions
             .remove::<RequestContext>()
-            .map(Ctx)
+            .map(TakenContext)
             .ok_or_else(|| ApiError(GatewayError::internal("request context missing")))
     }
 }

@@ -24,7 +24,7 @@ use tokio::time::timeout_at;
 
 use super::{Served, annotate, now_unix, read_body};
 use crate::app::AppState;
-use crate::context::{Ctx, RequestContext};
+use crate::context::{RequestContext, TakenContext};
 use crate::failover::{self, PlannedRoute, RequestFacts};
 use crate::timing::Stage;
 use crate::tracker::InFlight;
@@ -34,7 +34,7 @@ use crate::transport::CallLimits;
 /// The handler.
 pub async fn chat_completions(
     State(app): State<AppState>,
-    Ctx(mut context): Ctx,
+    TakenContext(mut context): TakenContext,
     body: Body,
 ) -> Response {
     let outcome = timeout_at(context.deadline, handle(&app, &mut context, body)).await;

@@ -9,14 +9,14 @@ use switchyard_core::wire::EmbeddingsRequest;
 
 use super::read_body;
 use crate::app::AppState;
-use crate::context::{Ctx, RequestContext};
+use crate::context::{RequestContext, TakenContext};
 use crate::failover::RequestFacts;
 use crate::timing::Stage;
 
 /// The handler.
 pub async fn embeddings(
     State(app): State<AppState>,
-    Ctx(mut context): Ctx,
+    TakenContext(mut context): TakenContext,
     body: Body,
 ) -> Response {
     let outcome = tokio::time::timeout_at(context.deadline, handle(&app, &mut context, body)).await;
