@@ -8,7 +8,10 @@
 //!   once, with no backoff, so recovering from a dead provider adds almost nothing;
 //! - a route with a single target retries that target after an exponential backoff with
 //!   jitter, unless it is now unavailable (for example in `Retry-After` cooldown);
-//! - a target whose adapter cannot express the request (a client-origin error) is skipped;
+//! - nothing is tried once the request deadline has passed, and a timeout caused by that
+//!   deadline is not held against the target;
+//! - a target whose adapter cannot express the request is skipped before anything is sent,
+//!   at no cost in attempts or retry budget;
 //! - any other error (400, 401, 403, 404, content policy) is the answer, never retried.
 //!
 //! Every retry needs the retry budget's consent, and the whole is bounded by `max_attempts`
@@ -70,16 +73,20 @@ pub struct Failed {
     pub attempts: u32,
 }
 
-/// Runs `attempt` against the plan's targets until one succeeds or an error must stop us.
-pub async fn run<'a, T, F, Fut>(
+/// Runs the plan: for each target in strategy order, `prepare` builds the upstream request
+/// (pure; an error there means this target's adapter cannot express the request, which costs
+/// neither an attempt nor retry budget), then `attempt` sends it.
+pub async fn run<'a, P, T, B, F, Fut>(
     tracker: &Tracker,
     routing: &RoutingConfig,
     plan: &[PlannedRoute<'a>],
     facts: RequestFacts,
+    mut prepare: B,
     mut attempt: F,
 ) -> Result<Served<'a, T>, Failed>
 where
-    F: FnMut(&'a Target) -> Fut,
+    B: FnMut(&'a Target) -> Result<P, GatewayError>,
+    F: FnMut(&'a Target, P) -> Fut,
     Fut: Future<Output = Result<T, GatewayError>>,
 {
     tracker.deposit();
@@ -107,21 +114,29 @@ where
             .collect();
         let order = strategy::order(route.strategy, &views, &mut || fastrand::u64(..));
         if order.is_empty() {
-            last_error.get_or_insert_with(|| no_target(route.name));
+            last_error.get_or_insert_with(|| {
+                no_target(route.name).with_retry_after(tracker.soonest_available(route.targets))
+            });
             continue;
         }
         let single = route.targets.len() == 1;
         let mut same_target_retries = 0;
         let mut position = 0;
         while let Some(&index) = order.get(position) {
-            if attempts >= routing.max_attempts {
-                break 'routes;
-            }
-            if attempts > 0 && !tracker.try_retry() {
-                tracing::warn!(route = route.name, "retry budget exhausted: not retrying");
+            if attempts >= routing.max_attempts || Instant::now() >= facts.deadline {
                 break 'routes;
             }
             let target = &route.targets[index];
+            let prepared = match prepare(target) {
+                Ok(prepared) => prepared,
+                Err(error) => {
+                    // This target's adapter cannot express the request; another might.
+                    tracing::debug!(provider = %target.provider.name, error = %error, "target skipped");
+                    last_error = Some(error);
+                    position += 1;
+                    continue;
+                }
+            };
             let admitted = match tracker.begin(target, &states[index]) {
                 Ok(admitted) => admitted,
                 Err(error) => {
@@ -132,8 +147,13 @@ where
                     continue;
                 }
             };
+            if attempts > 0 && !tracker.try_retry() {
+                // Dropping `admitted` releases its slot (and probe) without a verdict.
+                tracing::warn!(route = route.name, "retry budget exhausted: not retrying");
+                break 'routes;
+            }
             attempts += 1;
-            match attempt(target).await {
+            match attempt(target, prepared).await {
                 Ok(value) => {
                     let in_flight = admitted.succeed(facts.stream);
                     return Ok(Served {
@@ -145,10 +165,7 @@ where
                     });
                 }
                 Err(error) => {
-                    admitted.fail(&error);
-                    // A client-origin error here means this target's adapter cannot express
-                    // the request; another target might.
-                    let worth_another = error.retryable || error.origin == Origin::Client;
+                    admitted.fail(&error, facts.stream);
                     tracing::debug!(
                         provider = %target.provider.name,
                         model = %target.model,
@@ -156,12 +173,14 @@ where
                         attempts,
                         "attempt failed"
                     );
-                    if !worth_another {
+                    if !error.retryable {
                         return Err(Failed { error, attempts });
                     }
-                    let retry_same = single && error.retryable;
                     last_error = Some(error);
-                    if retry_same && attempts < routing.max_attempts {
+                    let retry_same = single
+                        && attempts < routing.max_attempts
+                        && tracker.is_available(target, &states[index]);
+                    if retry_same {
                         let delay = routing.backoff.delay(same_target_retries, fastrand::f64());
                         same_target_retries += 1;
                         if Instant::now() + delay >= facts.deadline {

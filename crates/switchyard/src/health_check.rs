@@ -59,10 +59,12 @@ pub async fn probe(
         }
     }
     .map_err(|error| error.message.to_string())?;
+    let deadline = Instant::now() + check.timeout;
     let limits = CallLimits {
         first_byte: check.timeout,
         idle: check.timeout,
-        deadline: Instant::now() + check.timeout,
+        deadline,
+        request_deadline: deadline,
     };
     let response = app
         .transport

@@ -59,6 +59,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Most distinct models tracked per provider before further ones share [`OVERFLOW_MODEL`].
+const MAX_TARGETS_PER_PROVIDER: usize = 64;
+
+/// The shared state of a provider's models beyond [`MAX_TARGETS_PER_PROVIDER`].
+const OVERFLOW_MODEL: &str = "*";
+
 /// Health and performance of all providers and targets.
 pub struct Tracker {
     clock: Arc<dyn Clock>,
@@ -145,8 +151,9 @@ struct Stats {
     last_error: Option<(u64, String)>,
 }
 
-/// 1 µs to 10 min at 2 significant digits: a few KB per target. (These bounds are valid, so
-/// `None` does not happen; it only spares an `expect`.)
+/// 1 µs to 10 min at 2 significant digits: about 25 KB per histogram, two per target (which
+/// is why targets are bounded per provider). These bounds are valid, so `None` does not
+/// happen; it only spares an `expect`.
 fn histogram() -> Option<Histogram<u64>> {
     Histogram::new_with_bounds(1, 600_000_000, 2).ok()
 }
@@ -239,6 +246,17 @@ impl Tracker {
             .targets
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Clients choose bare and `provider/model` names: past a bound, unlisted models share
+        // one state per provider, so that made-up names cannot grow memory without limit.
+        let model = match targets.get(target.provider.name.as_str()) {
+            Some(models)
+                if models.len() >= MAX_TARGETS_PER_PROVIDER
+                    && !models.contains_key(target.model.as_str()) =>
+            {
+                OVERFLOW_MODEL
+            }
+            _ => target.model.as_str(),
+        };
         let provider = match self.providers.get(&target.provider.name) {
             Some(provider) => Arc::clone(provider),
             None => Arc::new(ProviderState {
@@ -249,10 +267,10 @@ impl Tracker {
             }),
         };
         let models = targets.entry(target.provider.name.clone()).or_default();
-        Arc::clone(models.entry(target.model.clone()).or_insert_with(|| {
+        Arc::clone(models.entry(model.to_owned()).or_insert_with(|| {
             Arc::new(TargetState {
                 provider,
-                model: target.model.clone(),
+                model: model.to_owned(),
                 breaker: Mutex::new(CircuitBreaker::new(self.breaker.clone())),
                 stats: Mutex::new(Stats {
                     latency: PeakEwma::new(Duration::from_secs(10), Duration::from_millis(500)),
@@ -311,26 +329,35 @@ impl Tracker {
         }
     }
 
-    /// Admits an attempt at `target`, or says why not.
+    /// Admits an attempt at `target`, or says why not. The concurrency slot is reserved
+    /// atomically, so that `max_concurrency` holds under concurrent admissions.
     pub fn begin(
         &self,
         target: &Target,
         state: &Arc<TargetState>,
     ) -> Result<Attempt, GatewayError> {
         let now = self.now();
-        let in_flight = state.in_flight.load(Ordering::Relaxed);
-        if !state.is_available_except_breaker(target, now, in_flight) {
-            return Err(unavailable(
-                target,
-                "is drained, unhealthy, cooling down or at its concurrency limit",
-            ));
+        if !state.is_available_except_load(now) {
+            return Err(unavailable(target, "is drained, unhealthy or cooling down"));
+        }
+        let limit = target.max_concurrency.unwrap_or(u32::MAX);
+        if state
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(unavailable(target, "is at its concurrency limit"));
         }
         let probe = match lock(&state.breaker).admit(now) {
             Admission::Allowed => false,
             Admission::Probe => true,
-            Admission::Rejected => return Err(unavailable(target, "has its circuit breaker open")),
+            Admission::Rejected => {
+                state.in_flight.fetch_sub(1, Ordering::Relaxed);
+                return Err(unavailable(target, "has its circuit breaker open"));
+            }
         };
-        state.in_flight.fetch_add(1, Ordering::Relaxed);
         state.requests.fetch_add(1, Ordering::Relaxed);
         Ok(Attempt {
             state: Some(Arc::clone(state)),
@@ -338,6 +365,33 @@ impl Tracker {
             started: now,
             probe,
         })
+    }
+
+    /// Whether `target` could be attempted now (for retrying the same target).
+    pub fn is_available(&self, target: &Target, state: &TargetState) -> bool {
+        state.is_available(target, self.now(), state.in_flight())
+    }
+
+    /// When the soonest of `targets` becomes available again, if they are all paused by a
+    /// cooldown or an open breaker: the `Retry-After` of a fast 503.
+    pub fn soonest_available(&self, targets: &[Target]) -> Option<Duration> {
+        let now = self.now();
+        targets
+            .iter()
+            .filter_map(|target| {
+                let state = self.target(target);
+                let cooldown = state
+                    .cooldown_until
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(now);
+                let breaker = match lock(&state.breaker).state(now) {
+                    BreakerState::Open { retry_in } => nanos(retry_in),
+                    _ => 0,
+                };
+                let wait = cooldown.max(breaker);
+                (wait > 0).then(|| Duration::from_nanos(wait))
+            })
+            .min()
     }
 
     /// Counts an original request toward the retry budget.
@@ -414,6 +468,10 @@ impl Tracker {
     }
 }
 
+fn is_request_deadline(error: &GatewayError) -> bool {
+    error.code.as_deref() == Some(crate::transport::REQUEST_DEADLINE)
+}
+
 fn unavailable(target: &Target, why: &str) -> GatewayError {
     GatewayError::new(
         ErrorKind::Unavailable,
@@ -426,15 +484,16 @@ fn unavailable(target: &Target, why: &str) -> GatewayError {
 }
 
 impl TargetState {
-    fn is_available_except_breaker(&self, target: &Target, now: Nanos, in_flight: u32) -> bool {
+    /// Not drained, healthy and not cooling down.
+    fn is_available_except_load(&self, now: Nanos) -> bool {
         !self.provider.is_drained()
             && self.provider.is_healthy()
             && self.cooldown_until.load(Ordering::Relaxed) <= now
-            && target.max_concurrency.is_none_or(|limit| in_flight < limit)
     }
 
     fn is_available(&self, target: &Target, now: Nanos, in_flight: u32) -> bool {
-        self.is_available_except_breaker(target, now, in_flight)
+        self.is_available_except_load(now)
+            && target.max_concurrency.is_none_or(|limit| in_flight < limit)
             && lock(&self.breaker).would_admit(now)
     }
 
@@ -451,11 +510,14 @@ impl TargetState {
 
     fn snapshot(&self, now: Nanos) -> TargetSnapshot {
         let breaker = lock(&self.breaker);
-        let (state, retry_in_ms) = match breaker.state(now) {
-            BreakerState::Closed => ("closed", None),
-            BreakerState::Open { retry_in } => ("open", Some(retry_in.as_millis() as u64)),
-            BreakerState::HalfOpen => ("half_open", None),
+        let current = breaker.state(now);
+        let retry_in_ms = match current {
+            BreakerState::Open { retry_in } => {
+                Some(u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX))
+            }
+            _ => None,
         };
+        let state = current.name();
         let transitions = breaker.transitions();
         let opened = breaker.opened_count();
         drop(breaker);
@@ -502,21 +564,24 @@ impl Attempt {
     }
 
     /// The attempt failed with `error`. Only provider-side failures count against the target:
-    /// a 400 is the client's fault, not the provider's.
-    pub fn fail(mut self, error: &GatewayError) {
+    /// a 400 is the client's fault, and a timeout caused by the client request's own deadline
+    /// is nobody's. A timeout also feeds the latency estimate, so that `least-latency` learns
+    /// that the target is slow.
+    pub fn fail(mut self, error: &GatewayError, stream: bool) {
         let Some(state) = self.state.take() else {
             return;
         };
         let now = self.clock.now();
         state.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let counts_against = error.retryable || error.kind == ErrorKind::Internal;
+        let deadline = is_request_deadline(error);
+        let counts_against = (error.retryable || error.kind == ErrorKind::Internal) && !deadline;
         {
             let mut breaker = lock(&state.breaker);
             if counts_against {
                 breaker.record(now, Outcome::Failure, self.probe);
             } else if self.probe {
-                if error.origin == switchyard_core::Origin::Client {
-                    // The request never reached the provider (its adapter refused it): no verdict.
+                if error.origin == switchyard_core::Origin::Client || deadline {
+                    // No verdict on the provider.
                     breaker.release_probe();
                 } else {
                     // The provider answered, if only with a 4xx: it is up.
@@ -528,6 +593,14 @@ impl Attempt {
             state.cool_down(now, pause);
         }
         let mut stats = lock(&state.stats);
+        if error.kind == ErrorKind::Timeout && !deadline {
+            let elapsed = Duration::from_nanos(now.saturating_sub(self.started));
+            if stream {
+                stats.ttft.observe(now, elapsed);
+            } else {
+                stats.latency.observe(now, elapsed);
+            }
+        }
         *stats.errors.entry(error.kind.as_str()).or_insert(0) += 1;
         stats.last_error = Some((unix_now(), error.message.to_string()));
     }
@@ -592,7 +665,9 @@ impl InFlight {
         let now = self.clock.now();
         let elapsed = Duration::from_nanos(now.saturating_sub(self.started));
         if let Some(error) = error {
-            lock(&state.breaker).record(now, Outcome::Failure, false);
+            if !is_request_deadline(error) {
+                lock(&state.breaker).record(now, Outcome::Failure, false);
+            }
             let mut stats = lock(&state.stats);
             *stats.errors.entry(error.kind.as_str()).or_insert(0) += 1;
             stats.last_error = Some((unix_now(), error.message.to_string()));
@@ -600,7 +675,8 @@ impl InFlight {
         }
         let mut stats = lock(&state.stats);
         if stream {
-            stats.latency.observe(now, elapsed);
+            // The whole stream's duration is reported, but not fed to the estimator that
+            // non-streamed requests are routed by: a long generation is not a slow provider.
             record(&mut stats.latency_histogram, elapsed);
         }
         if output_tokens > 0 {
@@ -655,7 +731,7 @@ pub struct HealthSnapshot {
 pub struct TargetSnapshot {
     /// Upstream model.
     pub model: String,
-    /// `closed`, `open` or `half_open`.
+    /// `closed`, `open` or `half-open`.
     pub breaker: &'static str,
     /// When open: how long until the next probe.
     pub breaker_retry_in_ms: Option<u64>,

@@ -46,6 +46,10 @@ pub struct Transport {
     user_agent: HeaderValue,
 }
 
+/// The `code` of a timeout caused by the client request's own deadline rather than by the
+/// target: such timeouts are not held against the target.
+pub const REQUEST_DEADLINE: &str = "request_deadline";
+
 /// How long one call may take.
 #[derive(Debug, Clone, Copy)]
 pub struct CallLimits {
@@ -55,19 +59,21 @@ pub struct CallLimits {
     pub idle: Duration,
     /// When the call must be over (the request deadline, or sooner with a total timeout).
     pub deadline: Instant,
+    /// The client request's deadline.
+    pub request_deadline: Instant,
 }
 
 impl CallLimits {
     /// The limits for calling `target` within the request `deadline`.
     pub fn for_target(target: &Target, deadline: Instant) -> Self {
-        let deadline = match target.timeouts.total {
-            Some(total) => deadline.min(Instant::now() + total),
-            None => deadline,
-        };
         CallLimits {
             first_byte: target.timeouts.first_byte,
             idle: target.timeouts.idle,
-            deadline,
+            deadline: match target.timeouts.total {
+                Some(total) => deadline.min(Instant::now() + total),
+                None => deadline,
+            },
+            request_deadline: deadline,
         }
     }
 }
@@ -138,6 +144,7 @@ impl Transport {
             Err(_) => {
                 return Err(timeout(
                     provider,
+                    &limits,
                     format!(
                         "provider {} did not answer within {:?}",
                         provider.name,
@@ -217,6 +224,7 @@ async fn read_limited(
             Err(_) => {
                 return Err(timeout(
                     provider,
+                    &limits,
                     format!("provider {} stopped sending its answer", provider.name),
                 ));
             }
@@ -249,6 +257,7 @@ pub fn events(
                 Err(_) => {
                     let error = timeout(
                         &provider,
+                        &limits,
                         if Instant::now() >= deadline {
                             "the request deadline passed while streaming".to_owned()
                         } else {
@@ -283,12 +292,17 @@ fn first_byte_limit(first_byte: Instant, deadline: Instant, configured: Duration
     }
 }
 
-fn timeout(provider: &Provider, message: String) -> GatewayError {
-    GatewayError::new(
+fn timeout(provider: &Provider, limits: &CallLimits, message: String) -> GatewayError {
+    let error = GatewayError::new(
         ErrorKind::Timeout,
         Origin::Upstream(provider.name.clone()),
         message,
-    )
+    );
+    if Instant::now() >= limits.request_deadline {
+        error.with_code(REQUEST_DEADLINE)
+    } else {
+        error
+    }
 }
 
 fn send_error(provider: &Provider, error: &hyper_util::client::legacy::Error) -> GatewayError {

@@ -454,3 +454,56 @@ async fn enable_closes_breakers_and_ends_cooldowns() {
     let (_, headers, _) = post_json(&url, &chat("r"), &[]).await;
     assert_eq!(headers["x-switchyard-provider"], "first");
 }
+
+#[tokio::test]
+async fn the_request_deadline_charges_no_target() {
+    let (first, second, third) = (
+        mock("first").await,
+        mock("second").await,
+        mock("third").await,
+    );
+    let text = config(
+        &[&first, &second, &third],
+        "",
+        "[server]\nrequest_timeout = \"300ms\"\n",
+    );
+    let gateway = TestGateway::start(&text, &[]).await;
+    first.set_behavior(Behavior::hang());
+    let (status, _, _) = post_json(&gateway.url("/v1/chat/completions"), &chat("r"), &[]).await;
+    assert_eq!(status, 504);
+    let (_, providers) = admin_providers(&gateway, None).await;
+    for name in ["first", "second", "third"] {
+        assert_eq!(
+            target(&providers, name)["breaker"],
+            "closed",
+            "{name}: {providers}"
+        );
+    }
+    assert_eq!(
+        second.calls() + third.calls(),
+        0,
+        "nothing is tried after the deadline"
+    );
+    assert_eq!(target(&providers, "second")["requests"], 0);
+}
+
+#[tokio::test]
+async fn a_fast_503_says_when_to_come_back() {
+    let first = mock("first").await;
+    let clock = Arc::new(ManualClock::new(1_000_000_000));
+    let gateway = TestGateway::start_with_clock(&config(&[&first], "", ""), &[], clock).await;
+    first.set_behavior(Behavior::rate_limited(42));
+    let (status, headers, _) =
+        post_json(&gateway.url("/v1/chat/completions"), &chat("r"), &[]).await;
+    assert_eq!(status, 429);
+    assert_eq!(headers["retry-after"], "42");
+    assert_eq!(
+        first.calls(),
+        1,
+        "no pointless retry of a target that asked for a pause"
+    );
+    let (status, headers, body) =
+        post_json(&gateway.url("/v1/chat/completions"), &chat("r"), &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers["retry-after"], "42");
+}

@@ -113,15 +113,19 @@ async fn request(
 ) -> (Result<(String, String), u16>, u32, Vec<String>) {
     let called = Mutex::new(Vec::new());
     let plan = plan(&harness.config, route);
+    // A client-origin error is the adapter refusing to build the request; anything else is
+    // the provider's answer.
     let result = run(
         &harness.tracker,
         &harness.config.routing,
         &plan,
         facts(),
-        |target| {
-            let name = target.provider.name.clone();
-            called.lock().unwrap().push(name.clone());
-            let outcome = script(&name);
+        |target| match script(&target.provider.name) {
+            Err(error) if error.origin == Origin::Client => Err(error),
+            outcome => Ok(outcome),
+        },
+        |target, outcome| {
+            called.lock().unwrap().push(target.provider.name.clone());
             async move { outcome }
         },
     )
@@ -184,7 +188,41 @@ async fn a_target_that_cannot_express_the_request_is_skipped() {
     })
     .await;
     assert_eq!(result, Ok(("b".into(), "pair".into())));
-    assert_eq!(called, ["a", "b"]);
+    assert_eq!(
+        called,
+        ["b"],
+        "nothing was sent to the target that could not express it"
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_costs_no_attempt_and_no_retry_budget() {
+    let harness = harness("[routing]\nretry_budget = 0.0\nmin_retries_per_second = 0\n");
+    let (result, attempts, called) = request(&harness, "pair", &|p| {
+        if p == "a" {
+            Err(GatewayError::invalid_request("n > 1"))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    assert_eq!(result, Ok(("b".into(), "pair".into())));
+    assert_eq!((attempts, called), (1, vec!["b".to_owned()]));
+}
+
+#[tokio::test]
+async fn the_request_deadline_is_not_held_against_targets() {
+    let harness = harness("");
+    let deadline_timeout = |p: &str| {
+        Err(upstream(ErrorKind::Timeout, p).with_code(crate::transport::REQUEST_DEADLINE))
+    };
+    for _ in 0..3 {
+        let (result, _, _) = request(&harness, "pair", &deadline_timeout).await;
+        assert_eq!(result, Err(504));
+    }
+    // Two failures would have opened a breaker; these did not count.
+    let (_, _, called) = request(&harness, "pair", &|_| Ok(())).await;
+    assert_eq!(called, ["a"]);
 }
 
 #[tokio::test]

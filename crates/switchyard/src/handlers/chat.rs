@@ -17,6 +17,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use eventsource_stream::Event;
 use futures_util::{Stream, StreamExt};
 use http::{HeaderValue, header};
+use switchyard_core::config::Target;
 use switchyard_core::provider::{self, CallInfo, SseEvent, StreamDecoder, StreamItem};
 use switchyard_core::wire::ChatRequest;
 use switchyard_core::{ErrorKind, GatewayError, Origin};
@@ -86,78 +87,84 @@ struct StartedStream {
 }
 
 /// A streamed answer.
-async fn stream(
+async fn stream<'a>(
     app: &AppState,
     context: &mut RequestContext,
     request: &ChatRequest,
-    plan: &[PlannedRoute<'_>],
+    plan: &[PlannedRoute<'a>],
     facts: RequestFacts,
 ) -> Result<Response, GatewayError> {
     let now = now_unix();
     let request_id = context.request_id_str().to_owned();
     let upstream_started = Instant::now();
-    let result = failover::run(&app.tracker, &app.config.routing, plan, facts, |target| {
-        let request_id = &request_id;
-        async move {
-            let call = CallInfo {
-                provider: &target.provider,
-                model: &target.model,
-                now_unix: now,
-                request_id,
-            };
-            let upstream = provider::chat_request(&call, request)?;
-            let limits = CallLimits::for_target(target, facts.deadline);
-            let response = app
-                .transport
-                .send(&target.provider, upstream, limits)
-                .await?;
-            if !is_event_stream(response.headers()) {
-                // A 200 with a JSON error body (some compatible servers do this) is a failure.
-                let _ = app
+    let call_for = |target: &'a Target| CallInfo {
+        provider: &target.provider,
+        model: &target.model,
+        now_unix: now,
+        request_id: &request_id,
+    };
+    let result = failover::run(
+        &app.tracker,
+        &app.config.routing,
+        plan,
+        facts,
+        |target| provider::chat_request(&call_for(target), request),
+        |target, upstream| {
+            let call = call_for(target);
+            async move {
+                let limits = CallLimits::for_target(target, facts.deadline);
+                let response = app
                     .transport
-                    .read_body(&target.provider, response, limits)
-                    .await;
-                return Err(empty_stream(
-                    &target.provider.name,
-                    "answered without an event stream",
-                ));
-            }
-            let mut started = StartedStream {
-                decoder: StreamDecoder::new(&call, request),
-                events: Box::pin(transport::events(
-                    Arc::clone(&target.provider),
-                    response,
-                    limits,
-                )),
-                pending: VecDeque::new(),
-                in_flight: None,
-            };
-            // Commit to this target only once it has produced output (or finished cleanly).
-            while started.pending.is_empty() {
-                match started.events.next().await {
-                    Some(Ok(event)) => {
-                        let mut out = Vec::new();
-                        started.decoder.decode(sse(&event), &mut out)?;
-                        started.pending.extend(out);
-                    }
-                    Some(Err(error)) => return Err(error),
-                    None => {
-                        let mut out = Vec::new();
-                        started.decoder.finish(&mut out)?;
-                        started.pending.extend(out);
-                        break;
+                    .send(&target.provider, upstream, limits)
+                    .await?;
+                if !is_event_stream(response.headers()) {
+                    // A 200 with a JSON error body (some compatible servers do this) is a failure.
+                    let _ = app
+                        .transport
+                        .read_body(&target.provider, response, limits)
+                        .await;
+                    return Err(empty_stream(
+                        &target.provider.name,
+                        "answered without an event stream",
+                    ));
+                }
+                let mut started = StartedStream {
+                    decoder: StreamDecoder::new(&call, request),
+                    events: Box::pin(transport::events(
+                        Arc::clone(&target.provider),
+                        response,
+                        limits,
+                    )),
+                    pending: VecDeque::new(),
+                    in_flight: None,
+                };
+                // Commit to this target only once it has produced output (or finished cleanly).
+                while started.pending.is_empty() {
+                    match started.events.next().await {
+                        Some(Ok(event)) => {
+                            let mut out = Vec::new();
+                            started.decoder.decode(sse(&event), &mut out)?;
+                            started.pending.extend(out);
+                        }
+                        Some(Err(error)) => return Err(error),
+                        None => {
+                            let mut out = Vec::new();
+                            started.decoder.finish(&mut out)?;
+                            started.pending.extend(out);
+                            break;
+                        }
                     }
                 }
+                if matches!(started.pending.front(), Some(StreamItem::Done)) {
+                    return Err(empty_stream(
+                        &target.provider.name,
+                        "ended the stream without any output",
+                    ));
+                }
+                Ok(started)
             }
-            if matches!(started.pending.front(), Some(StreamItem::Done)) {
-                return Err(empty_stream(
-                    &target.provider.name,
-                    "ended the stream without any output",
-                ));
-            }
-            Ok(started)
-        }
-    })
+        },
+    )
     .await;
     context
         .timings

@@ -124,10 +124,10 @@ pub fn now_unix() -> u64 {
 
 /// A non-streamed answer from the first target that serves it: `build` makes the upstream
 /// request with the target's adapter, `translate` reads a 2xx answer.
-pub async fn complete<B, T>(
+pub async fn complete<'a, B, T>(
     app: &AppState,
     context: &mut RequestContext,
-    plan: &[PlannedRoute<'_>],
+    plan: &[PlannedRoute<'a>],
     facts: RequestFacts,
     build: B,
     translate: T,
@@ -139,30 +139,37 @@ where
     let now = now_unix();
     let request_id = context.request_id_str().to_owned();
     let upstream_started = std::time::Instant::now();
-    let result = failover::run(&app.tracker, &app.config.routing, plan, facts, |target| {
-        let (request_id, build, translate) = (&request_id, &build, &translate);
-        async move {
-            let call = CallInfo {
-                provider: &target.provider,
-                model: &target.model,
-                now_unix: now,
-                request_id,
-            };
-            let upstream = build(&call)?;
-            let limits = CallLimits::for_target(target, facts.deadline);
-            let response = app
-                .transport
-                .send(&target.provider, upstream, limits)
-                .await?;
-            let body = app
-                .transport
-                .read_body(&target.provider, response, limits)
-                .await?;
-            let translate_started = std::time::Instant::now();
-            let completion = translate(&call, &body)?;
-            Ok((completion, translate_started.elapsed()))
-        }
-    })
+    let call_for = |target: &'a Target| CallInfo {
+        provider: &target.provider,
+        model: &target.model,
+        now_unix: now,
+        request_id: &request_id,
+    };
+    let result = failover::run(
+        &app.tracker,
+        &app.config.routing,
+        plan,
+        facts,
+        |target| build(&call_for(target)),
+        |target, upstream| {
+            let translate = &translate;
+            let call = call_for(target);
+            async move {
+                let limits = CallLimits::for_target(target, facts.deadline);
+                let response = app
+                    .transport
+                    .send(&target.provider, upstream, limits)
+                    .await?;
+                let body = app
+                    .transport
+                    .read_body(&target.provider, response, limits)
+                    .await?;
+                let translate_started = std::time::Instant::now();
+                let completion = translate(&call, &body)?;
+                Ok((completion, translate_started.elapsed()))
+            }
+        },
+    )
     .await;
     let upstream = upstream_started.elapsed();
     match result {
