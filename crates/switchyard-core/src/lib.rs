@@ -4,6 +4,7 @@
 //! Cloudflare Worker. Everything here is pure: no tokio, no sockets, no clock of its own.
 //!
 //! # Layout
+//! - [`analytics`]: the request event every request leaves behind.
 //! - [`clock`]: injected monotonic time ([`clock::Clock`], [`clock::ManualClock`]).
 //! - [`wire`]: OpenAI wire types (chat, stream chunks, embeddings, usage, models) and body
 //!   parsing with errors that name the field.
@@ -18,6 +19,7 @@
 //!   Anthropic Messages, Gemini), building upstream requests and translating answers, stream
 //!   events and errors.
 
+pub mod analytics;
 pub mod clock;
 pub mod config;
 pub mod error;

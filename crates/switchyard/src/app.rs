@@ -1,7 +1,7 @@
 //! The application: its shared state and the router, where the chain's order is fixed.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::middleware::from_fn_with_state;
@@ -11,10 +11,13 @@ use switchyard_core::clock::Clock;
 use switchyard_core::config::Config;
 use switchyard_core::routing::ModelRouter;
 
-use crate::chain::{auth, request_id};
+use crate::analytics::{self, EventSink, Metrics};
+use crate::chain::{account, auth, request_id};
 use crate::handlers::{admin, chat, embeddings, meta};
 use crate::tracker::{TokioClock, Tracker};
 use crate::transport::Transport;
+use switchyard_core::analytics::RequestEvent;
+use tokio::sync::mpsc;
 
 /// The shared state: built once at start-up, cheap to clone (an `Arc` inside).
 #[derive(Clone)]
@@ -41,6 +44,14 @@ pub struct AppInner {
     pub models_body: Bytes,
     /// False once shutdown has begun (`/readyz` answers 503).
     pub ready: AtomicBool,
+    /// Where request events go (never blocks).
+    pub events: EventSink,
+    /// The receiving end, taken by the background task when serving starts.
+    pub event_receiver: Mutex<Option<mpsc::Receiver<RequestEvent>>>,
+    /// Prometheus metrics, fed by the events.
+    pub metrics: Arc<Metrics>,
+    /// Client connections open now.
+    pub connections: AtomicI64,
 }
 
 impl AppState {
@@ -58,11 +69,16 @@ impl AppState {
             .map_err(|error| format!("could not encode the model list: {error}"))?;
         let transport = Transport::new(config.upstream, &config.providers)?;
         let tracker = Tracker::new(&config, clock);
+        let (events, event_receiver) = analytics::channel();
         Ok(AppState(Arc::new(AppInner {
             config,
             router,
             transport,
             tracker,
+            events,
+            event_receiver: Mutex::new(Some(event_receiver)),
+            metrics: Arc::new(Metrics::new()),
+            connections: AtomicI64::new(0),
             models_body,
             ready: AtomicBool::new(true),
         })))
@@ -71,10 +87,13 @@ impl AppState {
 
 /// The HTTP router. The chain runs outermost first:
 ///
-/// 0. request id and context → panic catch (every route);
-/// 1. auth (`/v1/*` and `/admin/*`);
-/// 2. account, 3. rate limit, 4. budget, 5. cache: not built yet; they slot in here, between
-///    auth and the handlers;
+/// 0. request id and context (every route);
+/// 2. account (`/v1/*`): outside auth and the panic catch, so that a 401 or a panic is
+///    accounted too;
+/// 0. panic catch;
+/// 1. auth (`/v1/*`, `/admin/*`, `/metrics`);
+/// 3. rate limit, 4. budget, 5. cache: not built yet; they slot in between auth and the
+///    handlers;
 /// 6. route, 7. failover, 8. adapter, 9. transport: inside the handlers.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
@@ -84,6 +103,7 @@ pub fn router(state: AppState) -> Router {
         .route("/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(meta::list_models))
         .route("/v1/models/{*model}", get(meta::get_model))
+        .route("/metrics", get(meta::metrics))
         .route("/admin/providers", get(admin::providers))
         .route("/admin/providers/{name}/drain", post(admin::drain))
         .route("/admin/providers/{name}/enable", post(admin::enable))
@@ -99,6 +119,7 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
+        .layer(from_fn_with_state(state.clone(), account::account))
         .layer(from_fn_with_state(
             state.clone(),
             request_id::request_context,

@@ -41,9 +41,16 @@ pub struct RequestContext {
     pub deadline: Instant,
     /// Set by the auth stage.
     pub principal: Principal,
+    /// The accounting stage's draft event, filled in by the stages after it.
+    pub event: Option<crate::chain::account::DraftHandle>,
 }
 
 impl RequestContext {
+    /// Updates the draft request event, if this request is accounted.
+    pub fn record(&self, update: impl FnOnce(&mut crate::chain::account::Draft)) {
+        crate::chain::account::update(self.event.as_ref(), update);
+    }
+
     /// The request id as text (ids are generated or checked to be visible ASCII).
     pub fn request_id_str(&self) -> &str {
         self.request_id.to_str().unwrap_or("invalid")

@@ -66,11 +66,13 @@ pub struct Served<'a, T> {
 
 /// A failure after `attempts` attempts.
 #[derive(Debug)]
-pub struct Failed {
+pub struct Failed<'a> {
     /// The error to answer with.
     pub error: GatewayError,
     /// How many attempts were made.
     pub attempts: u32,
+    /// The last target tried, and its route.
+    pub last: Option<(&'a Target, &'a str)>,
 }
 
 /// Runs the plan: for each target in strategy order, `prepare` builds the upstream request
@@ -83,7 +85,7 @@ pub async fn run<'a, P, T, B, F, Fut>(
     facts: RequestFacts,
     mut prepare: B,
     mut attempt: F,
-) -> Result<Served<'a, T>, Failed>
+) -> Result<Served<'a, T>, Failed<'a>>
 where
     B: FnMut(&'a Target) -> Result<P, GatewayError>,
     F: FnMut(&'a Target, P) -> Fut,
@@ -92,6 +94,7 @@ where
     tracker.deposit();
     let mut attempts: u32 = 0;
     let mut last_error: Option<GatewayError> = None;
+    let mut last = None;
     'routes: for route in plan {
         let states: Vec<_> = route
             .targets
@@ -153,6 +156,7 @@ where
                 break 'routes;
             }
             attempts += 1;
+            last = Some((target, route.name));
             match attempt(target, prepared).await {
                 Ok(value) => {
                     let in_flight = admitted.succeed(facts.stream);
@@ -174,7 +178,11 @@ where
                         "attempt failed"
                     );
                     if !error.retryable {
-                        return Err(Failed { error, attempts });
+                        return Err(Failed {
+                            error,
+                            attempts,
+                            last,
+                        });
                     }
                     last_error = Some(error);
                     let retry_same = single
@@ -197,6 +205,7 @@ where
     Err(Failed {
         error: last_error.unwrap_or_else(|| GatewayError::internal("no targets to try")),
         attempts,
+        last,
     })
 }
 

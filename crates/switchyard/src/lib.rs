@@ -5,6 +5,7 @@
 //! crate adds the server, the request chain, the transport, and the CLI.
 //!
 //! # Layout
+//! - [`analytics`]: the request-event channel and the Prometheus metrics it feeds.
 //! - [`app`]: shared state and the router, where the chain's order is written down.
 //! - [`chain`]: cross-cutting stages as middleware (request id and context, auth).
 //! - [`handlers`]: the endpoints; route → failover → adapter → transport for each.
@@ -18,6 +19,7 @@
 //! - [`server`]: listener, connections, graceful shutdown.
 //! - [`cli`]: `serve`, `demo`, `config check`; [`demo`]: simulated providers and traffic.
 
+pub mod analytics;
 pub mod app;
 pub mod chain;
 pub mod cli;

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -29,6 +30,18 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()>) {
     let router = app::router(state.clone());
     crate::health_check::spawn_all(&state);
+    let receiver = state
+        .event_receiver
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(receiver) = receiver {
+        tokio::spawn(crate::analytics::consume(
+            receiver,
+            Arc::clone(&state.metrics),
+            state.events.shared_counts(),
+        ));
+    }
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -69,7 +82,9 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
                 let service = TowerToHyperService::new(router.clone());
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
+                let open = ConnectionCount::new(&state);
                 tokio::spawn(async move {
+                    let _open = open;
                     // hyper's header timeout starts with the first byte; a client that connects
                     // and sends nothing would hold the socket forever.
                     if tokio::time::timeout(header_read_timeout, stream.readable()).await.is_err() {
@@ -99,6 +114,22 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing the remaining connections"),
+    }
+}
+
+/// Counts a client connection as open until dropped.
+struct ConnectionCount(AppState);
+
+impl ConnectionCount {
+    fn new(state: &AppState) -> Self {
+        state.connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionCount(state.clone())
+    }
+}
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

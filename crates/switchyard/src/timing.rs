@@ -67,6 +67,19 @@ impl Timings {
         now
     }
 
+    /// The recorded stages in order, in microseconds (for the request event).
+    pub fn stages_micros(&self) -> Vec<(&'static str, u64)> {
+        self.stages
+            .iter()
+            .map(|(stage, duration)| {
+                (
+                    stage.name(),
+                    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
+                )
+            })
+            .collect()
+    }
+
     /// The recorded duration of `stage`.
     pub fn get(&self, stage: Stage) -> Option<Duration> {
         self.stages

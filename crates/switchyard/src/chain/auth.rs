@@ -34,6 +34,8 @@ pub async fn authenticate(
     context.timings.lap(Stage::Auth, started);
     match outcome {
         Ok(principal) => {
+            let label = principal.label();
+            context.record(|draft| draft.principal = label);
             context.principal = principal;
             next.run(request).await
         }

@@ -1,10 +1,11 @@
-//! The request chain. Its order is written down in exactly one place, [`crate::app::router`];
+//! The request chain. Its order is written down in exactly one place, [`crate::app::router`]
+//! (accounting runs outside auth, so that a 401 leaves an event too);
 //! this module holds the cross-cutting stages that run as middleware.
 //!
 //! 0. HTTP basics: panic catch, request id and context (timings, deadline); the body limit is
 //!    enforced where the body is read, so that a 413 has OpenAI's shape.
 //! 1. [`auth`]: API key → principal; 401 before anything else runs.
-//! 2. account: one request event per request (analytics; not built yet).
+//! 2. [`account`]: one request event per request, emitted when the body ends or is dropped.
 //! 3. rate limit (not built yet).
 //! 4. budget (not built yet).
 //! 5. cache (not built yet).
@@ -13,5 +14,6 @@
 //! 8. provider adapter: `switchyard_core::provider` (pure).
 //! 9. transport: [`crate::transport`].
 
+pub mod account;
 pub mod auth;
 pub mod request_id;

@@ -35,6 +35,7 @@ pub async fn request_context(
         timings,
         deadline: Instant::now() + app.config.server.request_timeout,
         principal: Principal::Anonymous,
+        event: None,
     };
     request.extensions_mut().insert(context);
     let mut response = next.run(request).await;

@@ -25,6 +25,7 @@ use tokio::time::timeout_at;
 
 use super::{Served, annotate, now_unix, read_body};
 use crate::app::AppState;
+use crate::chain::account::{self, DraftHandle};
 use crate::context::{RequestContext, TakenContext};
 use crate::failover::{self, PlannedRoute, RequestFacts};
 use crate::timing::Stage;
@@ -84,6 +85,22 @@ struct StartedStream {
     pending: VecDeque<StreamItem>,
     /// The target's in-flight slot, held until the stream ends.
     in_flight: Option<InFlight>,
+    /// The request's draft event (time to first token, usage, mid-stream failure).
+    draft: Option<DraftHandle>,
+    /// When the gateway got the request, for time to first token.
+    request_started: Instant,
+    /// Whether generated output has been sent yet.
+    first_token_sent: bool,
+}
+
+impl Drop for StartedStream {
+    fn drop(&mut self) {
+        // The client went away mid-stream: account for what was produced so far.
+        if self.in_flight.is_some() {
+            let usage = self.decoder.usage().unwrap_or_default();
+            account::update(self.draft.as_ref(), |draft| draft.usage = usage);
+        }
+    }
 }
 
 /// A streamed answer.
@@ -137,6 +154,9 @@ async fn stream<'a>(
                     )),
                     pending: VecDeque::new(),
                     in_flight: None,
+                    draft: None,
+                    request_started: Instant::now(),
+                    first_token_sent: false,
                 };
                 // Commit to this target only once it has produced output (or finished cleanly).
                 while started.pending.is_empty() {
@@ -176,6 +196,9 @@ async fn stream<'a>(
     let provider_name = served.target.provider.name.clone();
     let mut started = served.value;
     started.in_flight = Some(served.in_flight);
+    started.draft = context.event.clone();
+    started.request_started = context.timings.started;
+    context.record(|draft| draft.stream = true);
     let body = Body::from_stream(sse_body(started, provider_name, request_id));
     let mut response = Response::new(body);
     let headers = response.headers_mut();
@@ -229,6 +252,14 @@ fn sse_body(
         let (mut started, provider, request_id) = state?;
         loop {
             if let Some(item) = started.pending.pop_front() {
+                if !started.first_token_sent
+                    && matches!(item, StreamItem::Chunk { content: true, .. })
+                {
+                    started.first_token_sent = true;
+                    let ttft = u64::try_from(started.request_started.elapsed().as_micros())
+                        .unwrap_or(u64::MAX);
+                    account::update(started.draft.as_ref(), |draft| draft.ttft_us = Some(ttft));
+                }
                 let done = matches!(item, StreamItem::Done);
                 let frame = frame(&item);
                 if done {
@@ -271,6 +302,12 @@ fn log_stream_end(
     if let Some(in_flight) = started.in_flight.take() {
         in_flight.finish(usage.output, true, error);
     }
+    account::update(started.draft.as_ref(), |draft| {
+        draft.usage = usage;
+        if let Some(error) = error {
+            draft.error_class = Some(error.kind.as_str().to_owned());
+        }
+    });
     match error {
         None => tracing::debug!(
             request_id,

@@ -40,6 +40,41 @@ pub async fn get_model(State(app): State<AppState>, Path(model): Path<String>) -
     }
 }
 
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    // Scrape-time gauges: breaker state and in-flight per target.
+    for provider in app.tracker.snapshot() {
+        for target in provider.targets {
+            let labels = crate::analytics::TargetLabels {
+                provider: provider.name.clone(),
+                model: target.model.clone(),
+            };
+            let state = match target.breaker {
+                "closed" => 0,
+                "half-open" => 1,
+                _ => 2,
+            };
+            app.metrics.breaker_state.get_or_create(&labels).set(state);
+            app.metrics
+                .in_flight
+                .get_or_create(&labels)
+                .set(i64::from(target.in_flight));
+        }
+    }
+    let dropped = app
+        .events
+        .counts()
+        .dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let text = app.metrics.render(dropped, &app.connections);
+    let mut response = Response::new(Body::from(text));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> Response {
     json(r#"{"status":"ok"}"#)

@@ -89,6 +89,8 @@ pub fn conclude(
             "The request did not finish within the gateway's request timeout",
         ),
     };
+    let class = error.kind.as_str();
+    context.record(|draft| draft.error_class = Some(class.to_owned()));
     let mut response = ApiError(error).into_response();
     annotate(&mut response, context, None);
     response
@@ -107,6 +109,19 @@ pub fn annotate(response: &mut Response, context: &RequestContext, served: Optio
         );
     }
     insert(headers, "server-timing", &context.timings.server_timing());
+    context.record(|draft| {
+        if let Some(served) = served {
+            draft.route = Some(served.route.to_owned());
+            draft.provider = Some(served.provider.to_owned());
+            draft.model = Some(served.model.to_owned());
+            draft.attempts = served.attempts;
+        }
+        draft.stages = context.timings.stages_micros();
+        draft.upstream_us = context
+            .timings
+            .get(Stage::Upstream)
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    });
 }
 
 fn insert(headers: &mut http::HeaderMap, name: &'static str, value: &str) {
@@ -178,6 +193,8 @@ where
             served
                 .in_flight
                 .finish(completion.usage.output, false, None);
+            let usage = completion.usage;
+            context.record(|draft| draft.usage = usage);
             context
                 .timings
                 .record(Stage::Upstream, upstream.saturating_sub(translate));
@@ -235,7 +252,17 @@ pub fn estimate_input_tokens(body: &[u8]) -> u64 {
 }
 
 /// The answer when every attempt failed.
-pub fn failure_response(context: &RequestContext, failed: failover::Failed) -> Response {
+pub fn failure_response(context: &RequestContext, failed: failover::Failed<'_>) -> Response {
+    let class = failed.error.kind.as_str();
+    context.record(|draft| {
+        draft.attempts = failed.attempts;
+        draft.error_class = Some(class.to_owned());
+        if let Some((target, route)) = failed.last {
+            draft.provider = Some(target.provider.name.clone());
+            draft.model = Some(target.model.clone());
+            draft.route = Some(route.to_owned());
+        }
+    });
     let mut response = ApiError(failed.error).into_response();
     response.headers_mut().insert(
         HeaderName::from_static("x-switchyard-attempts"),

@@ -1,0 +1,225 @@
+//! Stage 2: accounting. Every `/v1/*` request leaves exactly one [`RequestEvent`], emitted
+//! when its response body finishes, or when the body is dropped unfinished (the client went
+//! away). It runs outside auth, so a 401 is accounted too.
+//!
+//! Inner stages fill in a shared [`Draft`] through the request context (principal, route,
+//! provider, usage, time to first token, stage timings); this stage adds the status and the
+//! total latency and hands the event to the [`EventSink`], which never blocks.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use switchyard_core::analytics::RequestEvent;
+use switchyard_core::wire::TokenUsage;
+
+use crate::analytics::EventSink;
+use crate::app::AppState;
+use crate::context::RequestContext;
+
+/// What the inner stages know about a request, filled in as it goes.
+#[derive(Debug, Default)]
+pub struct Draft {
+    /// Who called.
+    pub principal: &'static str,
+    /// The route that served it.
+    pub route: Option<String>,
+    /// The provider that answered or was last tried.
+    pub provider: Option<String>,
+    /// The upstream model.
+    pub model: Option<String>,
+    /// Streamed answer.
+    pub stream: bool,
+    /// Token usage.
+    pub usage: TokenUsage,
+    /// Time to first token, microseconds.
+    pub ttft_us: Option<u64>,
+    /// Provider time, microseconds.
+    pub upstream_us: Option<u64>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Why it failed (set by whoever knows best; the status decides otherwise).
+    pub error_class: Option<String>,
+    /// Stage durations, microseconds.
+    pub stages: Vec<(&'static str, u64)>,
+}
+
+/// The draft shared between the stages of one request. A std mutex: it is only ever held for
+/// a few assignments, never across an `.await`.
+pub type DraftHandle = Arc<Mutex<Draft>>;
+
+/// Runs `update` on the draft, if the request is accounted.
+pub fn update(draft: Option<&DraftHandle>, update: impl FnOnce(&mut Draft)) {
+    if let Some(draft) = draft {
+        let mut draft = draft
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        update(&mut draft);
+    }
+}
+
+/// The middleware.
+pub async fn account(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+    if !request.uri().path().starts_with("/v1/") {
+        return next.run(request).await;
+    }
+    let started = Instant::now();
+    let time_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let draft: DraftHandle = Arc::new(Mutex::new(Draft {
+        principal: "anonymous",
+        ..Draft::default()
+    }));
+    let endpoint = request.uri().path().to_owned();
+    let mut request_id = String::new();
+    if let Some(context) = request.extensions_mut().get_mut::<RequestContext>() {
+        context.event = Some(Arc::clone(&draft));
+        request_id = context.request_id_str().to_owned();
+    }
+    let response = next.run(request).await;
+    let (parts, body) = response.into_parts();
+    let mut pending = PendingEvent {
+        sink: app.events.clone(),
+        draft,
+        started,
+        time_unix_ms,
+        request_id,
+        endpoint,
+        status: parts.status.as_u16(),
+        emitted: false,
+    };
+    if body.is_end_stream() {
+        // Nothing to send (hyper will not poll it): the request is over now.
+        pending.emit(false);
+    }
+    Response::from_parts(
+        parts,
+        Body::new(AccountedBody {
+            inner: body,
+            pending,
+        }),
+    )
+}
+
+/// The event of a request whose body is still being sent.
+struct PendingEvent {
+    sink: EventSink,
+    draft: DraftHandle,
+    started: Instant,
+    time_unix_ms: u64,
+    request_id: String,
+    endpoint: String,
+    status: u16,
+    emitted: bool,
+}
+
+impl PendingEvent {
+    /// Emits the event once; `abandoned` when the client went away before the end.
+    fn emit(&mut self, abandoned: bool) {
+        if self.emitted {
+            return;
+        }
+        self.emitted = true;
+        let mut draft = std::mem::take(
+            &mut *self
+                .draft
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let error_class = if abandoned {
+            Some("client_closed".to_owned())
+        } else {
+            draft
+                .error_class
+                .take()
+                .or_else(|| class_of_status(self.status))
+        };
+        self.sink.emit(RequestEvent {
+            time_unix_ms: self.time_unix_ms,
+            request_id: std::mem::take(&mut self.request_id),
+            principal: draft.principal.to_owned(),
+            endpoint: std::mem::take(&mut self.endpoint),
+            route: draft.route,
+            provider: draft.provider,
+            model: draft.model,
+            stream: draft.stream,
+            status: self.status,
+            error_class,
+            usage: draft.usage,
+            cost_usd: None,
+            latency_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            ttft_us: draft.ttft_us,
+            upstream_us: draft.upstream_us,
+            attempts: draft.attempts,
+            cache: "none",
+            stages: draft.stages,
+        });
+    }
+}
+
+impl Drop for PendingEvent {
+    fn drop(&mut self) {
+        // Dropped before the body ended: the client disconnected (or the server is going away).
+        self.emit(true);
+    }
+}
+
+fn class_of_status(status: u16) -> Option<String> {
+    let class = match status {
+        200..=399 => return None,
+        401 => "authentication",
+        403 => "permission_denied",
+        404 => "not_found",
+        413 => "payload_too_large",
+        429 => "rate_limited",
+        400..=499 => "invalid_request",
+        502 => "bad_gateway",
+        503 => "unavailable",
+        504 => "timeout",
+        _ => "internal",
+    };
+    Some(class.to_owned())
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that emits the request event when it ends.
+    struct AccountedBody {
+        #[pin]
+        inner: Body,
+        pending: PendingEvent,
+    }
+}
+
+impl HttpBody for AccountedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        // A body of known length may never be polled to `None`: it ends when it says so.
+        if matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream() {
+            this.pending.emit(false);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
