@@ -7,6 +7,7 @@
 //! (`gen_ai.server.request.duration`, `gen_ai.server.time_to_first_token`,
 //! `gen_ai.client.token.usage`), written the Prometheus way.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -240,61 +241,6 @@ impl Metrics {
         }
     }
 
-    /// Folds one event into the metrics.
-    pub fn observe(&self, event: &RequestEvent) {
-        let route = event.route.clone().unwrap_or_default();
-        let provider = event.provider.clone().unwrap_or_default();
-        let model = event.model.clone().unwrap_or_default();
-        let labels = RequestLabels {
-            route: route.clone(),
-            provider: provider.clone(),
-            model: model.clone(),
-            status: event.status.to_string(),
-        };
-        self.requests.get_or_create(&labels).inc();
-        self.duration
-            .get_or_create(&labels)
-            .observe(event.latency_us as f64 / 1_000_000.0);
-        if let Some(class) = &event.error_class {
-            self.errors
-                .get_or_create(&ErrorLabels {
-                    route: route.clone(),
-                    provider: provider.clone(),
-                    model: model.clone(),
-                    error_class: class.clone(),
-                })
-                .inc();
-        }
-        if let Some(ttft) = event.ttft_us {
-            self.ttft
-                .get_or_create(&ModelLabels {
-                    route: route.clone(),
-                    provider: provider.clone(),
-                    model: model.clone(),
-                })
-                .observe(ttft as f64 / 1_000_000.0);
-        }
-        let usage = event.usage;
-        for (kind, count) in [
-            ("input", usage.input),
-            ("output", usage.output),
-            ("cached_input", usage.cached_input),
-            ("reasoning", usage.reasoning),
-        ] {
-            if count > 0 {
-                self.tokens
-                    .get_or_create(&TokenLabels {
-                        route: route.clone(),
-                        provider: provider.clone(),
-                        model: model.clone(),
-                        gen_ai_token_type: kind,
-                    })
-                    .inc_by(count);
-            }
-        }
-        self.events.inc();
-    }
-
     /// The Prometheus text exposition, with scrape-time gauges refreshed.
     pub fn render(&self, dropped: u64, connections: &AtomicI64) -> String {
         self.events_dropped
@@ -332,21 +278,150 @@ fn process_usage() -> Option<(f64, i64)> {
     Some(((utime + stime) / 100.0, rss_pages * 4096))
 }
 
-/// Drains the channel into the metrics until every sender is gone.
+/// The series of one (route, provider, model), resolved once: metric handles share their
+/// storage with the registry, so later events update them without building label sets.
+struct Series {
+    route: String,
+    provider: String,
+    model: String,
+    by_status: HashMap<u16, (Counter, Histogram)>,
+    errors: HashMap<String, Counter>,
+    ttft: Histogram,
+    tokens: [Counter; 4],
+}
+
+/// Token kinds, in the order of `Series::tokens`.
+const TOKEN_TYPES: [&str; 4] = ["input", "output", "cached_input", "reasoning"];
+
+impl Series {
+    fn new(metrics: &Metrics, route: &str, provider: &str, model: &str) -> Self {
+        let model_labels = ModelLabels {
+            route: route.to_owned(),
+            provider: provider.to_owned(),
+            model: model.to_owned(),
+        };
+        Series {
+            route: route.to_owned(),
+            provider: provider.to_owned(),
+            model: model.to_owned(),
+            by_status: HashMap::new(),
+            errors: HashMap::new(),
+            ttft: metrics.ttft.get_or_create(&model_labels).clone(),
+            tokens: TOKEN_TYPES.map(|kind| {
+                metrics
+                    .tokens
+                    .get_or_create(&TokenLabels {
+                        route: route.to_owned(),
+                        provider: provider.to_owned(),
+                        model: model.to_owned(),
+                        gen_ai_token_type: kind,
+                    })
+                    .clone()
+            }),
+        }
+    }
+
+    fn observe(&mut self, metrics: &Metrics, event: &RequestEvent) {
+        let (route, provider, model) = (&self.route, &self.provider, &self.model);
+        let (requests, duration) = self.by_status.entry(event.status).or_insert_with(|| {
+            let labels = RequestLabels {
+                route: route.clone(),
+                provider: provider.clone(),
+                model: model.clone(),
+                status: event.status.to_string(),
+            };
+            (
+                metrics.requests.get_or_create(&labels).clone(),
+                metrics.duration.get_or_create(&labels).clone(),
+            )
+        });
+        requests.inc();
+        duration.observe(event.latency_us as f64 / 1_000_000.0);
+        if let Some(class) = &event.error_class {
+            let errors = match self.errors.get(class) {
+                Some(errors) => errors,
+                None => {
+                    let counter = metrics
+                        .errors
+                        .get_or_create(&ErrorLabels {
+                            route: route.clone(),
+                            provider: provider.clone(),
+                            model: model.clone(),
+                            error_class: class.clone(),
+                        })
+                        .clone();
+                    self.errors.entry(class.clone()).or_insert(counter)
+                }
+            };
+            errors.inc();
+        }
+        if let Some(ttft) = event.ttft_us {
+            self.ttft.observe(ttft as f64 / 1_000_000.0);
+        }
+        let usage = event.usage;
+        for (counter, count) in self.tokens.iter().zip([
+            usage.input,
+            usage.output,
+            usage.cached_input,
+            usage.reasoning,
+        ]) {
+            if count > 0 {
+                counter.inc_by(count);
+            }
+        }
+        metrics.events.inc();
+    }
+}
+
+/// The background task's state: series cached by (route, provider, model).
+#[derive(Default)]
+struct Consumer {
+    series: HashMap<(String, String, String), Series>,
+}
+
+impl Consumer {
+    fn observe(&mut self, metrics: &Metrics, mut event: RequestEvent) {
+        let key = (
+            event.route.take().unwrap_or_default(),
+            event.provider.take().unwrap_or_default(),
+            event.model.take().unwrap_or_default(),
+        );
+        let series = self
+            .series
+            .entry(key)
+            .or_insert_with_key(|(route, provider, model)| {
+                Series::new(metrics, route, provider, model)
+            });
+        series.observe(metrics, &event);
+    }
+}
+
+/// How often the background task drains the channel. Draining in batches instead of waking
+/// per event keeps a cross-thread wake-up (a futex call) off every request's path.
+const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Drains the channel into the metrics, in batches, until every sender is gone.
 pub async fn consume(
     mut receiver: mpsc::Receiver<RequestEvent>,
     metrics: Arc<Metrics>,
     counts: Arc<SinkCounts>,
 ) {
-    while let Some(event) = receiver.recv().await {
-        tracing::debug!(
-            request_id = %event.request_id,
-            status = event.status,
-            latency_us = event.latency_us,
-            "request event"
-        );
-        metrics.observe(&event);
-        counts.processed.fetch_add(1, Ordering::Relaxed);
+    let mut consumer = Consumer::default();
+    let mut interval = tokio::time::interval(DRAIN_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        loop {
+            match receiver.try_recv() {
+                Ok(event) => {
+                    tracing::trace!(request_id = %event.request_id, status = event.status, "request event");
+                    consumer.observe(&metrics, event);
+                    counts.processed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+            }
+        }
     }
 }
 
