@@ -218,3 +218,24 @@ async fn a_401_and_a_client_disconnect_are_accounted() {
     let response = client().get(gateway.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 401);
 }
+
+#[tokio::test]
+async fn unversioned_paths_and_unknown_paths_are_accounted_admin_is_not() {
+    let (_mock, gateway) = setup("", &[]).await;
+    let chat = json!({"model": "mock-small", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, _, _) = post_json(&gateway.url("/chat/completions"), &chat, &[]).await;
+    assert_eq!(status, 200);
+    let response = client()
+        .get(gateway.url("/v1/nowhere"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    client()
+        .get(gateway.url("/admin/providers"))
+        .send()
+        .await
+        .unwrap();
+    client().get(gateway.url("/readyz")).send().await.unwrap();
+    processed(&gateway, 2).await;
+}

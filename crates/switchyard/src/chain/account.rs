@@ -1,4 +1,4 @@
-//! Stage 2: accounting. Every `/v1/*` request leaves exactly one [`RequestEvent`], emitted
+//! Stage 2: accounting. Every API request leaves exactly one [`RequestEvent`], emitted
 //! when its response body finishes, or when the body is dropped unfinished (the client went
 //! away). It runs outside auth, so a 401 is accounted too.
 //!
@@ -67,7 +67,7 @@ pub fn update(draft: Option<&DraftHandle>, update: impl FnOnce(&mut Draft)) {
 
 /// The middleware.
 pub async fn account(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
-    if !request.uri().path().starts_with("/v1/") {
+    if !is_accounted(request.uri().path()) {
         return next.run(request).await;
     }
     let started = Instant::now();
@@ -107,6 +107,11 @@ pub async fn account(State(app): State<AppState>, mut request: Request, next: Ne
             pending,
         }),
     )
+}
+
+/// API requests are accounted; health checks, metric scrapes and the admin API are not.
+fn is_accounted(path: &str) -> bool {
+    !matches!(path, "/healthz" | "/readyz" | "/metrics") && !path.starts_with("/admin/")
 }
 
 /// The event of a request whose body is still being sent.
