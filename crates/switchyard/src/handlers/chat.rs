@@ -18,7 +18,7 @@ use eventsource_stream::Event;
 use futures_util::{Stream, StreamExt};
 use http::{HeaderValue, header};
 use switchyard_core::config::Target;
-use switchyard_core::provider::{self, CallInfo, SseEvent, StreamDecoder, StreamItem};
+use switchyard_core::provider::{self, SseEvent, StreamDecoder, StreamItem};
 use switchyard_core::wire::ChatRequest;
 use switchyard_core::{ErrorKind, GatewayError, Origin};
 use tokio::time::timeout_at;
@@ -114,12 +114,7 @@ async fn stream<'a>(
     let now = now_unix();
     let request_id = context.request_id_str().to_owned();
     let upstream_started = Instant::now();
-    let call_for = |target: &'a Target| CallInfo {
-        provider: &target.provider,
-        model: &target.model,
-        now_unix: now,
-        request_id: &request_id,
-    };
+    let call_for = |target: &'a Target| super::call_info(target, now, &request_id);
     let result = failover::run(
         &app.tracker,
         &app.config.routing,

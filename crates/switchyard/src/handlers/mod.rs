@@ -130,6 +130,16 @@ fn insert(headers: &mut http::HeaderMap, name: &'static str, value: &str) {
     }
 }
 
+/// What an adapter needs to know about one call to `target`.
+pub fn call_info<'t>(target: &'t Target, now_unix: u64, request_id: &'t str) -> CallInfo<'t> {
+    CallInfo {
+        provider: &target.provider,
+        model: &target.model,
+        now_unix,
+        request_id,
+    }
+}
+
 /// Unix seconds now, for `created` fields.
 pub fn now_unix() -> u64 {
     std::time::SystemTime::now()
@@ -154,12 +164,7 @@ where
     let now = now_unix();
     let request_id = context.request_id_str().to_owned();
     let upstream_started = std::time::Instant::now();
-    let call_for = |target: &'a Target| CallInfo {
-        provider: &target.provider,
-        model: &target.model,
-        now_unix: now,
-        request_id: &request_id,
-    };
+    let call_for = |target: &'a Target| call_info(target, now, &request_id);
     let result = failover::run(
         &app.tracker,
         &app.config.routing,
