@@ -22,11 +22,19 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The error class of an error response (`ErrorKind::as_str`), carried in its extensions so
+/// that the accounting stage records why a request failed without guessing from the status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorClass(pub &'static str);
+
 /// Builds the response for an error.
 pub fn error_response(error: &GatewayError) -> Response {
     let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = Response::new(Body::from(error.to_json()));
     *response.status_mut() = status;
+    response
+        .extensions_mut()
+        .insert(ErrorClass(error.kind.as_str()));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

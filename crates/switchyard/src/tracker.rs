@@ -96,6 +96,16 @@ pub struct ProviderState {
 }
 
 impl ProviderState {
+    /// A provider in rotation and presumed healthy.
+    fn new(provider: Arc<Provider>) -> Self {
+        ProviderState {
+            provider,
+            drained: AtomicBool::new(false),
+            healthy: AtomicBool::new(true),
+            last_check: Mutex::new(None),
+        }
+    }
+
     /// Whether an operator drained it.
     pub fn is_drained(&self) -> bool {
         self.drained.load(Ordering::Relaxed)
@@ -188,12 +198,7 @@ impl Tracker {
             .map(|provider| {
                 (
                     provider.name.clone(),
-                    Arc::new(ProviderState {
-                        provider: Arc::clone(provider),
-                        drained: AtomicBool::new(false),
-                        healthy: AtomicBool::new(true),
-                        last_check: Mutex::new(None),
-                    }),
+                    Arc::new(ProviderState::new(Arc::clone(provider))),
                 )
             })
             .collect();
@@ -259,12 +264,7 @@ impl Tracker {
         };
         let provider = match self.providers.get(&target.provider.name) {
             Some(provider) => Arc::clone(provider),
-            None => Arc::new(ProviderState {
-                provider: Arc::clone(&target.provider),
-                drained: AtomicBool::new(false),
-                healthy: AtomicBool::new(true),
-                last_check: Mutex::new(None),
-            }),
+            None => Arc::new(ProviderState::new(Arc::clone(&target.provider))),
         };
         let models = targets.entry(target.provider.name.clone()).or_default();
         Arc::clone(models.entry(model.to_owned()).or_insert_with(|| {

@@ -23,6 +23,7 @@ use switchyard_core::wire::TokenUsage;
 use crate::analytics::EventSink;
 use crate::app::AppState;
 use crate::context::RequestContext;
+use crate::error::ErrorClass;
 
 /// What the inner stages know about a request, filled in as it goes.
 #[derive(Debug, Default)]
@@ -45,7 +46,8 @@ pub struct Draft {
     pub upstream_us: Option<u64>,
     /// Attempts made.
     pub attempts: u32,
-    /// Why it failed (set by whoever knows best; the status decides otherwise).
+    /// Why a stream failed after its headers went out (an error response carries its own
+    /// [`ErrorClass`]).
     pub error_class: Option<String>,
     /// Stage durations, microseconds.
     pub stages: Vec<(&'static str, u64)>,
@@ -94,6 +96,7 @@ pub async fn account(State(app): State<AppState>, mut request: Request, next: Ne
         request_id,
         endpoint,
         status: parts.status.as_u16(),
+        error_class: parts.extensions.get::<ErrorClass>().map(|class| class.0),
         emitted: false,
     };
     if body.is_end_stream() {
@@ -123,6 +126,8 @@ struct PendingEvent {
     request_id: String,
     endpoint: String,
     status: u16,
+    /// The class of an error response, from its extensions.
+    error_class: Option<&'static str>,
     emitted: bool,
 }
 
@@ -145,7 +150,7 @@ impl PendingEvent {
             draft
                 .error_class
                 .take()
-                .or_else(|| class_of_status(self.status))
+                .or_else(|| self.error_class.map(str::to_owned))
         };
         self.sink.emit(RequestEvent {
             time_unix_ms: self.time_unix_ms,
@@ -175,23 +180,6 @@ impl Drop for PendingEvent {
         // Dropped before the body ended: the client disconnected (or the server is going away).
         self.emit(true);
     }
-}
-
-fn class_of_status(status: u16) -> Option<String> {
-    let class = match status {
-        200..=399 => return None,
-        401 => "authentication",
-        403 => "permission_denied",
-        404 => "not_found",
-        413 => "payload_too_large",
-        429 => "rate_limited",
-        400..=499 => "invalid_request",
-        502 => "bad_gateway",
-        503 => "unavailable",
-        504 => "timeout",
-        _ => "internal",
-    };
-    Some(class.to_owned())
 }
 
 pin_project_lite::pin_project! {

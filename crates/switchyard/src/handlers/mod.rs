@@ -89,8 +89,6 @@ pub fn conclude(
             "The request did not finish within the gateway's request timeout",
         ),
     };
-    let class = error.kind.as_str();
-    context.record(|draft| draft.error_class = Some(class.to_owned()));
     let mut response = ApiError(error).into_response();
     annotate(&mut response, context, None);
     response
@@ -258,10 +256,8 @@ pub fn estimate_input_tokens(body: &[u8]) -> u64 {
 
 /// The answer when every attempt failed.
 pub fn failure_response(context: &RequestContext, failed: failover::Failed<'_>) -> Response {
-    let class = failed.error.kind.as_str();
     context.record(|draft| {
         draft.attempts = failed.attempts;
-        draft.error_class = Some(class.to_owned());
         if let Some((target, route)) = failed.last {
             draft.provider = Some(target.provider.name.clone());
             draft.model = Some(target.model.clone());
