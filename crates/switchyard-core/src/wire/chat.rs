@@ -98,9 +98,7 @@ impl ChatRequest {
     /// Parses a request body, naming the offending field on error, and keeps a copy of the
     /// body in `raw` for passthrough. [`ChatRequest::from_bytes`] keeps it without copying.
     pub fn from_slice(body: &[u8]) -> Result<Self, GatewayError> {
-        let mut request = Self::parse(body)?;
-        request.raw = Some(Bytes::copy_from_slice(body));
-        Ok(request)
+        Self::from_bytes(Bytes::copy_from_slice(body))
     }
 
     /// Parses a request body, naming the offending field on error, and keeps the body in

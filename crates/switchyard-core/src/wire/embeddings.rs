@@ -61,9 +61,7 @@ impl EmbeddingsRequest {
     /// Parses and checks a request body, and keeps a copy of it in `raw` for passthrough.
     /// [`EmbeddingsRequest::from_bytes`] keeps it without copying.
     pub fn from_slice(body: &[u8]) -> Result<Self, GatewayError> {
-        let mut request = Self::parse(body)?;
-        request.raw = Some(Bytes::copy_from_slice(body));
-        Ok(request)
+        Self::from_bytes(Bytes::copy_from_slice(body))
     }
 
     /// Parses and checks a request body, and keeps it in `raw` for passthrough.
