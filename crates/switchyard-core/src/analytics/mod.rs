@@ -3,9 +3,21 @@
 //!
 //! The native gateway emits them from its accounting stage when a response body finishes or
 //! is dropped; analytics, metrics, budgets and alerts consume them. This module only defines
-//! the record; it must not do I/O.
+//! the record and the pure parts of analytics; it must not do I/O.
+//!
+//! - [`sketch`]: the mergeable latency sketch (relative-error quantiles).
+//! - [`rollup`]: windowed aggregation of events into tiers and cubes.
+//! - [`query`]: the analytics query and its answer, from any source of cells.
 
 use serde::Serialize;
+
+pub mod query;
+pub mod rollup;
+pub mod sketch;
+
+pub use query::{Answer, Query, QueryError};
+pub use rollup::{Aggregator, Dims, Rollup, RollupRow, Tier};
+pub use sketch::Sketch;
 
 use crate::wire::TokenUsage;
 

@@ -1,0 +1,577 @@
+//! The analytics query: parsing `GET /admin/analytics` parameters and answering them from
+//! rollup cells, wherever the cells come from (the live tier in memory, SQLite, Postgres,
+//! D1).
+//!
+//! Parameters:
+//! - `from`, `to`: unix seconds, RFC 3339, `now`, or a duration before now (`-15m`, `7d`).
+//!   Default: the last hour.
+//! - `interval`: the point width (`1s`, `5m`, `1h`, `1d`...); default: the finest that
+//!   gives at most 360 points.
+//! - `group_by`: comma-separated from `route,provider,model,key,status_class`.
+//! - `metrics`: comma-separated (see [`Metric`]); default: requests, errors, p50, p95, p99.
+//! - filters: `route`, `provider`, `model`, `key`, `status_class`.
+//!
+//! The resolution read is the coarsest tier whose retention still covers `from` and whose
+//! window divides the interval.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Map, Number, Value};
+
+use super::rollup::{ANY_KEY, Dims, Rollup, Tier};
+
+/// Most points a series may have.
+pub const MAX_POINTS: u64 = 10_000;
+
+/// Points a default interval aims at, at most.
+const DEFAULT_POINTS: u64 = 360;
+
+/// Interval choices for the default.
+const NICE_INTERVALS_S: [u64; 14] = [
+    1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 10_800, 21_600, 43_200, 86_400,
+];
+
+/// A dimension to group or filter by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dim {
+    /// Route.
+    Route,
+    /// Provider.
+    Provider,
+    /// Upstream model.
+    Model,
+    /// Principal (key).
+    Key,
+    /// Status class.
+    StatusClass,
+}
+
+impl Dim {
+    const ALL: [Dim; 5] = [
+        Dim::Route,
+        Dim::Provider,
+        Dim::Model,
+        Dim::Key,
+        Dim::StatusClass,
+    ];
+
+    /// The parameter name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Dim::Route => "route",
+            Dim::Provider => "provider",
+            Dim::Model => "model",
+            Dim::Key => "key",
+            Dim::StatusClass => "status_class",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Dim> {
+        Dim::ALL.into_iter().find(|d| d.name() == name)
+    }
+
+    /// This dimension of a cell.
+    pub fn of(self, dims: &Dims) -> &str {
+        match self {
+            Dim::Route => &dims.route,
+            Dim::Provider => &dims.provider,
+            Dim::Model => &dims.model,
+            Dim::Key => &dims.key,
+            Dim::StatusClass => &dims.status_class,
+        }
+    }
+}
+
+/// A metric a query can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Requests.
+    Requests,
+    /// Requests per second over the point.
+    Rps,
+    /// Failed requests.
+    Errors,
+    /// errors / requests.
+    ErrorRate,
+    /// Latency quantiles and mean, milliseconds.
+    LatencyQuantile(u8),
+    /// Mean latency, milliseconds.
+    LatencyAvg,
+    /// Time-to-first-token quantiles, milliseconds.
+    TtftQuantile(u8),
+    /// Input tokens.
+    TokensIn,
+    /// Output tokens.
+    TokensOut,
+    /// Cached input tokens.
+    TokensCached,
+    /// Reasoning tokens.
+    TokensReasoning,
+    /// Cost in USD.
+    Cost,
+    /// Requests whose cost is unknown.
+    CostUnknown,
+    /// Cache hits.
+    CacheHits,
+    /// cache hits / requests.
+    CacheHitRate,
+}
+
+const QUANTILES: [u8; 4] = [50, 90, 95, 99];
+
+impl Metric {
+    fn parse(name: &str) -> Option<Metric> {
+        let quantile = |rest: &str| rest.parse::<u8>().ok().filter(|q| QUANTILES.contains(q));
+        Some(match name {
+            "requests" => Metric::Requests,
+            "rps" => Metric::Rps,
+            "errors" => Metric::Errors,
+            "error_rate" => Metric::ErrorRate,
+            "latency_avg" => Metric::LatencyAvg,
+            "tokens_in" => Metric::TokensIn,
+            "tokens_out" => Metric::TokensOut,
+            "tokens_cached" => Metric::TokensCached,
+            "tokens_reasoning" => Metric::TokensReasoning,
+            "cost" => Metric::Cost,
+            "cost_unknown" => Metric::CostUnknown,
+            "cache_hits" => Metric::CacheHits,
+            "cache_hit_rate" => Metric::CacheHitRate,
+            _ => {
+                if let Some(rest) = name.strip_prefix("ttft_p") {
+                    Metric::TtftQuantile(quantile(rest)?)
+                } else if let Some(rest) = name.strip_prefix('p') {
+                    Metric::LatencyQuantile(quantile(rest)?)
+                } else {
+                    return None;
+                }
+            }
+        })
+    }
+
+    /// The name in queries and answers.
+    pub fn name(self) -> String {
+        match self {
+            Metric::Requests => "requests".into(),
+            Metric::Rps => "rps".into(),
+            Metric::Errors => "errors".into(),
+            Metric::ErrorRate => "error_rate".into(),
+            Metric::LatencyQuantile(q) => format!("p{q}"),
+            Metric::LatencyAvg => "latency_avg".into(),
+            Metric::TtftQuantile(q) => format!("ttft_p{q}"),
+            Metric::TokensIn => "tokens_in".into(),
+            Metric::TokensOut => "tokens_out".into(),
+            Metric::TokensCached => "tokens_cached".into(),
+            Metric::TokensReasoning => "tokens_reasoning".into(),
+            Metric::Cost => "cost".into(),
+            Metric::CostUnknown => "cost_unknown".into(),
+            Metric::CacheHits => "cache_hits".into(),
+            Metric::CacheHitRate => "cache_hit_rate".into(),
+        }
+    }
+
+    /// The metric's value for an aggregate over `span_ms`; `null` where it is undefined.
+    pub fn value(self, rollup: &Rollup, span_ms: u64) -> Value {
+        let ratio = |part: u64| {
+            if rollup.requests == 0 {
+                Value::Null
+            } else {
+                float(part as f64 / rollup.requests as f64)
+            }
+        };
+        let millis = |micros: Option<f64>| micros.map_or(Value::Null, |us| float(us / 1_000.0));
+        match self {
+            Metric::Requests => rollup.requests.into(),
+            Metric::Rps => float(rollup.requests as f64 * 1_000.0 / span_ms.max(1) as f64),
+            Metric::Errors => rollup.errors.into(),
+            Metric::ErrorRate => ratio(rollup.errors),
+            Metric::LatencyQuantile(q) => millis(rollup.latency.quantile(f64::from(q) / 100.0)),
+            Metric::LatencyAvg => millis(
+                (rollup.requests > 0)
+                    .then(|| rollup.latency_sum_us as f64 / rollup.requests as f64),
+            ),
+            Metric::TtftQuantile(q) => millis(rollup.ttft.quantile(f64::from(q) / 100.0)),
+            Metric::TokensIn => rollup.tokens_in.into(),
+            Metric::TokensOut => rollup.tokens_out.into(),
+            Metric::TokensCached => rollup.tokens_cached.into(),
+            Metric::TokensReasoning => rollup.tokens_reasoning.into(),
+            Metric::Cost => float(rollup.cost_usd),
+            Metric::CostUnknown => rollup.cost_unknown.into(),
+            Metric::CacheHits => rollup.cache_hits.into(),
+            Metric::CacheHitRate => ratio(rollup.cache_hits),
+        }
+    }
+}
+
+/// A finite float rounded to 6 decimals, or `null`.
+fn float(value: f64) -> Value {
+    Number::from_f64((value * 1e6).round() / 1e6).map_or(Value::Null, Value::Number)
+}
+
+/// Cells must match every filter given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// (dimension, wanted value).
+    pub equals: Vec<(Dim, String)>,
+}
+
+impl Filter {
+    /// Whether a cell matches.
+    pub fn matches(&self, dims: &Dims) -> bool {
+        self.equals.iter().all(|(dim, value)| dim.of(dims) == value)
+    }
+}
+
+/// A parsed analytics query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    /// Start, unix ms, aligned to the interval.
+    pub from_ms: u64,
+    /// End (exclusive), unix ms.
+    pub to_ms: u64,
+    /// Point width, ms.
+    pub interval_ms: u64,
+    /// The tier read.
+    pub tier: Tier,
+    /// Grouping.
+    pub group_by: Vec<Dim>,
+    /// Metrics.
+    pub metrics: Vec<Metric>,
+    /// Filters.
+    pub filter: Filter,
+}
+
+/// A query that cannot be answered, with the parameter at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{param}: {message}")]
+pub struct QueryError {
+    /// The parameter.
+    pub param: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn error(param: &'static str, message: impl Into<String>) -> QueryError {
+    QueryError {
+        param,
+        message: message.into(),
+    }
+}
+
+/// Parses a point in time: unix seconds, RFC 3339, `now`, or a duration before now.
+pub fn parse_time(text: &str, now_ms: u64) -> Option<u64> {
+    let text = text.trim();
+    if text == "now" {
+        return Some(now_ms);
+    }
+    if let Ok(seconds) = text.parse::<u64>() {
+        return seconds.checked_mul(1_000);
+    }
+    let relative = text.strip_prefix("now-").or_else(|| text.strip_prefix('-'));
+    if let Some(ago) = relative.map(humantime::parse_duration) {
+        let ago = ago.ok()?;
+        return Some(now_ms.saturating_sub(u64::try_from(ago.as_millis()).ok()?));
+    }
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return Some(now_ms.saturating_sub(u64::try_from(ago.as_millis()).ok()?));
+    }
+    let at = humantime::parse_rfc3339_weak(text).ok()?;
+    let since = at.duration_since(std::time::UNIX_EPOCH).ok()?;
+    u64::try_from(since.as_millis()).ok()
+}
+
+fn parse_list<T>(
+    param: &'static str,
+    text: &str,
+    parse: impl Fn(&str) -> Option<T>,
+    known: &str,
+) -> Result<Vec<T>, QueryError> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            parse(name).ok_or_else(|| error(param, format!("unknown `{name}`; known: {known}")))
+        })
+        .collect()
+}
+
+const METRIC_NAMES: &str = "requests, rps, errors, error_rate, p50, p90, p95, p99, latency_avg, \
+     ttft_p50, ttft_p90, ttft_p95, ttft_p99, tokens_in, tokens_out, tokens_cached, \
+     tokens_reasoning, cost, cost_unknown, cache_hits, cache_hit_rate";
+
+impl Query {
+    /// Parses query-string pairs at time `now_ms`.
+    pub fn parse<'a>(
+        params: impl IntoIterator<Item = (&'a str, &'a str)>,
+        now_ms: u64,
+    ) -> Result<Query, QueryError> {
+        let mut from = None;
+        let mut to = None;
+        let mut interval = None;
+        let mut group_by = Vec::new();
+        let mut metrics = None;
+        let mut filter = Filter::default();
+        for (name, value) in params {
+            match name {
+                "from" => {
+                    from = Some(parse_time(value, now_ms).ok_or_else(|| {
+                        error(
+                            "from",
+                            format!(
+                                "`{value}` is not a time (unix seconds, RFC 3339, `now` or `-15m`)"
+                            ),
+                        )
+                    })?)
+                }
+                "to" => {
+                    to = Some(parse_time(value, now_ms).ok_or_else(|| {
+                        error(
+                            "to",
+                            format!(
+                                "`{value}` is not a time (unix seconds, RFC 3339, `now` or `-15m`)"
+                            ),
+                        )
+                    })?)
+                }
+                "interval" => {
+                    let width = humantime::parse_duration(value)
+                        .map_err(|e| error("interval", format!("`{value}`: {e}")))?;
+                    interval = Some(width);
+                }
+                "group_by" => {
+                    group_by = parse_list(
+                        "group_by",
+                        value,
+                        Dim::parse,
+                        "route, provider, model, key, status_class",
+                    )?;
+                }
+                "metrics" => {
+                    metrics = Some(parse_list("metrics", value, Metric::parse, METRIC_NAMES)?)
+                }
+                other => match Dim::parse(other) {
+                    Some(dim) => filter.equals.push((dim, value.to_owned())),
+                    None => {
+                        return Err(error(
+                            "query",
+                            format!(
+                                "unknown parameter `{other}`; known: from, to, interval, group_by, metrics, route, provider, model, key, status_class"
+                            ),
+                        ));
+                    }
+                },
+            }
+        }
+        let to_ms = to.unwrap_or(now_ms);
+        let from_ms = from.unwrap_or(to_ms.saturating_sub(3_600_000));
+        if from_ms >= to_ms {
+            return Err(error("from", "must be before `to`"));
+        }
+        let oldest = now_ms.saturating_sub(Tier::Hour.retention_ms());
+        let from_ms = from_ms.max(Tier::Hour.bucket(oldest));
+        if from_ms >= to_ms {
+            return Err(error("to", "is older than the 7 days analytics are kept"));
+        }
+        let keyed =
+            group_by.contains(&Dim::Key) || filter.equals.iter().any(|(d, _)| *d == Dim::Key);
+        // The live 1 s tier is keyless: keyed queries read the stored tiers.
+        let covering = |tier: Tier| {
+            !(keyed && tier == Tier::Second)
+                && (from_ms >= now_ms.saturating_sub(tier.retention_ms()) || tier == Tier::Hour)
+        };
+        let interval_ms = match interval {
+            Some(width) => {
+                let ms = u64::try_from(width.as_millis()).unwrap_or(u64::MAX);
+                if ms == 0 || ms % 1_000 != 0 {
+                    return Err(error(
+                        "interval",
+                        "must be a whole number of seconds, at least 1s",
+                    ));
+                }
+                ms
+            }
+            None => default_interval(to_ms - from_ms, |ms| {
+                Tier::ALL
+                    .into_iter()
+                    .any(|t| covering(t) && ms % t.width_ms() == 0)
+            }),
+        };
+        // The coarsest tier that fits reads the fewest cells; only the live 1 s tier is
+        // per instance, so it is read only for intervals the stored tiers cannot give.
+        let tier = Tier::ALL
+            .into_iter()
+            .rev()
+            .find(|&t| covering(t) && interval_ms % t.width_ms() == 0)
+            .ok_or_else(|| {
+                let finest = Tier::ALL.into_iter().find(|&t| covering(t)).unwrap_or(Tier::Hour);
+                error(
+                    "interval",
+                    format!(
+                        "{} is finer than the data kept for this range: from {} back, the resolution is {}",
+                        humantime::format_duration(Duration::from_millis(interval_ms)),
+                        humantime::format_duration(Duration::from_millis(now_ms.saturating_sub(from_ms))),
+                        finest.name()
+                    ),
+                )
+            })?;
+        let from_ms = from_ms - from_ms % interval_ms;
+        if (to_ms - from_ms).div_ceil(interval_ms) > MAX_POINTS {
+            return Err(error(
+                "interval",
+                format!("gives more than {MAX_POINTS} points for this range; use a wider one"),
+            ));
+        }
+        Ok(Query {
+            from_ms,
+            to_ms,
+            interval_ms,
+            tier,
+            group_by,
+            metrics: metrics.unwrap_or_else(|| {
+                vec![
+                    Metric::Requests,
+                    Metric::Errors,
+                    Metric::LatencyQuantile(50),
+                    Metric::LatencyQuantile(95),
+                    Metric::LatencyQuantile(99),
+                ]
+            }),
+            filter,
+        })
+    }
+
+    /// Whether the query needs the keyed cube (it splits or filters by key).
+    pub fn keyed(&self) -> bool {
+        self.group_by.contains(&Dim::Key) || self.filter.equals.iter().any(|(d, _)| *d == Dim::Key)
+    }
+
+    /// The window starts read: `[from_ms, to_ms)` in the query's tier.
+    pub fn bucket_range(&self) -> (u64, u64) {
+        (self.from_ms, self.to_ms)
+    }
+}
+
+fn default_interval(span_ms: u64, available: impl Fn(u64) -> bool) -> u64 {
+    NICE_INTERVALS_S
+        .into_iter()
+        .map(|s| s * 1_000)
+        .find(|&ms| span_ms.div_ceil(ms) <= DEFAULT_POINTS && available(ms))
+        .unwrap_or(86_400_000)
+}
+
+/// The answer: totals over the whole range, and one series per group.
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    /// Range start, unix ms.
+    pub from_ms: u64,
+    /// Range end, unix ms.
+    pub to_ms: u64,
+    /// Point width, ms.
+    pub interval_ms: u64,
+    /// The stored resolution read (`1s`, `1m`, `1h`).
+    pub resolution: &'static str,
+    /// Grouping.
+    pub group_by: Vec<Dim>,
+    /// Metric names, in the order asked.
+    pub metrics: Vec<String>,
+    /// Over everything matched.
+    pub totals: Map<String, Value>,
+    /// One per group, largest by requests first.
+    pub series: Vec<Series>,
+}
+
+/// One group's time series.
+#[derive(Debug, Clone, Serialize)]
+pub struct Series {
+    /// The group's dimension values.
+    pub group: Map<String, Value>,
+    /// Over the whole range.
+    pub totals: Map<String, Value>,
+    /// One per interval from `from_ms`, empty intervals included.
+    pub points: Vec<Map<String, Value>>,
+}
+
+/// Folds cells into the answer. Cells outside the range, or that fail a filter, or that
+/// belong to the other cube are skipped.
+pub fn answer<'a>(
+    query: &Query,
+    cells: impl IntoIterator<Item = (u64, &'a Dims, &'a Rollup)>,
+) -> Answer {
+    let keyed = query.keyed();
+    let mut groups: BTreeMap<Vec<&'a str>, BTreeMap<u64, Rollup>> = BTreeMap::new();
+    for (bucket, dims, rollup) in cells {
+        if bucket < query.from_ms
+            || bucket >= query.to_ms
+            || (&*dims.key == ANY_KEY) == keyed
+            || !query.filter.matches(dims)
+        {
+            continue;
+        }
+        let group: Vec<&str> = query.group_by.iter().map(|d| d.of(dims)).collect();
+        let point = bucket - (bucket - query.from_ms) % query.interval_ms;
+        groups
+            .entry(group)
+            .or_default()
+            .entry(point)
+            .or_default()
+            .merge(rollup);
+    }
+    let metrics_of = |rollup: &Rollup, span: u64| -> Map<String, Value> {
+        query
+            .metrics
+            .iter()
+            .map(|m| (m.name(), m.value(rollup, span)))
+            .collect()
+    };
+    let range = query.to_ms - query.from_ms;
+    let mut all = Rollup::default();
+    let mut series: Vec<(u64, Series)> = groups
+        .into_iter()
+        .map(|(group, points)| {
+            let mut total = Rollup::default();
+            for rollup in points.values() {
+                total.merge(rollup);
+            }
+            all.merge(&total);
+            let empty = Rollup::default();
+            let mut out = Vec::new();
+            let mut t = query.from_ms;
+            while t < query.to_ms {
+                let mut point = metrics_of(points.get(&t).unwrap_or(&empty), query.interval_ms);
+                point.insert("t".into(), t.into());
+                out.push(point);
+                t += query.interval_ms;
+            }
+            let group = query
+                .group_by
+                .iter()
+                .zip(group)
+                .map(|(d, v)| (d.name().to_owned(), Value::from(v)))
+                .collect();
+            (
+                total.requests,
+                Series {
+                    group,
+                    totals: metrics_of(&total, range),
+                    points: out,
+                },
+            )
+        })
+        .collect();
+    series.sort_by_key(|s| std::cmp::Reverse(s.0));
+    Answer {
+        from_ms: query.from_ms,
+        to_ms: query.to_ms,
+        interval_ms: query.interval_ms,
+        resolution: query.tier.name(),
+        group_by: query.group_by.clone(),
+        metrics: query.metrics.iter().map(|m| m.name()).collect(),
+        totals: metrics_of(&all, range),
+        series: series.into_iter().map(|(_, s)| s).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

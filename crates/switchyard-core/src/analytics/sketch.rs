@@ -1,0 +1,335 @@
+//! A mergeable latency sketch with relative-error quantiles (the DDSketch scheme): a value `v`
+//! falls in the bucket `ceil(log_γ v)` with `γ = (1 + α) / (1 − α)`, so every quantile it
+//! reports is within `α` (1%) of a value that was actually recorded. Two sketches merge by
+//! adding bucket counts, so per-window sketches roll up into any coarser window or group
+//! exactly as if the events had been recorded together.
+//!
+//! The buckets are stored sparsely (only the occupied ones, sorted), because the analytics
+//! subsystem keeps thousands of small sketches: a dense store such as `sketches-ddsketch`'s
+//! keeps a `u64`-sized slot for every bucket between the smallest and largest value (several
+//! KB for latencies from 1 ms to 10 s), where a window's sketch here costs 8 bytes per
+//! occupied bucket. The encoding ([`Sketch::encode`]) is a compact varint list for storage.
+
+/// Relative accuracy of every reported quantile.
+pub const RELATIVE_ACCURACY: f64 = 0.01;
+
+/// `γ` and `ln γ` for [`RELATIVE_ACCURACY`].
+const GAMMA: f64 = (1.0 + RELATIVE_ACCURACY) / (1.0 - RELATIVE_ACCURACY);
+
+/// Encoding version byte.
+const VERSION: u8 = 1;
+
+/// A sketch of non-negative integer values (microseconds, in the gateway).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sketch {
+    /// Values of zero.
+    zeros: u32,
+    /// (bucket index, count), sorted by index, no zero counts.
+    bins: Vec<(u16, u32)>,
+}
+
+/// A sketch that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed latency sketch: {0}")]
+pub struct DecodeError(&'static str);
+
+fn ln_gamma() -> f64 {
+    GAMMA.ln()
+}
+
+fn index_of(value: u64) -> u16 {
+    // Values are at least 1 here; u64::MAX maps to ~2218, well inside u16.
+    let index = ((value as f64).ln() / ln_gamma()).ceil();
+    if index <= 0.0 {
+        0
+    } else if index >= f64::from(u16::MAX) {
+        u16::MAX
+    } else {
+        index as u16
+    }
+}
+
+/// The value a bucket stands for: the point whose relative distance to both bucket bounds
+/// is `α`.
+fn value_of(index: u16) -> f64 {
+    if index == 0 {
+        return 1.0;
+    }
+    2.0 * GAMMA.powi(i32::from(index)) / (GAMMA + 1.0)
+}
+
+impl Sketch {
+    /// An empty sketch.
+    pub const fn new() -> Self {
+        Sketch {
+            zeros: 0,
+            bins: Vec::new(),
+        }
+    }
+
+    /// Values recorded.
+    pub fn count(&self) -> u64 {
+        u64::from(self.zeros) + self.bins.iter().map(|&(_, c)| u64::from(c)).sum::<u64>()
+    }
+
+    /// True when nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.zeros == 0 && self.bins.is_empty()
+    }
+
+    /// Occupied buckets (a measure of its size).
+    pub fn buckets(&self) -> usize {
+        self.bins.len()
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.bins.capacity() * std::mem::size_of::<(u16, u32)>()
+    }
+
+    /// Records one value.
+    pub fn add(&mut self, value: u64) {
+        self.add_n(value, 1);
+    }
+
+    /// Records `n` copies of a value.
+    pub fn add_n(&mut self, value: u64, n: u32) {
+        if n == 0 {
+            return;
+        }
+        if value == 0 {
+            self.zeros = self.zeros.saturating_add(n);
+            return;
+        }
+        let index = index_of(value);
+        match self.bins.binary_search_by_key(&index, |&(i, _)| i) {
+            Ok(at) => self.bins[at].1 = self.bins[at].1.saturating_add(n),
+            Err(at) => self.bins.insert(at, (index, n)),
+        }
+    }
+
+    /// Adds everything `other` recorded.
+    pub fn merge(&mut self, other: &Sketch) {
+        self.zeros = self.zeros.saturating_add(other.zeros);
+        if other.bins.is_empty() {
+            return;
+        }
+        if self.bins.is_empty() {
+            self.bins.clone_from(&other.bins);
+            return;
+        }
+        let mut merged = Vec::with_capacity(self.bins.len().max(other.bins.len()));
+        let (mut a, mut b) = (self.bins.iter().peekable(), other.bins.iter().peekable());
+        loop {
+            match (a.peek(), b.peek()) {
+                (Some(&&(ia, ca)), Some(&&(ib, cb))) => {
+                    if ia == ib {
+                        merged.push((ia, ca.saturating_add(cb)));
+                        a.next();
+                        b.next();
+                    } else if ia < ib {
+                        merged.push((ia, ca));
+                        a.next();
+                    } else {
+                        merged.push((ib, cb));
+                        b.next();
+                    }
+                }
+                (Some(&&bin), None) => {
+                    merged.push(bin);
+                    a.next();
+                }
+                (None, Some(&&bin)) => {
+                    merged.push(bin);
+                    b.next();
+                }
+                (None, None) => break,
+            }
+        }
+        self.bins = merged;
+    }
+
+    /// The `q`-quantile (0 ≤ q ≤ 1) by nearest rank, within 1% of the recorded value at that
+    /// rank; `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let count = self.count();
+        if count == 0 {
+            return None;
+        }
+        let q = q.clamp(0.0, 1.0);
+        // Nearest rank: the smallest recorded value with at least q of all values at or
+        // below it (0-based here), so a small sample's p99 is its largest value.
+        let rank = ((q * count as f64).ceil() as u64).clamp(1, count) - 1;
+        let mut seen = u64::from(self.zeros);
+        if rank < seen {
+            return Some(0.0);
+        }
+        for &(index, bin_count) in &self.bins {
+            seen += u64::from(bin_count);
+            if rank < seen {
+                return Some(value_of(index));
+            }
+        }
+        self.bins.last().map(|&(index, _)| value_of(index))
+    }
+
+    /// The compact binary form: version, zero count, then (index delta, count) varints.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(2 + self.bins.len() * 3);
+        out.push(VERSION);
+        put_varint(&mut out, u64::from(self.zeros));
+        put_varint(&mut out, self.bins.len() as u64);
+        let mut previous = 0u16;
+        for &(index, count) in &self.bins {
+            put_varint(&mut out, u64::from(index - previous));
+            put_varint(&mut out, u64::from(count));
+            previous = index;
+        }
+        out
+    }
+
+    /// Reads [`Sketch::encode`]'s form; an empty input is an empty sketch.
+    pub fn decode(bytes: &[u8]) -> Result<Sketch, DecodeError> {
+        let Some((&version, mut rest)) = bytes.split_first() else {
+            return Ok(Sketch::new());
+        };
+        if version != VERSION {
+            return Err(DecodeError("unknown version"));
+        }
+        let zeros = u32::try_from(get_varint(&mut rest)?).map_err(|_| DecodeError("count"))?;
+        let len = get_varint(&mut rest)?;
+        if len > u64::from(u16::MAX) + 1 {
+            return Err(DecodeError("too many buckets"));
+        }
+        let mut bins = Vec::with_capacity(len as usize);
+        let mut index = 0u16;
+        for n in 0..len {
+            let delta = u16::try_from(get_varint(&mut rest)?).map_err(|_| DecodeError("index"))?;
+            if n > 0 && delta == 0 {
+                return Err(DecodeError("unsorted buckets"));
+            }
+            index = index
+                .checked_add(delta)
+                .ok_or(DecodeError("index overflow"))?;
+            let count = u32::try_from(get_varint(&mut rest)?).map_err(|_| DecodeError("count"))?;
+            if count == 0 {
+                return Err(DecodeError("empty bucket"));
+            }
+            bins.push((index, count));
+        }
+        if !rest.is_empty() {
+            return Err(DecodeError("trailing bytes"));
+        }
+        Ok(Sketch { zeros, bins })
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn get_varint(input: &mut &[u8]) -> Result<u64, DecodeError> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let Some((&byte, rest)) = input.split_first() else {
+            return Err(DecodeError("truncated"));
+        };
+        *input = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(DecodeError("varint too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn exact_quantile(sorted: &[u64], q: f64) -> u64 {
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+        sorted[rank]
+    }
+
+    #[test]
+    fn empty_sketch_has_no_quantiles() {
+        let sketch = Sketch::new();
+        assert_eq!(sketch.quantile(0.5), None);
+        assert_eq!(sketch.count(), 0);
+        assert_eq!(Sketch::decode(&sketch.encode()).unwrap(), sketch);
+        assert_eq!(Sketch::decode(&[]).unwrap(), sketch);
+    }
+
+    #[test]
+    fn quantiles_of_a_known_distribution_are_within_one_percent() {
+        let mut sketch = Sketch::new();
+        for v in 1..=10_000u64 {
+            sketch.add(v * 100);
+        }
+        for (q, exact) in [(0.5, 500_000.0), (0.9, 900_000.0), (0.99, 990_000.0)] {
+            let got = sketch.quantile(q).unwrap();
+            assert!(
+                (got - exact).abs() / exact <= 0.0101,
+                "q{q}: {got} vs {exact}"
+            );
+        }
+        assert_eq!(sketch.count(), 10_000);
+    }
+
+    #[test]
+    fn zeros_are_counted_and_reported_as_zero() {
+        let mut sketch = Sketch::new();
+        sketch.add(0);
+        sketch.add(0);
+        sketch.add(1000);
+        assert_eq!(sketch.quantile(0.5), Some(0.0));
+        assert!((sketch.quantile(1.0).unwrap() - 1000.0).abs() <= 10.0);
+    }
+
+    #[test]
+    fn decode_rejects_garbage() {
+        assert!(Sketch::decode(&[9]).is_err());
+        assert!(Sketch::decode(&[1, 0, 1, 5]).is_err(), "truncated");
+        assert!(Sketch::decode(&[1, 0, 1, 5, 0]).is_err(), "zero count");
+        assert!(Sketch::decode(&[1, 0, 2, 5, 1, 0, 1]).is_err(), "unsorted");
+        assert!(Sketch::decode(&[1, 0, 0, 7]).is_err(), "trailing");
+        assert!(Sketch::decode(&[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn quantiles_are_within_relative_accuracy(
+            values in proptest::collection::vec(1u64..100_000_000, 1..400),
+            q in 0.0f64..=1.0,
+        ) {
+            let mut sketch = Sketch::new();
+            for &v in &values {
+                sketch.add(v);
+            }
+            let mut sorted = values.clone();
+            sorted.sort_unstable();
+            let exact = exact_quantile(&sorted, q) as f64;
+            let got = sketch.quantile(q).unwrap();
+            prop_assert!((got - exact).abs() <= exact * (RELATIVE_ACCURACY + 1e-9), "{got} vs {exact}");
+        }
+
+        #[test]
+        fn merging_equals_recording_together(
+            a in proptest::collection::vec(0u64..10_000_000, 0..200),
+            b in proptest::collection::vec(0u64..10_000_000, 0..200),
+        ) {
+            let (mut left, mut right, mut both) = (Sketch::new(), Sketch::new(), Sketch::new());
+            for &v in &a { left.add(v); both.add(v); }
+            for &v in &b { right.add(v); both.add(v); }
+            left.merge(&right);
+            prop_assert_eq!(&left, &both);
+            prop_assert_eq!(Sketch::decode(&both.encode()).unwrap(), both);
+        }
+    }
+}
