@@ -29,4 +29,12 @@ done
 cargo build --release --quiet "${packages[@]}" >&2
 
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
+# The gateway keeps its analytics (SQLite) in a fresh directory per run, removed on exit.
+if [[ -z ${SWITCHYARD_DATA_DIR:-} ]]; then
+  SWITCHYARD_DATA_DIR="$(mktemp -d -t switchyard-load-XXXXXX)"
+  export SWITCHYARD_DATA_DIR
+  trap 'rm -rf "$SWITCHYARD_DATA_DIR"' EXIT
+  "$target_dir/release/switchyard-load" "$@"
+  exit $?
+fi
 exec "$target_dir/release/switchyard-load" "$@"

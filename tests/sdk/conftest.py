@@ -292,6 +292,7 @@ def gateway(
     env = child_env(
         {
             "SWITCHYARD_MASTER_KEY": MASTER_KEY,
+            "SWITCHYARD_DATA_DIR": str(directory / "data"),
             "SDK_TEST_OPENAI_KEY": PROVIDER_KEY,
             "SDK_TEST_ANTHROPIC_KEY": PROVIDER_KEY,
             "SDK_TEST_GEMINI_KEY": PROVIDER_KEY,

@@ -11,9 +11,10 @@ use switchyard_core::clock::Clock;
 use switchyard_core::config::Config;
 use switchyard_core::routing::ModelRouter;
 
-use crate::analytics::{self, EventSink, Metrics};
+use crate::analytics::store::Store;
+use crate::analytics::{self, Analytics, EventSink, Metrics};
 use crate::chain::{account, auth, request_id};
-use crate::handlers::{admin, chat, embeddings, meta};
+use crate::handlers::{admin, analytics as analytics_api, chat, embeddings, meta};
 use crate::tracker::{TokioClock, Tracker};
 use crate::transport::Transport;
 use switchyard_core::analytics::RequestEvent;
@@ -50,19 +51,25 @@ pub struct AppInner {
     pub event_receiver: Mutex<Option<mpsc::Receiver<RequestEvent>>>,
     /// Prometheus metrics, fed by the events.
     pub metrics: Arc<Metrics>,
+    /// Rollups, the request log and their store.
+    pub analytics: Arc<Analytics>,
     /// Client connections open now.
     pub connections: AtomicI64,
 }
 
 impl AppState {
-    /// Builds the state from a validated config.
-    pub fn new(config: Config) -> Result<Self, String> {
-        Self::with_clock(config, Arc::new(TokioClock::new()))
+    /// Builds the state from a validated config, opening the analytics store.
+    pub async fn new(config: Config) -> Result<Self, String> {
+        Self::with_clock(config, Arc::new(TokioClock::new())).await
     }
 
     /// Builds the state with the given clock for breakers, cooldowns and latency estimates
     /// (tests drive it by hand).
-    pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, String> {
+    pub async fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, String> {
+        let store = Store::open(&config.storage)
+            .await
+            .map_err(|error| format!("analytics store: {error}"))?;
+        let analytics = Arc::new(Analytics::new(store, config.analytics.clone()));
         let router = ModelRouter::new(&config);
         let models_body = serde_json::to_vec(&router.list())
             .map(Bytes::from)
@@ -78,6 +85,7 @@ impl AppState {
             events,
             event_receiver: Mutex::new(Some(event_receiver)),
             metrics: Arc::new(Metrics::new()),
+            analytics,
             connections: AtomicI64::new(0),
             models_body,
             ready: AtomicBool::new(true),
@@ -105,6 +113,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{*model}", get(meta::get_model))
         .route("/metrics", get(meta::metrics))
         .route("/admin/providers", get(admin::providers))
+        .route("/admin/analytics", get(analytics_api::analytics))
+        .route("/admin/analytics/status", get(analytics_api::status))
+        .route("/admin/requests", get(analytics_api::requests))
         .route("/admin/providers/{name}/drain", post(admin::drain))
         .route("/admin/providers/{name}/enable", post(admin::enable))
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));

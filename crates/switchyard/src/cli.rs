@@ -159,7 +159,7 @@ pub async fn run_gateway(config: Config, listen: SocketAddr) -> Result<(), Strin
             "no master key set: client auth is off, so the gateway listens on loopback only"
         );
     }
-    let state = AppState::new(config)?;
+    let state = AppState::new(config).await?;
     let listener = server::bind(listen).await?;
     let local = listener
         .local_addr()

@@ -115,7 +115,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let config = config::validate(&raw, &env).map_err(|error| format!("demo config: {error}"))?;
     let listen = crate::cli::resolve_listen(Some(&args.listen), &config)?;
     let master_key = config.server.master_key.clone();
-    let state = AppState::new(config)?;
+    let state = AppState::new(config).await?;
     let listener = server::bind(listen).await?;
     let local = listener
         .local_addr()
@@ -248,7 +248,7 @@ async fn traffic(base: String, master_key: Option<String>) {
         if !ok {
             failed += 1;
         }
-        if sent % 40 == 0 {
+        if sent.is_multiple_of(40) {
             tracing::info!(sent, failed, "demo traffic");
         }
     }

@@ -36,11 +36,11 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take();
     if let Some(receiver) = receiver {
-        tokio::spawn(crate::analytics::consume(
+        state.analytics.spawn(
             receiver,
             Arc::clone(&state.metrics),
             state.events.shared_counts(),
-        ));
+        );
     }
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -115,6 +115,8 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing the remaining connections"),
     }
+    // Every response has ended (or been dropped), so every request event is in the channel.
+    state.analytics.shutdown().await;
 }
 
 /// Counts a client connection as open until dropped.

@@ -27,7 +27,11 @@ fn write_config(name: &str, text: &str) -> PathBuf {
 /// The binary with an empty environment (no provider keys leak in from the machine).
 fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(BINARY);
-    command.args(args).env_clear().env("RUST_LOG", "info");
+    command
+        .args(args)
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .env("SWITCHYARD_DATA_DIR", ":memory:");
     for (name, value) in env {
         command.env(name, value);
     }

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 pub use presets::{PRESETS, Preset, kind_names, preset};
 pub use raw::{
-    RawBreaker, RawConfig, RawHealthCheck, RawProvider, RawRoute, RawRouting, RawServer, RawTarget,
-    RawTimeouts, RawUpstream,
+    RawAnalytics, RawBreaker, RawConfig, RawHealthCheck, RawProvider, RawRoute, RawRouting,
+    RawServer, RawStorage, RawTarget, RawTimeouts, RawUpstream,
 };
 
 use crate::health::{Backoff, BreakerConfig};
@@ -97,6 +97,41 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Retries, backoff, retry budget and breakers.
     pub routing: RoutingConfig,
+    /// Where state is kept.
+    pub storage: StorageConfig,
+    /// Analytics flushing and retention.
+    pub analytics: AnalyticsConfig,
+}
+
+/// The environment variable naming the data directory.
+pub const DATA_DIR_ENV: &str = "SWITCHYARD_DATA_DIR";
+
+/// The environment variable holding the Postgres URL.
+pub const POSTGRES_URL_ENV: &str = "SWITCHYARD_POSTGRES_URL";
+
+/// The data directory used when neither the config nor the environment names one.
+pub const DEFAULT_DATA_DIR: &str = "switchyard-data";
+
+/// Validated `[storage]`.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// The SQLite directory; `None` keeps the embedded stores in memory.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// When set, analytics go to Postgres.
+    pub postgres_url: Option<Secret>,
+}
+
+/// Validated `[analytics]`.
+#[derive(Debug, Clone)]
+pub struct AnalyticsConfig {
+    /// Store write interval.
+    pub flush_interval: Duration,
+    /// Keep the raw request log.
+    pub request_log: bool,
+    /// Request log age limit.
+    pub request_log_max_age: Duration,
+    /// Request log size limit, bytes.
+    pub request_log_max_bytes: u64,
 }
 
 /// Validated `[routing]`.
@@ -365,6 +400,71 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         providers,
         routes,
         routing,
+        storage: validate_storage(&raw.storage, env)?,
+        analytics: validate_analytics(&raw.analytics)?,
+    })
+}
+
+fn validate_storage(raw: &RawStorage, env: &dyn Env) -> Result<StorageConfig, ConfigError> {
+    let data_dir = raw
+        .data_dir
+        .clone()
+        .or_else(|| env.var(DATA_DIR_ENV))
+        .unwrap_or_else(|| DEFAULT_DATA_DIR.to_owned());
+    if data_dir.trim().is_empty() {
+        return Err(ConfigError::new(
+            "storage.data_dir",
+            "is empty; name a directory, or `:memory:` to keep everything in memory",
+        ));
+    }
+    let data_dir = (data_dir != ":memory:").then(|| std::path::PathBuf::from(data_dir));
+    let postgres_url = env
+        .var(POSTGRES_URL_ENV)
+        .or_else(|| raw.postgres_url.clone())
+        .filter(|url| !url.trim().is_empty());
+    if let Some(url) = &postgres_url
+        && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    {
+        return Err(ConfigError::new(
+            "storage.postgres_url",
+            "must start with postgres:// or postgresql://",
+        ));
+    }
+    Ok(StorageConfig {
+        data_dir,
+        postgres_url: postgres_url.map(Secret::new),
+    })
+}
+
+fn validate_analytics(raw: &RawAnalytics) -> Result<AnalyticsConfig, ConfigError> {
+    let flush_interval = raw.flush_interval.unwrap_or(Duration::from_secs(1));
+    if flush_interval < Duration::from_millis(100) || flush_interval > Duration::from_secs(60) {
+        return Err(ConfigError::new(
+            "analytics.flush_interval",
+            "must be between 100ms and 60s",
+        ));
+    }
+    let request_log_max_age = raw
+        .request_log_max_age
+        .unwrap_or(Duration::from_secs(7 * 86_400));
+    if request_log_max_age < Duration::from_secs(60) {
+        return Err(ConfigError::new(
+            "analytics.request_log_max_age",
+            "must be at least 1m",
+        ));
+    }
+    let max_mb = raw.request_log_max_mb.unwrap_or(1024);
+    if max_mb == 0 || max_mb > 1 << 30 {
+        return Err(ConfigError::new(
+            "analytics.request_log_max_mb",
+            "must be between 1 and 2^30",
+        ));
+    }
+    Ok(AnalyticsConfig {
+        flush_interval,
+        request_log: raw.request_log.unwrap_or(true),
+        request_log_max_age,
+        request_log_max_bytes: max_mb * 1024 * 1024,
     })
 }
 

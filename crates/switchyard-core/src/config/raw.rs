@@ -27,6 +27,41 @@ pub struct RawConfig {
     /// Retries, backoff, retry budget and circuit breakers.
     #[serde(default)]
     pub routing: RawRouting,
+    /// Where state is kept: the data directory (SQLite) or Postgres.
+    #[serde(default)]
+    pub storage: RawStorage,
+    /// Request analytics: flushing, and the raw request log's retention.
+    #[serde(default)]
+    pub analytics: RawAnalytics,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    /// Directory for the SQLite files. Default: `$SWITCHYARD_DATA_DIR`, else
+    /// `switchyard-data`. `:memory:` keeps everything in memory (lost on exit).
+    pub data_dir: Option<String>,
+    /// Postgres URL (`postgres://user:pass@host/db`): analytics go there instead of the data
+    /// directory, shared by every instance. `$SWITCHYARD_POSTGRES_URL` overrides it.
+    pub postgres_url: Option<String>,
+}
+
+/// `[analytics]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnalytics {
+    /// How often rollups and the request log are written to the store. Default 1s; a crash
+    /// loses at most this much.
+    #[serde(default, with = "humantime_serde")]
+    pub flush_interval: Option<Duration>,
+    /// Keep the raw request log. Default true.
+    pub request_log: Option<bool>,
+    /// Request log entries older than this are deleted. Default 7d.
+    #[serde(default, with = "humantime_serde")]
+    pub request_log_max_age: Option<Duration>,
+    /// The request log is trimmed (oldest first) to this size in MiB. Default 1024.
+    pub request_log_max_mb: Option<u64>,
 }
 
 /// `[routing]`: how failures are handled, for every route.

@@ -261,3 +261,79 @@ fn glob_matching() {
     ));
     assert!(!glob_match("claude-*", "gpt-4o"));
 }
+
+#[test]
+fn storage_and_analytics_defaults_and_overrides() {
+    let config = load("", &env(&[])).unwrap();
+    assert_eq!(
+        config.storage.data_dir.as_deref(),
+        Some(std::path::Path::new(DEFAULT_DATA_DIR))
+    );
+    assert!(config.storage.postgres_url.is_none());
+    assert_eq!(config.analytics.flush_interval, Duration::from_secs(1));
+    assert!(config.analytics.request_log);
+    assert_eq!(
+        config.analytics.request_log_max_age,
+        Duration::from_secs(7 * 86_400)
+    );
+    assert_eq!(config.analytics.request_log_max_bytes, 1024 * 1024 * 1024);
+
+    let from_env = load(
+        "",
+        &env(&[
+            (DATA_DIR_ENV, ":memory:"),
+            (POSTGRES_URL_ENV, "postgres://u@h/db"),
+        ]),
+    )
+    .unwrap();
+    assert!(
+        from_env.storage.data_dir.is_none(),
+        ":memory: keeps no files"
+    );
+    assert_eq!(
+        from_env.storage.postgres_url.map(|s| s.expose().to_owned()),
+        Some("postgres://u@h/db".to_owned())
+    );
+    let text = "[storage]\ndata_dir = \"/var/lib/sy\"\n[analytics]\nflush_interval = \"5s\"\nrequest_log = false\nrequest_log_max_age = \"1d\"\nrequest_log_max_mb = 10\n";
+    let configured = load(text, &env(&[(DATA_DIR_ENV, "/ignored")])).unwrap();
+    assert_eq!(
+        configured.storage.data_dir.as_deref(),
+        Some(std::path::Path::new("/var/lib/sy")),
+        "the config file wins over the environment default"
+    );
+    assert_eq!(configured.analytics.flush_interval, Duration::from_secs(5));
+    assert!(!configured.analytics.request_log);
+    assert_eq!(configured.analytics.request_log_max_bytes, 10 * 1024 * 1024);
+}
+
+#[test]
+fn bad_storage_and_analytics_values_are_named() {
+    for (text, key) in [
+        ("[storage]\ndata_dir = \" \"", "storage.data_dir"),
+        (
+            "[storage]\npostgres_url = \"mysql://x\"",
+            "storage.postgres_url",
+        ),
+        (
+            "[analytics]\nflush_interval = \"10ms\"",
+            "analytics.flush_interval",
+        ),
+        (
+            "[analytics]\nflush_interval = \"2m\"",
+            "analytics.flush_interval",
+        ),
+        (
+            "[analytics]\nrequest_log_max_age = \"5s\"",
+            "analytics.request_log_max_age",
+        ),
+        (
+            "[analytics]\nrequest_log_max_mb = 0",
+            "analytics.request_log_max_mb",
+        ),
+    ] {
+        let error = load(text, &env(&[])).unwrap_err();
+        assert_eq!(error.key, key, "{text}: {error}");
+    }
+    let unknown = load("[analytics]\nretention = \"1d\"", &env(&[])).unwrap_err();
+    assert!(unknown.to_string().contains("retention"), "{unknown}");
+}

@@ -61,6 +61,16 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
                 .set(i64::from(target.in_flight));
         }
     }
+    let stats = &app.analytics.stats;
+    for (gauge, counter) in [
+        (&app.metrics.analytics_memory, &stats.memory_bytes),
+        (&app.metrics.analytics_pending, &stats.pending),
+        (&app.metrics.analytics_store_failures, &stats.flush_failures),
+        (&app.metrics.analytics_lost, &stats.lost),
+    ] {
+        let value = counter.load(std::sync::atomic::Ordering::Relaxed);
+        gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+    }
     let dropped = app
         .events
         .counts()

@@ -38,12 +38,15 @@ impl TestGateway {
         clock: std::sync::Arc<dyn switchyard_core::clock::Clock>,
     ) -> Self {
         switchyard::install_crypto_provider();
-        let env: HashMap<String, String> = env
+        let mut env: HashMap<String, String> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
+        // Tests keep analytics in memory unless they name a data directory.
+        env.entry(switchyard_core::config::DATA_DIR_ENV.to_owned())
+            .or_insert_with(|| ":memory:".to_owned());
         let config = validate(&parse_toml(toml).unwrap(), &env).unwrap();
-        let state = AppState::with_clock(config, clock).unwrap();
+        let state = AppState::with_clock(config, clock).await.unwrap();
         let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();

@@ -20,6 +20,13 @@ use prometheus_client::registry::{Registry, Unit};
 use switchyard_core::analytics::RequestEvent;
 use tokio::sync::mpsc;
 
+pub mod pipeline;
+pub mod postgres;
+pub mod sqlite;
+pub mod store;
+
+pub use pipeline::Analytics;
+
 /// Events waiting for the background task, at most.
 const CHANNEL_CAPACITY: usize = 16_384;
 
@@ -134,6 +141,15 @@ pub struct Metrics {
     open_connections: Gauge,
     cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     resident_memory: Gauge,
+    /// Analytics pipeline gauges, set at scrape time: heap bytes, rows waiting for the
+    /// store, failed store writes, entries lost after the store failed for too long.
+    pub analytics_memory: Gauge,
+    /// See `analytics_memory`.
+    pub analytics_pending: Gauge,
+    /// See `analytics_memory`.
+    pub analytics_store_failures: Gauge,
+    /// See `analytics_memory`.
+    pub analytics_lost: Gauge,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -224,8 +240,37 @@ impl Metrics {
             Unit::Bytes,
             resident_memory.clone(),
         );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let analytics_memory = gauge(
+            &mut registry,
+            "switchyard_analytics_memory_bytes",
+            "Heap bytes of the in-memory analytics (open windows, live tier, buffers)",
+        );
+        let analytics_pending = gauge(
+            &mut registry,
+            "switchyard_analytics_pending",
+            "Rollup rows and request log entries waiting for the store",
+        );
+        let analytics_store_failures = gauge(
+            &mut registry,
+            "switchyard_analytics_store_failures",
+            "Failed analytics store writes since start (each is retried)",
+        );
+        let analytics_lost = gauge(
+            &mut registry,
+            "switchyard_analytics_lost",
+            "Analytics entries dropped since start because the store failed for too long",
+        );
         Metrics {
             registry,
+            analytics_memory,
+            analytics_pending,
+            analytics_store_failures,
+            analytics_lost,
             requests,
             errors,
             tokens,
@@ -373,55 +418,33 @@ impl Series {
     }
 }
 
-/// The background task's state: series cached by (route, provider, model).
+/// The metrics side of the background task: series cached by route, provider and model
+/// (nested, so that an event is looked up by reference, without building a key).
 #[derive(Default)]
-struct Consumer {
-    series: HashMap<(String, String, String), Series>,
+pub(crate) struct Consumer {
+    series: HashMap<String, HashMap<String, HashMap<String, Series>>>,
 }
 
 impl Consumer {
-    fn observe(&mut self, metrics: &Metrics, mut event: RequestEvent) {
-        let key = (
-            event.route.take().unwrap_or_default(),
-            event.provider.take().unwrap_or_default(),
-            event.model.take().unwrap_or_default(),
-        );
-        let series = self
-            .series
-            .entry(key)
-            .or_insert_with_key(|(route, provider, model)| {
-                Series::new(metrics, route, provider, model)
-            });
-        series.observe(metrics, &event);
-    }
-}
-
-/// How often the background task drains the channel. Draining in batches instead of waking
-/// per event keeps a cross-thread wake-up (a futex call) off every request's path.
-const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// Drains the channel into the metrics, in batches, until every sender is gone.
-pub async fn consume(
-    mut receiver: mpsc::Receiver<RequestEvent>,
-    metrics: Arc<Metrics>,
-    counts: Arc<SinkCounts>,
-) {
-    let mut consumer = Consumer::default();
-    let mut interval = tokio::time::interval(DRAIN_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
-        loop {
-            match receiver.try_recv() {
-                Ok(event) => {
-                    tracing::trace!(request_id = %event.request_id, status = event.status, "request event");
-                    consumer.observe(&metrics, event);
-                    counts.processed.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => return,
-            }
-        }
+    pub(crate) fn observe(&mut self, metrics: &Metrics, event: &RequestEvent) {
+        let route = event.route.as_deref().unwrap_or_default();
+        let provider = event.provider.as_deref().unwrap_or_default();
+        let model = event.model.as_deref().unwrap_or_default();
+        let by_provider = match self.series.get_mut(route) {
+            Some(found) => found,
+            None => self.series.entry(route.to_owned()).or_default(),
+        };
+        let by_model = match by_provider.get_mut(provider) {
+            Some(found) => found,
+            None => by_provider.entry(provider.to_owned()).or_default(),
+        };
+        let series = match by_model.get_mut(model) {
+            Some(found) => found,
+            None => by_model
+                .entry(model.to_owned())
+                .or_insert_with(|| Series::new(metrics, route, provider, model)),
+        };
+        series.observe(metrics, event);
     }
 }
 

@@ -1,0 +1,363 @@
+//! Analytics benchmark: fills a SQLite store with the rollups of 7 days of synthetic traffic
+//! at 1000 requests per second, times the query API's work (store read, merge, JSON) on it,
+//! and measures the memory of the analytics subsystem at steady state in a fresh process.
+//!
+//! `cargo bench -p switchyard --bench analytics` (add `-- --quick` for a smaller run).
+//!
+//! Traffic shape: 4 routes with 2 provider/model targets each, 20 keys, 97% 2xx, 2% 4xx,
+//! 1% 5xx, log-normal latencies around a per-target median. The stored cells are the ones
+//! the aggregator would have written for that traffic: per minute for the last 24 h and per
+//! hour for 7 days, keyless and keyed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchyard::analytics::sqlite::SqliteStore;
+use switchyard::analytics::store::{Batch, Retention};
+use switchyard_core::analytics::query::{Query, answer};
+use switchyard_core::analytics::rollup::ANY_KEY;
+use switchyard_core::analytics::{Aggregator, Dims, RequestEvent, Rollup, RollupRow, Tier};
+use switchyard_core::wire::TokenUsage;
+
+const RPS: u64 = 1_000;
+const ROUTES: usize = 4;
+const TARGETS_PER_ROUTE: usize = 2;
+const KEYS: usize = 20;
+const STATUS: [(&str, f64); 3] = [("2xx", 0.97), ("4xx", 0.02), ("5xx", 0.01)];
+
+#[derive(Clone)]
+struct Combo {
+    route: usize,
+    target: usize,
+    key: usize,
+    status: usize,
+    share: f64,
+}
+
+fn combos() -> Vec<Combo> {
+    let mut out = Vec::new();
+    for route in 0..ROUTES {
+        for target in 0..TARGETS_PER_ROUTE {
+            for key in 0..KEYS {
+                // Keys have Zipf-like shares; the first target takes 70% of a route.
+                let key_share = 1.0 / (key as f64 + 1.0);
+                let target_share = if target == 0 { 0.7 } else { 0.3 };
+                for (status, (_, status_share)) in STATUS.iter().enumerate() {
+                    out.push(Combo {
+                        route,
+                        target,
+                        key,
+                        status,
+                        share: key_share * target_share * status_share,
+                    });
+                }
+            }
+        }
+    }
+    let total: f64 = out.iter().map(|c| c.share).sum();
+    for combo in &mut out {
+        combo.share /= total;
+    }
+    out
+}
+
+fn dims(combo: &Combo, keyed: bool) -> Dims {
+    Dims {
+        route: Arc::from(format!("route-{}", combo.route)),
+        provider: Arc::from(format!(
+            "provider-{}",
+            combo.route * TARGETS_PER_ROUTE + combo.target
+        )),
+        model: Arc::from(format!("model-{}", combo.target)),
+        key: Arc::from(if keyed {
+            format!("sk-sy-key-{:02}", combo.key)
+        } else {
+            ANY_KEY.to_owned()
+        }),
+        status_class: Arc::from(STATUS[combo.status].0),
+    }
+}
+
+/// Normal quantiles for 16 evenly spaced probabilities (a log-normal's spread).
+const Z: [f64; 16] = [
+    -1.86, -1.32, -1.01, -0.77, -0.57, -0.40, -0.24, -0.08, 0.08, 0.24, 0.40, 0.57, 0.77, 1.01,
+    1.32, 1.86,
+];
+
+fn rollup(combo: &Combo, requests: u64) -> Rollup {
+    let median_us = 300_000.0 * (1.0 + (combo.route * TARGETS_PER_ROUTE + combo.target) as f64);
+    let mut r = Rollup {
+        requests,
+        errors: if combo.status > 0 { requests } else { 0 },
+        tokens_in: requests * 400,
+        tokens_out: requests * 150,
+        cost_usd: requests as f64 * 0.0004,
+        cache_hits: requests / 10,
+        ..Rollup::default()
+    };
+    let per = requests / Z.len() as u64;
+    let mut left = requests;
+    for (i, z) in Z.iter().enumerate() {
+        let n = if i + 1 == Z.len() { left } else { per };
+        left -= n;
+        let value = (median_us * (0.6 * z + fastrand::f64() * 0.02).exp()) as u64;
+        r.latency.add_n(value, u32::try_from(n).unwrap_or(u32::MAX));
+        r.latency_sum_us += value * n;
+        r.ttft
+            .add_n(value / 4, u32::try_from(n / 2).unwrap_or(u32::MAX));
+    }
+    r
+}
+
+/// The cells of one window: keyed, plus the keyless cube merged from them.
+fn window(tier: Tier, bucket_ms: u64, combos: &[Combo]) -> Vec<RollupRow> {
+    let total = RPS * tier.width_ms() / 1_000;
+    let mut rows = Vec::new();
+    let mut keyless: std::collections::HashMap<Dims, Rollup> = std::collections::HashMap::new();
+    for combo in combos {
+        let requests = (total as f64 * combo.share).round() as u64;
+        if requests == 0 {
+            continue;
+        }
+        let cell = rollup(combo, requests);
+        keyless.entry(dims(combo, false)).or_default().merge(&cell);
+        rows.push(RollupRow {
+            tier,
+            bucket_ms,
+            keyed: true,
+            dims: dims(combo, true),
+            rollup: cell,
+            merge: false,
+        });
+    }
+    rows.extend(keyless.into_iter().map(|(dims, rollup)| RollupRow {
+        tier,
+        bucket_ms,
+        keyed: false,
+        dims,
+        rollup,
+        merge: false,
+    }));
+    rows
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+fn fill(store: &SqliteStore, now: u64, quick: bool) -> (usize, Duration) {
+    let combos = combos();
+    let started = Instant::now();
+    let mut rows = 0;
+    let hours = if quick { 24 } else { 7 * 24 };
+    for h in 0..=hours {
+        let bucket = Tier::Hour.bucket(now) - h * 3_600_000;
+        let batch = Batch {
+            rollups: window(Tier::Hour, bucket, &combos),
+            requests: vec![],
+        };
+        rows += batch.rollups.len();
+        store.write("bench", &batch).unwrap();
+    }
+    let minutes = if quick { 120 } else { 24 * 60 };
+    for chunk in (0..=minutes).collect::<Vec<u64>>().chunks(60) {
+        let mut batch = Batch::default();
+        for &m in chunk {
+            let bucket = Tier::Minute.bucket(now) - m * 60_000;
+            batch.rollups.extend(window(Tier::Minute, bucket, &combos));
+        }
+        rows += batch.rollups.len();
+        store.write("bench", &batch).unwrap();
+    }
+    (rows, started.elapsed())
+}
+
+fn run_query(store: &SqliteStore, text: &str, now: u64) -> usize {
+    let pairs: Vec<(&str, &str)> = text
+        .split('&')
+        .map(|p| p.split_once('=').unwrap())
+        .collect();
+    let query = Query::parse(pairs, now).unwrap();
+    let cells = store
+        .cells(
+            query.tier,
+            query.keyed(),
+            query.from_ms,
+            query.to_ms,
+            &query.filter,
+        )
+        .unwrap();
+    let answer = answer(
+        &query,
+        cells.iter().map(|c| (c.bucket_ms, &c.dims, &c.rollup)),
+    );
+    serde_json::to_vec(&answer).unwrap().len()
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn time_queries(store: &SqliteStore, now: u64, runs: usize) {
+    let all = "requests,errors,p50,p95,p99,ttft_p50,tokens_in,tokens_out,cost,cache_hit_rate";
+    let queries = [
+        format!("from=-7d&interval=1h&group_by=provider,model&metrics={all}"),
+        format!("from=-7d&interval=1d&metrics={all}"),
+        format!("from=-24h&interval=1m&metrics={all}"),
+        format!("from=-1h&interval=1m&group_by=route&metrics={all}"),
+        "from=-7d&interval=1h&group_by=key&metrics=requests,cost,p95".to_owned(),
+    ];
+    println!("query (each run: store read + sketch merge + JSON), {runs} runs:");
+    for text in &queries {
+        let mut times = Vec::with_capacity(runs);
+        let mut bytes = 0;
+        for _ in 0..runs {
+            let started = Instant::now();
+            bytes = run_query(store, text, now);
+            times.push(started.elapsed());
+        }
+        times.sort_unstable();
+        println!(
+            "  p50 {:>8.3} ms  p99 {:>8.3} ms  ({bytes} B)  {text}",
+            percentile(&times, 0.5).as_secs_f64() * 1e3,
+            percentile(&times, 0.99).as_secs_f64() * 1e3,
+        );
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|pages| pages.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4096
+}
+
+/// Steady state in a fresh process: the store over the filled files, the aggregator fed
+/// 1000 events per second of event time for 6 minutes with a flush every second (rollups and
+/// request log), then the 7-day queries.
+fn memory(dir: &Path, quick: bool) {
+    let before = rss_bytes();
+    let store = SqliteStore::open(Some(dir)).unwrap();
+    let combos = combos();
+    let mut aggregator = Aggregator::new();
+    let start = now_ms() - 6 * 60_000;
+    let seconds = if quick { 60 } else { 360 };
+    for s in 0..seconds {
+        let mut events = Vec::with_capacity(RPS as usize);
+        for i in 0..RPS {
+            let pick = fastrand::f64();
+            let mut acc = 0.0;
+            let combo = combos
+                .iter()
+                .find(|c| {
+                    acc += c.share;
+                    acc >= pick
+                })
+                .unwrap_or(&combos[0]);
+            let d = dims(combo, true);
+            events.push(RequestEvent {
+                time_unix_ms: start + s * 1_000 + i,
+                request_id: format!("req_{s}_{i}"),
+                principal: d.key.to_string(),
+                endpoint: "/v1/chat/completions".to_owned(),
+                route: Some(d.route.to_string()),
+                provider: Some(d.provider.to_string()),
+                model: Some(d.model.to_string()),
+                stream: i % 2 == 0,
+                status: [200, 429, 502][combo.status],
+                error_class: (combo.status > 0).then(|| "upstream_error".to_owned()),
+                usage: TokenUsage {
+                    input: 400,
+                    output: 150,
+                    ..TokenUsage::default()
+                },
+                cost_usd: Some(0.0004),
+                latency_us: 200_000 + fastrand::u64(..1_000_000),
+                ttft_us: Some(50_000 + fastrand::u64(..200_000)),
+                upstream_us: Some(190_000),
+                attempts: 1,
+                cache: "miss",
+                stages: vec![("auth", 2), ("route", 1), ("upstream", 190_000)],
+            });
+        }
+        for event in &events {
+            aggregator.observe(event);
+        }
+        let rollups = aggregator.take_flush(start + (s + 1) * 1_000, 10_000);
+        store
+            .write(
+                "steady",
+                &Batch {
+                    rollups,
+                    requests: events,
+                },
+            )
+            .unwrap();
+    }
+    let now = now_ms();
+    time_queries(&store, now, 20);
+    store
+        .prune(
+            now,
+            Retention {
+                request_log_max_age_ms: 7 * 86_400_000,
+                request_log_max_bytes: 1 << 30,
+            },
+        )
+        .unwrap();
+    let after = rss_bytes();
+    println!(
+        "memory at steady state: aggregator heap {:.2} MiB ({} open cells, 1 s tier of {} windows); \
+         process RSS growth with the store open, writing and queried: {:.2} MiB",
+        aggregator.heap_bytes() as f64 / 1_048_576.0,
+        aggregator.open_cells(),
+        aggregator
+            .seconds(0, u64::MAX)
+            .map(|(b, _, _)| b)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        after.saturating_sub(before) as f64 / 1_048_576.0
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    if let Some(at) = args.iter().position(|a| a == "--memory") {
+        memory(Path::new(&args[at + 1]), quick);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(Some(dir.path())).unwrap();
+    let now = now_ms();
+    let (rows, took) = fill(&store, now, quick);
+    let size = std::fs::metadata(dir.path().join("analytics.db"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!(
+        "filled {rows} rollup rows ({} of traffic at {RPS} rps) in {:.1} s ({:.0} rows/s); analytics.db {:.1} MiB",
+        if quick { "24 h" } else { "7 days" },
+        took.as_secs_f64(),
+        rows as f64 / took.as_secs_f64(),
+        size as f64 / 1_048_576.0
+    );
+    time_queries(&store, now, if quick { 50 } else { 200 });
+    drop(store);
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--memory", dir.path().to_str().unwrap()])
+        .args(quick.then_some("--quick"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+}

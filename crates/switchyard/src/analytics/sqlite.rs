@@ -1,0 +1,912 @@
+//! The embedded analytics store: two SQLite files in the data directory, in WAL mode.
+//!
+//! - `analytics.db` holds the rollups (small: the minute tier for a day and the hour tier for
+//!   a week).
+//! - `requests.db` holds the raw request log. It is a file of its own so that its size can
+//!   be measured and bounded exactly (pages in use × page size); trimming frees pages that
+//!   SQLite reuses, so the file stops growing at about the configured limit.
+//!
+//! Each file has a writer connection and a reader connection (WAL lets reads run beside the
+//! writer). With `data_dir = ":memory:"` each file is one in-memory connection.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use switchyard_core::analytics::query::{Dim, Filter};
+use switchyard_core::analytics::{Dims, Rollup, Tier};
+
+use super::store::{
+    Batch, Cursor, LoggedRequest, Pruned, RequestsPage, RequestsQuery, Retention, StoreError,
+    StoredCell, filter_value, rollup_horizon, sketch_from, stages_from_json, stages_json, to_i64,
+    to_u64,
+};
+
+const STORE: &str = "sqlite";
+
+/// Page cache per connection, KiB (SQLite's default is 2 MiB): keeps the store's share of
+/// the analytics memory budget small.
+const CACHE_KIB: i64 = 1024;
+
+const ANALYTICS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS rollups (
+    tier INTEGER NOT NULL,
+    keyed INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    instance TEXT NOT NULL,
+    route TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    key TEXT NOT NULL,
+    status_class TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    tokens_in INTEGER NOT NULL,
+    tokens_out INTEGER NOT NULL,
+    tokens_cached INTEGER NOT NULL,
+    tokens_reasoning INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    cost_unknown INTEGER NOT NULL,
+    cache_hits INTEGER NOT NULL,
+    latency_sum_us INTEGER NOT NULL,
+    latency BLOB NOT NULL,
+    ttft BLOB NOT NULL,
+    PRIMARY KEY (tier, keyed, bucket, instance, route, provider, model, key, status_class)
+) WITHOUT ROWID;
+";
+
+const REQUESTS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY,
+    time_ms INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    key TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    route TEXT,
+    provider TEXT,
+    model TEXT,
+    stream INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    error_class TEXT,
+    tokens_in INTEGER NOT NULL,
+    tokens_out INTEGER NOT NULL,
+    tokens_cached INTEGER NOT NULL,
+    tokens_reasoning INTEGER NOT NULL,
+    cost_usd REAL,
+    latency_us INTEGER NOT NULL,
+    ttft_us INTEGER,
+    upstream_us INTEGER,
+    attempts INTEGER NOT NULL,
+    cache TEXT NOT NULL,
+    stages TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_by_time ON requests (time_ms, id);
+";
+
+/// The SQLite analytics store.
+#[derive(Debug)]
+pub struct SqliteStore {
+    analytics: Mutex<Connection>,
+    analytics_read: Option<Mutex<Connection>>,
+    requests: Mutex<Connection>,
+    requests_read: Option<Mutex<Connection>>,
+}
+
+fn sql_error(context: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |error| StoreError::new(STORE, format!("{context}: {error}"))
+}
+
+fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic while holding the lock cannot leave a transaction half-applied (it rolls back
+    // on drop), so a poisoned lock is still usable.
+    connection
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn open(path: Option<&Path>, schema: &str) -> Result<Connection, StoreError> {
+    let name = path.map_or_else(|| ":memory:".to_owned(), |p| p.display().to_string());
+    let connection = match path {
+        Some(path) => Connection::open(path),
+        None => Connection::open_in_memory(),
+    }
+    .map_err(|error| StoreError::new(STORE, format!("cannot open {name}: {error}")))?;
+    connection
+        .execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+             PRAGMA busy_timeout = 5000; PRAGMA cache_size = -{CACHE_KIB};"
+        ))
+        .map_err(|error| StoreError::new(STORE, format!("{name}: {error}")))?;
+    connection
+        .execute_batch(schema)
+        .map_err(|error| StoreError::new(STORE, format!("{name}: creating tables: {error}")))?;
+    Ok(connection)
+}
+
+fn reader(path: Option<&Path>) -> Result<Option<Mutex<Connection>>, StoreError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let connection = Connection::open(path).map_err(|error| {
+        StoreError::new(STORE, format!("cannot open {}: {error}", path.display()))
+    })?;
+    connection
+        .execute_batch(&format!(
+            "PRAGMA busy_timeout = 5000; PRAGMA cache_size = -{CACHE_KIB}; PRAGMA query_only = 1;"
+        ))
+        .map_err(|error| StoreError::new(STORE, format!("{}: {error}", path.display())))?;
+    Ok(Some(Mutex::new(connection)))
+}
+
+impl SqliteStore {
+    /// Opens (creating them if needed) the files in `data_dir`, or in-memory databases.
+    pub fn open(data_dir: Option<&Path>) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = data_dir {
+            std::fs::create_dir_all(dir).map_err(|error| {
+                StoreError::new(
+                    STORE,
+                    format!(
+                        "cannot create the data directory {}: {error}",
+                        dir.display()
+                    ),
+                )
+            })?;
+        }
+        let analytics_path = data_dir.map(|d| d.join("analytics.db"));
+        let requests_path = data_dir.map(|d| d.join("requests.db"));
+        let analytics = open(analytics_path.as_deref(), ANALYTICS_SCHEMA)?;
+        let requests = open(requests_path.as_deref(), REQUESTS_SCHEMA)?;
+        Ok(SqliteStore {
+            analytics: Mutex::new(analytics),
+            analytics_read: reader(analytics_path.as_deref())?,
+            requests: Mutex::new(requests),
+            requests_read: reader(requests_path.as_deref())?,
+        })
+    }
+
+    fn analytics_reader(&self) -> MutexGuard<'_, Connection> {
+        lock(self.analytics_read.as_ref().unwrap_or(&self.analytics))
+    }
+
+    fn requests_reader(&self) -> MutexGuard<'_, Connection> {
+        lock(self.requests_read.as_ref().unwrap_or(&self.requests))
+    }
+
+    /// Writes a flush in one transaction per file.
+    pub fn write(&self, instance: &str, batch: &Batch) -> Result<(), StoreError> {
+        if !batch.rollups.is_empty() {
+            let mut connection = lock(&self.analytics);
+            let tx = connection
+                .transaction()
+                .map_err(sql_error("starting a rollup write"))?;
+            {
+                let mut select = tx
+                    .prepare_cached(
+                        "SELECT requests, errors, tokens_in, tokens_out, tokens_cached, \
+                         tokens_reasoning, cost_usd, cost_unknown, cache_hits, latency_sum_us, \
+                         latency, ttft FROM rollups WHERE tier = ?1 AND keyed = ?2 AND bucket = ?3 \
+                         AND instance = ?4 AND route = ?5 AND provider = ?6 AND model = ?7 \
+                         AND key = ?8 AND status_class = ?9",
+                    )
+                    .map_err(sql_error("preparing a rollup read"))?;
+                let mut upsert = tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO rollups VALUES \
+                         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+                          ?17, ?18, ?19, ?20, ?21)",
+                    )
+                    .map_err(sql_error("preparing a rollup write"))?;
+                for row in &batch.rollups {
+                    let d = &row.dims;
+                    let key = params![
+                        row.tier.code(),
+                        row.keyed,
+                        to_i64(row.bucket_ms),
+                        instance,
+                        &*d.route,
+                        &*d.provider,
+                        &*d.model,
+                        &*d.key,
+                        &*d.status_class
+                    ];
+                    let mut rollup = row.rollup.clone();
+                    if row.merge {
+                        let stored = select
+                            .query_row(key, read_rollup_at(0))
+                            .optional()
+                            .map_err(sql_error("reading a rollup to merge"))?;
+                        if let Some(stored) = stored {
+                            rollup.merge(&stored);
+                        }
+                    }
+                    upsert
+                        .execute(params![
+                            row.tier.code(),
+                            row.keyed,
+                            to_i64(row.bucket_ms),
+                            instance,
+                            &*d.route,
+                            &*d.provider,
+                            &*d.model,
+                            &*d.key,
+                            &*d.status_class,
+                            to_i64(rollup.requests),
+                            to_i64(rollup.errors),
+                            to_i64(rollup.tokens_in),
+                            to_i64(rollup.tokens_out),
+                            to_i64(rollup.tokens_cached),
+                            to_i64(rollup.tokens_reasoning),
+                            rollup.cost_usd,
+                            to_i64(rollup.cost_unknown),
+                            to_i64(rollup.cache_hits),
+                            to_i64(rollup.latency_sum_us),
+                            rollup.latency.encode(),
+                            rollup.ttft.encode(),
+                        ])
+                        .map_err(sql_error("writing a rollup"))?;
+                }
+            }
+            tx.commit().map_err(sql_error("committing rollups"))?;
+        }
+        if !batch.requests.is_empty() {
+            let mut connection = lock(&self.requests);
+            let tx = connection
+                .transaction()
+                .map_err(sql_error("starting a request log write"))?;
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO requests (time_ms, request_id, instance, key, endpoint, \
+                         route, provider, model, stream, status, error_class, tokens_in, \
+                         tokens_out, tokens_cached, tokens_reasoning, cost_usd, latency_us, \
+                         ttft_us, upstream_us, attempts, cache, stages) VALUES \
+                         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+                          ?17, ?18, ?19, ?20, ?21, ?22)",
+                    )
+                    .map_err(sql_error("preparing a request log write"))?;
+                for event in &batch.requests {
+                    insert
+                        .execute(params![
+                            to_i64(event.time_unix_ms),
+                            event.request_id,
+                            instance,
+                            event.principal,
+                            event.endpoint,
+                            event.route,
+                            event.provider,
+                            event.model,
+                            event.stream,
+                            event.status,
+                            event.error_class,
+                            to_i64(event.usage.input),
+                            to_i64(event.usage.output),
+                            to_i64(event.usage.cached_input),
+                            to_i64(event.usage.reasoning),
+                            event.cost_usd,
+                            to_i64(event.latency_us),
+                            event.ttft_us.map(to_i64),
+                            event.upstream_us.map(to_i64),
+                            event.attempts,
+                            event.cache,
+                            stages_json(&event.stages),
+                        ])
+                        .map_err(sql_error("writing the request log"))?;
+                }
+            }
+            tx.commit()
+                .map_err(sql_error("committing the request log"))?;
+        }
+        Ok(())
+    }
+
+    /// Cells of one tier and cube in `[from_ms, to_ms)`.
+    pub fn cells(
+        &self,
+        tier: Tier,
+        keyed: bool,
+        from_ms: u64,
+        to_ms: u64,
+        filter: &Filter,
+    ) -> Result<Vec<StoredCell>, StoreError> {
+        let mut sql = String::from(
+            "SELECT requests, errors, tokens_in, tokens_out, tokens_cached, tokens_reasoning, \
+             cost_usd, cost_unknown, cache_hits, latency_sum_us, latency, ttft, bucket, route, \
+             provider, model, key, status_class FROM rollups \
+             WHERE tier = ?1 AND keyed = ?2 AND bucket >= ?3 AND bucket < ?4",
+        );
+        let mut values = vec![
+            Value::Integer(i64::from(tier.code())),
+            Value::Integer(i64::from(keyed)),
+            Value::Integer(to_i64(from_ms)),
+            Value::Integer(to_i64(to_ms)),
+        ];
+        for dim in [
+            Dim::Route,
+            Dim::Provider,
+            Dim::Model,
+            Dim::Key,
+            Dim::StatusClass,
+        ] {
+            if let Some(value) = filter_value(filter, dim) {
+                values.push(Value::Text(value.to_owned()));
+                sql.push_str(&format!(" AND {} = ?{}", dim.name(), values.len()));
+            }
+        }
+        let connection = self.analytics_reader();
+        let mut statement = connection
+            .prepare_cached(&sql)
+            .map_err(sql_error("preparing an analytics query"))?;
+        let rows = statement
+            .query_map(params_from_iter(values), |row| {
+                let rollup = read_rollup_at(0)(row)?;
+                let text = |i: usize| row.get::<_, String>(i).map(std::sync::Arc::<str>::from);
+                Ok(StoredCell {
+                    bucket_ms: to_u64(row.get(12)?),
+                    dims: Dims {
+                        route: text(13)?,
+                        provider: text(14)?,
+                        model: text(15)?,
+                        key: text(16)?,
+                        status_class: text(17)?,
+                    },
+                    rollup,
+                })
+            })
+            .map_err(sql_error("running an analytics query"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(sql_error("reading an analytics query"))
+    }
+
+    /// A page of the request log, newest first.
+    pub fn requests(&self, query: &RequestsQuery) -> Result<RequestsPage, StoreError> {
+        let mut sql = String::from(
+            "SELECT id, time_ms, request_id, instance, key, endpoint, route, provider, model, \
+             stream, status, error_class, tokens_in, tokens_out, tokens_cached, \
+             tokens_reasoning, cost_usd, latency_us, ttft_us, upstream_us, attempts, cache, \
+             stages FROM requests WHERE 1 = 1",
+        );
+        let mut values: Vec<Value> = Vec::new();
+        let mut condition = |sql: &mut String, clause: &str, value: Value| {
+            values.push(value);
+            sql.push_str(&clause.replace('?', &format!("?{}", values.len())));
+        };
+        if let Some(cursor) = query.before {
+            condition(
+                &mut sql,
+                " AND (time_ms < ?",
+                Value::Integer(to_i64(cursor.time_ms)),
+            );
+            condition(
+                &mut sql,
+                " OR (time_ms = ?",
+                Value::Integer(to_i64(cursor.time_ms)),
+            );
+            condition(&mut sql, " AND id < ?))", Value::Integer(cursor.id));
+        }
+        if let Some(status) = query.status {
+            condition(
+                &mut sql,
+                " AND status = ?",
+                Value::Integer(i64::from(status)),
+            );
+        }
+        if let Some((low, high)) = query.status_class {
+            condition(&mut sql, " AND status >= ?", Value::Integer(i64::from(low)));
+            condition(
+                &mut sql,
+                " AND status <= ?",
+                Value::Integer(i64::from(high)),
+            );
+        }
+        match query.error {
+            Some(true) => sql.push_str(" AND error_class IS NOT NULL"),
+            Some(false) => sql.push_str(" AND error_class IS NULL"),
+            None => {}
+        }
+        for (column, value) in [
+            ("provider", &query.provider),
+            ("route", &query.route),
+            ("model", &query.model),
+            ("key", &query.key),
+        ] {
+            if let Some(value) = value {
+                condition(
+                    &mut sql,
+                    &format!(" AND {column} = ?"),
+                    Value::Text(value.clone()),
+                );
+            }
+        }
+        if let Some(min) = query.min_latency_us {
+            condition(
+                &mut sql,
+                " AND latency_us >= ?",
+                Value::Integer(to_i64(min)),
+            );
+        }
+        if let Some(from) = query.from_ms {
+            condition(&mut sql, " AND time_ms >= ?", Value::Integer(to_i64(from)));
+        }
+        if let Some(to) = query.to_ms {
+            condition(&mut sql, " AND time_ms < ?", Value::Integer(to_i64(to)));
+        }
+        let limit = query.limit.clamp(1, 1000);
+        // One extra row tells whether there is a next page.
+        sql.push_str(&format!(
+            " ORDER BY time_ms DESC, id DESC LIMIT {}",
+            limit + 1
+        ));
+        let connection = self.requests_reader();
+        let mut statement = connection
+            .prepare_cached(&sql)
+            .map_err(sql_error("preparing a request log query"))?;
+        let rows = statement
+            .query_map(params_from_iter(values), |row| {
+                let id: i64 = row.get(0)?;
+                let logged = LoggedRequest {
+                    time_ms: to_u64(row.get(1)?),
+                    request_id: row.get(2)?,
+                    instance: row.get(3)?,
+                    key: row.get(4)?,
+                    endpoint: row.get(5)?,
+                    route: row.get(6)?,
+                    provider: row.get(7)?,
+                    model: row.get(8)?,
+                    stream: row.get(9)?,
+                    status: row.get(10)?,
+                    error_class: row.get(11)?,
+                    tokens_in: to_u64(row.get(12)?),
+                    tokens_out: to_u64(row.get(13)?),
+                    tokens_cached: to_u64(row.get(14)?),
+                    tokens_reasoning: to_u64(row.get(15)?),
+                    cost_usd: row.get(16)?,
+                    latency_us: to_u64(row.get(17)?),
+                    ttft_us: row.get::<_, Option<i64>>(18)?.map(to_u64),
+                    upstream_us: row.get::<_, Option<i64>>(19)?.map(to_u64),
+                    attempts: row.get(20)?,
+                    cache: row.get(21)?,
+                    stages: stages_from_json(&row.get::<_, String>(22)?),
+                };
+                Ok((id, logged))
+            })
+            .map_err(sql_error("running a request log query"))?;
+        let mut data = rows
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sql_error("reading the request log"))?;
+        let next_cursor = if data.len() > limit as usize {
+            data.truncate(limit as usize);
+            data.last().map(|(id, logged)| {
+                Cursor {
+                    time_ms: logged.time_ms,
+                    id: *id,
+                }
+                .encode()
+            })
+        } else {
+            None
+        };
+        Ok(RequestsPage {
+            data: data.into_iter().map(|(_, logged)| logged).collect(),
+            next_cursor,
+        })
+    }
+
+    /// Deletes rollups past their tier's retention and trims the request log by age, then
+    /// by size.
+    pub fn prune(&self, now_ms: u64, retention: Retention) -> Result<Pruned, StoreError> {
+        let mut pruned = Pruned::default();
+        {
+            let connection = lock(&self.analytics);
+            for tier in [Tier::Minute, Tier::Hour] {
+                let removed = connection
+                    .execute(
+                        "DELETE FROM rollups WHERE tier = ?1 AND bucket < ?2",
+                        params![tier.code(), to_i64(rollup_horizon(tier, now_ms))],
+                    )
+                    .map_err(sql_error("pruning rollups"))?;
+                pruned.rollups += removed as u64;
+            }
+        }
+        let connection = lock(&self.requests);
+        let oldest = now_ms.saturating_sub(retention.request_log_max_age_ms);
+        pruned.requests_by_age = connection
+            .execute(
+                "DELETE FROM requests WHERE time_ms < ?1",
+                params![to_i64(oldest)],
+            )
+            .map_err(sql_error("pruning the request log by age"))?
+            as u64;
+        // Once over the limit, trim to 90% of it (so that trimming is not on every flush).
+        // Pages free up only when emptied, so the share to delete is estimated, then
+        // checked again.
+        let target = retention.request_log_max_bytes / 10 * 9;
+        let mut used = used_bytes(&connection)?;
+        if used > retention.request_log_max_bytes {
+            for _ in 0..8 {
+                if used <= target {
+                    break;
+                }
+                let rows: i64 = connection
+                    .query_row("SELECT count(*) FROM requests", [], |row| row.get(0))
+                    .map_err(sql_error("counting the request log"))?;
+                if rows == 0 {
+                    break;
+                }
+                let share = (used - target) as f64 / used as f64;
+                let remove = ((rows as f64 * share).ceil() as i64).max(1);
+                pruned.requests_by_size += connection
+                    .execute(
+                        "DELETE FROM requests WHERE id IN \
+                         (SELECT id FROM requests ORDER BY time_ms, id LIMIT ?1)",
+                        params![remove],
+                    )
+                    .map_err(sql_error("trimming the request log"))?
+                    as u64;
+                used = used_bytes(&connection)?;
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// Bytes the request log uses (pages in use, free pages excluded).
+    pub fn request_log_bytes(&self) -> Result<u64, StoreError> {
+        used_bytes(&lock(&self.requests))
+    }
+}
+
+fn used_bytes(connection: &Connection) -> Result<u64, StoreError> {
+    let pragma = |name: &str| -> Result<i64, StoreError> {
+        connection
+            .query_row(&format!("PRAGMA {name}"), [], |row| row.get(0))
+            .map_err(sql_error("measuring the request log"))
+    };
+    let pages = pragma("page_count")? - pragma("freelist_count")?;
+    Ok(to_u64(pages) * to_u64(pragma("page_size")?))
+}
+
+/// Reads a rollup from columns `at..at + 12`.
+fn read_rollup_at(at: usize) -> impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<Rollup> {
+    move |row| {
+        let int = |i: usize| row.get::<_, i64>(at + i).map(to_u64);
+        Ok(Rollup {
+            requests: int(0)?,
+            errors: int(1)?,
+            tokens_in: int(2)?,
+            tokens_out: int(3)?,
+            tokens_cached: int(4)?,
+            tokens_reasoning: int(5)?,
+            cost_usd: row.get(at + 6)?,
+            cost_unknown: int(7)?,
+            cache_hits: int(8)?,
+            latency_sum_us: int(9)?,
+            latency: sketch_from(&row.get::<_, Vec<u8>>(at + 10)?),
+            ttft: sketch_from(&row.get::<_, Vec<u8>>(at + 11)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchyard_core::analytics::query::{Query, answer};
+    use switchyard_core::analytics::{Aggregator, RequestEvent, RollupRow};
+    use switchyard_core::wire::TokenUsage;
+
+    use super::*;
+
+    const HOUR: u64 = 3_600_000;
+    const T0: u64 = 1_800_000_000_000 - 1_800_000_000_000 % HOUR;
+
+    fn event(time_ms: u64, provider: &str, status: u16, latency_ms: u64) -> RequestEvent {
+        RequestEvent {
+            time_unix_ms: time_ms,
+            request_id: format!("req_{time_ms}_{provider}"),
+            principal: "master".to_owned(),
+            endpoint: "/v1/chat/completions".to_owned(),
+            route: Some("chat".to_owned()),
+            provider: Some(provider.to_owned()),
+            model: Some("m".to_owned()),
+            stream: false,
+            status,
+            error_class: (status >= 400).then(|| "bad_gateway".to_owned()),
+            usage: TokenUsage {
+                input: 7,
+                output: 3,
+                ..TokenUsage::default()
+            },
+            cost_usd: None,
+            latency_us: latency_ms * 1_000,
+            ttft_us: None,
+            upstream_us: Some(latency_ms * 900),
+            attempts: 1,
+            cache: "none",
+            stages: vec![("auth", 3), ("upstream", latency_ms * 900)],
+        }
+    }
+
+    fn rows(events: &[RequestEvent], now: u64) -> Vec<RollupRow> {
+        let mut aggregator = Aggregator::new();
+        for event in events {
+            aggregator.observe(event);
+        }
+        aggregator.take_flush(now, 10_000)
+    }
+
+    fn query(store: &SqliteStore, text: &str, now: u64) -> serde_json::Value {
+        let pairs: Vec<(&str, &str)> = text
+            .split('&')
+            .map(|p| p.split_once('=').unwrap())
+            .collect();
+        let query = Query::parse(pairs, now).unwrap();
+        let cells = store
+            .cells(
+                query.tier,
+                query.keyed(),
+                query.from_ms,
+                query.to_ms,
+                &query.filter,
+            )
+            .unwrap();
+        serde_json::to_value(answer(
+            &query,
+            cells.iter().map(|c| (c.bucket_ms, &c.dims, &c.rollup)),
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn instances_add_up_rewrites_replace_and_late_rows_merge() {
+        let store = SqliteStore::open(None).unwrap();
+        let first = [
+            event(T0 + 1_000, "a", 200, 100),
+            event(T0 + 2_000, "a", 502, 300),
+        ];
+        store
+            .write(
+                "one",
+                &Batch {
+                    rollups: rows(&first, T0 + 5_000),
+                    requests: vec![],
+                },
+            )
+            .unwrap();
+        // The same instance rewrites its window with more in it: replaced, not added.
+        let more = [
+            first[0].clone(),
+            first[1].clone(),
+            event(T0 + 3_000, "a", 200, 200),
+        ];
+        store
+            .write(
+                "one",
+                &Batch {
+                    rollups: rows(&more, T0 + 5_000),
+                    requests: vec![],
+                },
+            )
+            .unwrap();
+        // Another instance, same window: added.
+        let other = [event(T0 + 4_000, "b", 200, 1_000)];
+        store
+            .write(
+                "two",
+                &Batch {
+                    rollups: rows(&other, T0 + 5_000),
+                    requests: vec![],
+                },
+            )
+            .unwrap();
+        let now = T0 + 10 * 60_000;
+        let answer = query(
+            &store,
+            "from=1799996400&interval=1m&metrics=requests,errors,p50,p99",
+            now,
+        );
+        assert_eq!(answer["totals"]["requests"], 4);
+        assert_eq!(answer["totals"]["errors"], 1);
+        // Nearest rank over {100, 200, 300, 1000}: p50 = 200, p99 = 1000 (±1%).
+        let p50 = answer["totals"]["p50"].as_f64().unwrap();
+        assert!((p50 - 200.0).abs() <= 2.0, "{p50}");
+        let p99 = answer["totals"]["p99"].as_f64().unwrap();
+        assert!((p99 - 1_000.0).abs() <= 10.0, "{p99}");
+
+        // A late merge row adds to what is stored.
+        let mut late = rows(&[event(T0 + 5_000, "b", 200, 50)], T0 + 6_000);
+        for row in &mut late {
+            row.merge = true;
+        }
+        store
+            .write(
+                "two",
+                &Batch {
+                    rollups: late,
+                    requests: vec![],
+                },
+            )
+            .unwrap();
+        let answer = query(
+            &store,
+            "from=1799996400&interval=1h&group_by=provider&metrics=requests",
+            now,
+        );
+        assert_eq!(answer["totals"]["requests"], 5);
+        assert_eq!(answer["series"][0]["group"]["provider"], "a");
+        assert_eq!(answer["series"][1]["totals"]["requests"], 2);
+    }
+
+    #[test]
+    fn retention_prunes_tiers_and_trims_the_log_by_age_and_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(Some(dir.path())).unwrap();
+        let events: Vec<RequestEvent> = (0..2_000u64)
+            .map(|i| event(T0 + i * 60_000, "a", 200, 10))
+            .collect();
+        let mut aggregator = Aggregator::new();
+        let mut all_rows = Vec::new();
+        for event in &events {
+            aggregator.observe(event);
+            all_rows.extend(aggregator.take_flush(event.time_unix_ms + 1, 10_000));
+        }
+        store
+            .write(
+                "one",
+                &Batch {
+                    rollups: all_rows,
+                    requests: events.clone(),
+                },
+            )
+            .unwrap();
+        let last = T0 + 1_999 * 60_000;
+        let now = last + 60_000;
+        let generous = Retention {
+            request_log_max_age_ms: 7 * 24 * HOUR,
+            request_log_max_bytes: 1 << 30,
+        };
+        let pruned = store.prune(now, generous).unwrap();
+        // 2000 minutes ≈ 33 h: the minute tier keeps 24 h (+1 window), the hour tier all.
+        assert!(pruned.rollups > 0);
+        assert_eq!(pruned.requests_by_age + pruned.requests_by_size, 0);
+        let answer = query(&store, "from=-25h&interval=1h&metrics=requests", now);
+        // now = T0 + 2000 min; 25 h back is minute 500, aligned down to the hour: minute
+        // 480. One event per minute from 480 to 1999.
+        assert_eq!(answer["totals"]["requests"], 2_000 - 480, "{answer}");
+
+        // By age: keep the last 10 hours.
+        let ten_hours = Retention {
+            request_log_max_age_ms: 10 * HOUR,
+            ..generous
+        };
+        let pruned = store.prune(now, ten_hours).unwrap();
+        assert_eq!(pruned.requests_by_age, 2_000 - 600);
+        let page = store
+            .requests(&RequestsQuery {
+                limit: 1000,
+                ..RequestsQuery::default()
+            })
+            .unwrap();
+        assert_eq!(page.data.len(), 600);
+        assert_eq!(page.data.last().unwrap().time_ms, now - 10 * HOUR);
+
+        // By size: trimmed to 90% of the limit, oldest first.
+        let used = store.request_log_bytes().unwrap();
+        let limit = used / 2;
+        let pruned = store
+            .prune(
+                now,
+                Retention {
+                    request_log_max_bytes: limit,
+                    ..ten_hours
+                },
+            )
+            .unwrap();
+        assert!(pruned.requests_by_size > 0);
+        assert!(
+            store.request_log_bytes().unwrap() <= limit,
+            "trimmed under the limit"
+        );
+        let page = store
+            .requests(&RequestsQuery {
+                limit: 1000,
+                ..RequestsQuery::default()
+            })
+            .unwrap();
+        assert_eq!(page.data.first().unwrap().time_ms, last, "the newest stay");
+        assert_eq!(page.data.len() as u64, 600 - pruned.requests_by_size);
+    }
+
+    #[test]
+    fn the_log_pages_with_filters_and_a_stable_cursor() {
+        let store = SqliteStore::open(None).unwrap();
+        // Two entries share a millisecond: the id breaks the tie.
+        let mut events: Vec<RequestEvent> = (0..7u64)
+            .map(|i| event(T0 + i * 1_000, "a", 200, i))
+            .collect();
+        events.push(event(T0 + 6_000, "b", 429, 1));
+        store
+            .write(
+                "one",
+                &Batch {
+                    rollups: vec![],
+                    requests: events,
+                },
+            )
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store
+                .requests(&RequestsQuery {
+                    limit: 3,
+                    before,
+                    ..RequestsQuery::default()
+                })
+                .unwrap();
+            seen.extend(page.data.iter().map(|r| (r.time_ms, r.provider.clone())));
+            match page.next_cursor {
+                Some(cursor) => before = Cursor::decode(&cursor),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 8);
+        assert_eq!(
+            seen[0],
+            (T0 + 6_000, Some("b".to_owned())),
+            "newest, last written first"
+        );
+        let only = |query: RequestsQuery| store.requests(&query).unwrap().data.len();
+        let base = RequestsQuery {
+            limit: 100,
+            ..RequestsQuery::default()
+        };
+        assert_eq!(
+            only(RequestsQuery {
+                status: Some(429),
+                ..base.clone()
+            }),
+            1
+        );
+        assert_eq!(
+            only(RequestsQuery {
+                status_class: Some((400, 499)),
+                ..base.clone()
+            }),
+            1
+        );
+        assert_eq!(
+            only(RequestsQuery {
+                error: Some(false),
+                ..base.clone()
+            }),
+            7
+        );
+        assert_eq!(
+            only(RequestsQuery {
+                provider: Some("a".into()),
+                ..base.clone()
+            }),
+            7
+        );
+        assert_eq!(
+            only(RequestsQuery {
+                min_latency_us: Some(5_000),
+                ..base.clone()
+            }),
+            2
+        );
+        assert_eq!(
+            only(RequestsQuery {
+                from_ms: Some(T0 + 5_000),
+                to_ms: Some(T0 + 6_000),
+                ..base.clone()
+            }),
+            1
+        );
+        let entry = &store.requests(&base).unwrap().data[0];
+        assert_eq!(
+            entry.stages,
+            vec![("auth".to_owned(), 3), ("upstream".to_owned(), 900)]
+        );
+        assert_eq!(entry.instance, "one");
+    }
+}

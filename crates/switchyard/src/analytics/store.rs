@@ -1,0 +1,339 @@
+//! Where analytics are persisted: SQLite in the data directory (the embedded default), or
+//! Postgres when instances are scaled out. Both keep the same two tables:
+//!
+//! - `rollups`: one row per (tier, window, cube, instance, route, provider, model, key,
+//!   status class) with counters and two encoded [`Sketch`]es. Each instance writes its own
+//!   rows, so instances never overwrite each other; queries add them up.
+//! - `requests`: the raw request log, one row per request event, trimmed by age and size.
+//!
+//! The store is chosen once at start; the calls are async (SQLite runs on the blocking
+//! pool) and every failure is a [`StoreError`] naming the store.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use switchyard_core::analytics::query::{Dim, Filter};
+use switchyard_core::analytics::{Dims, RequestEvent, Rollup, RollupRow, Sketch, Tier};
+use switchyard_core::config::StorageConfig;
+
+use super::postgres::PostgresStore;
+use super::sqlite::SqliteStore;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{store}: {message}")]
+pub struct StoreError {
+    /// `sqlite` or `postgres`.
+    pub store: &'static str,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl StoreError {
+    /// A failure of `store`.
+    pub fn new(store: &'static str, message: impl std::fmt::Display) -> Self {
+        StoreError {
+            store,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// What one flush writes.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Changed rollup cells.
+    pub rollups: Vec<RollupRow>,
+    /// New request log entries.
+    pub requests: Vec<RequestEvent>,
+}
+
+impl Batch {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.rollups.is_empty() && self.requests.is_empty()
+    }
+}
+
+/// A stored rollup cell, summed over instances is up to the query.
+#[derive(Debug, Clone)]
+pub struct StoredCell {
+    /// Window start, unix ms.
+    pub bucket_ms: u64,
+    /// Dimensions.
+    pub dims: Dims,
+    /// Aggregate.
+    pub rollup: Rollup,
+}
+
+/// Retention limits for pruning.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Request log entries older than this (ms) go.
+    pub request_log_max_age_ms: u64,
+    /// The request log is trimmed to this many bytes.
+    pub request_log_max_bytes: u64,
+}
+
+/// What a prune removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Rollup rows past their tier's retention.
+    pub rollups: u64,
+    /// Request log rows past the age limit.
+    pub requests_by_age: u64,
+    /// Request log rows removed to get under the size limit.
+    pub requests_by_size: u64,
+}
+
+/// A page request over the raw log, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RequestsQuery {
+    /// Rows per page (1..=1000).
+    pub limit: u32,
+    /// Continue after this cursor (from a previous page's `next_cursor`).
+    pub before: Option<Cursor>,
+    /// Exact status, e.g. 429.
+    pub status: Option<u16>,
+    /// Status class, e.g. `5xx`.
+    pub status_class: Option<(u16, u16)>,
+    /// Only failed (`true`) or only successful (`false`) requests.
+    pub error: Option<bool>,
+    /// Provider.
+    pub provider: Option<String>,
+    /// Route.
+    pub route: Option<String>,
+    /// Upstream model.
+    pub model: Option<String>,
+    /// Principal.
+    pub key: Option<String>,
+    /// At least this latency, microseconds.
+    pub min_latency_us: Option<u64>,
+    /// At or after this time, unix ms.
+    pub from_ms: Option<u64>,
+    /// Before this time, unix ms.
+    pub to_ms: Option<u64>,
+}
+
+/// A position in the log: (time, row id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// Unix ms.
+    pub time_ms: u64,
+    /// Row id.
+    pub id: i64,
+}
+
+impl Cursor {
+    /// The opaque text form.
+    pub fn encode(self) -> String {
+        format!("{}-{}", self.time_ms, self.id)
+    }
+
+    /// Parses [`Cursor::encode`]'s form.
+    pub fn decode(text: &str) -> Option<Cursor> {
+        let (time, id) = text.split_once('-')?;
+        Some(Cursor {
+            time_ms: time.parse().ok()?,
+            id: id.parse().ok()?,
+        })
+    }
+}
+
+/// One logged request as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoggedRequest {
+    /// Arrival, unix ms.
+    pub time_ms: u64,
+    /// Request id.
+    pub request_id: String,
+    /// The instance that served it.
+    pub instance: String,
+    /// Principal.
+    pub key: String,
+    /// Endpoint path.
+    pub endpoint: String,
+    /// Route.
+    pub route: Option<String>,
+    /// Provider.
+    pub provider: Option<String>,
+    /// Upstream model.
+    pub model: Option<String>,
+    /// Streamed.
+    pub stream: bool,
+    /// HTTP status.
+    pub status: u16,
+    /// Error class.
+    pub error_class: Option<String>,
+    /// Input tokens.
+    pub tokens_in: u64,
+    /// Output tokens.
+    pub tokens_out: u64,
+    /// Cached input tokens.
+    pub tokens_cached: u64,
+    /// Reasoning tokens.
+    pub tokens_reasoning: u64,
+    /// Cost, USD, when known.
+    pub cost_usd: Option<f64>,
+    /// Whole request, microseconds.
+    pub latency_us: u64,
+    /// Time to first token, microseconds.
+    pub ttft_us: Option<u64>,
+    /// Upstream time, microseconds.
+    pub upstream_us: Option<u64>,
+    /// Attempts.
+    pub attempts: u32,
+    /// Cache outcome.
+    pub cache: String,
+    /// Stage durations, microseconds, in order.
+    pub stages: Vec<(String, u64)>,
+}
+
+/// A page of the log.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestsPage {
+    /// Newest first.
+    pub data: Vec<LoggedRequest>,
+    /// Pass as `before` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The stages as stored (JSON text).
+pub fn stages_json(stages: &[(&'static str, u64)]) -> String {
+    serde_json::to_string(stages).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// The stages read back.
+pub fn stages_from_json(text: &str) -> Vec<(String, u64)> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+/// Decodes a stored sketch; a malformed one reads as empty and is logged, so one bad row
+/// does not fail a query.
+pub fn sketch_from(bytes: &[u8]) -> Sketch {
+    Sketch::decode(bytes).unwrap_or_else(|error| {
+        tracing::warn!(%error, "skipping a malformed stored sketch");
+        Sketch::new()
+    })
+}
+
+/// The filter value a cell must have for `dim`, if the query filters on it.
+pub fn filter_value(filter: &Filter, dim: Dim) -> Option<&str> {
+    filter
+        .equals
+        .iter()
+        .find(|(d, _)| *d == dim)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Milliseconds as the stores' signed 64-bit integers.
+pub fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Back from the stores' signed integers (negatives read as 0).
+pub fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// The analytics store.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// The embedded SQLite files (or SQLite in memory).
+    Sqlite(Arc<SqliteStore>),
+    /// Shared Postgres.
+    Postgres(Arc<PostgresStore>),
+}
+
+impl Store {
+    /// Opens the configured store: Postgres when a URL is set, else SQLite in the data
+    /// directory (or in memory). Creates the tables (runs the migrations) if needed.
+    pub async fn open(storage: &StorageConfig) -> Result<Store, StoreError> {
+        match &storage.postgres_url {
+            Some(url) => Ok(Store::Postgres(Arc::new(
+                PostgresStore::connect(url.expose()).await?,
+            ))),
+            None => {
+                let dir = storage.data_dir.clone();
+                let store = blocking(move || SqliteStore::open(dir.as_deref())).await?;
+                Ok(Store::Sqlite(Arc::new(store)))
+            }
+        }
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Writes a flush: rollup rows (replacing this instance's rows, or adding merge rows)
+    /// and log entries, in one transaction.
+    pub async fn write(&self, instance: &str, batch: Arc<Batch>) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                let store = Arc::clone(store);
+                let instance = instance.to_owned();
+                blocking(move || store.write(&instance, &batch)).await
+            }
+            Store::Postgres(store) => store.write(instance, &batch).await,
+        }
+    }
+
+    /// The cells of one tier and cube in `[from_ms, to_ms)` matching the filter, every
+    /// instance's rows included.
+    pub async fn cells(
+        &self,
+        tier: Tier,
+        keyed: bool,
+        from_ms: u64,
+        to_ms: u64,
+        filter: &Filter,
+    ) -> Result<Vec<StoredCell>, StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                let store = Arc::clone(store);
+                let filter = filter.clone();
+                blocking(move || store.cells(tier, keyed, from_ms, to_ms, &filter)).await
+            }
+            Store::Postgres(store) => store.cells(tier, keyed, from_ms, to_ms, filter).await,
+        }
+    }
+
+    /// A page of the request log.
+    pub async fn requests(&self, query: RequestsQuery) -> Result<RequestsPage, StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                let store = Arc::clone(store);
+                blocking(move || store.requests(&query)).await
+            }
+            Store::Postgres(store) => store.requests(&query).await,
+        }
+    }
+
+    /// Deletes what is past retention.
+    pub async fn prune(&self, now_ms: u64, retention: Retention) -> Result<Pruned, StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                let store = Arc::clone(store);
+                blocking(move || store.prune(now_ms, retention)).await
+            }
+            Store::Postgres(store) => store.prune(now_ms, retention).await,
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| StoreError::new("sqlite", format!("store task failed: {error}")))?
+}
+
+/// The oldest window each stored tier keeps at `now_ms` (one extra window of slack).
+pub fn rollup_horizon(tier: Tier, now_ms: u64) -> u64 {
+    tier.bucket(now_ms.saturating_sub(tier.retention_ms() + tier.width_ms()))
+}
