@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard::analytics::sqlite::SqliteStore;
-use switchyard::analytics::store::{Batch, Retention};
+use switchyard::analytics::store::{Batch, CellsQuery, Retention};
 use switchyard_core::analytics::query::{Query, answer};
 use switchyard_core::analytics::rollup::ANY_KEY;
 use switchyard_core::analytics::{Aggregator, Dims, RequestEvent, Rollup, RollupRow, Tier};
@@ -186,15 +186,7 @@ fn run_query(store: &SqliteStore, text: &str, now: u64) -> usize {
         .map(|p| p.split_once('=').unwrap())
         .collect();
     let query = Query::parse(pairs, now).unwrap();
-    let cells = store
-        .cells(
-            query.tier,
-            query.keyed(),
-            query.from_ms,
-            query.to_ms,
-            &query.filter,
-        )
-        .unwrap();
+    let cells = store.cells(&CellsQuery::of(&query)).unwrap();
     let answer = answer(
         &query,
         cells.iter().map(|c| (c.bucket_ms, &c.dims, &c.rollup)),

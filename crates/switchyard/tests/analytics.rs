@@ -110,7 +110,11 @@ async fn requests_reach_the_rollups_and_the_request_log() {
     assert!(series[0]["totals"]["p50"].as_f64().unwrap() > 0.0);
     assert_eq!(series[1]["totals"]["error_rate"], 1.0);
     // Ten minutes back, aligned down to the minute: 10 points, or 11 when not on the minute.
-    let points = series[0]["points"].as_array().unwrap().len();
+    let points = body["t"].as_array().unwrap().len();
+    assert_eq!(
+        series[0]["values"]["requests"].as_array().unwrap().len(),
+        points
+    );
     assert!(points == 10 || points == 11, "{points}");
 
     // The live 1 s tier from memory agrees.

@@ -9,14 +9,68 @@ use std::sync::Arc;
 use serde_json::Value;
 use switchyard::analytics::postgres::PostgresStore;
 use switchyard::analytics::store::{
-    Batch, Cursor, LoggedRequest, Pruned, RequestsQuery, Retention, Store, StoredCell,
-    rollup_horizon,
+    Batch, CellsQuery, Cursor, LoggedRequest, Pruned, RequestsQuery, Retention, Store, StoreError,
+    StoredCell, rollup_horizon,
 };
 use switchyard_core::analytics::query::{Dim, Filter, Metric, Query, answer};
 use switchyard_core::analytics::rollup::DEFAULT_GRACE_MS;
 use switchyard_core::analytics::{Aggregator, Dims, RequestEvent, Rollup, RollupRow, Sketch, Tier};
 use switchyard_core::wire::TokenUsage;
 use tokio_postgres::{Client, NoTls};
+
+/// The stores' cell read by its parts (sketches included), as the tests use it.
+trait CellsAt {
+    async fn cells_at(
+        &self,
+        tier: Tier,
+        keyed: bool,
+        from_ms: u64,
+        to_ms: u64,
+        filter: &Filter,
+    ) -> Result<Vec<StoredCell>, StoreError>;
+}
+
+fn read(tier: Tier, keyed: bool, from_ms: u64, to_ms: u64, filter: &Filter) -> CellsQuery {
+    CellsQuery {
+        tier,
+        keyed,
+        from_ms,
+        to_ms,
+        filter: filter.clone(),
+        sketches: true,
+    }
+}
+
+impl CellsAt for PostgresStore {
+    async fn cells_at(
+        &self,
+        tier: Tier,
+        keyed: bool,
+        from_ms: u64,
+        to_ms: u64,
+        filter: &Filter,
+    ) -> Result<Vec<StoredCell>, StoreError> {
+        self.cells(&read(tier, keyed, from_ms, to_ms, filter)).await
+    }
+}
+
+impl CellsAt for Store {
+    async fn cells_at(
+        &self,
+        tier: Tier,
+        keyed: bool,
+        from_ms: u64,
+        to_ms: u64,
+        filter: &Filter,
+    ) -> Result<Vec<StoredCell>, StoreError> {
+        let Store::Postgres(store) = self else {
+            panic!("these tests use Postgres");
+        };
+        store
+            .cells(&read(tier, keyed, from_ms, to_ms, filter))
+            .await
+    }
+}
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
@@ -234,7 +288,7 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
     assert_eq!(indexes, 1);
     // Usable, and empty.
     let cells = store
-        .cells(Tier::Minute, false, 0, u64::MAX / 2, &Filter::default())
+        .cells_at(Tier::Minute, false, 0, u64::MAX / 2, &Filter::default())
         .await
         .unwrap();
     assert!(cells.is_empty());
@@ -271,7 +325,7 @@ async fn two_instances_are_summed_by_a_query() {
 
     let q = query(vec![], Filter::default());
     let cells = store
-        .cells(Tier::Minute, q.keyed(), q.from_ms, q.to_ms, &q.filter)
+        .cells_at(Tier::Minute, q.keyed(), q.from_ms, q.to_ms, &q.filter)
         .await
         .unwrap();
     // One row per instance and status class: each instance's rows are kept apart.
@@ -292,12 +346,12 @@ async fn two_instances_are_summed_by_a_query() {
     assert_eq!(float(&totals["ttft_p50"]), millis(&all_ttft, 0.5));
     // One minute point carries it all.
     assert_eq!(result.series.len(), 1);
-    assert_eq!(result.series[0].points[0]["requests"], 100);
+    assert_eq!(result.series[0].values["requests"][0], 100);
 
     // The keyed cube, grouped by key: 50 each, across both instances.
     let q = query(vec![Dim::Key], Filter::default());
     let cells = store
-        .cells(Tier::Minute, q.keyed(), q.from_ms, q.to_ms, &q.filter)
+        .cells_at(Tier::Minute, q.keyed(), q.from_ms, q.to_ms, &q.filter)
         .await
         .unwrap();
     let result = answer(&q, cells.iter().map(|c| (c.bucket_ms, &c.dims, &c.rollup)));
@@ -320,7 +374,7 @@ async fn two_instances_are_summed_by_a_query() {
     };
     let q = query(vec![], filter);
     let cells = store
-        .cells(Tier::Minute, false, q.from_ms, q.to_ms, &q.filter)
+        .cells_at(Tier::Minute, false, q.from_ms, q.to_ms, &q.filter)
         .await
         .unwrap();
     assert_eq!(cells.len(), 2);
@@ -338,7 +392,7 @@ async fn two_instances_are_summed_by_a_query() {
             equals: vec![(dim, value.to_owned())],
         };
         let cells = store
-            .cells(Tier::Minute, false, T0, T0 + 60_000, &filter)
+            .cells_at(Tier::Minute, false, T0, T0 + 60_000, &filter)
             .await
             .unwrap();
         assert_eq!(cells.len(), expected, "{dim:?} = {value}");
@@ -347,13 +401,13 @@ async fn two_instances_are_summed_by_a_query() {
         equals: vec![(Dim::Key, "k1".to_owned())],
     };
     let cells = store
-        .cells(Tier::Minute, true, T0, T0 + 60_000, &keyed)
+        .cells_at(Tier::Minute, true, T0, T0 + 60_000, &keyed)
         .await
         .unwrap();
     assert_eq!(total_requests(&cells), 50);
     // The window bounds: [from, to).
     let cells = store
-        .cells(
+        .cells_at(
             Tier::Minute,
             false,
             T0 + 60_000,
@@ -365,7 +419,7 @@ async fn two_instances_are_summed_by_a_query() {
     assert!(cells.is_empty());
     // The hour tier has the same totals.
     let cells = store
-        .cells(Tier::Hour, false, T0, T0 + 3_600_000, &Filter::default())
+        .cells_at(Tier::Hour, false, T0, T0 + 3_600_000, &Filter::default())
         .await
         .unwrap();
     assert_eq!(total_requests(&cells), 100);
@@ -400,7 +454,7 @@ async fn a_flush_replaces_the_instance_row() {
             .collect()
     };
     let cells = store
-        .cells(Tier::Minute, false, T0, T0 + 60_000, &Filter::default())
+        .cells_at(Tier::Minute, false, T0, T0 + 60_000, &Filter::default())
         .await
         .unwrap();
     let stored = keyless(cells);
@@ -426,7 +480,7 @@ async fn a_flush_replaces_the_instance_row() {
         .await
         .unwrap();
     let cells = store
-        .cells(Tier::Minute, false, T0, T0 + 60_000, &Filter::default())
+        .cells_at(Tier::Minute, false, T0, T0 + 60_000, &Filter::default())
         .await
         .unwrap();
     assert_eq!(cells.len(), 2);
@@ -439,7 +493,7 @@ async fn a_flush_replaces_the_instance_row() {
     last.dims = sent.dims.clone();
     store.write("a", &rollups(vec![twice, last])).await.unwrap();
     let cells = store
-        .cells(Tier::Minute, false, T0, T0 + 60_000, &Filter::default())
+        .cells_at(Tier::Minute, false, T0, T0 + 60_000, &Filter::default())
         .await
         .unwrap();
     assert_eq!(total_requests(&cells), 10);
@@ -507,7 +561,7 @@ async fn merge_rows_add_to_the_stored_row() {
     assert_eq!((stored[1].0.as_str(), stored[1].1), ("b", 1));
 
     let cells = store
-        .cells(Tier::Minute, false, T0, T0 + 60_000, &Filter::default())
+        .cells_at(Tier::Minute, false, T0, T0 + 60_000, &Filter::default())
         .await
         .unwrap();
     let mut merged = Rollup::default();
@@ -528,7 +582,7 @@ async fn merge_rows_add_to_the_stored_row() {
     assert_eq!(merged.latency, expected);
     // The hour tier was still open: its rows were replaced with the whole hour.
     let cells = store
-        .cells(Tier::Hour, false, T0, T0 + 3_600_000, &Filter::default())
+        .cells_at(Tier::Hour, false, T0, T0 + 3_600_000, &Filter::default())
         .await
         .unwrap();
     assert_eq!(total_requests(&cells), 6);
@@ -544,7 +598,7 @@ async fn merge_rows_add_to_the_stored_row() {
         equals: vec![(Dim::Route, "fresh".to_owned())],
     };
     let cells = store
-        .cells(Tier::Minute, false, T0, T0 + 3_600_000, &filter)
+        .cells_at(Tier::Minute, false, T0, T0 + 3_600_000, &filter)
         .await
         .unwrap();
     assert_eq!(cells.len(), 1);
@@ -832,18 +886,18 @@ async fn prune_removes_old_rollups_and_old_log_entries() {
         }
     );
     let minute = store
-        .cells(Tier::Minute, false, 0, now, &Filter::default())
+        .cells_at(Tier::Minute, false, 0, now, &Filter::default())
         .await
         .unwrap();
     assert_eq!(minute.len(), 1);
     assert_eq!(minute[0].bucket_ms, minute_horizon);
     let keyed = store
-        .cells(Tier::Minute, true, 0, now, &Filter::default())
+        .cells_at(Tier::Minute, true, 0, now, &Filter::default())
         .await
         .unwrap();
     assert_eq!(total_requests(&keyed), 3);
     let hour = store
-        .cells(Tier::Hour, false, 0, now, &Filter::default())
+        .cells_at(Tier::Hour, false, 0, now, &Filter::default())
         .await
         .unwrap();
     assert_eq!(total_requests(&hour), 4);
@@ -1002,13 +1056,13 @@ async fn a_dropped_connection_is_reopened_on_the_next_call() {
     // connects again.
     let filter = Filter::default();
     if let Err(error) = store
-        .cells(Tier::Minute, false, T0, T0 + 60_000, &filter)
+        .cells_at(Tier::Minute, false, T0, T0 + 60_000, &filter)
         .await
     {
         eprintln!("the first read after the drop failed: {error}");
     }
     let cells = store
-        .cells(Tier::Minute, false, T0, T0 + 60_000, &filter)
+        .cells_at(Tier::Minute, false, T0, T0 + 60_000, &filter)
         .await
         .unwrap();
     assert_eq!(total_requests(&cells), 1);
@@ -1018,7 +1072,7 @@ async fn a_dropped_connection_is_reopened_on_the_next_call() {
     }
     store.write("a", &batch).await.unwrap();
     let cells = store
-        .cells(Tier::Minute, false, T0, T0 + 60_000, &filter)
+        .cells_at(Tier::Minute, false, T0, T0 + 60_000, &filter)
         .await
         .unwrap();
     assert_eq!(total_requests(&cells), 2);

@@ -14,7 +14,7 @@
 //! The resolution read is the coarsest tier whose retention still covers `from` and whose
 //! window divides the interval.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -442,6 +442,13 @@ impl Query {
         })
     }
 
+    /// Whether any metric asked for reads the latency sketches.
+    pub fn needs_sketches(&self) -> bool {
+        self.metrics
+            .iter()
+            .any(|m| matches!(m, Metric::LatencyQuantile(_) | Metric::TtftQuantile(_)))
+    }
+
     /// Whether the query needs the keyed cube (it splits or filters by key).
     pub fn keyed(&self) -> bool {
         self.group_by.contains(&Dim::Key) || self.filter.equals.iter().any(|(d, _)| *d == Dim::Key)
@@ -461,7 +468,9 @@ fn default_interval(span_ms: u64, available: impl Fn(u64) -> bool) -> u64 {
         .unwrap_or(86_400_000)
 }
 
-/// The answer: totals over the whole range, and one series per group.
+/// The answer: totals over the whole range, and one series per group. Series are columnar:
+/// `t` lists the point times once, and each series has one array per metric, aligned with
+/// `t` (what chart libraries such as uPlot take as they are).
 #[derive(Debug, Clone, Serialize)]
 pub struct Answer {
     /// Range start, unix ms.
@@ -476,6 +485,8 @@ pub struct Answer {
     pub group_by: Vec<Dim>,
     /// Metric names, in the order asked.
     pub metrics: Vec<String>,
+    /// Point start times, unix ms: one per interval from `from_ms`, empty ones included.
+    pub t: Vec<u64>,
     /// Over everything matched.
     pub totals: Map<String, Value>,
     /// One per group, largest by requests first.
@@ -489,8 +500,8 @@ pub struct Series {
     pub group: Map<String, Value>,
     /// Over the whole range.
     pub totals: Map<String, Value>,
-    /// One per interval from `from_ms`, empty intervals included.
-    pub points: Vec<Map<String, Value>>,
+    /// Per metric, one value per point of `t`.
+    pub values: Map<String, Value>,
 }
 
 /// Folds cells into the answer. Cells outside the range, or that fail a filter, or that
@@ -500,7 +511,9 @@ pub fn answer<'a>(
     cells: impl IntoIterator<Item = (u64, &'a Dims, &'a Rollup)>,
 ) -> Answer {
     let keyed = query.keyed();
-    let mut groups: BTreeMap<Vec<&'a str>, BTreeMap<u64, Rollup>> = BTreeMap::new();
+    let points =
+        usize::try_from((query.to_ms - query.from_ms).div_ceil(query.interval_ms)).unwrap_or(0);
+    let mut groups: HashMap<Vec<&'a str>, Vec<Rollup>> = HashMap::new();
     for (bucket, dims, rollup) in cells {
         if bucket < query.from_ms
             || bucket >= query.to_ms
@@ -510,66 +523,73 @@ pub fn answer<'a>(
             continue;
         }
         let group: Vec<&str> = query.group_by.iter().map(|d| d.of(dims)).collect();
-        let point = bucket - (bucket - query.from_ms) % query.interval_ms;
-        groups
+        let point = usize::try_from((bucket - query.from_ms) / query.interval_ms).unwrap_or(0);
+        let slots = groups
             .entry(group)
-            .or_default()
-            .entry(point)
-            .or_default()
-            .merge(rollup);
+            .or_insert_with(|| vec![Rollup::default(); points]);
+        if let Some(slot) = slots.get_mut(point) {
+            slot.merge(rollup);
+        }
     }
-    let metrics_of = |rollup: &Rollup, span: u64| -> Map<String, Value> {
-        query
-            .metrics
+    let names: Vec<String> = query.metrics.iter().map(|m| m.name()).collect();
+    let totals_of = |rollup: &Rollup, span: u64| -> Map<String, Value> {
+        names
             .iter()
-            .map(|m| (m.name(), m.value(rollup, span)))
+            .zip(&query.metrics)
+            .map(|(name, m)| (name.clone(), m.value(rollup, span)))
             .collect()
     };
     let range = query.to_ms - query.from_ms;
     let mut all = Rollup::default();
-    let mut series: Vec<(u64, Series)> = groups
+    let mut series: Vec<(u64, Vec<&str>, Series)> = groups
         .into_iter()
-        .map(|(group, points)| {
+        .map(|(group, slots)| {
             let mut total = Rollup::default();
-            for rollup in points.values() {
+            for rollup in &slots {
                 total.merge(rollup);
             }
             all.merge(&total);
-            let empty = Rollup::default();
-            let mut out = Vec::new();
-            let mut t = query.from_ms;
-            while t < query.to_ms {
-                let mut point = metrics_of(points.get(&t).unwrap_or(&empty), query.interval_ms);
-                point.insert("t".into(), t.into());
-                out.push(point);
-                t += query.interval_ms;
-            }
-            let group = query
+            let values = names
+                .iter()
+                .zip(&query.metrics)
+                .map(|(name, m)| {
+                    let column: Vec<Value> = slots
+                        .iter()
+                        .map(|rollup| m.value(rollup, query.interval_ms))
+                        .collect();
+                    (name.clone(), Value::Array(column))
+                })
+                .collect();
+            let labels = query
                 .group_by
                 .iter()
-                .zip(group)
-                .map(|(d, v)| (d.name().to_owned(), Value::from(v)))
+                .zip(&group)
+                .map(|(d, v)| (d.name().to_owned(), Value::from(*v)))
                 .collect();
             (
                 total.requests,
+                group,
                 Series {
-                    group,
-                    totals: metrics_of(&total, range),
-                    points: out,
+                    group: labels,
+                    totals: totals_of(&total, range),
+                    values,
                 },
             )
         })
         .collect();
-    series.sort_by_key(|s| std::cmp::Reverse(s.0));
+    series.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     Answer {
         from_ms: query.from_ms,
         to_ms: query.to_ms,
         interval_ms: query.interval_ms,
         resolution: query.tier.name(),
         group_by: query.group_by.clone(),
-        metrics: query.metrics.iter().map(|m| m.name()).collect(),
-        totals: metrics_of(&all, range),
-        series: series.into_iter().map(|(_, s)| s).collect(),
+        metrics: names.clone(),
+        t: (0..points as u64)
+            .map(|i| query.from_ms + i * query.interval_ms)
+            .collect(),
+        totals: totals_of(&all, range),
+        series: series.into_iter().map(|(_, _, s)| s).collect(),
     }
 }
 

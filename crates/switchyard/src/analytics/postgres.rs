@@ -35,16 +35,16 @@ use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
-use switchyard_core::analytics::query::{Dim, Filter};
+use switchyard_core::analytics::query::Dim;
 use switchyard_core::analytics::{Dims, RequestEvent, Rollup, RollupRow, Tier};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement, Transaction};
 
 use super::store::{
-    Batch, Cursor, LoggedRequest, Pruned, RequestsPage, RequestsQuery, Retention, StoreError,
-    StoredCell, filter_value, rollup_horizon, sketch_from, stages_from_json, stages_json, to_i64,
-    to_u64,
+    Batch, CellsQuery, Cursor, LoggedRequest, Names, Pruned, RequestsPage, RequestsQuery,
+    Retention, StoreError, StoredCell, filter_value, rollup_horizon, sketch_from, stages_from_json,
+    stages_json, to_i64, to_u64,
 };
 
 const STORE: &str = "postgres";
@@ -511,22 +511,18 @@ impl PostgresStore {
 
     /// Cells of one tier and cube in `[from_ms, to_ms)` matching the filter: every
     /// instance's rows, one cell each (the query sums them).
-    pub async fn cells(
-        &self,
-        tier: Tier,
-        keyed: bool,
-        from_ms: u64,
-        to_ms: u64,
-        filter: &Filter,
-    ) -> Result<Vec<StoredCell>, StoreError> {
+    pub async fn cells(&self, read: &CellsQuery) -> Result<Vec<StoredCell>, StoreError> {
+        let mut columns = VALUE_COLUMNS.join(", ");
+        if !read.sketches {
+            columns = columns.replace("latency, ttft", "''::bytea, ''::bytea");
+        }
         let mut sql = format!(
-            "SELECT {}, bucket, route, provider, model, key, status_class \
+            "SELECT {columns}, bucket, route, provider, model, key, status_class \
              FROM switchyard_rollups \
-             WHERE tier = $1 AND keyed = $2 AND bucket >= $3 AND bucket < $4",
-            VALUE_COLUMNS.join(", ")
+             WHERE tier = $1 AND keyed = $2 AND bucket >= $3 AND bucket < $4"
         );
-        let code = tier.code();
-        let (from, to) = (to_i64(from_ms), to_i64(to_ms));
+        let (code, keyed, filter) = (read.tier.code(), read.keyed, &read.filter);
+        let (from, to) = (to_i64(read.from_ms), to_i64(read.to_ms));
         let wanted: Vec<(Dim, &str)> = [
             Dim::Route,
             Dim::Provider,
@@ -552,9 +548,10 @@ impl PostgresStore {
             .query(&statement, &params)
             .await
             .map_err(self.failed("running an analytics query"))?;
+        let mut names = Names::default();
         rows.iter()
             .map(|row| {
-                let text = |at: usize| row.try_get::<_, &str>(at).map(Arc::<str>::from);
+                let mut text = |at: usize| row.try_get::<_, &str>(at).map(|name| names.get(name));
                 Ok(StoredCell {
                     bucket_ms: to_u64(row.try_get(12)?),
                     dims: Dims {

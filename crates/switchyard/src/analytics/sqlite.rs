@@ -14,13 +14,13 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
-use switchyard_core::analytics::query::{Dim, Filter};
+use switchyard_core::analytics::query::Dim;
 use switchyard_core::analytics::{Dims, Rollup, Tier};
 
 use super::store::{
-    Batch, Cursor, LoggedRequest, Pruned, RequestsPage, RequestsQuery, Retention, StoreError,
-    StoredCell, filter_value, rollup_horizon, sketch_from, stages_from_json, stages_json, to_i64,
-    to_u64,
+    Batch, CellsQuery, Cursor, LoggedRequest, Names, Pruned, RequestsPage, RequestsQuery,
+    Retention, StoreError, StoredCell, filter_value, rollup_horizon, sketch_from, stages_from_json,
+    stages_json, to_i64, to_u64,
 };
 
 const STORE: &str = "sqlite";
@@ -301,26 +301,24 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Cells of one tier and cube in `[from_ms, to_ms)`.
-    pub fn cells(
-        &self,
-        tier: Tier,
-        keyed: bool,
-        from_ms: u64,
-        to_ms: u64,
-        filter: &Filter,
-    ) -> Result<Vec<StoredCell>, StoreError> {
-        let mut sql = String::from(
+    /// The cells a query reads.
+    pub fn cells(&self, read: &CellsQuery) -> Result<Vec<StoredCell>, StoreError> {
+        let sketches = if read.sketches {
+            "latency, ttft"
+        } else {
+            "x'', x''"
+        };
+        let mut sql = format!(
             "SELECT requests, errors, tokens_in, tokens_out, tokens_cached, tokens_reasoning, \
-             cost_usd, cost_unknown, cache_hits, latency_sum_us, latency, ttft, bucket, route, \
+             cost_usd, cost_unknown, cache_hits, latency_sum_us, {sketches}, bucket, route, \
              provider, model, key, status_class FROM rollups \
              WHERE tier = ?1 AND keyed = ?2 AND bucket >= ?3 AND bucket < ?4",
         );
         let mut values = vec![
-            Value::Integer(i64::from(tier.code())),
-            Value::Integer(i64::from(keyed)),
-            Value::Integer(to_i64(from_ms)),
-            Value::Integer(to_i64(to_ms)),
+            Value::Integer(i64::from(read.tier.code())),
+            Value::Integer(i64::from(read.keyed)),
+            Value::Integer(to_i64(read.from_ms)),
+            Value::Integer(to_i64(read.to_ms)),
         ];
         for dim in [
             Dim::Route,
@@ -329,7 +327,7 @@ impl SqliteStore {
             Dim::Key,
             Dim::StatusClass,
         ] {
-            if let Some(value) = filter_value(filter, dim) {
+            if let Some(value) = filter_value(&read.filter, dim) {
                 values.push(Value::Text(value.to_owned()));
                 sql.push_str(&format!(" AND {} = ?{}", dim.name(), values.len()));
             }
@@ -338,25 +336,20 @@ impl SqliteStore {
         let mut statement = connection
             .prepare_cached(&sql)
             .map_err(sql_error("preparing an analytics query"))?;
-        let rows = statement
-            .query_map(params_from_iter(values), |row| {
-                let rollup = read_rollup_at(0)(row)?;
-                let text = |i: usize| row.get::<_, String>(i).map(std::sync::Arc::<str>::from);
-                Ok(StoredCell {
-                    bucket_ms: to_u64(row.get(12)?),
-                    dims: Dims {
-                        route: text(13)?,
-                        provider: text(14)?,
-                        model: text(15)?,
-                        key: text(16)?,
-                        status_class: text(17)?,
-                    },
-                    rollup,
-                })
-            })
+        let mut names = Names::default();
+        let mut rows = statement
+            .query(params_from_iter(values))
             .map_err(sql_error("running an analytics query"))?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .map_err(sql_error("reading an analytics query"))
+        let mut cells = Vec::new();
+        while let Some(row) = rows
+            .next()
+            .map_err(sql_error("reading an analytics query"))?
+        {
+            let cell =
+                read_cell(row, &mut names).map_err(sql_error("reading an analytics query"))?;
+            cells.push(cell);
+        }
+        Ok(cells)
     }
 
     /// A page of the request log, newest first.
@@ -566,6 +559,24 @@ fn used_bytes(connection: &Connection) -> Result<u64, StoreError> {
     Ok(to_u64(pages) * to_u64(pragma("page_size")?))
 }
 
+/// Reads a cell: the rollup in columns 0..12, then bucket and dimensions.
+fn read_cell(row: &rusqlite::Row<'_>, names: &mut Names) -> rusqlite::Result<StoredCell> {
+    let mut text = |i: usize| -> rusqlite::Result<std::sync::Arc<str>> {
+        Ok(names.get(row.get_ref(i)?.as_str()?))
+    };
+    Ok(StoredCell {
+        dims: Dims {
+            route: text(13)?,
+            provider: text(14)?,
+            model: text(15)?,
+            key: text(16)?,
+            status_class: text(17)?,
+        },
+        bucket_ms: to_u64(row.get(12)?),
+        rollup: read_rollup_at(0)(row)?,
+    })
+}
+
 /// Reads a rollup from columns `at..at + 12`.
 fn read_rollup_at(at: usize) -> impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<Rollup> {
     move |row| {
@@ -639,15 +650,7 @@ mod tests {
             .map(|p| p.split_once('=').unwrap())
             .collect();
         let query = Query::parse(pairs, now).unwrap();
-        let cells = store
-            .cells(
-                query.tier,
-                query.keyed(),
-                query.from_ms,
-                query.to_ms,
-                &query.filter,
-            )
-            .unwrap();
+        let cells = store.cells(&CellsQuery::of(&query)).unwrap();
         serde_json::to_value(answer(
             &query,
             cells.iter().map(|c| (c.bucket_ms, &c.dims, &c.rollup)),

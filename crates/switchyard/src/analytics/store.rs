@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use serde::Serialize;
-use switchyard_core::analytics::query::{Dim, Filter};
+use switchyard_core::analytics::query::{Dim, Filter, Query};
 use switchyard_core::analytics::{Dims, RequestEvent, Rollup, RollupRow, Sketch, Tier};
 use switchyard_core::config::StorageConfig;
 
@@ -64,6 +64,38 @@ pub struct StoredCell {
     pub dims: Dims,
     /// Aggregate.
     pub rollup: Rollup,
+}
+
+/// What a store reads for a query.
+#[derive(Debug, Clone)]
+pub struct CellsQuery {
+    /// Resolution.
+    pub tier: Tier,
+    /// Keyed cube or keyless.
+    pub keyed: bool,
+    /// First window, unix ms.
+    pub from_ms: u64,
+    /// End (exclusive), unix ms.
+    pub to_ms: u64,
+    /// Dimension filters.
+    pub filter: Filter,
+    /// Read the latency sketches (else they come back empty).
+    pub sketches: bool,
+}
+
+impl CellsQuery {
+    /// What `query` needs.
+    pub fn of(query: &Query) -> Self {
+        let (from_ms, to_ms) = query.bucket_range();
+        CellsQuery {
+            tier: query.tier,
+            keyed: query.keyed(),
+            from_ms,
+            to_ms,
+            filter: query.filter.clone(),
+            sketches: query.needs_sketches(),
+        }
+    }
 }
 
 /// Retention limits for pruning.
@@ -226,6 +258,23 @@ pub fn filter_value(filter: &Filter, dim: Dim) -> Option<&str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// Names read back from a store, shared: cells of one query repeat a handful of names
+/// thousands of times, so each is allocated once.
+#[derive(Debug, Default)]
+pub struct Names(std::collections::HashMap<Box<str>, Arc<str>>);
+
+impl Names {
+    /// The shared copy of `name`.
+    pub fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(found) = self.0.get(name) {
+            return Arc::clone(found);
+        }
+        let shared: Arc<str> = Arc::from(name);
+        self.0.insert(Box::from(name), Arc::clone(&shared));
+        shared
+    }
+}
+
 /// Milliseconds as the stores' signed 64-bit integers.
 pub fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
@@ -282,23 +331,17 @@ impl Store {
         }
     }
 
-    /// The cells of one tier and cube in `[from_ms, to_ms)` matching the filter, every
-    /// instance's rows included.
-    pub async fn cells(
-        &self,
-        tier: Tier,
-        keyed: bool,
-        from_ms: u64,
-        to_ms: u64,
-        filter: &Filter,
-    ) -> Result<Vec<StoredCell>, StoreError> {
+    /// The cells a query reads: its tier and cube in its range, matching its filter, every
+    /// instance's rows included. The latency sketches are read only when a metric needs
+    /// them.
+    pub async fn cells(&self, query: &Query) -> Result<Vec<StoredCell>, StoreError> {
+        let read = CellsQuery::of(query);
         match self {
             Store::Sqlite(store) => {
                 let store = Arc::clone(store);
-                let filter = filter.clone();
-                blocking(move || store.cells(tier, keyed, from_ms, to_ms, &filter)).await
+                blocking(move || store.cells(&read)).await
             }
-            Store::Postgres(store) => store.cells(tier, keyed, from_ms, to_ms, filter).await,
+            Store::Postgres(store) => store.cells(&read).await,
         }
     }
 

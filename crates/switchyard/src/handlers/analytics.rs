@@ -57,12 +57,7 @@ pub async fn analytics(
         let answer = answer(&query, aggregator.seconds(from, to));
         return Json(answer).into_response();
     }
-    match app
-        .analytics
-        .store
-        .cells(query.tier, query.keyed(), from, to, &query.filter)
-        .await
-    {
+    match app.analytics.store.cells(&query).await {
         Ok(cells) => {
             let answer = answer(
                 &query,

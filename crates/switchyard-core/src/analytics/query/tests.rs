@@ -158,9 +158,9 @@ fn answers_match_hand_computed_values() {
     assert_eq!(openai.totals["ttft_p50"], Value::Null, "no streams");
     assert_eq!(openai.totals["cache_hit_rate"], serde_json::json!(0.0));
     // 4 requests over the 1 h range (the range is the point here).
-    assert_eq!(openai.points.len(), 1);
-    assert_eq!(openai.points[0]["t"], hour);
-    let rps = openai.points[0]["rps"].as_f64().unwrap();
+    assert_eq!(answer.t, [hour]);
+    assert_eq!(openai.values["requests"], serde_json::json!([4]));
+    let rps = openai.values["rps"][0].as_f64().unwrap();
     assert!((rps - 4.0 / 3_600.0).abs() < 1e-6, "{rps}");
 }
 
@@ -179,11 +179,15 @@ fn points_are_zero_filled_and_keyed_queries_read_the_keyed_cube() {
     ];
     let answer = answer(&q, cells.iter().map(|(t, d, r)| (*t, *d, r)));
     assert_eq!(answer.totals["requests"], 2);
-    let points = &answer.series[0].points;
-    assert_eq!(points.len(), 10);
-    assert_eq!(points[2]["requests"], 2);
-    assert_eq!(points[0]["requests"], 0);
-    assert_eq!(points[0]["p50"], Value::Null);
+    assert_eq!(answer.t.len(), 10);
+    assert_eq!(answer.t[2], q.from_ms + 120_000);
+    let values = &answer.series[0].values;
+    assert_eq!(
+        values["requests"],
+        serde_json::json!([0, 0, 2, 0, 0, 0, 0, 0, 0, 0])
+    );
+    assert_eq!(values["p50"][0], Value::Null);
+    assert!(values["p50"][2].as_f64().is_some());
 }
 
 #[test]
