@@ -8,6 +8,8 @@
 //! 1% 5xx, log-normal latencies around a per-target median. The stored cells are the ones
 //! the aggregator would have written for that traffic: per minute for the last 24 h and per
 //! hour for 7 days, keyless and keyed.
+//!
+//! It uses the gateway's allocator (mimalloc), so that memory figures match the binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
@@ -16,10 +18,13 @@ use std::time::{Duration, Instant};
 
 use switchyard::analytics::sqlite::SqliteStore;
 use switchyard::analytics::store::{Batch, CellsQuery, Retention};
-use switchyard_core::analytics::query::{Query, answer};
+use switchyard_core::analytics::query::{Fold, Query};
 use switchyard_core::analytics::rollup::ANY_KEY;
 use switchyard_core::analytics::{Aggregator, Dims, RequestEvent, Rollup, RollupRow, Tier};
 use switchyard_core::wire::TokenUsage;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const RPS: u64 = 1_000;
 const ROUTES: usize = 4;
@@ -186,11 +191,9 @@ fn run_query(store: &SqliteStore, text: &str, now: u64) -> usize {
         .map(|p| p.split_once('=').unwrap())
         .collect();
     let query = Query::parse(pairs, now).unwrap();
-    let cells = store.cells(&CellsQuery::of(&query)).unwrap();
-    let answer = answer(
-        &query,
-        cells.iter().map(|c| (c.bucket_ms, &c.dims, &c.rollup)),
-    );
+    let mut fold = Fold::new(&query);
+    store.fold(&CellsQuery::of(&query), &mut fold).unwrap();
+    let answer = fold.finish();
     serde_json::to_vec(&answer).unwrap().len()
 }
 
@@ -328,6 +331,18 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     if let Some(at) = args.iter().position(|a| a == "--memory") {
         memory(Path::new(&args[at + 1]), quick);
+        return;
+    }
+    // For profiling: `--fill DIR` fills a store and keeps it, `--query DIR` only queries it.
+    if let Some(at) = args.iter().position(|a| a == "--fill") {
+        let store = SqliteStore::open(Some(Path::new(&args[at + 1]))).unwrap();
+        let (rows, took) = fill(&store, now_ms(), quick);
+        println!("filled {rows} rows in {:.1} s", took.as_secs_f64());
+        return;
+    }
+    if let Some(at) = args.iter().position(|a| a == "--query") {
+        let store = SqliteStore::open(Some(Path::new(&args[at + 1]))).unwrap();
+        time_queries(&store, now_ms(), 100);
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -15,12 +15,14 @@
 //! window divides the interval.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Map, Number, Value};
 
 use super::rollup::{ANY_KEY, Dims, Rollup, Tier};
+use super::sketch::{DecodeError, Sketch, SketchSum};
 
 /// Most points a series may have.
 pub const MAX_POINTS: u64 = 10_000;
@@ -71,6 +73,17 @@ impl Dim {
 
     fn parse(name: &str) -> Option<Dim> {
         Dim::ALL.into_iter().find(|d| d.name() == name)
+    }
+
+    /// The position of this dimension in [`Dims::as_strs`].
+    pub const fn index(self) -> usize {
+        match self {
+            Dim::Route => 0,
+            Dim::Provider => 1,
+            Dim::Model => 2,
+            Dim::Key => 3,
+            Dim::StatusClass => 4,
+        }
     }
 
     /// This dimension of a cell.
@@ -173,7 +186,7 @@ impl Metric {
     }
 
     /// The metric's value for an aggregate over `span_ms`; `null` where it is undefined.
-    pub fn value(self, rollup: &Rollup, span_ms: u64) -> Value {
+    pub fn value(self, rollup: &Sum, span_ms: u64) -> Value {
         let ratio = |part: u64| {
             if rollup.requests == 0 {
                 Value::Null
@@ -220,7 +233,14 @@ pub struct Filter {
 impl Filter {
     /// Whether a cell matches.
     pub fn matches(&self, dims: &Dims) -> bool {
-        self.equals.iter().all(|(dim, value)| dim.of(dims) == value)
+        self.matches_strs(&dims.as_strs())
+    }
+
+    /// Whether a cell with these dimension values ([`Dims::as_strs`] order) matches.
+    pub fn matches_strs(&self, dims: &[&str; 5]) -> bool {
+        self.equals
+            .iter()
+            .all(|(dim, value)| dims[dim.index()] == value)
     }
 }
 
@@ -504,93 +524,253 @@ pub struct Series {
     pub values: Map<String, Value>,
 }
 
-/// Folds cells into the answer. Cells outside the range, or that fail a filter, or that
-/// belong to the other cube are skipped.
+/// The counters and latency sums of a point, a group or the whole answer.
+#[derive(Debug, Clone, Default)]
+pub struct Sum {
+    /// Requests.
+    pub requests: u64,
+    /// Failed requests.
+    pub errors: u64,
+    /// Input tokens.
+    pub tokens_in: u64,
+    /// Output tokens.
+    pub tokens_out: u64,
+    /// Cached input tokens.
+    pub tokens_cached: u64,
+    /// Reasoning tokens.
+    pub tokens_reasoning: u64,
+    /// Known cost, USD.
+    pub cost_usd: f64,
+    /// Requests of unknown cost.
+    pub cost_unknown: u64,
+    /// Cache hits.
+    pub cache_hits: u64,
+    /// Sum of latencies, microseconds.
+    pub latency_sum_us: u64,
+    /// Latencies.
+    pub latency: SketchSum,
+    /// Times to first token.
+    pub ttft: SketchSum,
+}
+
+impl Sum {
+    fn add_counters(&mut self, r: &Rollup) {
+        self.requests += r.requests;
+        self.errors += r.errors;
+        self.tokens_in += r.tokens_in;
+        self.tokens_out += r.tokens_out;
+        self.tokens_cached += r.tokens_cached;
+        self.tokens_reasoning += r.tokens_reasoning;
+        self.cost_usd += r.cost_usd;
+        self.cost_unknown += r.cost_unknown;
+        self.cache_hits += r.cache_hits;
+        self.latency_sum_us = self.latency_sum_us.saturating_add(r.latency_sum_us);
+    }
+
+    fn add_sum(&mut self, other: &Sum) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.tokens_in += other.tokens_in;
+        self.tokens_out += other.tokens_out;
+        self.tokens_cached += other.tokens_cached;
+        self.tokens_reasoning += other.tokens_reasoning;
+        self.cost_usd += other.cost_usd;
+        self.cost_unknown += other.cost_unknown;
+        self.cache_hits += other.cache_hits;
+        self.latency_sum_us = self.latency_sum_us.saturating_add(other.latency_sum_us);
+        self.latency.add_sum(&other.latency);
+        self.ttft.add_sum(&other.ttft);
+    }
+}
+
+/// A cell's sketch, decoded or as stored.
+#[derive(Debug, Clone, Copy)]
+pub enum SketchRef<'a> {
+    /// In memory.
+    Decoded(&'a Sketch),
+    /// [`Sketch::encode`]'s bytes, straight from a store.
+    Encoded(&'a [u8]),
+}
+
+impl SketchSum {
+    fn add_ref(&mut self, sketch: SketchRef<'_>) -> Result<(), DecodeError> {
+        match sketch {
+            SketchRef::Decoded(sketch) => {
+                self.add(sketch);
+                Ok(())
+            }
+            SketchRef::Encoded(bytes) => self.add_encoded(bytes),
+        }
+    }
+}
+
+/// Folds cells into an [`Answer`] one at a time, so a store can stream its rows through it
+/// without building them: a cell costs its counters and one addition per sketch bucket.
+#[derive(Debug)]
+pub struct Fold<'q> {
+    query: &'q Query,
+    keyed: bool,
+    points: usize,
+    /// Group values' hash → indexes into `groups`.
+    index: HashMap<u64, Vec<usize>>,
+    groups: Vec<(Vec<String>, Vec<Sum>)>,
+}
+
+impl<'q> Fold<'q> {
+    /// An empty fold for `query`.
+    pub fn new(query: &'q Query) -> Self {
+        Fold {
+            query,
+            keyed: query.keyed(),
+            points: usize::try_from((query.to_ms - query.from_ms).div_ceil(query.interval_ms))
+                .unwrap_or(0),
+            index: HashMap::new(),
+            groups: Vec::new(),
+        }
+    }
+
+    /// Adds one cell (dimensions in [`Dims::as_strs`] order). Cells outside the range, that
+    /// fail a filter, or that belong to the other cube are skipped. A malformed stored
+    /// sketch is an error after the counters are added.
+    pub fn add(
+        &mut self,
+        bucket: u64,
+        dims: [&str; 5],
+        counters: &Rollup,
+        latency: SketchRef<'_>,
+        ttft: SketchRef<'_>,
+    ) -> Result<(), DecodeError> {
+        let query = self.query;
+        if bucket < query.from_ms
+            || bucket >= query.to_ms
+            || (dims[Dim::Key.index()] == ANY_KEY) == self.keyed
+            || !query.filter.matches_strs(&dims)
+        {
+            return Ok(());
+        }
+        let mut hasher = std::hash::DefaultHasher::new();
+        for dim in &query.group_by {
+            dims[dim.index()].hash(&mut hasher);
+        }
+        let hash = hasher.finish();
+        let candidates = self.index.entry(hash).or_default();
+        let found = candidates.iter().copied().find(|&g| {
+            self.groups[g]
+                .0
+                .iter()
+                .zip(&query.group_by)
+                .all(|(value, dim)| value == dims[dim.index()])
+        });
+        let group = match found {
+            Some(group) => group,
+            None => {
+                let values = query
+                    .group_by
+                    .iter()
+                    .map(|dim| dims[dim.index()].to_owned())
+                    .collect();
+                self.groups
+                    .push((values, vec![Sum::default(); self.points]));
+                candidates.push(self.groups.len() - 1);
+                self.groups.len() - 1
+            }
+        };
+        let point = usize::try_from((bucket - query.from_ms) / query.interval_ms).unwrap_or(0);
+        let Some(slot) = self.groups[group].1.get_mut(point) else {
+            return Ok(());
+        };
+        slot.add_counters(counters);
+        if query.needs_sketches() {
+            slot.latency.add_ref(latency)?;
+            slot.ttft.add_ref(ttft)?;
+        }
+        Ok(())
+    }
+
+    /// The answer.
+    pub fn finish(self) -> Answer {
+        let query = self.query;
+        let names: Vec<String> = query.metrics.iter().map(|m| m.name()).collect();
+        let totals_of = |sum: &Sum, span: u64| -> Map<String, Value> {
+            names
+                .iter()
+                .zip(&query.metrics)
+                .map(|(name, m)| (name.clone(), m.value(sum, span)))
+                .collect()
+        };
+        let range = query.to_ms - query.from_ms;
+        let mut all = Sum::default();
+        let mut series: Vec<(u64, Vec<String>, Series)> = self
+            .groups
+            .into_iter()
+            .map(|(group, slots)| {
+                let mut total = Sum::default();
+                for slot in &slots {
+                    total.add_sum(slot);
+                }
+                all.add_sum(&total);
+                let values = names
+                    .iter()
+                    .zip(&query.metrics)
+                    .map(|(name, m)| {
+                        let column: Vec<Value> = slots
+                            .iter()
+                            .map(|slot| m.value(slot, query.interval_ms))
+                            .collect();
+                        (name.clone(), Value::Array(column))
+                    })
+                    .collect();
+                let labels = query
+                    .group_by
+                    .iter()
+                    .zip(&group)
+                    .map(|(d, v)| (d.name().to_owned(), Value::from(v.as_str())))
+                    .collect();
+                (
+                    total.requests,
+                    group,
+                    Series {
+                        group: labels,
+                        totals: totals_of(&total, range),
+                        values,
+                    },
+                )
+            })
+            .collect();
+        series.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        Answer {
+            from_ms: query.from_ms,
+            to_ms: query.to_ms,
+            interval_ms: query.interval_ms,
+            resolution: query.tier.name(),
+            group_by: query.group_by.clone(),
+            metrics: names.clone(),
+            t: (0..self.points as u64)
+                .map(|i| query.from_ms + i * query.interval_ms)
+                .collect(),
+            totals: totals_of(&all, range),
+            series: series.into_iter().map(|(_, _, s)| s).collect(),
+        }
+    }
+}
+
+/// Folds in-memory cells into the answer (see [`Fold`]).
 pub fn answer<'a>(
     query: &Query,
     cells: impl IntoIterator<Item = (u64, &'a Dims, &'a Rollup)>,
 ) -> Answer {
-    let keyed = query.keyed();
-    let points =
-        usize::try_from((query.to_ms - query.from_ms).div_ceil(query.interval_ms)).unwrap_or(0);
-    let mut groups: HashMap<Vec<&'a str>, Vec<Rollup>> = HashMap::new();
+    let mut fold = Fold::new(query);
     for (bucket, dims, rollup) in cells {
-        if bucket < query.from_ms
-            || bucket >= query.to_ms
-            || (&*dims.key == ANY_KEY) == keyed
-            || !query.filter.matches(dims)
-        {
-            continue;
-        }
-        let group: Vec<&str> = query.group_by.iter().map(|d| d.of(dims)).collect();
-        let point = usize::try_from((bucket - query.from_ms) / query.interval_ms).unwrap_or(0);
-        let slots = groups
-            .entry(group)
-            .or_insert_with(|| vec![Rollup::default(); points]);
-        if let Some(slot) = slots.get_mut(point) {
-            slot.merge(rollup);
-        }
+        // Decoded sketches cannot be malformed.
+        let _ = fold.add(
+            bucket,
+            dims.as_strs(),
+            rollup,
+            SketchRef::Decoded(&rollup.latency),
+            SketchRef::Decoded(&rollup.ttft),
+        );
     }
-    let names: Vec<String> = query.metrics.iter().map(|m| m.name()).collect();
-    let totals_of = |rollup: &Rollup, span: u64| -> Map<String, Value> {
-        names
-            .iter()
-            .zip(&query.metrics)
-            .map(|(name, m)| (name.clone(), m.value(rollup, span)))
-            .collect()
-    };
-    let range = query.to_ms - query.from_ms;
-    let mut all = Rollup::default();
-    let mut series: Vec<(u64, Vec<&str>, Series)> = groups
-        .into_iter()
-        .map(|(group, slots)| {
-            let mut total = Rollup::default();
-            for rollup in &slots {
-                total.merge(rollup);
-            }
-            all.merge(&total);
-            let values = names
-                .iter()
-                .zip(&query.metrics)
-                .map(|(name, m)| {
-                    let column: Vec<Value> = slots
-                        .iter()
-                        .map(|rollup| m.value(rollup, query.interval_ms))
-                        .collect();
-                    (name.clone(), Value::Array(column))
-                })
-                .collect();
-            let labels = query
-                .group_by
-                .iter()
-                .zip(&group)
-                .map(|(d, v)| (d.name().to_owned(), Value::from(*v)))
-                .collect();
-            (
-                total.requests,
-                group,
-                Series {
-                    group: labels,
-                    totals: totals_of(&total, range),
-                    values,
-                },
-            )
-        })
-        .collect();
-    series.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    Answer {
-        from_ms: query.from_ms,
-        to_ms: query.to_ms,
-        interval_ms: query.interval_ms,
-        resolution: query.tier.name(),
-        group_by: query.group_by.clone(),
-        metrics: names.clone(),
-        t: (0..points as u64)
-            .map(|i| query.from_ms + i * query.interval_ms)
-            .collect(),
-        totals: totals_of(&all, range),
-        series: series.into_iter().map(|(_, _, s)| s).collect(),
-    }
+    fold.finish()
 }
 
 #[cfg(test)]

@@ -107,6 +107,19 @@ pub struct Dims {
     pub status_class: Arc<str>,
 }
 
+impl Dims {
+    /// Route, provider, model, key and status class, in that order.
+    pub fn as_strs(&self) -> [&str; 5] {
+        [
+            &self.route,
+            &self.provider,
+            &self.model,
+            &self.key,
+            &self.status_class,
+        ]
+    }
+}
+
 /// The aggregate of the events of one cell.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Rollup {
@@ -299,6 +312,16 @@ impl Aggregator {
             Some(at) if self.seconds[at].0 == bucket => at,
             Some(at) => {
                 self.seconds.insert(at + 1, (bucket, HashMap::new()));
+                // A window two seconds back gets few late events: give back its spare
+                // capacity (the live tier holds 300 of them).
+                if at + 1 == self.seconds.len() - 1 && at >= 1 {
+                    let (_, cells) = &mut self.seconds[at - 1];
+                    cells.shrink_to_fit();
+                    for rollup in cells.values_mut() {
+                        rollup.latency.shrink_to_fit();
+                        rollup.ttft.shrink_to_fit();
+                    }
+                }
                 at + 1
             }
             None => {

@@ -26,6 +26,8 @@ pub struct Sketch {
     zeros: u32,
     /// (bucket index, count), sorted by index, no zero counts.
     bins: Vec<(u16, u32)>,
+    /// All values recorded (kept, so quantiles need one partial walk).
+    total: u64,
 }
 
 /// A sketch that could not be decoded.
@@ -64,12 +66,13 @@ impl Sketch {
         Sketch {
             zeros: 0,
             bins: Vec::new(),
+            total: 0,
         }
     }
 
     /// Values recorded.
     pub fn count(&self) -> u64 {
-        u64::from(self.zeros) + self.bins.iter().map(|&(_, c)| u64::from(c)).sum::<u64>()
+        self.total
     }
 
     /// True when nothing was recorded.
@@ -80,6 +83,11 @@ impl Sketch {
     /// Occupied buckets (a measure of its size).
     pub fn buckets(&self) -> usize {
         self.bins.len()
+    }
+
+    /// Gives back spare capacity (for sketches that will not grow again).
+    pub fn shrink_to_fit(&mut self) {
+        self.bins.shrink_to_fit();
     }
 
     /// Heap bytes held.
@@ -97,6 +105,7 @@ impl Sketch {
         if n == 0 {
             return;
         }
+        self.total += u64::from(n);
         if value == 0 {
             self.zeros = self.zeros.saturating_add(n);
             return;
@@ -111,11 +120,31 @@ impl Sketch {
     /// Adds everything `other` recorded.
     pub fn merge(&mut self, other: &Sketch) {
         self.zeros = self.zeros.saturating_add(other.zeros);
+        self.total += other.total;
         if other.bins.is_empty() {
             return;
         }
         if self.bins.is_empty() {
             self.bins.clone_from(&other.bins);
+            return;
+        }
+        // In place when every bucket of `other` is already here (the common case once a few
+        // sketches of similar traffic have been merged): no allocation.
+        let mut at = 0;
+        let in_place = other.bins.iter().all(|&(index, _)| {
+            while at < self.bins.len() && self.bins[at].0 < index {
+                at += 1;
+            }
+            at < self.bins.len() && self.bins[at].0 == index
+        });
+        if in_place {
+            let mut at = 0;
+            for &(index, count) in &other.bins {
+                while self.bins[at].0 < index {
+                    at += 1;
+                }
+                self.bins[at].1 = self.bins[at].1.saturating_add(count);
+            }
             return;
         }
         let mut merged = Vec::with_capacity(self.bins.len().max(other.bins.len()));
@@ -152,7 +181,7 @@ impl Sketch {
     /// The `q`-quantile (0 ≤ q ≤ 1) by nearest rank, within 1% of the recorded value at that
     /// rank; `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        let count = self.count();
+        let count = self.total;
         if count == 0 {
             return None;
         }
@@ -202,6 +231,7 @@ impl Sketch {
             return Err(DecodeError("too many buckets"));
         }
         let mut bins = Vec::with_capacity(len as usize);
+        let mut total = u64::from(zeros);
         let mut index = 0u16;
         for n in 0..len {
             let delta = u16::try_from(get_varint(&mut rest)?).map_err(|_| DecodeError("index"))?;
@@ -215,12 +245,130 @@ impl Sketch {
             if count == 0 {
                 return Err(DecodeError("empty bucket"));
             }
+            total += u64::from(count);
             bins.push((index, count));
         }
         if !rest.is_empty() {
             return Err(DecodeError("trailing bytes"));
         }
-        Ok(Sketch { zeros, bins })
+        Ok(Sketch { zeros, bins, total })
+    }
+}
+
+/// A sum of sketches being built by a query: dense counts over the bucket range seen so far,
+/// so adding a sketch costs one addition per bucket it has, with no allocation once the range
+/// is known (merging sparse sketches costs a pass over both and a new vector).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SketchSum {
+    zeros: u64,
+    /// Index of `counts[0]`.
+    offset: u16,
+    counts: Vec<u64>,
+    total: u64,
+}
+
+impl SketchSum {
+    /// Values summed.
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
+    fn bump(&mut self, index: u16, n: u64) {
+        if self.counts.is_empty() {
+            self.offset = index;
+            self.counts.push(n);
+            return;
+        }
+        if index < self.offset {
+            let grow = usize::from(self.offset - index);
+            self.counts.splice(0..0, std::iter::repeat_n(0, grow));
+            self.offset = index;
+        }
+        let at = usize::from(index - self.offset);
+        if at >= self.counts.len() {
+            self.counts.resize(at + 1, 0);
+        }
+        self.counts[at] += n;
+    }
+
+    /// Adds a sketch.
+    pub fn add(&mut self, sketch: &Sketch) {
+        self.zeros += u64::from(sketch.zeros);
+        self.total += sketch.total;
+        for &(index, count) in &sketch.bins {
+            self.bump(index, u64::from(count));
+        }
+    }
+
+    /// Adds a sketch straight from its encoded form (no intermediate sketch).
+    pub fn add_encoded(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
+        let Some((&version, mut rest)) = bytes.split_first() else {
+            return Ok(());
+        };
+        if version != VERSION {
+            return Err(DecodeError("unknown version"));
+        }
+        let zeros = get_varint(&mut rest)?;
+        let len = get_varint(&mut rest)?;
+        let mut index = 0u16;
+        let mut added = zeros;
+        for n in 0..len {
+            let delta = u16::try_from(get_varint(&mut rest)?).map_err(|_| DecodeError("index"))?;
+            if n > 0 && delta == 0 {
+                return Err(DecodeError("unsorted buckets"));
+            }
+            index = index
+                .checked_add(delta)
+                .ok_or(DecodeError("index overflow"))?;
+            let count = get_varint(&mut rest)?;
+            self.bump(index, count);
+            added += count;
+        }
+        self.zeros += zeros;
+        self.total += added;
+        Ok(())
+    }
+
+    /// Adds another sum.
+    pub fn add_sum(&mut self, other: &SketchSum) {
+        self.zeros += other.zeros;
+        self.total += other.total;
+        for (at, &count) in other.counts.iter().enumerate() {
+            if count > 0 {
+                // The range of a sum is within u16 indexes by construction.
+                let index = other
+                    .offset
+                    .saturating_add(u16::try_from(at).unwrap_or(u16::MAX));
+                self.bump(index, count);
+            }
+        }
+    }
+
+    /// The `q`-quantile by nearest rank, as [`Sketch::quantile`].
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).clamp(1, self.total) - 1;
+        let mut seen = self.zeros;
+        if rank < seen {
+            return Some(0.0);
+        }
+        let mut last = None;
+        for (at, &count) in self.counts.iter().enumerate() {
+            if count == 0 {
+                continue;
+            }
+            let index = self
+                .offset
+                .saturating_add(u16::try_from(at).unwrap_or(u16::MAX));
+            last = Some(index);
+            seen += count;
+            if rank < seen {
+                return Some(value_of(index));
+            }
+        }
+        last.map(value_of)
     }
 }
 
@@ -317,6 +465,29 @@ mod tests {
             let exact = exact_quantile(&sorted, q) as f64;
             let got = sketch.quantile(q).unwrap();
             prop_assert!((got - exact).abs() <= exact * (RELATIVE_ACCURACY + 1e-9), "{got} vs {exact}");
+        }
+
+        #[test]
+        fn sums_answer_like_merged_sketches(
+            parts in proptest::collection::vec(proptest::collection::vec(0u64..10_000_000, 0..50), 1..8),
+            q in 0.0f64..=1.0,
+        ) {
+            let mut merged = Sketch::new();
+            let mut sum = SketchSum::default();
+            let mut encoded_sum = SketchSum::default();
+            for part in &parts {
+                let mut sketch = Sketch::new();
+                for &v in part { sketch.add(v); }
+                merged.merge(&sketch);
+                sum.add(&sketch);
+                encoded_sum.add_encoded(&sketch.encode()).unwrap();
+            }
+            let mut twice = SketchSum::default();
+            twice.add_sum(&sum);
+            prop_assert_eq!(sum.count(), merged.count());
+            prop_assert_eq!(sum.quantile(q), merged.quantile(q));
+            prop_assert_eq!(&encoded_sum, &sum);
+            prop_assert_eq!(twice.quantile(q), merged.quantile(q));
         }
 
         #[test]

@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
-use switchyard_core::analytics::query::Dim;
+use switchyard_core::analytics::query::{Dim, Fold, SketchRef};
 use switchyard_core::analytics::{Dims, Rollup, Tier};
 
 use super::store::{
@@ -214,7 +214,7 @@ impl SqliteStore {
                     let mut rollup = row.rollup.clone();
                     if row.merge {
                         let stored = select
-                            .query_row(key, read_rollup_at(0))
+                            .query_row(key, read_rollup)
                             .optional()
                             .map_err(sql_error("reading a rollup to merge"))?;
                         if let Some(stored) = stored {
@@ -301,8 +301,13 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// The cells a query reads.
-    pub fn cells(&self, read: &CellsQuery) -> Result<Vec<StoredCell>, StoreError> {
+    /// Runs a query's cell read, handing each row to `visit` (columns: the rollup's 12,
+    /// then bucket, route, provider, model, key, status class).
+    fn each_cell(
+        &self,
+        read: &CellsQuery,
+        mut visit: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<()>,
+    ) -> Result<(), StoreError> {
         let sketches = if read.sketches {
             "latency, ttft"
         } else {
@@ -336,20 +341,49 @@ impl SqliteStore {
         let mut statement = connection
             .prepare_cached(&sql)
             .map_err(sql_error("preparing an analytics query"))?;
-        let mut names = Names::default();
         let mut rows = statement
             .query(params_from_iter(values))
             .map_err(sql_error("running an analytics query"))?;
-        let mut cells = Vec::new();
         while let Some(row) = rows
             .next()
             .map_err(sql_error("reading an analytics query"))?
         {
-            let cell =
-                read_cell(row, &mut names).map_err(sql_error("reading an analytics query"))?;
-            cells.push(cell);
+            visit(row).map_err(sql_error("reading an analytics query"))?;
         }
+        Ok(())
+    }
+
+    /// The cells a query reads.
+    pub fn cells(&self, read: &CellsQuery) -> Result<Vec<StoredCell>, StoreError> {
+        let mut names = Names::default();
+        let mut cells = Vec::new();
+        self.each_cell(read, |row| {
+            cells.push(read_cell(row, &mut names)?);
+            Ok(())
+        })?;
         Ok(cells)
+    }
+
+    /// Streams a query's cells into `fold`, straight from the rows: no cell is built and
+    /// no sketch decoded on its own.
+    pub fn fold(&self, read: &CellsQuery, fold: &mut Fold<'_>) -> Result<(), StoreError> {
+        self.each_cell(read, |row| {
+            let text = |i: usize| -> rusqlite::Result<&str> { Ok(row.get_ref(i)?.as_str()?) };
+            let dims = [text(13)?, text(14)?, text(15)?, text(16)?, text(17)?];
+            let latency = row.get_ref(10)?.as_blob()?;
+            let ttft = row.get_ref(11)?.as_blob()?;
+            let added = fold.add(
+                to_u64(row.get(12)?),
+                dims,
+                &read_counters(row)?,
+                SketchRef::Encoded(latency),
+                SketchRef::Encoded(ttft),
+            );
+            if let Err(error) = added {
+                tracing::warn!(%error, "skipping a malformed stored sketch");
+            }
+            Ok(())
+        })
     }
 
     /// A page of the request log, newest first.
@@ -573,29 +607,35 @@ fn read_cell(row: &rusqlite::Row<'_>, names: &mut Names) -> rusqlite::Result<Sto
             status_class: text(17)?,
         },
         bucket_ms: to_u64(row.get(12)?),
-        rollup: read_rollup_at(0)(row)?,
+        rollup: read_rollup(row)?,
     })
 }
 
-/// Reads a rollup from columns `at..at + 12`.
-fn read_rollup_at(at: usize) -> impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<Rollup> {
-    move |row| {
-        let int = |i: usize| row.get::<_, i64>(at + i).map(to_u64);
-        Ok(Rollup {
-            requests: int(0)?,
-            errors: int(1)?,
-            tokens_in: int(2)?,
-            tokens_out: int(3)?,
-            tokens_cached: int(4)?,
-            tokens_reasoning: int(5)?,
-            cost_usd: row.get(at + 6)?,
-            cost_unknown: int(7)?,
-            cache_hits: int(8)?,
-            latency_sum_us: int(9)?,
-            latency: sketch_from(&row.get::<_, Vec<u8>>(at + 10)?),
-            ttft: sketch_from(&row.get::<_, Vec<u8>>(at + 11)?),
-        })
-    }
+/// Reads a rollup's counters from columns 0..10 (its sketches are left empty).
+fn read_counters(row: &rusqlite::Row<'_>) -> rusqlite::Result<Rollup> {
+    let int = |i: usize| row.get::<_, i64>(i).map(to_u64);
+    Ok(Rollup {
+        requests: int(0)?,
+        errors: int(1)?,
+        tokens_in: int(2)?,
+        tokens_out: int(3)?,
+        tokens_cached: int(4)?,
+        tokens_reasoning: int(5)?,
+        cost_usd: row.get(6)?,
+        cost_unknown: int(7)?,
+        cache_hits: int(8)?,
+        latency_sum_us: int(9)?,
+        ..Rollup::default()
+    })
+}
+
+/// Reads a whole rollup from columns 0..12.
+fn read_rollup(row: &rusqlite::Row<'_>) -> rusqlite::Result<Rollup> {
+    Ok(Rollup {
+        latency: sketch_from(row.get_ref(10)?.as_blob()?),
+        ttft: sketch_from(row.get_ref(11)?.as_blob()?),
+        ..read_counters(row)?
+    })
 }
 
 #[cfg(test)]

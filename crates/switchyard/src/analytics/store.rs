@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use serde::Serialize;
-use switchyard_core::analytics::query::{Dim, Filter, Query};
+use switchyard_core::analytics::query::{Answer, Dim, Filter, Fold, Query, answer};
 use switchyard_core::analytics::{Dims, RequestEvent, Rollup, RollupRow, Sketch, Tier};
 use switchyard_core::config::StorageConfig;
 
@@ -342,6 +342,29 @@ impl Store {
                 blocking(move || store.cells(&read)).await
             }
             Store::Postgres(store) => store.cells(&read).await,
+        }
+    }
+
+    /// Answers an analytics query from the stored tiers. SQLite streams its rows into the
+    /// fold on the blocking pool; Postgres returns its rows and they are folded here.
+    pub async fn answer(&self, query: Query) -> Result<Answer, StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                let store = Arc::clone(store);
+                blocking(move || {
+                    let mut fold = Fold::new(&query);
+                    store.fold(&CellsQuery::of(&query), &mut fold)?;
+                    Ok(fold.finish())
+                })
+                .await
+            }
+            Store::Postgres(store) => {
+                let cells = store.cells(&CellsQuery::of(&query)).await?;
+                Ok(answer(
+                    &query,
+                    cells.iter().map(|c| (c.bucket_ms, &c.dims, &c.rollup)),
+                ))
+            }
         }
     }
 

@@ -13,7 +13,6 @@ use axum::Json;
 use axum::extract::{Query as QueryString, State};
 use axum::response::{IntoResponse, Response};
 use switchyard_core::analytics::query::{Query, answer};
-use switchyard_core::analytics::{Dims, Rollup};
 use switchyard_core::{ErrorKind, GatewayError, Origin};
 
 use crate::analytics::pipeline::now_ms;
@@ -57,16 +56,8 @@ pub async fn analytics(
         let answer = answer(&query, aggregator.seconds(from, to));
         return Json(answer).into_response();
     }
-    match app.analytics.store.cells(&query).await {
-        Ok(cells) => {
-            let answer = answer(
-                &query,
-                cells
-                    .iter()
-                    .map(|c| (c.bucket_ms, &c.dims, &c.rollup) as (u64, &Dims, &Rollup)),
-            );
-            Json(answer).into_response()
-        }
+    match app.analytics.store.answer(query).await {
+        Ok(answer) => Json(answer).into_response(),
         Err(error) => unavailable(&error),
     }
 }
