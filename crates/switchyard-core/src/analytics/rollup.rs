@@ -24,6 +24,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use super::RequestEvent;
+use super::query::{Fold, SketchRef};
 use super::sketch::Sketch;
 
 /// The key value of keyless cells.
@@ -230,6 +231,52 @@ struct OpenCell {
     late: bool,
 }
 
+/// A live-tier cell once its second has passed: counters and encoded sketches, about half
+/// the memory of a cell still taking events (the live tier holds 300 seconds of them).
+#[derive(Debug)]
+struct SealedCell {
+    dims: Dims,
+    /// The counters; its sketches are empty.
+    counters: Rollup,
+    latency: Box<[u8]>,
+    ttft: Box<[u8]>,
+}
+
+/// One second of the live tier: cells taking events, and sealed ones. A late event for a
+/// sealed cell opens a new cell beside it; queries add both up.
+#[derive(Debug, Default)]
+struct Window {
+    open: HashMap<Dims, Rollup>,
+    sealed: Vec<SealedCell>,
+}
+
+impl Window {
+    fn seal(&mut self) {
+        let sealed = self.open.drain().map(|(dims, mut counters)| {
+            let latency = std::mem::take(&mut counters.latency)
+                .encode()
+                .into_boxed_slice();
+            let ttft = std::mem::take(&mut counters.ttft)
+                .encode()
+                .into_boxed_slice();
+            SealedCell {
+                dims,
+                counters,
+                latency,
+                ttft,
+            }
+        });
+        self.sealed.extend(sealed);
+        self.sealed.shrink_to_fit();
+        self.open.shrink_to_fit();
+    }
+
+    fn requests(&self) -> u64 {
+        self.open.values().map(|r| r.requests).sum::<u64>()
+            + self.sealed.iter().map(|c| c.counters.requests).sum::<u64>()
+    }
+}
+
 /// Interned names bounded in count: past the bound new names are still interned, but the
 /// table starts over (cells keep their own references).
 const INTERNER_LIMIT: usize = 4_096;
@@ -237,7 +284,7 @@ const INTERNER_LIMIT: usize = 4_096;
 /// The in-memory side of analytics: the live 1 s tier and the open minute and hour windows.
 #[derive(Debug, Default)]
 pub struct Aggregator {
-    seconds: VecDeque<(u64, HashMap<Dims, Rollup>)>,
+    seconds: VecDeque<(u64, Window)>,
     open: HashMap<CellKey, OpenCell>,
     /// Per stored tier (minute, hour): windows before this were flushed and evicted.
     evicted_before: [u64; 2],
@@ -311,16 +358,10 @@ impl Aggregator {
         let at = match position {
             Some(at) if self.seconds[at].0 == bucket => at,
             Some(at) => {
-                self.seconds.insert(at + 1, (bucket, HashMap::new()));
-                // A window two seconds back gets few late events: give back its spare
-                // capacity (the live tier holds 300 of them).
+                self.seconds.insert(at + 1, (bucket, Window::default()));
+                // A window two seconds back gets few late events: seal it.
                 if at + 1 == self.seconds.len() - 1 && at >= 1 {
-                    let (_, cells) = &mut self.seconds[at - 1];
-                    cells.shrink_to_fit();
-                    for rollup in cells.values_mut() {
-                        rollup.latency.shrink_to_fit();
-                        rollup.ttft.shrink_to_fit();
-                    }
+                    self.seconds[at - 1].1.seal();
                 }
                 at + 1
             }
@@ -332,12 +373,13 @@ impl Aggregator {
                     // Older than the live view; the stored tiers still count it.
                     return;
                 }
-                self.seconds.push_front((bucket, HashMap::new()));
+                self.seconds.push_front((bucket, Window::default()));
                 0
             }
         };
         self.seconds[at]
             .1
+            .open
             .entry(dims.clone())
             .or_default()
             .observe(event);
@@ -388,16 +430,41 @@ impl Aggregator {
         rows
     }
 
-    /// The live 1 s cells in `[from_ms, to_ms)`.
-    pub fn seconds(&self, from_ms: u64, to_ms: u64) -> impl Iterator<Item = (u64, &Dims, &Rollup)> {
+    /// Folds the live 1 s cells in `[from_ms, to_ms)` into a query's answer.
+    pub fn fold_seconds(&self, from_ms: u64, to_ms: u64, fold: &mut Fold<'_>) {
+        for (bucket, window) in &self.seconds {
+            if *bucket < from_ms || *bucket >= to_ms {
+                continue;
+            }
+            for (dims, rollup) in &window.open {
+                // In-memory sketches cannot be malformed.
+                let _ = fold.add(
+                    *bucket,
+                    dims.as_strs(),
+                    rollup,
+                    SketchRef::Decoded(&rollup.latency),
+                    SketchRef::Decoded(&rollup.ttft),
+                );
+            }
+            for cell in &window.sealed {
+                // Encoded here, by `Sketch::encode`.
+                let _ = fold.add(
+                    *bucket,
+                    cell.dims.as_strs(),
+                    &cell.counters,
+                    SketchRef::Encoded(&cell.latency),
+                    SketchRef::Encoded(&cell.ttft),
+                );
+            }
+        }
+    }
+
+    /// Requests per live 1 s window, oldest first.
+    pub fn second_requests(&self) -> Vec<(u64, u64)> {
         self.seconds
             .iter()
-            .filter(move |&&(bucket, _)| bucket >= from_ms && bucket < to_ms)
-            .flat_map(|(bucket, cells)| {
-                cells
-                    .iter()
-                    .map(move |(dims, rollup)| (*bucket, dims, rollup))
-            })
+            .map(|(bucket, window)| (*bucket, window.requests()))
+            .collect()
     }
 
     /// Open cells held in memory.
@@ -408,7 +475,8 @@ impl Aggregator {
     /// Approximate heap bytes held (cells, sketches and the name table).
     pub fn heap_bytes(&self) -> usize {
         let cell = std::mem::size_of::<CellKey>() + std::mem::size_of::<OpenCell>() + 8;
-        let second_cell = std::mem::size_of::<Dims>() + std::mem::size_of::<Rollup>() + 8;
+        let second_cell = std::mem::size_of::<Dims>() + std::mem::size_of::<Rollup>() + 16;
+        let sealed_cell = std::mem::size_of::<SealedCell>();
         let open: usize = self
             .open
             .values()
@@ -417,11 +485,17 @@ impl Aggregator {
         let seconds: usize = self
             .seconds
             .iter()
-            .map(|(_, cells)| {
-                cells
+            .map(|(_, window)| {
+                window
+                    .open
                     .values()
                     .map(|r| second_cell + r.heap_bytes())
                     .sum::<usize>()
+                    + window
+                        .sealed
+                        .iter()
+                        .map(|c| sealed_cell + c.latency.len() + c.ttft.len())
+                        .sum::<usize>()
             })
             .sum();
         let names: usize = self.names.iter().map(|n| n.len() + 32).sum();
@@ -527,7 +601,7 @@ mod tests {
         for s in 0..400u64 {
             agg.observe(&event(T0 + s * 1_000, "r", "k", 200, 0));
         }
-        let kept: Vec<u64> = agg.seconds(0, u64::MAX).map(|(b, _, _)| b).collect();
+        let kept: Vec<u64> = agg.second_requests().iter().map(|&(b, _)| b).collect();
         assert_eq!(kept.len(), SECOND_WINDOWS as usize);
         assert_eq!(kept.first(), Some(&(T0 + 100_000)));
         // Out of order within the window is fine; older than the window is left to the
@@ -535,11 +609,17 @@ mod tests {
         agg.observe(&event(T0 + 150_000, "r", "k", 200, 0));
         agg.observe(&event(T0 + 10_000, "r", "k", 200, 0));
         let at_150: u64 = agg
-            .seconds(T0 + 150_000, T0 + 151_000)
-            .map(|(_, _, r)| r.requests)
+            .second_requests()
+            .iter()
+            .filter(|&&(b, _)| b == T0 + 150_000)
+            .map(|&(_, n)| n)
             .sum();
         assert_eq!(at_150, 2);
-        assert_eq!(agg.seconds(0, T0 + 100_000).count(), 0);
+        assert!(
+            agg.second_requests()
+                .iter()
+                .all(|&(b, _)| b >= T0 + 100_000)
+        );
     }
 
     #[test]

@@ -25,9 +25,16 @@ use super::store::{
 
 const STORE: &str = "sqlite";
 
-/// Page cache per connection, KiB (SQLite's default is 2 MiB): keeps the store's share of
-/// the analytics memory budget small.
+/// Page cache of the rollup writer, KiB (SQLite's default is 2 MiB): its upserts revisit
+/// the same recent pages.
 const CACHE_KIB: i64 = 1024;
+
+/// Page cache of the request log writer, KiB: it only appends.
+const LOG_CACHE_KIB: i64 = 256;
+
+/// Page cache of the reader connections, KiB: queries scan a range once, and the OS page
+/// cache serves repeated reads.
+const READER_CACHE_KIB: i64 = 256;
 
 const ANALYTICS_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS rollups (
@@ -106,7 +113,7 @@ fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn open(path: Option<&Path>, schema: &str) -> Result<Connection, StoreError> {
+fn open(path: Option<&Path>, schema: &str, cache_kib: i64) -> Result<Connection, StoreError> {
     let name = path.map_or_else(|| ":memory:".to_owned(), |p| p.display().to_string());
     let connection = match path {
         Some(path) => Connection::open(path),
@@ -116,7 +123,7 @@ fn open(path: Option<&Path>, schema: &str) -> Result<Connection, StoreError> {
     connection
         .execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-             PRAGMA busy_timeout = 5000; PRAGMA cache_size = -{CACHE_KIB};"
+             PRAGMA busy_timeout = 5000; PRAGMA cache_size = -{cache_kib};"
         ))
         .map_err(|error| StoreError::new(STORE, format!("{name}: {error}")))?;
     connection
@@ -134,7 +141,7 @@ fn reader(path: Option<&Path>) -> Result<Option<Mutex<Connection>>, StoreError> 
     })?;
     connection
         .execute_batch(&format!(
-            "PRAGMA busy_timeout = 5000; PRAGMA cache_size = -{CACHE_KIB}; PRAGMA query_only = 1;"
+            "PRAGMA busy_timeout = 5000; PRAGMA cache_size = -{READER_CACHE_KIB}; PRAGMA query_only = 1;"
         ))
         .map_err(|error| StoreError::new(STORE, format!("{}: {error}", path.display())))?;
     Ok(Some(Mutex::new(connection)))
@@ -156,8 +163,8 @@ impl SqliteStore {
         }
         let analytics_path = data_dir.map(|d| d.join("analytics.db"));
         let requests_path = data_dir.map(|d| d.join("requests.db"));
-        let analytics = open(analytics_path.as_deref(), ANALYTICS_SCHEMA)?;
-        let requests = open(requests_path.as_deref(), REQUESTS_SCHEMA)?;
+        let analytics = open(analytics_path.as_deref(), ANALYTICS_SCHEMA, CACHE_KIB)?;
+        let requests = open(requests_path.as_deref(), REQUESTS_SCHEMA, LOG_CACHE_KIB)?;
         Ok(SqliteStore {
             analytics: Mutex::new(analytics),
             analytics_read: reader(analytics_path.as_deref())?,
