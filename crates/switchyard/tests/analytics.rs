@@ -271,3 +271,73 @@ async fn a_graceful_shutdown_flushes_and_a_restart_keeps_everything() {
     assert_eq!(body["totals"]["requests"], 5, "{body}");
     again.stop().await;
 }
+
+/// Two gateways sharing one Postgres: each writes its own rows, and either one's query
+/// answers for both.
+#[tokio::test]
+async fn instances_sharing_postgres_answer_for_each_other() {
+    let base = std::env::var("SWITCHYARD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let (admin, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|error| {
+            panic!(
+                "Postgres must be reachable at {base} (set SWITCHYARD_TEST_POSTGRES_URL): {error}"
+            )
+        });
+    tokio::spawn(connection);
+    let schema = "sy_gateway_e2e";
+    admin
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"
+        ))
+        .await
+        .unwrap();
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}options=-csearch_path%3D{schema}");
+
+    let beta = mock("beta").await;
+    let text = config(&[&beta]);
+    let env = [
+        ("SWITCHYARD_MASTER_KEY", MASTER),
+        ("SWITCHYARD_POSTGRES_URL", url.as_str()),
+    ];
+    let one = TestGateway::start(&text, &env).await;
+    let two = TestGateway::start(&text, &env).await;
+    for _ in 0..3 {
+        assert_eq!(chat(&one, "beta-small").await, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(chat(&two, "beta-small").await, 200);
+    }
+    let path = "/admin/analytics?from=-10m&interval=1m&metrics=requests,p50";
+    let from_two = until_requests(&two, path, 5).await;
+    assert_eq!(from_two["totals"]["requests"], 5, "{from_two}");
+    let from_one = until_requests(&one, path, 5).await;
+    assert_eq!(from_one["totals"], from_two["totals"]);
+    let (_, status) = get(&one, "/admin/analytics/status").await;
+    assert_eq!(status["store"], "postgres");
+    // Both instances' log entries, from either.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, log) = get(&two, "/admin/requests").await;
+        let instances: std::collections::HashSet<String> = log["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["instance"].as_str().unwrap().to_owned())
+            .collect();
+        if log["data"].as_array().unwrap().len() == 5 {
+            assert_eq!(instances.len(), 2);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    one.stop().await;
+    two.stop().await;
+    admin
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
