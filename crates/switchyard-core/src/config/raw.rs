@@ -27,6 +27,24 @@ pub struct RawConfig {
     /// Retries, backoff, retry budget and circuit breakers.
     #[serde(default)]
     pub routing: RawRouting,
+    /// OpenTelemetry trace export.
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+}
+
+/// `[telemetry]`: OpenTelemetry trace export over OTLP/HTTP. Off unless an endpoint is set
+/// here or in `OTEL_EXPORTER_OTLP_ENDPOINT`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// The collector's OTLP/HTTP base URL, e.g. `http://127.0.0.1:4318`; spans go to
+    /// `{otlp_endpoint}/v1/traces` as protobuf. Default: `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans. Default `switchyard`.
+    pub service_name: Option<String>,
+    /// Fraction of new traces to sample, 0 to 1; a client's `traceparent` decides for its
+    /// own trace. Default 1.
+    pub sample_ratio: Option<f64>,
 }
 
 /// `[routing]`: how failures are handled, for every route.
