@@ -35,17 +35,18 @@ impl Stage {
         }
     }
 
-    /// A `tracing` span for this stage, named like its `Server-Timing` metric, in the current
-    /// span. DEBUG level: disabled (and nearly free) under the default log filter unless trace
-    /// export is on; see [`crate::telemetry`].
-    pub fn span(self) -> tracing::Span {
+    /// A `tracing` span for this stage, named like its `Server-Timing` metric, a child of
+    /// `parent` (the request's span, or the provider call's for `translate`). DEBUG level:
+    /// disabled (and nearly free) under the default log filter unless trace export is on;
+    /// see [`crate::telemetry`].
+    pub fn span(self, parent: &tracing::Span) -> tracing::Span {
         // One callsite per stage: a span's name must be a literal.
         match self {
-            Stage::Auth => tracing::debug_span!("auth"),
-            Stage::Parse => tracing::debug_span!("parse"),
-            Stage::Route => tracing::debug_span!("route"),
-            Stage::Upstream => tracing::debug_span!("upstream"),
-            Stage::Translate => tracing::debug_span!("translate"),
+            Stage::Auth => tracing::debug_span!(parent: parent, "auth"),
+            Stage::Parse => tracing::debug_span!(parent: parent, "parse"),
+            Stage::Route => tracing::debug_span!(parent: parent, "route"),
+            Stage::Upstream => tracing::debug_span!(parent: parent, "upstream"),
+            Stage::Translate => tracing::debug_span!(parent: parent, "translate"),
         }
     }
 }

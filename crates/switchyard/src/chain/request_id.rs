@@ -2,15 +2,15 @@
 //!
 //! Echoes a well-formed client `x-request-id` (up to 128 visible ASCII characters) or makes a
 //! new one, starts the stage timings and the deadline, and stamps `x-request-id` on every
-//! response, errors included. Everything inside runs in the root `request` span, which
-//! continues a client's W3C trace when trace export is on (see [`crate::telemetry`]).
+//! response, errors included. It opens the request's root span, which continues a client's W3C
+//! trace when trace export is on (see [`crate::telemetry`]), and keeps it open until the
+//! response body is sent.
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use http::HeaderValue;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::context::{Principal, RequestContext};
@@ -40,9 +40,10 @@ pub async fn request_context(
         deadline: Instant::now() + app.config.server.request_timeout,
         principal: Principal::Anonymous,
         event: None,
+        span: span.clone(),
     };
     request.extensions_mut().insert(context);
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let mut response = next.run(request).await;
     response.headers_mut().insert(REQUEST_ID, request_id);
     telemetry::finish_request_span(span, response)
 }

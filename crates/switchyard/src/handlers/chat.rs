@@ -56,12 +56,12 @@ async fn handle(
         let request = ChatRequest::from_bytes(body.clone())?;
         Ok::<_, GatewayError>((body, request))
     }
-    .instrument(Stage::Parse.span())
+    .instrument(Stage::Parse.span(&context.span))
     .await?;
     let started = context.timings.lap(Stage::Parse, started);
 
     let resolution = Stage::Route
-        .span()
+        .span(&context.span)
         .in_scope(|| app.router.resolve(&request.model))?;
     let plan = super::plan(app, &resolution);
     context.timings.lap(Stage::Route, started);
@@ -195,7 +195,7 @@ async fn stream<'a>(
             })
         },
     )
-    .instrument(Stage::Upstream.span())
+    .instrument(Stage::Upstream.span(&context.span))
     .await;
     context
         .timings

@@ -36,11 +36,11 @@ async fn handle(
         let request = EmbeddingsRequest::from_bytes(body.clone())?;
         Ok::<_, GatewayError>((body, request))
     }
-    .instrument(Stage::Parse.span())
+    .instrument(Stage::Parse.span(&context.span))
     .await?;
     let started = context.timings.lap(Stage::Parse, started);
     let resolution = Stage::Route
-        .span()
+        .span(&context.span)
         .in_scope(|| app.router.resolve(&request.model))?;
     let plan = super::plan(app, &resolution);
     context.timings.lap(Stage::Route, started);

@@ -190,14 +190,14 @@ where
                     .await?;
                 let translate_started = std::time::Instant::now();
                 let completion = Stage::Translate
-                    .span()
+                    .span(&call_span)
                     .in_scope(|| translate(&call, &body))?;
                 telemetry::record_usage(&call_span, &completion.usage);
                 Ok((completion, translate_started.elapsed()))
             })
         },
     )
-    .instrument(Stage::Upstream.span())
+    .instrument(Stage::Upstream.span(&context.span))
     .await;
     let upstream = upstream_started.elapsed();
     match result {
