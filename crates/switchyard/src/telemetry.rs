@@ -20,8 +20,8 @@
 //! The batch processor is the SDK's own, on a thread of its own, not its tokio variant: that
 //! one wakes its task for every finished span, a cross-thread wake-up per span that cost about
 //! 10 µs per request (7 spans) when the span path was timed alone. The thread wakes once per
-//! batch, encodes it there, and hands the HTTP request to the tokio runtime
-//! ([`RuntimeClient`]).
+//! batch, encodes it, and sends it itself ([`ExportClient`]), so that no export work runs on
+//! the workers that serve requests.
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -77,14 +77,15 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// Builds the OTLP/HTTP exporter, the batch processor and a parent-based ratio sampler.
-    /// Must be called within the tokio runtime that is to send the exports.
     pub fn start(config: &TelemetryConfig) -> Result<Self, String> {
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| "trace export needs a tokio runtime".to_owned())?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| format!("telemetry: could not start the export runtime: {error}"))?;
         let connector = crate::transport::https_connector(EXPORT_TIMEOUT)?;
-        let client = RuntimeClient {
+        let client = ExportClient {
             client: HyperClient::new(connector, EXPORT_TIMEOUT, None),
-            runtime,
+            runtime: Some(runtime),
         };
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -133,8 +134,7 @@ impl Telemetry {
     /// Exports every finished span now.
     pub async fn flush(&self) -> Result<(), String> {
         let provider = self.provider.clone();
-        // The SDK blocks until the batch thread has exported, and the export is sent from
-        // this runtime, maybe by this very worker.
+        // The SDK blocks until the batch thread has exported: not on a worker.
         tokio::task::spawn_blocking(move || provider.force_flush())
             .await
             .map_err(|error| format!("trace flush did not finish: {error}"))?
@@ -153,25 +153,39 @@ impl Telemetry {
     }
 }
 
-/// The exporter's HTTP client: the batch processor's thread has no tokio runtime, so each
-/// export is sent by a task on the gateway's runtime (hyper with the transport's rustls
-/// connector) and awaited from that thread.
+/// The exporter's HTTP client: hyper with the transport's rustls connector, driven by a
+/// current-thread runtime of its own on the batch processor's thread (the SDK runs each export
+/// to completion there), so exports never take a request worker's time.
 #[derive(Debug)]
-struct RuntimeClient {
+struct ExportClient {
     client: HyperClient<HttpsConnector<HttpConnector>>,
-    runtime: tokio::runtime::Handle,
+    /// `None` only once dropped.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 #[async_trait::async_trait]
-impl HttpClient for RuntimeClient {
+impl HttpClient for ExportClient {
     async fn send_bytes(
         &self,
         request: http::Request<Bytes>,
     ) -> Result<http::Response<Bytes>, HttpError> {
-        let client = self.client.clone();
-        self.runtime
-            .spawn(async move { client.send_bytes(request).await })
-            .await?
+        // The batch thread is no runtime's: blocking it is what it is for.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err("trace export must run on the batch processor's thread".into());
+        }
+        match &self.runtime {
+            Some(runtime) => runtime.block_on(self.client.send_bytes(request)),
+            None => Err("trace export is shut down".into()),
+        }
+    }
+}
+
+impl Drop for ExportClient {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics inside another runtime (a failed start).
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
@@ -218,6 +232,10 @@ where
 /// The root span of one request. When `export` is on and the client sent a W3C
 /// `traceparent`, the span continues the client's trace.
 pub fn request_span(request: &Request, request_id: &HeaderValue, export: bool) -> Span {
+    if !tracing::level_enabled!(Level::DEBUG) {
+        // The usual case without export: skip finding the route for a span nobody wants.
+        return Span::none();
+    }
     let method = request.method();
     let route = http_route(request.uri().path());
     let span = tracing::debug_span!(

@@ -4,8 +4,9 @@
 //!
 //! Each test installs its subscriber with `tracing::subscriber::set_default`, which holds for
 //! the test's thread; `#[tokio::test]` runs the gateway, the mock and the client on that one
-//! thread, so every span of the test goes to its own exporter and collector. The collector runs
-//! on a thread of its own, because a flush blocks until the collector has answered.
+//! thread, so every span of the test goes to its own exporter and collector (the exporter
+//! sends from the SDK's batch thread). The collector runs on a thread of its own, independent
+//! of the test's runtime.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
