@@ -1000,6 +1000,35 @@ async fn control_api_over_http() {
 }
 
 #[tokio::test]
+async fn otlp_trace_exports_are_counted_apart() {
+    let mock = spawn("collector").await;
+    // Bytes of some ExportTraceServiceRequest: the mock does not parse them.
+    let export = exchange(
+        &mock,
+        Method::POST,
+        "/v1/traces",
+        &[("content-type", "application/x-protobuf")],
+        "\n\u{0}",
+    )
+    .await;
+    assert_eq!(export.status, StatusCode::OK);
+    assert_eq!(export.content_type(), "application/x-protobuf");
+    assert!(
+        export.body.is_empty(),
+        "an empty ExportTraceServiceResponse"
+    );
+    assert_eq!(mock.trace_exports(), 1);
+    assert_eq!(mock.calls(), 0, "an export is not an API call");
+    assert!(mock.requests().is_empty());
+    assert_eq!(
+        get(&mock, "/__mock/trace_exports").await.json(),
+        json!({"trace_exports": 1})
+    );
+    post(&mock, "/__mock/reset", &[], &json!({})).await;
+    assert_eq!(mock.trace_exports(), 0);
+}
+
+#[tokio::test]
 async fn call_counter_and_recorded_requests() {
     let mock = spawn("alpha").await;
     let clone = mock.clone();

@@ -74,7 +74,11 @@ impl AppState {
         let models_body = serde_json::to_vec(&router.list())
             .map(Bytes::from)
             .map_err(|error| format!("could not encode the model list: {error}"))?;
-        let transport = Transport::new(config.upstream, &config.providers)?;
+        let transport = Transport::new(
+            config.upstream,
+            &config.providers,
+            config.telemetry.is_some(),
+        )?;
         let tracker = Tracker::new(&config, clock);
         let (events, event_receiver) = analytics::channel();
         Ok(AppState(Arc::new(AppInner {

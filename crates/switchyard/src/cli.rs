@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use switchyard_core::config::{self, Config, DEFAULT_LISTEN, Env};
 
 use crate::app::AppState;
-use crate::server;
+use crate::{server, telemetry};
 
 /// Switchyard: an OpenAI-compatible AI gateway.
 #[derive(Debug, Parser)]
@@ -146,8 +146,18 @@ pub fn resolve_listen(flag: Option<&str>, config: &Config) -> Result<SocketAddr,
     Ok(listen)
 }
 
-/// Binds, announces the address on stdout, and serves until SIGINT/SIGTERM.
+/// Installs logging (and trace export, when configured), binds, announces the address on
+/// stdout, and serves until SIGINT/SIGTERM; then flushes the traces still pending.
 pub async fn run_gateway(config: Config, listen: SocketAddr) -> Result<(), String> {
+    let telemetry = telemetry::init(config.telemetry.as_ref())?;
+    let served = serve_gateway(config, listen).await;
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
+    }
+    served
+}
+
+async fn serve_gateway(config: Config, listen: SocketAddr) -> Result<(), String> {
     for provider in &config.providers {
         tracing::info!(provider = %provider.name, kind = %provider.kind, base_url = %provider.base_url, "provider");
     }

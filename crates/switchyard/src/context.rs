@@ -43,6 +43,10 @@ pub struct RequestContext {
     pub principal: Principal,
     /// The accounting stage's draft event, filled in by the stages after it.
     pub event: Option<crate::chain::account::DraftHandle>,
+    /// The request's root span; the stages' spans are its children. It is passed down here
+    /// rather than entered around the whole request, which would cost an enter and an exit
+    /// on every poll.
+    pub span: tracing::Span,
 }
 
 impl RequestContext {

@@ -106,21 +106,26 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         mocks.push(mock);
     }
     let raw = demo_config(&mocks);
-    // The simulated providers' keys are fixed; only the master key comes from the process.
+    // The simulated providers' keys are fixed; only the master key and the trace collector
+    // come from the process.
     let mut env: HashMap<String, String> =
         HashMap::from([("DEMO_KEY".to_owned(), "demo-key".to_owned())]);
-    if let Some(master) = config::Env::var(&ProcessEnv, config::DEFAULT_MASTER_KEY_ENV) {
-        env.insert(config::DEFAULT_MASTER_KEY_ENV.to_owned(), master);
+    for name in [config::DEFAULT_MASTER_KEY_ENV, config::OTLP_ENDPOINT_ENV] {
+        if let Some(value) = config::Env::var(&ProcessEnv, name) {
+            env.insert(name.to_owned(), value);
+        }
     }
     let config = config::validate(&raw, &env).map_err(|error| format!("demo config: {error}"))?;
     let listen = crate::cli::resolve_listen(Some(&args.listen), &config)?;
     let master_key = config.server.master_key.clone();
+    let config_telemetry = config.telemetry.clone();
     let state = AppState::new(config).await?;
     let listener = server::bind(listen).await?;
     let local = listener
         .local_addr()
         .map_err(|error| format!("could not read the listening address: {error}"))?;
     let base = format!("http://{local}");
+    let telemetry = crate::telemetry::init(config_telemetry.as_ref())?;
     announce(&banner(&base, master_key.is_some()));
     if !args.no_traffic {
         tokio::spawn(traffic(
@@ -131,6 +136,9 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     server::serve(listener, state, server::shutdown_signal()).await;
     for mock in &mocks {
         mock.shutdown().await;
+    }
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
     }
     Ok(())
 }

@@ -17,6 +17,8 @@
 //! - [`context`], [`timing`]: the typed per-request context and `Server-Timing`.
 //! - [`error`]: the one place errors become responses.
 //! - [`server`]: listener, connections, graceful shutdown.
+//! - [`telemetry`]: the log subscriber, the request path's spans, OTLP trace export and W3C
+//!   trace-context propagation.
 //! - [`cli`]: `serve`, `demo`, `config check`; [`demo`]: simulated providers and traffic.
 
 pub mod analytics;
@@ -30,6 +32,7 @@ pub mod failover;
 pub mod handlers;
 pub mod health_check;
 pub mod server;
+pub mod telemetry;
 pub mod timing;
 pub mod tracker;
 pub mod transport;

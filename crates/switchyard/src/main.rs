@@ -1,9 +1,6 @@
 //! The `switchyard` binary.
 
-use std::io::IsTerminal;
-
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 // glibc's malloc was a fifth of the gateway's CPU under load (perf, load harness at
 // concurrency 32); mimalloc's thread-local free lists take most of that away.
@@ -11,13 +8,8 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
+    // The log subscriber is installed by the command, once it knows whether traces are
+    // exported (`switchyard::telemetry::init`).
     switchyard::install_crypto_provider();
     let cli = switchyard::cli::Cli::parse();
     let mut builder = tokio::runtime::Builder::new_multi_thread();

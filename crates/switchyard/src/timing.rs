@@ -1,7 +1,8 @@
 //! Per-stage durations of one request, reported in `Server-Timing`.
 //!
 //! Stages are recorded as they finish; the header lists them in that order plus `total`.
-//! Durations are printed in milliseconds with microsecond precision.
+//! Durations are printed in milliseconds with microsecond precision. Each stage also has a
+//! `tracing` span ([`Stage::span`]), exported with OpenTelemetry when that is on.
 
 use std::fmt::Write;
 use std::time::{Duration, Instant};
@@ -31,6 +32,21 @@ impl Stage {
             Stage::Route => "route",
             Stage::Upstream => "upstream",
             Stage::Translate => "translate",
+        }
+    }
+
+    /// A `tracing` span for this stage, named like its `Server-Timing` metric, a child of
+    /// `parent` (the request's span, or the provider call's for `translate`). DEBUG level:
+    /// disabled (and nearly free) under the default log filter unless trace export is on;
+    /// see [`crate::telemetry`].
+    pub fn span(self, parent: &tracing::Span) -> tracing::Span {
+        // One callsite per stage: a span's name must be a literal.
+        match self {
+            Stage::Auth => tracing::debug_span!(parent: parent, "auth"),
+            Stage::Parse => tracing::debug_span!(parent: parent, "parse"),
+            Stage::Route => tracing::debug_span!(parent: parent, "route"),
+            Stage::Upstream => tracing::debug_span!(parent: parent, "upstream"),
+            Stage::Translate => tracing::debug_span!(parent: parent, "translate"),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The transport: one pooled HTTP client for every provider (keep-alive, HTTP/2 where the
 //! provider offers it through ALPN, rustls, `TCP_NODELAY`), with connect, first-byte, idle and
 //! total deadlines. It sends what an adapter built and hands back bytes or SSE events; it
-//! knows nothing about wire formats beyond asking the adapter to read error bodies.
+//! knows nothing about wire formats beyond asking the adapter to read error bodies. With trace
+//! export on, it adds the provider-call span's W3C `traceparent` and records the provider's
+//! status on that span ([`crate::telemetry`]).
 //!
 //! It is hyper-util's pooled client used directly: the load harness showed reqwest's extra
 //! layers (URL and IDNA parsing, connector clones, header merging) on every request, and the
@@ -44,6 +46,9 @@ pub struct Transport {
     clients: Arc<HashMap<String, HttpClient>>,
     default_client: HttpClient,
     user_agent: HeaderValue,
+    /// Trace export is on: requests carry the current span's `traceparent`, and the call's
+    /// span records the provider's status.
+    traced: bool,
 }
 
 /// The `code` of a timeout caused by the client request's own deadline rather than by the
@@ -78,18 +83,24 @@ impl CallLimits {
     }
 }
 
-fn client(connect_timeout: Duration) -> Result<HttpClient, String> {
+/// A connector for http and https (rustls with ring and the platform's trust store, HTTP/2 by
+/// ALPN, `TCP_NODELAY`). Also used by the trace exporter.
+pub fn https_connector(connect_timeout: Duration) -> Result<HttpsConnector<HttpConnector>, String> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_platform_verifier(rustls::crypto::ring::default_provider())
-        .map_err(|error| format!("could not set up TLS for upstream connections: {error}"))?
+        .map_err(|error| format!("could not set up TLS for outgoing connections: {error}"))?
         .https_or_http()
         .enable_all_versions()
-        .wrap_connector(http);
+        .wrap_connector(http))
+}
+
+fn client(connect_timeout: Duration) -> Result<HttpClient, String> {
+    let https = https_connector(connect_timeout)?;
     Ok(Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
@@ -100,8 +111,13 @@ fn client(connect_timeout: Duration) -> Result<HttpClient, String> {
 }
 
 impl Transport {
-    /// Builds a pool per provider: rustls (ring) with the platform's trust store.
-    pub fn new(upstream: UpstreamConfig, providers: &[Arc<Provider>]) -> Result<Self, String> {
+    /// Builds a pool per provider: rustls (ring) with the platform's trust store. `traced`:
+    /// trace export is on, so requests carry the W3C trace context.
+    pub fn new(
+        upstream: UpstreamConfig,
+        providers: &[Arc<Provider>],
+        traced: bool,
+    ) -> Result<Self, String> {
         crate::install_crypto_provider();
         let mut clients = HashMap::with_capacity(providers.len());
         for provider in providers {
@@ -111,6 +127,7 @@ impl Transport {
             clients: Arc::new(clients),
             default_client: client(upstream.connect_timeout)?,
             user_agent: HeaderValue::from_static(concat!("switchyard/", env!("CARGO_PKG_VERSION"))),
+            traced,
         })
     }
 
@@ -132,6 +149,9 @@ impl Transport {
         outgoing
             .headers_mut()
             .insert(http::header::USER_AGENT, self.user_agent.clone());
+        if self.traced {
+            crate::telemetry::inject_context(outgoing.headers_mut());
+        }
         let deadline = limits.deadline;
         let first_byte = deadline.min(Instant::now() + limits.first_byte);
         let client = self
@@ -154,6 +174,9 @@ impl Transport {
             }
         };
         let status = response.status();
+        if self.traced {
+            crate::telemetry::record_upstream_status(status);
+        }
         if status.is_success() {
             return Ok(response);
         }

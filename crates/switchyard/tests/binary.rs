@@ -1,5 +1,5 @@
-//! Tests of the real `switchyard` binary: start-up errors, `config check`, and graceful
-//! shutdown on SIGTERM with a stream in flight.
+//! Tests of the real `switchyard` binary: start-up errors, `config check`, graceful
+//! shutdown on SIGTERM with a stream in flight, and the trace flush at shutdown.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -256,6 +256,67 @@ async fn sigterm_lets_an_in_flight_stream_finish_then_exits() {
     assert!(exit.success(), "{exit:?}");
     let refused = client().get(format!("{address}/healthz")).send().await;
     assert!(refused.is_err(), "no new connections after shutdown");
+}
+
+#[tokio::test]
+async fn sigterm_flushes_the_pending_spans() {
+    // The mock doubles as the OTLP collector, named by the standard variable; with an hour
+    // between batches, only the shutdown flush can export anything.
+    let mock = MockProvider::builder()
+        .name("traced")
+        .spawn()
+        .await
+        .unwrap();
+    let config = write_config(
+        "traces",
+        &format!(
+            "[[providers]]\nname = \"mock\"\nkind = \"openai\"\nbase_url = \"{}/v1\"\nmodels = [\"mock-*\"]\n",
+            mock.base_url()
+        ),
+    );
+    let (mut child, address) = start(
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &mock.base_url()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "3600000"),
+        ],
+    )
+    .await;
+    let response = client()
+        .post(format!("{address}/v1/chat/completions"))
+        .body(r#"{"model":"mock-small","messages":[{"role":"user","content":"trace me"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
+    let traceparent = &mock.requests()[0].headers["traceparent"];
+    assert!(traceparent.starts_with("00-"), "{traceparent}");
+    assert_eq!(
+        mock.trace_exports(),
+        0,
+        "nothing is due before the shutdown"
+    );
+
+    let pid = child.id().unwrap().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits after flushing")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(mock.trace_exports() >= 1, "the pending spans were flushed");
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use std::time::Duration;
 pub use presets::{PRESETS, Preset, kind_names, preset};
 pub use raw::{
     RawAnalytics, RawBreaker, RawConfig, RawHealthCheck, RawProvider, RawRoute, RawRouting,
-    RawServer, RawStorage, RawTarget, RawTimeouts, RawUpstream,
+    RawServer, RawStorage, RawTarget, RawTelemetry, RawTimeouts, RawUpstream,
 };
 
 use crate::health::{Backoff, BreakerConfig};
@@ -30,6 +30,13 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MASTER_KEY_ENV: &str = "SWITCHYARD_MASTER_KEY";
 /// Default Azure OpenAI API version.
 pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
+/// Default `service.name` of exported spans.
+pub const DEFAULT_SERVICE_NAME: &str = "switchyard";
+/// The standard OpenTelemetry variable naming the collector, read when
+/// `telemetry.otlp_endpoint` is unset.
+pub const OTLP_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// The path of the OTLP/HTTP traces endpoint under the collector's base URL.
+pub const OTLP_TRACES_PATH: &str = "/v1/traces";
 
 /// Reads environment variables. Injected so validation stays pure and testable.
 pub trait Env {
@@ -101,6 +108,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Analytics flushing and retention.
     pub analytics: AnalyticsConfig,
+    /// Trace export; `None` when it is off (the default).
+    pub telemetry: Option<TelemetryConfig>,
 }
 
 /// The environment variable naming the data directory.
@@ -132,6 +141,17 @@ pub struct AnalyticsConfig {
     pub request_log_max_age: Duration,
     /// Request log size limit, bytes.
     pub request_log_max_bytes: u64,
+}
+
+/// Validated `[telemetry]`, present only when trace export is on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// Where spans are posted as OTLP/HTTP protobuf: the collector's `/v1/traces` URL.
+    pub traces_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Fraction of new traces sampled (a remote parent's decision is followed).
+    pub sample_ratio: f64,
 }
 
 /// Validated `[routing]`.
@@ -306,6 +326,7 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
     };
 
     let routing = validate_routing(&raw.routing)?;
+    let telemetry = validate_telemetry(&raw.telemetry, env)?;
     let mut providers: Vec<Arc<Provider>> = Vec::with_capacity(raw.providers.len());
     for (index, provider) in raw.providers.iter().enumerate() {
         let key = format!("providers[{index}]");
@@ -402,6 +423,7 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         routing,
         storage: validate_storage(&raw.storage, env)?,
         analytics: validate_analytics(&raw.analytics)?,
+        telemetry,
     })
 }
 
@@ -642,6 +664,53 @@ fn validate_routing(raw: &RawRouting) -> Result<RoutingConfig, ConfigError> {
         backoff,
         breaker,
     })
+}
+
+/// `[telemetry]`: export is on when an endpoint is configured, or else named by
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`. The other keys are checked either way.
+fn validate_telemetry(
+    raw: &RawTelemetry,
+    env: &dyn Env,
+) -> Result<Option<TelemetryConfig>, ConfigError> {
+    let service_name = raw
+        .service_name
+        .as_deref()
+        .unwrap_or(DEFAULT_SERVICE_NAME)
+        .trim();
+    if service_name.is_empty() {
+        return Err(ConfigError::new(
+            "telemetry.service_name",
+            "must not be empty",
+        ));
+    }
+    let sample_ratio = raw.sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        return Err(ConfigError::new(
+            "telemetry.sample_ratio",
+            "must be a fraction between 0 and 1",
+        ));
+    }
+    let key = "telemetry.otlp_endpoint";
+    let endpoint = match &raw.otlp_endpoint {
+        Some(endpoint) => check_base_url(endpoint).map_err(|m| ConfigError::new(key, m))?,
+        None => match env.var(OTLP_ENDPOINT_ENV) {
+            Some(endpoint) => check_base_url(&endpoint)
+                .map_err(|m| ConfigError::new(key, format!("(from {OTLP_ENDPOINT_ENV}) {m}")))?,
+            None => return Ok(None),
+        },
+    };
+    // Like the standard variable, the endpoint is the collector's base URL; a full traces
+    // URL is accepted as it is.
+    let traces_endpoint = if endpoint.ends_with(OTLP_TRACES_PATH) {
+        endpoint
+    } else {
+        format!("{endpoint}{OTLP_TRACES_PATH}")
+    };
+    Ok(Some(TelemetryConfig {
+        traces_endpoint,
+        service_name: service_name.to_owned(),
+        sample_ratio,
+    }))
 }
 
 fn validate_server(raw: &RawServer, env: &dyn Env) -> Result<ServerConfig, ConfigError> {

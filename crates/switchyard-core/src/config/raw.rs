@@ -33,6 +33,9 @@ pub struct RawConfig {
     /// Request analytics: flushing, and the raw request log's retention.
     #[serde(default)]
     pub analytics: RawAnalytics,
+    /// OpenTelemetry trace export.
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
 }
 
 /// `[storage]`.
@@ -62,6 +65,21 @@ pub struct RawAnalytics {
     pub request_log_max_age: Option<Duration>,
     /// The request log is trimmed (oldest first) to this size in MiB. Default 1024.
     pub request_log_max_mb: Option<u64>,
+}
+
+/// `[telemetry]`: OpenTelemetry trace export over OTLP/HTTP. Off unless an endpoint is set
+/// here or in `OTEL_EXPORTER_OTLP_ENDPOINT`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// The collector's OTLP/HTTP base URL, e.g. `http://127.0.0.1:4318`; spans go to
+    /// `{otlp_endpoint}/v1/traces` as protobuf. Default: `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans. Default `switchyard`.
+    pub service_name: Option<String>,
+    /// Fraction of new traces to sample, 0 to 1; a client's `traceparent` decides for its
+    /// own trace. Default 1.
+    pub sample_ratio: Option<f64>,
 }
 
 /// `[routing]`: how failures are handled, for every route.

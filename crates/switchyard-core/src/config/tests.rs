@@ -337,3 +337,109 @@ fn bad_storage_and_analytics_values_are_named() {
     let unknown = load("[analytics]\nretention = \"1d\"", &env(&[])).unwrap_err();
     assert!(unknown.to_string().contains("retention"), "{unknown}");
 }
+
+#[test]
+fn telemetry_is_off_unless_an_endpoint_is_named() {
+    let config = load(
+        GOOD,
+        &env(&[("OPENAI_API_KEY", "o"), ("ANTHROPIC_API_KEY", "a")]),
+    )
+    .unwrap();
+    assert_eq!(config.telemetry, None);
+    // The other keys alone do not turn export on.
+    let config = load("[telemetry]\nservice_name = \"edge\"\n", &env(&[])).unwrap();
+    assert_eq!(config.telemetry, None);
+}
+
+#[test]
+fn telemetry_from_the_file() {
+    let config = load(
+        "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318/\"\nservice_name = \" edge \"\nsample_ratio = 0.25\n",
+        &env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://elsewhere:4318")]),
+    )
+    .unwrap();
+    assert_eq!(
+        config.telemetry,
+        Some(TelemetryConfig {
+            traces_endpoint: "http://127.0.0.1:4318/v1/traces".to_owned(),
+            service_name: "edge".to_owned(),
+            sample_ratio: 0.25,
+        })
+    );
+    // A full traces URL is kept as it is.
+    let config = load(
+        "[telemetry]\notlp_endpoint = \"https://collector.example/otlp/v1/traces\"\n",
+        &env(&[]),
+    )
+    .unwrap();
+    let telemetry = config.telemetry.unwrap();
+    assert_eq!(
+        telemetry.traces_endpoint,
+        "https://collector.example/otlp/v1/traces"
+    );
+    assert_eq!(telemetry.service_name, DEFAULT_SERVICE_NAME);
+    assert_eq!(telemetry.sample_ratio, 1.0);
+}
+
+#[test]
+fn telemetry_endpoint_from_the_standard_variable() {
+    let environment = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")]);
+    let config = load("", &environment).unwrap();
+    assert_eq!(
+        config.telemetry.unwrap().traces_endpoint,
+        "http://127.0.0.1:4318/v1/traces"
+    );
+    // Without a file too: discovery leaves `[telemetry]` to validation.
+    let config = validate(&discover(&environment), &environment).unwrap();
+    assert!(config.telemetry.is_some());
+    let error = load(
+        "",
+        &env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")]),
+    )
+    .unwrap_err();
+    assert_eq!(error.key, "telemetry.otlp_endpoint");
+    assert!(
+        error.message.contains("from OTEL_EXPORTER_OTLP_ENDPOINT"),
+        "{error}"
+    );
+}
+
+#[test]
+fn bad_telemetry_values_are_named() {
+    let cases = [
+        (
+            "[telemetry]\notlp_endpoint = \"localhost:4318\"\n",
+            "telemetry.otlp_endpoint",
+        ),
+        (
+            "[telemetry]\notlp_endpoint = \"\"\n",
+            "telemetry.otlp_endpoint",
+        ),
+        (
+            "[telemetry]\notlp_endpoint = \"http://c:4318?x=1\"\n",
+            "telemetry.otlp_endpoint",
+        ),
+        (
+            "[telemetry]\nsample_ratio = 1.5\n",
+            "telemetry.sample_ratio",
+        ),
+        (
+            "[telemetry]\nsample_ratio = -0.1\n",
+            "telemetry.sample_ratio",
+        ),
+        (
+            "[telemetry]\nsample_ratio = nan\n",
+            "telemetry.sample_ratio",
+        ),
+        (
+            "[telemetry]\nservice_name = \" \"\n",
+            "telemetry.service_name",
+        ),
+    ];
+    for (text, key) in cases {
+        let error = load(text, &env(&[])).unwrap_err();
+        assert_eq!(error.key, key, "for {text}: {error}");
+    }
+    let error = parse_toml("[telemetry]\nendpoint = \"http://c:4318\"\n").unwrap_err();
+    assert!(error.message.contains("endpoint"), "{error}");
+}

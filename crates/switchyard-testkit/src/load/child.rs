@@ -255,16 +255,21 @@ impl Drop for ConfigFile {
 }
 
 /// The gateway config the harness runs with: one OpenAI-shaped provider, the mock, serving
-/// every `mock-*` model, and no master key (the gateway only listens on loopback).
-pub fn gateway_config(mock: SocketAddr) -> String {
-    format!(
+/// every `mock-*` model, and no master key (the gateway only listens on loopback). With
+/// `otlp`, the gateway exports its traces to the mock too.
+pub fn gateway_config(mock: SocketAddr, otlp: bool) -> String {
+    let mut config = format!(
         "# Written by switchyard-load for one run and removed when it ends.\n\
          [[providers]]\n\
          name = \"mock\"\n\
          kind = \"openai\"\n\
          base_url = \"http://{mock}/v1\"\n\
          models = [\"mock-*\"]\n"
-    )
+    );
+    if otlp {
+        config.push_str(&format!("[telemetry]\notlp_endpoint = \"http://{mock}\"\n"));
+    }
+    config
 }
 
 #[cfg(test)]
@@ -285,10 +290,14 @@ mod tests {
 
     #[test]
     fn the_gateway_config_points_at_the_mock() {
-        let config = gateway_config(SocketAddr::from(([127, 0, 0, 1], 4321)));
+        let mock = SocketAddr::from(([127, 0, 0, 1], 4321));
+        let config = gateway_config(mock, false);
         assert!(config.contains("base_url = \"http://127.0.0.1:4321/v1\""));
         assert!(config.contains("models = [\"mock-*\"]"));
         assert!(config.contains("kind = \"openai\""));
+        assert!(!config.contains("[telemetry]"));
+        let config = gateway_config(mock, true);
+        assert!(config.ends_with("[telemetry]\notlp_endpoint = \"http://127.0.0.1:4321\"\n"));
     }
 
     #[test]

@@ -95,7 +95,10 @@ pub async fn run(options: &LoadOptions, children: &mut Children) -> Result<Repor
     let mock_pid = mock.pid();
 
     if !options.direct_only {
-        let config = children.keep_config(ConfigFile::create(&gateway_config(mock_address))?);
+        let config = children.keep_config(ConfigFile::create(&gateway_config(
+            mock_address,
+            options.otlp,
+        ))?);
         let gateway = start_gateway(options, config).await?;
         progress(format_args!(
             "gateway pid {} listening on {}",
@@ -159,6 +162,11 @@ pub async fn run(options: &LoadOptions, children: &mut Children) -> Result<Repor
         }
     }
     compare_with_direct(&mut scenarios);
+    let trace_exports = if options.otlp {
+        trace_exports(mock_address).await
+    } else {
+        None
+    };
 
     let gateway = children.gateway.as_ref().map(|gateway| ProcessFacts {
         pid: gateway.pid(),
@@ -189,7 +197,21 @@ pub async fn run(options: &LoadOptions, children: &mut Children) -> Result<Repor
         gateway,
         scenarios,
         targets,
+        trace_exports,
     })
+}
+
+/// How many OTLP exports the mock has received, `None` when it cannot tell.
+async fn trace_exports(mock: std::net::SocketAddr) -> Option<u64> {
+    match super::control::call_json(mock, http::Method::GET, "/__mock/trace_exports", None).await {
+        Ok(answer) => answer["trace_exports"].as_u64(),
+        Err(error) => {
+            progress(format_args!(
+                "could not read the mock's trace exports: {error}"
+            ));
+            None
+        }
+    }
 }
 
 /// The body to send and whether it asks for a stream.

@@ -92,13 +92,18 @@ pub struct LoadOptions {
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     pub gateway_arg: Vec<OsString>,
 
+    /// Turn the gateway's trace export on, to the mock's `POST /v1/traces` (OTLP/HTTP), to
+    /// measure what tracing costs.
+    #[arg(long, conflicts_with = "direct_only")]
+    pub otlp: bool,
+
     /// Also write every figure as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
 
     /// Run the chaos scenario instead of the direct/gateway table: three providers behind
     /// one route, and steady load while the first one fails and recovers.
-    #[arg(long, conflicts_with_all = ["concurrency", "direct_only", "duration"])]
+    #[arg(long, conflicts_with_all = ["concurrency", "direct_only", "duration", "otlp"])]
     pub chaos: bool,
 
     /// Connections of the chaos run, each with one request in flight.
@@ -371,6 +376,21 @@ mod tests {
             vec!["switchyard-load", "--chaos", "--direct-only"],
             vec!["switchyard-load", "--chaos", "--chaos-fault", "timeout"],
             vec!["switchyard-load", "--chaos", "--chaos-concurrency", "0"],
+        ] {
+            assert!(
+                LoadOptions::try_parse_from(&bad).is_err(),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn otlp_export_needs_the_gateway_scenarios() {
+        let options = LoadOptions::try_parse_from(["switchyard-load", "--otlp"]).unwrap();
+        assert!(options.otlp);
+        for bad in [
+            vec!["switchyard-load", "--otlp", "--direct-only"],
+            vec!["switchyard-load", "--otlp", "--chaos"],
         ] {
             assert!(
                 LoadOptions::try_parse_from(&bad).is_err(),

@@ -202,6 +202,8 @@ pub struct Report {
     pub gateway: Option<ProcessFacts>,
     pub scenarios: Vec<ScenarioResult>,
     pub targets: Vec<TargetCheck>,
+    /// With `--otlp`: the OTLP exports the mock received from the gateway by the end.
+    pub trace_exports: Option<u64>,
 }
 
 impl Report {
@@ -234,6 +236,13 @@ impl Report {
             None => {
                 let _ = writeln!(out, "- gateway: not started (--direct-only)");
             }
+        }
+        if let Some(exports) = self.trace_exports {
+            let _ = writeln!(
+                out,
+                "- tracing: the gateway exported its spans to the mock over OTLP/HTTP \
+                 ({exports} exports received)"
+            );
         }
         out.push('\n');
         out.push_str(&render_table(&self.scenarios, self.settings.stream));
@@ -754,9 +763,11 @@ mod tests {
             gateway: Some(gateway(6_000_000)),
             targets: evaluate_targets(&scenarios, Some(&gateway(6_000_000))),
             scenarios,
+            trace_exports: Some(3),
         };
         let markdown = report.to_markdown();
         assert!(markdown.contains("- machine: nproc 2, load average 0.50 0.25 0.12 at start"));
+        assert!(markdown.contains("(3 exports received)"));
         assert!(markdown.contains("- via-gateway c=1: 2 non-2xx, 0 errors; first: HTTP 502"));
         assert!(markdown.contains("- via-gateway c=32: the server closed 5 keep-alive"));
         assert!(markdown.contains("RSS idle 6.0 MB, VmHWM at end 12.0 MB"));

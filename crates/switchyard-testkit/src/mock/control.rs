@@ -5,6 +5,7 @@
 //! - `GET /__mock/behavior`: the current default behaviour.
 //! - `POST /__mock/script`: body is an array of `Behavior`; appended to the one-shot queue.
 //! - `GET /__mock/calls`: `{"calls": N}`.
+//! - `GET /__mock/trace_exports`: `{"trace_exports": N}`, OTLP exports to `POST /v1/traces`.
 //! - `GET /__mock/requests`: the recorded requests, oldest first.
 //! - `POST /__mock/reset`: back to the start-up state.
 //!
@@ -49,6 +50,10 @@ pub(crate) fn handle(
             }
         }
         ("GET", "calls") => json_response(StatusCode::OK, &json!({"calls": shared.calls()})),
+        ("GET", "trace_exports") => json_response(
+            StatusCode::OK,
+            &json!({"trace_exports": shared.trace_exports()}),
+        ),
         ("GET", "requests") => json_response(StatusCode::OK, &json!(shared.requests())),
         ("POST", "reset") => {
             shared.reset();

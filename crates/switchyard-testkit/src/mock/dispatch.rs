@@ -2,6 +2,8 @@
 //!
 //! 1. Read the body (at most [`MAX_BODY_BYTES`]).
 //! 2. `/__mock/*` goes to the control API; it is neither counted nor recorded.
+//!    `POST /v1/traces` is an OTLP/HTTP trace export (the gateway's, when the mock is its
+//!    collector): counted apart, never recorded or parsed, answered with an empty 200.
 //! 3. Count and record the request.
 //! 4. Route it to an [`Endpoint`]; an unknown path gets a 404 in the likeliest wire's shape
 //!    (and consumes no scripted behaviour).
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, RETRY_AFTER};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -25,7 +27,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::behavior::Behavior;
-use super::body::{MockBody, Pacing, event_stream_response, json_response};
+use super::body::{MockBody, Pacing, event_stream_response, full, json_response};
 use super::conversation::Reply;
 use super::server::ConnectionAbort;
 use super::state::Shared;
@@ -192,6 +194,10 @@ pub(crate) async fn handle(
     if let Some(command) = parts.uri.path().strip_prefix("/__mock/") {
         return Ok(control::handle(&shared, &parts.method, command, &body));
     }
+    if parts.method == Method::POST && parts.uri.path() == OTLP_TRACES_PATH {
+        shared.count_trace_export();
+        return Ok(trace_export_response());
+    }
     let call_number = shared.record(&parts, &body);
 
     let path = parts.uri.path();
@@ -243,6 +249,20 @@ pub(crate) async fn handle(
             .insert(RETRY_AFTER, HeaderValue::from(seconds));
     }
     Ok(response)
+}
+
+/// Where OTLP/HTTP exporters post spans.
+const OTLP_TRACES_PATH: &str = "/v1/traces";
+
+/// Accepts an OTLP/HTTP export: an empty `ExportTraceServiceResponse` (no partial success)
+/// encodes to no bytes at all.
+fn trace_export_response() -> Response<MockBody> {
+    let mut response = Response::new(full(Bytes::new()));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-protobuf"),
+    );
+    response
 }
 
 /// A response with `status` and `wire`'s error body.

@@ -12,6 +12,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! It can also stand in for an OpenTelemetry collector: `POST /v1/traces` (OTLP/HTTP) is
+//! counted and answered, so the load harness can run the gateway with trace export on.
+//!
 //! Answers: the text is `"{name} says: {last user text}"`; prompt tokens are the words of all
 //! message texts (at least 1), completion tokens the words of the answer. See
 //! `conversation.rs` for tool calls and `dispatch.rs` for the order a request goes through.
@@ -193,6 +196,12 @@ impl MockHandle {
     /// API requests received since start or the last reset (control calls excluded).
     pub fn calls(&self) -> u64 {
         self.inner.shared.calls()
+    }
+
+    /// OTLP/HTTP trace exports received (`POST /v1/traces`) since start or the last reset.
+    /// They are not API requests: neither counted in [`MockHandle::calls`] nor recorded.
+    pub fn trace_exports(&self) -> u64 {
+        self.inner.shared.trace_exports()
     }
 
     /// The last [`RECORDED_REQUESTS`] API requests, oldest first.

@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     plan: Mutex<Plan>,
     /// API requests received since the last reset (control calls excluded).
     calls: AtomicU64,
+    /// OTLP trace exports received since the last reset (`POST /v1/traces`, not API calls).
+    trace_exports: AtomicU64,
     /// Numbers responses, for ids like `chatcmpl-mock-N`.
     sequence: AtomicU64,
     /// The last requests, for tests to inspect.
@@ -56,6 +58,7 @@ impl Shared {
             }),
             initial_behavior,
             calls: AtomicU64::new(0),
+            trace_exports: AtomicU64::new(0),
             sequence: AtomicU64::new(0),
             recorder: Recorder::new(),
             stop: watch::Sender::new(false),
@@ -103,6 +106,15 @@ impl Shared {
         self.calls.load(Ordering::Relaxed)
     }
 
+    /// Counts one OTLP trace export.
+    pub fn count_trace_export(&self) {
+        self.trace_exports.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn trace_exports(&self) -> u64 {
+        self.trace_exports.load(Ordering::Relaxed)
+    }
+
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.recorder.snapshot()
     }
@@ -134,6 +146,7 @@ impl Shared {
             plan.script.clear();
         }
         self.calls.store(0, Ordering::Relaxed);
+        self.trace_exports.store(0, Ordering::Relaxed);
         self.sequence.store(0, Ordering::Relaxed);
         self.recorder.clear();
     }

@@ -24,10 +24,15 @@ pub async fn authenticate(
     next: Next,
 ) -> Response {
     let started = std::time::Instant::now();
-    let outcome = match &app.config.server.master_key {
+    let span = match request.extensions().get::<RequestContext>() {
+        Some(context) => Stage::Auth.span(&context.span),
+        None => tracing::Span::none(),
+    };
+    let outcome = span.in_scope(|| match &app.config.server.master_key {
         None => Ok(Principal::Anonymous),
         Some(master) => check(presented_key(request.headers()), master.expose()),
-    };
+    });
+    drop(span);
     let Some(context) = request.extensions_mut().get_mut::<RequestContext>() else {
         return ApiError(GatewayError::internal("request context missing")).into_response();
     };

@@ -1,8 +1,10 @@
-//! Stage 0: the request id and the per-request context.
+//! Stage 0: the request id, the per-request context and the request's root span.
 //!
 //! Echoes a well-formed client `x-request-id` (up to 128 visible ASCII characters) or makes a
 //! new one, starts the stage timings and the deadline, and stamps `x-request-id` on every
-//! response, errors included.
+//! response, errors included. It opens the request's root span, which continues a client's W3C
+//! trace when trace export is on (see [`crate::telemetry`]), and keeps it open until the
+//! response body is sent.
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -12,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::app::AppState;
 use crate::context::{Principal, RequestContext};
+use crate::telemetry;
 use crate::timing::Timings;
 
 /// The header carrying the request id.
@@ -30,17 +33,19 @@ pub async fn request_context(
         .filter(|value| is_acceptable(value))
         .cloned()
         .unwrap_or_else(new_request_id);
+    let span = telemetry::request_span(&request, &request_id, app.config.telemetry.is_some());
     let context = RequestContext {
         request_id: request_id.clone(),
         timings,
         deadline: Instant::now() + app.config.server.request_timeout,
         principal: Principal::Anonymous,
         event: None,
+        span: span.clone(),
     };
     request.extensions_mut().insert(context);
     let mut response = next.run(request).await;
     response.headers_mut().insert(REQUEST_ID, request_id);
-    response
+    telemetry::finish_request_span(span, response)
 }
 
 fn is_acceptable(value: &HeaderValue) -> bool {

@@ -22,12 +22,14 @@ use switchyard_core::provider::{self, SseEvent, StreamDecoder, StreamItem};
 use switchyard_core::wire::ChatRequest;
 use switchyard_core::{ErrorKind, GatewayError, Origin};
 use tokio::time::timeout_at;
+use tracing::{Instrument, Span};
 
 use super::{Served, annotate, now_unix, read_body};
 use crate::app::AppState;
 use crate::chain::account::{self, DraftHandle};
 use crate::context::{RequestContext, TakenContext};
 use crate::failover::{self, PlannedRoute, RequestFacts};
+use crate::telemetry::{self, Operation};
 use crate::timing::Stage;
 use crate::tracker::InFlight;
 use crate::transport;
@@ -49,11 +51,18 @@ async fn handle(
     body: Body,
 ) -> Result<Response, GatewayError> {
     let started = Instant::now();
-    let body = read_body(body, app.config.server.max_body_bytes).await?;
-    let request = ChatRequest::from_bytes(body.clone())?;
+    let (body, request) = async {
+        let body = read_body(body, app.config.server.max_body_bytes).await?;
+        let request = ChatRequest::from_bytes(body.clone())?;
+        Ok::<_, GatewayError>((body, request))
+    }
+    .instrument(Stage::Parse.span(&context.span))
+    .await?;
     let started = context.timings.lap(Stage::Parse, started);
 
-    let resolution = app.router.resolve(&request.model)?;
+    let resolution = Stage::Route
+        .span(&context.span)
+        .in_scope(|| app.router.resolve(&request.model))?;
     let plan = super::plan(app, &resolution);
     context.timings.lap(Stage::Route, started);
     let facts = RequestFacts {
@@ -71,6 +80,7 @@ async fn handle(
             context,
             &plan,
             facts,
+            Operation::Chat,
             |call| provider::chat_request(call, &request),
             |call, body| provider::chat_response(call, &request, body),
         )
@@ -91,6 +101,8 @@ struct StartedStream {
     request_started: Instant,
     /// Whether generated output has been sent yet.
     first_token_sent: bool,
+    /// The provider call's span, open until the stream ends.
+    call_span: Span,
 }
 
 impl Drop for StartedStream {
@@ -123,7 +135,9 @@ async fn stream<'a>(
         |target| provider::chat_request(&call_for(target), request),
         |target, upstream| {
             let call = call_for(target);
-            async move {
+            let span = telemetry::provider_call_span(Operation::Chat, target);
+            let call_span = span.clone();
+            telemetry::in_call_span(span, async move {
                 let limits = CallLimits::for_target(target, facts.deadline);
                 let response = app
                     .transport
@@ -152,6 +166,7 @@ async fn stream<'a>(
                     draft: None,
                     request_started: Instant::now(),
                     first_token_sent: false,
+                    call_span,
                 };
                 // Commit to this target only once it has produced output (or finished cleanly).
                 while started.pending.is_empty() {
@@ -177,9 +192,10 @@ async fn stream<'a>(
                     ));
                 }
                 Ok(started)
-            }
+            })
         },
     )
+    .instrument(Stage::Upstream.span(&context.span))
     .await;
     context
         .timings
@@ -303,6 +319,12 @@ fn log_stream_end(
             draft.error_class = Some(error.kind.as_str().to_owned());
         }
     });
+    telemetry::record_usage(&started.call_span, &usage);
+    if let Some(error) = error {
+        telemetry::record_error(&started.call_span, error);
+    }
+    // The provider call is over.
+    started.call_span = Span::none();
     match error {
         None => tracing::debug!(
             request_id,

@@ -11,7 +11,9 @@ use super::read_body;
 use crate::app::AppState;
 use crate::context::{RequestContext, TakenContext};
 use crate::failover::RequestFacts;
+use crate::telemetry::Operation;
 use crate::timing::Stage;
+use tracing::Instrument;
 
 /// The handler.
 pub async fn embeddings(
@@ -29,10 +31,17 @@ async fn handle(
     body: Body,
 ) -> Result<Response, GatewayError> {
     let started = std::time::Instant::now();
-    let body = read_body(body, app.config.server.max_body_bytes).await?;
-    let request = EmbeddingsRequest::from_bytes(body.clone())?;
+    let (body, request) = async {
+        let body = read_body(body, app.config.server.max_body_bytes).await?;
+        let request = EmbeddingsRequest::from_bytes(body.clone())?;
+        Ok::<_, GatewayError>((body, request))
+    }
+    .instrument(Stage::Parse.span(&context.span))
+    .await?;
     let started = context.timings.lap(Stage::Parse, started);
-    let resolution = app.router.resolve(&request.model)?;
+    let resolution = Stage::Route
+        .span(&context.span)
+        .in_scope(|| app.router.resolve(&request.model))?;
     let plan = super::plan(app, &resolution);
     context.timings.lap(Stage::Route, started);
     let facts = RequestFacts {
@@ -46,6 +55,7 @@ async fn handle(
         context,
         &plan,
         facts,
+        Operation::Embeddings,
         |call| provider::embeddings_request(call, &request),
         |call, body| provider::embeddings_response(call, &request, body),
     )

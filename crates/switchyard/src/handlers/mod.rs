@@ -22,8 +22,10 @@ use crate::app::AppState;
 use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::failover::{self, PlannedRoute, RequestFacts};
+use crate::telemetry::{self, Operation};
 use crate::timing::Stage;
 use crate::transport::CallLimits;
+use tracing::Instrument;
 
 /// Reads the request body up to `limit` bytes; beyond it, a 413.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
@@ -147,12 +149,14 @@ pub fn now_unix() -> u64 {
 }
 
 /// A non-streamed answer from the first target that serves it: `build` makes the upstream
-/// request with the target's adapter, `translate` reads a 2xx answer.
+/// request with the target's adapter, `translate` reads a 2xx answer. Each attempt runs in
+/// a provider-call span for `operation`.
 pub async fn complete<'a, B, T>(
     app: &AppState,
     context: &mut RequestContext,
     plan: &[PlannedRoute<'a>],
     facts: RequestFacts,
+    operation: Operation,
     build: B,
     translate: T,
 ) -> Result<Response, GatewayError>
@@ -173,7 +177,9 @@ where
         |target, upstream| {
             let translate = &translate;
             let call = call_for(target);
-            async move {
+            let span = telemetry::provider_call_span(operation, target);
+            let call_span = span.clone();
+            telemetry::in_call_span(span, async move {
                 let limits = CallLimits::for_target(target, facts.deadline);
                 let response = app
                     .transport
@@ -184,11 +190,15 @@ where
                     .read_body(&target.provider, response, limits)
                     .await?;
                 let translate_started = std::time::Instant::now();
-                let completion = translate(&call, &body)?;
+                let completion = Stage::Translate
+                    .span(&call_span)
+                    .in_scope(|| translate(&call, &body))?;
+                telemetry::record_usage(&call_span, &completion.usage);
                 Ok((completion, translate_started.elapsed()))
-            }
+            })
         },
     )
+    .instrument(Stage::Upstream.span(&context.span))
     .await;
     let upstream = upstream_started.elapsed();
     match result {
