@@ -191,10 +191,22 @@ fn run_query(store: &SqliteStore, text: &str, now: u64) -> usize {
         .map(|p| p.split_once('=').unwrap())
         .collect();
     let query = Query::parse(pairs, now).unwrap();
+    let started = Instant::now();
     let mut fold = Fold::new(&query);
     store.fold(&CellsQuery::of(&query), &mut fold).unwrap();
+    let read = started.elapsed();
     let answer = fold.finish();
-    serde_json::to_vec(&answer).unwrap().len()
+    let finished = started.elapsed();
+    let bytes = serde_json::to_vec(&answer).unwrap().len();
+    if std::env::var_os("BENCH_PHASES").is_some() {
+        eprintln!(
+            "read+fold {:?} finish {:?} json {:?}",
+            read,
+            finished - read,
+            started.elapsed() - finished
+        );
+    }
+    bytes
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -209,6 +221,7 @@ fn time_queries(store: &SqliteStore, now: u64, runs: usize) {
         format!("from=-24h&interval=1m&metrics={all}"),
         format!("from=-1h&interval=1m&group_by=route&metrics={all}"),
         "from=-7d&interval=1h&group_by=key&metrics=requests,cost,p95".to_owned(),
+        "from=-7d&interval=7d&group_by=key&metrics=requests,cost".to_owned(),
     ];
     println!("query (each run: store read + sketch merge + JSON), {runs} runs:");
     for text in &queries {

@@ -38,6 +38,7 @@ fn read(tier: Tier, keyed: bool, from_ms: u64, to_ms: u64, filter: &Filter) -> C
         to_ms,
         filter: filter.clone(),
         sketches: true,
+        dims: [true; 5],
     }
 }
 
@@ -336,11 +337,11 @@ async fn two_instances_are_summed_by_a_query() {
     assert_eq!(totals["errors"], 10);
     assert_eq!(totals["tokens_in"], 1_000);
     assert!((float(&totals["cost"]) - 0.1).abs() < 1e-9);
-    // Nearest rank over all 100: p50 is the 50th value, p99 the 99th (within 1%).
+    // Nearest rank over all 100: p50 is the 50th value, p99 the 99th (within 2%).
     let p50 = float(&totals["p50"]);
     let p99 = float(&totals["p99"]);
-    assert!((p50 - 50.0).abs() <= 0.5, "p50 {p50}");
-    assert!((p99 - 99.0).abs() <= 0.99, "p99 {p99}");
+    assert!((p50 - 50.0).abs() <= 1.0, "p50 {p50}");
+    assert!((p99 - 99.0).abs() <= 1.98, "p99 {p99}");
     assert_eq!(p50, millis(&all_latency, 0.5));
     assert_eq!(p99, millis(&all_latency, 0.99));
     assert_eq!(float(&totals["ttft_p50"]), millis(&all_ttft, 0.5));

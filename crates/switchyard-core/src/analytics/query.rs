@@ -185,8 +185,9 @@ impl Metric {
         }
     }
 
-    /// The metric's value for an aggregate over `span_ms`; `null` where it is undefined.
-    pub fn value(self, rollup: &Sum, span_ms: u64) -> Value {
+    /// The metric's value for an aggregate over `span_ms` (with its quantiles); `null`
+    /// where it is undefined.
+    pub fn value(self, rollup: &Sum, quantiles: &Quantiles, span_ms: u64) -> Value {
         let ratio = |part: u64| {
             if rollup.requests == 0 {
                 Value::Null
@@ -200,12 +201,12 @@ impl Metric {
             Metric::Rps => float(rollup.requests as f64 * 1_000.0 / span_ms.max(1) as f64),
             Metric::Errors => rollup.errors.into(),
             Metric::ErrorRate => ratio(rollup.errors),
-            Metric::LatencyQuantile(q) => millis(rollup.latency.quantile(f64::from(q) / 100.0)),
+            Metric::LatencyQuantile(q) => millis(quantiles.latency[quantile_slot(q)]),
             Metric::LatencyAvg => millis(
                 (rollup.requests > 0)
                     .then(|| rollup.latency_sum_us as f64 / rollup.requests as f64),
             ),
-            Metric::TtftQuantile(q) => millis(rollup.ttft.quantile(f64::from(q) / 100.0)),
+            Metric::TtftQuantile(q) => millis(quantiles.ttft[quantile_slot(q)]),
             Metric::TokensIn => rollup.tokens_in.into(),
             Metric::TokensOut => rollup.tokens_out.into(),
             Metric::TokensCached => rollup.tokens_cached.into(),
@@ -216,6 +217,33 @@ impl Metric {
             Metric::CacheHitRate => ratio(rollup.cache_hits),
         }
     }
+}
+
+/// Latency and time-to-first-token quantiles of a [`Sum`], in [`QUANTILES`] order.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quantiles {
+    /// p50, p90, p95, p99 of the latency, microseconds.
+    pub latency: [Option<f64>; 4],
+    /// p50, p90, p95, p99 of the time to first token, microseconds.
+    pub ttft: [Option<f64>; 4],
+}
+
+impl Quantiles {
+    /// Computed in one walk per sketch, when `needed`.
+    pub fn of(sum: &Sum, needed: bool) -> Self {
+        if !needed {
+            return Quantiles::default();
+        }
+        let levels = QUANTILES.map(|q| f64::from(q) / 100.0);
+        Quantiles {
+            latency: sum.latency.quantiles(levels),
+            ttft: sum.ttft.quantiles(levels),
+        }
+    }
+}
+
+fn quantile_slot(q: u8) -> usize {
+    QUANTILES.iter().position(|&x| x == q).unwrap_or(0)
 }
 
 /// A finite float rounded to 6 decimals, or `null`.
@@ -691,11 +719,13 @@ impl<'q> Fold<'q> {
     pub fn finish(self) -> Answer {
         let query = self.query;
         let names: Vec<String> = query.metrics.iter().map(|m| m.name()).collect();
+        let needs_sketches = query.needs_sketches();
         let totals_of = |sum: &Sum, span: u64| -> Map<String, Value> {
+            let quantiles = Quantiles::of(sum, needs_sketches);
             names
                 .iter()
                 .zip(&query.metrics)
-                .map(|(name, m)| (name.clone(), m.value(sum, span)))
+                .map(|(name, m)| (name.clone(), m.value(sum, &quantiles, span)))
                 .collect()
         };
         let range = query.to_ms - query.from_ms;
@@ -709,13 +739,18 @@ impl<'q> Fold<'q> {
                     total.add_sum(slot);
                 }
                 all.add_sum(&total);
+                let quantiles: Vec<Quantiles> = slots
+                    .iter()
+                    .map(|slot| Quantiles::of(slot, needs_sketches))
+                    .collect();
                 let values = names
                     .iter()
                     .zip(&query.metrics)
                     .map(|(name, m)| {
                         let column: Vec<Value> = slots
                             .iter()
-                            .map(|slot| m.value(slot, query.interval_ms))
+                            .zip(&quantiles)
+                            .map(|(slot, quantiles)| m.value(slot, quantiles, query.interval_ms))
                             .collect();
                         (name.clone(), Value::Array(column))
                     })

@@ -81,6 +81,9 @@ pub struct CellsQuery {
     pub filter: Filter,
     /// Read the latency sketches (else they come back empty).
     pub sketches: bool,
+    /// Which dimensions (in `Dims::as_strs` order) the query uses; a store may leave the
+    /// others empty. The key of keyless cells is always `*`.
+    pub dims: [bool; 5],
 }
 
 impl CellsQuery {
@@ -94,6 +97,17 @@ impl CellsQuery {
             to_ms,
             filter: query.filter.clone(),
             sketches: query.needs_sketches(),
+            dims: {
+                let mut used = [false; 5];
+                for dim in query
+                    .group_by
+                    .iter()
+                    .chain(query.filter.equals.iter().map(|(d, _)| d))
+                {
+                    used[dim.index()] = true;
+                }
+                used
+            },
         }
     }
 }

@@ -150,11 +150,11 @@ fn answers_match_hand_computed_values() {
     assert_eq!(openai.totals["requests"], 4);
     assert_eq!(openai.totals["error_rate"], serde_json::json!(0.25));
     assert_eq!(openai.totals["latency_avg"], serde_json::json!(400.0));
-    // Nearest rank: p50 of {100, 200, 300, 1000} is the 2nd value, p99 the 4th (±1%).
+    // Nearest rank: p50 of {100, 200, 300, 1000} is the 2nd value, p99 the 4th (±2%).
     let p50 = openai.totals["p50"].as_f64().unwrap();
-    assert!((p50 - 200.0).abs() <= 2.0, "{p50}");
+    assert!((p50 - 200.0).abs() <= 4.0, "{p50}");
     let p99 = openai.totals["p99"].as_f64().unwrap();
-    assert!((p99 - 1_000.0).abs() <= 10.0, "{p99}");
+    assert!((p99 - 1_000.0).abs() <= 20.0, "{p99}");
     assert_eq!(openai.totals["ttft_p50"], Value::Null, "no streams");
     assert_eq!(openai.totals["cache_hit_rate"], serde_json::json!(0.0));
     // 4 requests over the 1 h range (the range is the point here).
