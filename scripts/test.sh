@@ -24,4 +24,4 @@ cargo test --workspace
 
 step "OpenAI SDK suite against the running binary"
 cargo build -p switchyard -p switchyard-testkit --bins
-SWITCHYARD_BIN_DIR="$PWD/target/debug" scripts/sdk-tests.sh
+SWITCHYARD_BIN_DIR="${CARGO_TARGET_DIR:-$PWD/target}/debug" scripts/sdk-tests.sh
