@@ -187,7 +187,8 @@ impl Metric {
 
     /// The metric's value for an aggregate over `span_ms` (with its quantiles); `null`
     /// where it is undefined.
-    pub fn value(self, rollup: &Sum, quantiles: &Quantiles, span_ms: u64) -> Value {
+    pub fn value(self, sum: &Sum, quantiles: &Quantiles, span_ms: u64) -> Value {
+        let rollup = &sum.counters;
         let ratio = |part: u64| {
             if rollup.requests == 0 {
                 Value::Null
@@ -555,26 +556,8 @@ pub struct Series {
 /// The counters and latency sums of a point, a group or the whole answer.
 #[derive(Debug, Clone, Default)]
 pub struct Sum {
-    /// Requests.
-    pub requests: u64,
-    /// Failed requests.
-    pub errors: u64,
-    /// Input tokens.
-    pub tokens_in: u64,
-    /// Output tokens.
-    pub tokens_out: u64,
-    /// Cached input tokens.
-    pub tokens_cached: u64,
-    /// Reasoning tokens.
-    pub tokens_reasoning: u64,
-    /// Known cost, USD.
-    pub cost_usd: f64,
-    /// Requests of unknown cost.
-    pub cost_unknown: u64,
-    /// Cache hits.
-    pub cache_hits: u64,
-    /// Sum of latencies, microseconds.
-    pub latency_sum_us: u64,
+    /// The counters (its own sketches stay empty: the sums below hold the latencies).
+    pub counters: Rollup,
     /// Latencies.
     pub latency: SketchSum,
     /// Times to first token.
@@ -582,30 +565,8 @@ pub struct Sum {
 }
 
 impl Sum {
-    fn add_counters(&mut self, r: &Rollup) {
-        self.requests += r.requests;
-        self.errors += r.errors;
-        self.tokens_in += r.tokens_in;
-        self.tokens_out += r.tokens_out;
-        self.tokens_cached += r.tokens_cached;
-        self.tokens_reasoning += r.tokens_reasoning;
-        self.cost_usd += r.cost_usd;
-        self.cost_unknown += r.cost_unknown;
-        self.cache_hits += r.cache_hits;
-        self.latency_sum_us = self.latency_sum_us.saturating_add(r.latency_sum_us);
-    }
-
     fn add_sum(&mut self, other: &Sum) {
-        self.requests += other.requests;
-        self.errors += other.errors;
-        self.tokens_in += other.tokens_in;
-        self.tokens_out += other.tokens_out;
-        self.tokens_cached += other.tokens_cached;
-        self.tokens_reasoning += other.tokens_reasoning;
-        self.cost_usd += other.cost_usd;
-        self.cost_unknown += other.cost_unknown;
-        self.cache_hits += other.cache_hits;
-        self.latency_sum_us = self.latency_sum_us.saturating_add(other.latency_sum_us);
+        self.counters.merge_counters(&other.counters);
         self.latency.add_sum(&other.latency);
         self.ttft.add_sum(&other.ttft);
     }
@@ -707,7 +668,7 @@ impl<'q> Fold<'q> {
         let Some(slot) = self.groups[group].1.get_mut(point) else {
             return Ok(());
         };
-        slot.add_counters(counters);
+        slot.counters.merge_counters(counters);
         if query.needs_sketches() {
             slot.latency.add_ref(latency)?;
             slot.ttft.add_ref(ttft)?;
@@ -762,7 +723,7 @@ impl<'q> Fold<'q> {
                     .map(|(d, v)| (d.name().to_owned(), Value::from(v.as_str())))
                     .collect();
                 (
-                    total.requests,
+                    total.counters.requests,
                     group,
                     Series {
                         group: labels,

@@ -178,6 +178,13 @@ impl Rollup {
 
     /// Adds another cell's aggregate.
     pub fn merge(&mut self, other: &Rollup) {
+        self.merge_counters(other);
+        self.latency.merge(&other.latency);
+        self.ttft.merge(&other.ttft);
+    }
+
+    /// Adds another cell's counters, leaving the sketches alone.
+    pub fn merge_counters(&mut self, other: &Rollup) {
         self.requests += other.requests;
         self.errors += other.errors;
         self.tokens_in += other.tokens_in;
@@ -188,8 +195,6 @@ impl Rollup {
         self.cost_unknown += other.cost_unknown;
         self.cache_hits += other.cache_hits;
         self.latency_sum_us = self.latency_sum_us.saturating_add(other.latency_sum_us);
-        self.latency.merge(&other.latency);
-        self.ttft.merge(&other.ttft);
     }
 
     /// Heap bytes held by the sketches.
