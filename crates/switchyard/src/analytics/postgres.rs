@@ -42,9 +42,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement, Transaction};
 
 use super::store::{
-    Batch, CellsQuery, Cursor, LoggedRequest, Names, Pruned, RequestsPage, RequestsQuery,
-    Retention, StoreError, StoredCell, filter_value, rollup_horizon, sketch_from, stages_from_json,
-    stages_json, to_i64, to_u64,
+    Batch, CellsQuery, Cursor, LoggedRequest, Names, Param, Pruned, RequestsPage, RequestsQuery,
+    Retention, StoreError, StoredCell, filter_value, number_placeholders, rollup_horizon,
+    sketch_from, stages_from_json, stages_json, to_i64, to_u64,
 };
 
 const STORE: &str = "postgres";
@@ -571,61 +571,19 @@ impl PostgresStore {
     /// A page of the request log, newest first, continuing after `query.before`.
     pub async fn requests(&self, query: &RequestsQuery) -> Result<RequestsPage, StoreError> {
         let mut sql = format!("SELECT {REQUEST_COLUMNS} FROM switchyard_requests WHERE true");
-        let mut values: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
-        let mut condition =
-            |sql: &mut String, clause: &str, value: Box<dyn ToSql + Sync + Send>| {
-                values.push(value);
-                sql.push_str(&clause.replace('?', &format!("${}", values.len())));
-            };
-        if let Some(cursor) = query.before {
-            condition(
-                &mut sql,
-                " AND (time_ms, id) < (?",
-                Box::new(to_i64(cursor.time_ms)),
-            );
-            condition(&mut sql, ", ?)", Box::new(cursor.id));
-        }
-        if let Some(status) = query.status {
-            condition(&mut sql, " AND status = ?", Box::new(i32::from(status)));
-        }
-        if let Some((low, high)) = query.status_class {
-            condition(&mut sql, " AND status >= ?", Box::new(i32::from(low)));
-            condition(&mut sql, " AND status <= ?", Box::new(i32::from(high)));
-        }
-        match query.error {
-            Some(true) => sql.push_str(" AND error_class IS NOT NULL"),
-            Some(false) => sql.push_str(" AND error_class IS NULL"),
-            None => {}
-        }
-        for (column, value) in [
-            ("provider", &query.provider),
-            ("route", &query.route),
-            ("model", &query.model),
-            ("key", &query.key),
-        ] {
-            if let Some(value) = value {
-                condition(
-                    &mut sql,
-                    &format!(" AND {column} = ?"),
-                    Box::new(value.clone()),
-                );
-            }
-        }
-        if let Some(min) = query.min_latency_us {
-            condition(&mut sql, " AND latency_us >= ?", Box::new(to_i64(min)));
-        }
-        if let Some(from) = query.from_ms {
-            condition(&mut sql, " AND time_ms >= ?", Box::new(to_i64(from)));
-        }
-        if let Some(to) = query.to_ms {
-            condition(&mut sql, " AND time_ms < ?", Box::new(to_i64(to)));
-        }
-        let limit = query.limit.clamp(1, 1000);
-        // One extra row tells whether there is a next page.
-        sql.push_str(&format!(
-            " ORDER BY time_ms DESC, id DESC LIMIT {}",
-            limit + 1
-        ));
+        let (tail, params) = query.sql_tail();
+        sql.push_str(&number_placeholders(&tail, '$'));
+        let values: Vec<Box<dyn ToSql + Sync + Send>> = params
+            .into_iter()
+            .map(|param| -> Box<dyn ToSql + Sync + Send> {
+                match param {
+                    Param::BigInt(n) => Box::new(n),
+                    Param::Int(n) => Box::new(n),
+                    Param::Text(text) => Box::new(text),
+                }
+            })
+            .collect();
+        let limit = query.page_size();
         let params: Vec<&(dyn ToSql + Sync)> = values
             .iter()
             .map(|value| &**value as &(dyn ToSql + Sync))

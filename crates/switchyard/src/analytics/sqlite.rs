@@ -18,9 +18,9 @@ use switchyard_core::analytics::query::{Dim, Fold, SketchRef};
 use switchyard_core::analytics::{Dims, Rollup, Tier};
 
 use super::store::{
-    Batch, CellsQuery, Cursor, LoggedRequest, Names, Pruned, RequestsPage, RequestsQuery,
-    Retention, StoreError, StoredCell, filter_value, rollup_horizon, sketch_from, stages_from_json,
-    stages_json, to_i64, to_u64,
+    Batch, CellsQuery, Cursor, LoggedRequest, Names, Param, Pruned, RequestsPage, RequestsQuery,
+    Retention, StoreError, StoredCell, filter_value, number_placeholders, rollup_horizon,
+    sketch_from, stages_from_json, stages_json, to_i64, to_u64,
 };
 
 const STORE: &str = "sqlite";
@@ -413,79 +413,19 @@ impl SqliteStore {
             "SELECT id, time_ms, request_id, instance, key, endpoint, route, provider, model, \
              stream, status, error_class, tokens_in, tokens_out, tokens_cached, \
              tokens_reasoning, cost_usd, latency_us, ttft_us, upstream_us, attempts, cache, \
-             stages FROM requests WHERE 1 = 1",
+             stages FROM requests WHERE true",
         );
-        let mut values: Vec<Value> = Vec::new();
-        let mut condition = |sql: &mut String, clause: &str, value: Value| {
-            values.push(value);
-            sql.push_str(&clause.replace('?', &format!("?{}", values.len())));
-        };
-        if let Some(cursor) = query.before {
-            condition(
-                &mut sql,
-                " AND (time_ms < ?",
-                Value::Integer(to_i64(cursor.time_ms)),
-            );
-            condition(
-                &mut sql,
-                " OR (time_ms = ?",
-                Value::Integer(to_i64(cursor.time_ms)),
-            );
-            condition(&mut sql, " AND id < ?))", Value::Integer(cursor.id));
-        }
-        if let Some(status) = query.status {
-            condition(
-                &mut sql,
-                " AND status = ?",
-                Value::Integer(i64::from(status)),
-            );
-        }
-        if let Some((low, high)) = query.status_class {
-            condition(&mut sql, " AND status >= ?", Value::Integer(i64::from(low)));
-            condition(
-                &mut sql,
-                " AND status <= ?",
-                Value::Integer(i64::from(high)),
-            );
-        }
-        match query.error {
-            Some(true) => sql.push_str(" AND error_class IS NOT NULL"),
-            Some(false) => sql.push_str(" AND error_class IS NULL"),
-            None => {}
-        }
-        for (column, value) in [
-            ("provider", &query.provider),
-            ("route", &query.route),
-            ("model", &query.model),
-            ("key", &query.key),
-        ] {
-            if let Some(value) = value {
-                condition(
-                    &mut sql,
-                    &format!(" AND {column} = ?"),
-                    Value::Text(value.clone()),
-                );
-            }
-        }
-        if let Some(min) = query.min_latency_us {
-            condition(
-                &mut sql,
-                " AND latency_us >= ?",
-                Value::Integer(to_i64(min)),
-            );
-        }
-        if let Some(from) = query.from_ms {
-            condition(&mut sql, " AND time_ms >= ?", Value::Integer(to_i64(from)));
-        }
-        if let Some(to) = query.to_ms {
-            condition(&mut sql, " AND time_ms < ?", Value::Integer(to_i64(to)));
-        }
-        let limit = query.limit.clamp(1, 1000);
-        // One extra row tells whether there is a next page.
-        sql.push_str(&format!(
-            " ORDER BY time_ms DESC, id DESC LIMIT {}",
-            limit + 1
-        ));
+        let (tail, params) = query.sql_tail();
+        sql.push_str(&number_placeholders(&tail, '?'));
+        let values: Vec<Value> = params
+            .into_iter()
+            .map(|param| match param {
+                Param::BigInt(n) => Value::Integer(n),
+                Param::Int(n) => Value::Integer(i64::from(n)),
+                Param::Text(text) => Value::Text(text),
+            })
+            .collect();
+        let limit = query.page_size();
         let connection = self.requests_reader();
         let mut statement = connection
             .prepare_cached(&sql)

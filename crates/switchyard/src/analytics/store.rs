@@ -161,6 +161,103 @@ pub struct RequestsQuery {
     pub to_ms: Option<u64>,
 }
 
+/// A parameter of a request log condition, typed as its column.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    /// A BIGINT column (times, latencies, ids).
+    BigInt(i64),
+    /// An INTEGER column (status).
+    Int(i32),
+    /// A TEXT column.
+    Text(String),
+}
+
+impl RequestsQuery {
+    /// Rows per page, 1 to 1000.
+    pub fn page_size(&self) -> u32 {
+        self.limit.clamp(1, 1000)
+    }
+
+    /// What follows `WHERE true` in either store: the conditions with `?` placeholders,
+    /// newest first, and a limit one row over the page (that row tells whether there is a
+    /// next page); and the parameters in placeholder order.
+    pub fn sql_tail(&self) -> (String, Vec<Param>) {
+        let mut sql = String::new();
+        let mut params = Vec::new();
+        let mut condition = |clause: &str, values: Vec<Param>| {
+            sql.push_str(clause);
+            params.extend(values);
+        };
+        if let Some(cursor) = self.before {
+            condition(
+                " AND (time_ms, id) < (?, ?)",
+                vec![
+                    Param::BigInt(to_i64(cursor.time_ms)),
+                    Param::BigInt(cursor.id),
+                ],
+            );
+        }
+        if let Some(status) = self.status {
+            condition(" AND status = ?", vec![Param::Int(i32::from(status))]);
+        }
+        if let Some((low, high)) = self.status_class {
+            condition(
+                " AND status >= ? AND status <= ?",
+                vec![Param::Int(i32::from(low)), Param::Int(i32::from(high))],
+            );
+        }
+        match self.error {
+            Some(true) => condition(" AND error_class IS NOT NULL", vec![]),
+            Some(false) => condition(" AND error_class IS NULL", vec![]),
+            None => {}
+        }
+        for (column, value) in [
+            ("provider", &self.provider),
+            ("route", &self.route),
+            ("model", &self.model),
+            ("key", &self.key),
+        ] {
+            if let Some(value) = value {
+                condition(
+                    &format!(" AND {column} = ?"),
+                    vec![Param::Text(value.clone())],
+                );
+            }
+        }
+        for (clause, value) in [
+            (" AND latency_us >= ?", self.min_latency_us),
+            (" AND time_ms >= ?", self.from_ms),
+            (" AND time_ms < ?", self.to_ms),
+        ] {
+            if let Some(value) = value {
+                condition(clause, vec![Param::BigInt(to_i64(value))]);
+            }
+        }
+        sql.push_str(&format!(
+            " ORDER BY time_ms DESC, id DESC LIMIT {}",
+            self.page_size() + 1
+        ));
+        (sql, params)
+    }
+}
+
+/// Numbers `?` placeholders in order with `sigil` (`?1, ?2` for SQLite, `$1, $2` for
+/// Postgres). The SQL must hold no other `?`.
+pub fn number_placeholders(sql: &str, sigil: char) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push(sigil);
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A position in the log: (time, row id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
