@@ -224,7 +224,14 @@ fn time_queries(store: &SqliteStore, now: u64, runs: usize) {
         "from=-7d&interval=7d&group_by=key&metrics=requests,cost".to_owned(),
     ];
     println!("query (each run: store read + sketch merge + JSON), {runs} runs:");
-    for text in &queries {
+    // `BENCH_ONLY=N` runs only the N-th query (for profiling).
+    let only: Option<usize> = std::env::var("BENCH_ONLY")
+        .ok()
+        .and_then(|n| n.parse().ok());
+    for (n, text) in queries.iter().enumerate() {
+        if only.is_some_and(|only| only != n) {
+            continue;
+        }
         let mut times = Vec::with_capacity(runs);
         let mut bytes = 0;
         for _ in 0..runs {
