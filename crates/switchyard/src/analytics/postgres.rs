@@ -42,9 +42,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement, Transaction};
 
 use super::store::{
-    Batch, CellsQuery, Cursor, LoggedRequest, Names, Param, Pruned, RequestsPage, RequestsQuery,
-    Retention, StoreError, StoredCell, filter_value, number_placeholders, rollup_horizon,
-    sketch_from, stages_from_json, stages_json, to_i64, to_u64,
+    Batch, CellsQuery, LoggedRequest, Names, Param, Pruned, RequestsPage, RequestsQuery, Retention,
+    StoreError, StoredCell, filter_value, number_placeholders, rollup_horizon, sketch_from,
+    stages_from_json, stages_json, to_i64, to_u64,
 };
 
 const STORE: &str = "postgres";
@@ -358,6 +358,26 @@ impl PostgresStore {
     }
 
     /// The reader connection, connected if it was not or is closed.
+    /// Runs a read on the reader connection with a cached prepared statement; errors say
+    /// which step failed for `what`.
+    async fn read(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        what: &str,
+    ) -> Result<Vec<Row>, StoreError> {
+        let reader = self.reader().await?;
+        let statement = reader
+            .statement(sql)
+            .await
+            .map_err(|error| self.error(&format!("preparing {what}"), &error))?;
+        reader
+            .client
+            .query(&statement, params)
+            .await
+            .map_err(|error| self.error(&format!("running {what}"), &error))
+    }
+
     async fn reader(&self) -> Result<Arc<Reader>, StoreError> {
         let mut slot = self.reader.lock().await;
         if let Some(reader) = slot.as_ref()
@@ -538,16 +558,7 @@ impl PostgresStore {
             params.push(value);
             sql.push_str(&format!(" AND {} = ${}", dim.name(), params.len()));
         }
-        let reader = self.reader().await?;
-        let statement = reader
-            .statement(&sql)
-            .await
-            .map_err(self.failed("preparing an analytics query"))?;
-        let rows = reader
-            .client
-            .query(&statement, &params)
-            .await
-            .map_err(self.failed("running an analytics query"))?;
+        let rows = self.read(&sql, &params, "an analytics query").await?;
         let mut names = Names::default();
         rows.iter()
             .map(|row| {
@@ -588,37 +599,13 @@ impl PostgresStore {
             .iter()
             .map(|value| &**value as &(dyn ToSql + Sync))
             .collect();
-        let reader = self.reader().await?;
-        let statement = reader
-            .statement(&sql)
-            .await
-            .map_err(self.failed("preparing a request log query"))?;
-        let rows = reader
-            .client
-            .query(&statement, &params)
-            .await
-            .map_err(self.failed("running a request log query"))?;
-        let mut data = rows
+        let rows = self.read(&sql, &params, "a request log query").await?;
+        let data = rows
             .iter()
             .map(read_request)
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.failed("reading the request log"))?;
-        let next_cursor = if data.len() > limit as usize {
-            data.truncate(limit as usize);
-            data.last().map(|(id, logged)| {
-                Cursor {
-                    time_ms: logged.time_ms,
-                    id: *id,
-                }
-                .encode()
-            })
-        } else {
-            None
-        };
-        Ok(RequestsPage {
-            data: data.into_iter().map(|(_, logged)| logged).collect(),
-            next_cursor,
-        })
+        Ok(RequestsPage::from_rows(data, limit))
     }
 
     /// Deletes rollups past their tier's retention and trims the request log by age, then

@@ -18,9 +18,9 @@ use switchyard_core::analytics::query::{Dim, Fold, SketchRef};
 use switchyard_core::analytics::{Dims, Rollup, Tier};
 
 use super::store::{
-    Batch, CellsQuery, Cursor, LoggedRequest, Names, Param, Pruned, RequestsPage, RequestsQuery,
-    Retention, StoreError, StoredCell, filter_value, number_placeholders, rollup_horizon,
-    sketch_from, stages_from_json, stages_json, to_i64, to_u64,
+    Batch, CellsQuery, LoggedRequest, Names, Param, Pruned, RequestsPage, RequestsQuery, Retention,
+    StoreError, StoredCell, filter_value, number_placeholders, rollup_horizon, sketch_from,
+    stages_from_json, stages_json, to_i64, to_u64,
 };
 
 const STORE: &str = "sqlite";
@@ -460,25 +460,10 @@ impl SqliteStore {
                 Ok((id, logged))
             })
             .map_err(sql_error("running a request log query"))?;
-        let mut data = rows
+        let data = rows
             .collect::<Result<Vec<_>, _>>()
             .map_err(sql_error("reading the request log"))?;
-        let next_cursor = if data.len() > limit as usize {
-            data.truncate(limit as usize);
-            data.last().map(|(id, logged)| {
-                Cursor {
-                    time_ms: logged.time_ms,
-                    id: *id,
-                }
-                .encode()
-            })
-        } else {
-            None
-        };
-        Ok(RequestsPage {
-            data: data.into_iter().map(|(_, logged)| logged).collect(),
-            next_cursor,
-        })
+        Ok(RequestsPage::from_rows(data, limit))
     }
 
     /// Deletes rollups past their tier's retention and trims the request log by age, then
@@ -604,6 +589,8 @@ mod tests {
     use switchyard_core::analytics::query::{Query, answer};
     use switchyard_core::analytics::{Aggregator, RequestEvent, RollupRow};
     use switchyard_core::wire::TokenUsage;
+
+    use crate::analytics::store::Cursor;
 
     use super::*;
 

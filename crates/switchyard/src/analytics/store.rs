@@ -341,6 +341,30 @@ pub struct RequestsPage {
     pub next_cursor: Option<String>,
 }
 
+impl RequestsPage {
+    /// A page from the rows read with [`RequestsQuery::sql_tail`]'s limit, (row id, entry)
+    /// newest first: the extra row, if any, is dropped and says there is a next page.
+    pub fn from_rows(mut rows: Vec<(i64, LoggedRequest)>, page_size: u32) -> Self {
+        let page_size = page_size as usize;
+        let next_cursor = if rows.len() > page_size {
+            rows.truncate(page_size);
+            rows.last().map(|(id, logged)| {
+                Cursor {
+                    time_ms: logged.time_ms,
+                    id: *id,
+                }
+                .encode()
+            })
+        } else {
+            None
+        };
+        RequestsPage {
+            data: rows.into_iter().map(|(_, logged)| logged).collect(),
+            next_cursor,
+        }
+    }
+}
+
 /// The stages as stored (JSON text).
 pub fn stages_json(stages: &[(&'static str, u64)]) -> String {
     serde_json::to_string(stages).unwrap_or_else(|_| "[]".to_owned())
