@@ -15,6 +15,8 @@
 //! - [`routing`]: model name → ordered targets (route, `provider/model`, bare model).
 //! - [`strategy`]: routing strategies: the attempt order over a route's available targets.
 //! - [`health`]: per-target policies: circuit breaker, retry budget, backoff, peak-EWMA latency.
+//! - [`ratelimit`]: rate-limit algorithms (token bucket, sliding window, window log,
+//!   concurrency) and priority load shedding, with time passed in.
 //! - [`provider`]: pure adapters, one file per wire format (OpenAI-compatible and Azure,
 //!   Anthropic Messages, Gemini), building upstream requests and translating answers, stream
 //!   events and errors.
@@ -25,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod provider;
+pub mod ratelimit;
 pub mod routing;
 pub mod strategy;
 pub mod wire;
