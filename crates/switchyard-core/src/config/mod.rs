@@ -5,6 +5,7 @@
 //! With no config file, [`discover`] builds the raw config from provider API keys found in the
 //! environment, and the same validation runs on it.
 
+mod limits;
 mod presets;
 mod raw;
 
@@ -14,10 +15,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use limits::{FailMode, LimitConfig, RateLimitConfig};
 pub use presets::{PRESETS, Preset, kind_names, preset};
 pub use raw::{
-    RawAnalytics, RawBreaker, RawConfig, RawHealthCheck, RawProvider, RawRoute, RawRouting,
-    RawServer, RawStorage, RawTarget, RawTelemetry, RawTimeouts, RawUpstream,
+    RawAnalytics, RawBreaker, RawConfig, RawHealthCheck, RawLimit, RawProvider, RawRateLimits,
+    RawRoute, RawRouting, RawServer, RawStorage, RawTarget, RawTelemetry, RawTimeouts, RawUpstream,
 };
 
 use crate::health::{Backoff, BreakerConfig};
@@ -110,6 +112,8 @@ pub struct Config {
     pub analytics: AnalyticsConfig,
     /// Trace export; `None` when it is off (the default).
     pub telemetry: Option<TelemetryConfig>,
+    /// Rate limits and load shedding.
+    pub rate_limits: RateLimitConfig,
 }
 
 /// The environment variable naming the data directory.
@@ -117,6 +121,9 @@ pub const DATA_DIR_ENV: &str = "SWITCHYARD_DATA_DIR";
 
 /// The environment variable holding the Postgres URL.
 pub const POSTGRES_URL_ENV: &str = "SWITCHYARD_POSTGRES_URL";
+
+/// The environment variable holding the Redis URL.
+pub const REDIS_URL_ENV: &str = "SWITCHYARD_REDIS_URL";
 
 /// The data directory used when neither the config nor the environment names one.
 pub const DEFAULT_DATA_DIR: &str = "switchyard-data";
@@ -128,6 +135,8 @@ pub struct StorageConfig {
     pub data_dir: Option<std::path::PathBuf>,
     /// When set, analytics go to Postgres.
     pub postgres_url: Option<Secret>,
+    /// When set, rate-limit counters are shared through Redis.
+    pub redis_url: Option<Secret>,
 }
 
 /// Validated `[analytics]`.
@@ -415,6 +424,7 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         }
     }
 
+    let rate_limits = limits::validate(&raw.rate_limits, &providers)?;
     Ok(Config {
         server,
         upstream,
@@ -424,6 +434,7 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         storage: validate_storage(&raw.storage, env)?,
         analytics: validate_analytics(&raw.analytics)?,
         telemetry,
+        rate_limits,
     })
 }
 
@@ -452,9 +463,25 @@ fn validate_storage(raw: &RawStorage, env: &dyn Env) -> Result<StorageConfig, Co
             "must start with postgres:// or postgresql://",
         ));
     }
+    let redis_url = env
+        .var(REDIS_URL_ENV)
+        .or_else(|| raw.redis_url.clone())
+        .filter(|url| !url.trim().is_empty());
+    if let Some(url) = &redis_url
+        && !(url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("redis+unix://")
+            || url.starts_with("unix://"))
+    {
+        return Err(ConfigError::new(
+            "storage.redis_url",
+            "must start with redis://, rediss:// or unix://",
+        ));
+    }
     Ok(StorageConfig {
         data_dir,
         postgres_url: postgres_url.map(Secret::new),
+        redis_url: redis_url.map(Secret::new),
     })
 }
 

@@ -36,6 +36,66 @@ pub struct RawConfig {
     /// OpenTelemetry trace export.
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    /// Rate limits and load shedding.
+    #[serde(default)]
+    pub rate_limits: RawRateLimits,
+}
+
+/// `[rate_limits]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimits {
+    /// `fail_open` (default: a local limiter stands in) or `fail_closed` (503) when the
+    /// shared store (Redis) cannot be reached.
+    pub on_store_error: Option<String>,
+    /// How long one admission check may wait for Redis. Default 50ms.
+    #[serde(default, with = "humantime_serde")]
+    pub store_timeout: Option<Duration>,
+    /// Header naming the end user when the body has no OpenAI `user` field. Default
+    /// `x-switchyard-user`.
+    pub user_header: Option<String>,
+    /// Take the client IP from the last `X-Forwarded-For` entry (your proxy's) instead of the
+    /// socket. Default false.
+    pub trust_forwarded_for: Option<bool>,
+    /// Load shedding: most requests in flight in this instance; low priority is shed at 70%,
+    /// normal at 90%, high at 100%, with a fast 503. Default: off.
+    pub max_in_flight: Option<u64>,
+    /// The limits.
+    #[serde(default)]
+    pub limits: Vec<RawLimit>,
+}
+
+/// `[[rate_limits.limits]]`: one limit. Exactly one of `requests`, `tokens`, `concurrent`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    /// Name in errors, headers and metrics. Default `{scope}-{unit}`.
+    pub name: Option<String>,
+    /// `key`, `user`, `ip`, `model`, `provider` or `global`.
+    pub scope: String,
+    /// Requests per `per`.
+    pub requests: Option<u64>,
+    /// Tokens per `per` (input estimate plus `max_tokens` reserved, settled to usage).
+    pub tokens: Option<u64>,
+    /// Requests in flight at once.
+    pub concurrent: Option<u64>,
+    /// The period of `requests` or `tokens`: `1s`, `1m`, `1h`, `1d`...
+    #[serde(default, with = "humantime_serde")]
+    pub per: Option<Duration>,
+    /// `token_bucket` (default), `sliding_window` or `window_log`.
+    pub algorithm: Option<String>,
+    /// Token bucket capacity. Default: the amount.
+    pub burst: Option<u64>,
+    /// Only for these routes or models (default: all). For `provider` scope, these are
+    /// provider names.
+    #[serde(default)]
+    pub only: Vec<String>,
+    /// Graceful degradation: wait up to this long for room instead of refusing at once.
+    #[serde(default, with = "humantime_serde")]
+    pub queue: Option<Duration>,
+    /// Most requests waiting on this limit at once (default 64); one key may hold at most a
+    /// quarter of them.
+    pub max_queued: Option<u32>,
 }
 
 /// `[storage]`.
@@ -48,6 +108,9 @@ pub struct RawStorage {
     /// Postgres URL (`postgres://user:pass@host/db`): analytics go there instead of the data
     /// directory, shared by every instance. `$SWITCHYARD_POSTGRES_URL` overrides it.
     pub postgres_url: Option<String>,
+    /// Redis URL (`redis://host:6379/0`): rate-limit counters go there, shared by every
+    /// instance. `$SWITCHYARD_REDIS_URL` overrides it.
+    pub redis_url: Option<String>,
 }
 
 /// `[analytics]`.

@@ -443,3 +443,162 @@ fn bad_telemetry_values_are_named() {
     let error = parse_toml("[telemetry]\nendpoint = \"http://c:4318\"\n").unwrap_err();
     assert!(error.message.contains("endpoint"), "{error}");
 }
+
+#[test]
+fn rate_limits_parse_with_defaults() {
+    let text = format!(
+        r#"{GOOD}
+[rate_limits]
+max_in_flight = 200
+on_store_error = "fail_closed"
+
+[[rate_limits.limits]]
+scope = "key"
+requests = 600
+per = "1m"
+burst = 50
+queue = "2s"
+
+[[rate_limits.limits]]
+name = "tpm"
+scope = "user"
+tokens = 100000
+per = "1m"
+algorithm = "sliding_window"
+
+[[rate_limits.limits]]
+scope = "global"
+concurrent = 32
+
+[[rate_limits.limits]]
+scope = "provider"
+requests = 500
+per = "1m"
+only = ["openai"]
+"#
+    );
+    let config = load(&text, &keys(&[])).unwrap();
+    let limits = &config.rate_limits;
+    assert_eq!(limits.on_store_error, FailMode::Closed);
+    assert_eq!(limits.max_in_flight, Some(200));
+    assert_eq!(limits.store_timeout, Duration::from_millis(50));
+    assert_eq!(limits.user_header, "x-switchyard-user");
+    assert_eq!(limits.limits.len(), 4);
+    let rpm = &limits.limits[0];
+    assert_eq!(rpm.name, "key-requests");
+    assert_eq!(
+        rpm.policy,
+        crate::ratelimit::Policy::TokenBucket {
+            interval: 100_000_000,
+            burst: 50
+        }
+    );
+    assert_eq!(rpm.queue, Duration::from_secs(2));
+    assert_eq!(rpm.max_queued, 64);
+    assert_eq!(limits.limits[1].unit, crate::ratelimit::Unit::Tokens);
+    assert_eq!(
+        limits.limits[2].policy,
+        crate::ratelimit::Policy::Concurrency { limit: 32 }
+    );
+    assert!(limits.limits[3].applies_to("openai"));
+    assert!(!limits.limits[3].applies_to("claude"));
+    assert!(limits.is_active());
+    assert!(!load(GOOD, &keys(&[])).unwrap().rate_limits.is_active());
+}
+
+#[test]
+fn rate_limit_mistakes_are_named() {
+    let cases = [
+        (
+            "scope = \"team\"\nrequests = 1\nper = \"1s\"",
+            "rate_limits.limits[0].scope",
+            "unknown scope",
+        ),
+        (
+            "scope = \"key\"\nrequests = 1\ntokens = 5\nper = \"1s\"",
+            "rate_limits.limits[0]",
+            "exactly one",
+        ),
+        (
+            "scope = \"key\"\nrequests = 10",
+            "rate_limits.limits[0].per",
+            "required",
+        ),
+        (
+            "scope = \"key\"\nrequests = 0\nper = \"1s\"",
+            "rate_limits.limits[0].requests",
+            "at least 1",
+        ),
+        (
+            "scope = \"key\"\nrequests = 5\nper = \"1s\"\nalgorithm = \"leaky\"",
+            "rate_limits.limits[0].algorithm",
+            "unknown algorithm",
+        ),
+        (
+            "scope = \"key\"\nrequests = 5\nper = \"1s\"\nalgorithm = \"window_log\"\nburst = 3",
+            "rate_limits.limits[0].burst",
+            "only the token bucket",
+        ),
+        (
+            "scope = \"key\"\nconcurrent = 5\nper = \"1s\"",
+            "rate_limits.limits[0]",
+            "no `per`",
+        ),
+        (
+            "scope = \"provider\"\nrequests = 5\nper = \"1s\"\nonly = [\"nope\"]",
+            "rate_limits.limits[0].only[0]",
+            "unknown provider",
+        ),
+        (
+            "scope = \"key\"\nrequests = 5\nper = \"1s\"\nqueue = \"5m\"",
+            "rate_limits.limits[0].queue",
+            "at most 60s",
+        ),
+        (
+            "scope = \"key\"\ntokens = 1000000\nper = \"1m\"\nalgorithm = \"window_log\"",
+            "rate_limits.limits[0]",
+            "window log",
+        ),
+    ];
+    for (limit, key, message) in cases {
+        let text = format!("{GOOD}\n[[rate_limits.limits]]\n{limit}\n");
+        let error = load(&text, &keys(&[])).unwrap_err();
+        assert_eq!(error.key, key, "{limit}: {error}");
+        assert!(error.message.contains(message), "{limit}: {error}");
+    }
+    let twice = format!(
+        "{GOOD}\n[[rate_limits.limits]]\nscope = \"key\"\nrequests = 1\nper = \"1s\"\n[[rate_limits.limits]]\nscope = \"key\"\nrequests = 2\nper = \"1m\"\n"
+    );
+    let error = load(&twice, &keys(&[])).unwrap_err();
+    assert_eq!(error.key, "rate_limits.limits[1].name");
+    let bad_mode = format!("{GOOD}\n[rate_limits]\non_store_error = \"maybe\"\n");
+    assert_eq!(
+        load(&bad_mode, &keys(&[])).unwrap_err().key,
+        "rate_limits.on_store_error"
+    );
+}
+
+#[test]
+fn redis_url_from_config_or_environment() {
+    let config = load(
+        GOOD,
+        &keys(&[("SWITCHYARD_REDIS_URL", "redis://127.0.0.1:6379/0")]),
+    )
+    .unwrap();
+    assert_eq!(
+        config.storage.redis_url.as_ref().map(Secret::expose),
+        Some("redis://127.0.0.1:6379/0")
+    );
+    let text = format!("{GOOD}\n[storage]\nredis_url = \"http://nope\"\n");
+    assert_eq!(
+        load(&text, &keys(&[])).unwrap_err().key,
+        "storage.redis_url"
+    );
+}
+
+/// The provider keys `GOOD` needs, plus `extra`.
+fn keys(extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut vars = env(&[("OPENAI_API_KEY", "sk-o"), ("ANTHROPIC_API_KEY", "sk-a")]);
+    vars.extend(env(extra));
+    vars
+}
