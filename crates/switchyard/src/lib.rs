@@ -13,6 +13,7 @@
 //!   (retries, backoff, retry budget, fallback routes).
 //! - [`tracker`]: per-target breakers, latency and load; drain; the retry budget.
 //! - [`health_check`]: active probes of providers in the background.
+//! - [`ratelimit`]: rate limits (memory or Redis), queueing, load shedding, token settlement.
 //! - [`transport`]: the pooled upstream HTTP client with its timeouts.
 //! - [`context`], [`timing`]: the typed per-request context and `Server-Timing`.
 //! - [`error`]: the one place errors become responses.
@@ -31,6 +32,7 @@ pub mod error;
 pub mod failover;
 pub mod handlers;
 pub mod health_check;
+pub mod ratelimit;
 pub mod server;
 pub mod telemetry;
 pub mod timing;

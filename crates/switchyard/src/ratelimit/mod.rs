@@ -1,0 +1,987 @@
+//! Stage 3's engine: admission against the configured rate limits, load shedding, and the
+//! settlement of token reservations.
+//!
+//! A request is charged to every limit it falls under (its key, user, IP, model, global),
+//! all or nothing: a refusal by one limit charges none. Token limits reserve the input
+//! estimate plus the output limit and settle to the actual usage when the response ends
+//! ([`Admission::settle`]); concurrency limits and the shedding slot are held until then.
+//!
+//! Counters live in this process's memory ([`memory`]) or, with `storage.redis_url`, in
+//! Redis ([`redis`]), one round trip per admission. When Redis cannot be reached, the
+//! configured fail mode applies: `fail_open` counts in memory meanwhile (per instance),
+//! `fail_closed` answers 503. Either way it is logged and counted, and Redis is left alone
+//! for a second before the next try so that a dead store does not cost every request a
+//! timeout.
+
+pub mod memory;
+pub mod redis;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use switchyard_core::clock::{Clock, Nanos, nanos};
+use switchyard_core::config::{FailMode, LimitConfig, RateLimitConfig};
+use switchyard_core::ratelimit::shed::{self, Priority};
+use switchyard_core::ratelimit::{Outcome, Policy, Scope, Unit, reset_text};
+use switchyard_core::{ErrorKind, GatewayError, Origin};
+use tokio::time::Instant;
+
+use self::memory::MemoryStore;
+use self::redis::{Check, Decision, RedisStore};
+
+/// How long Redis is left alone after it failed.
+const STORE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Most distinct (key, limit, counter) refusal tallies kept for the admin view.
+const MAX_OFFENDERS: usize = 10_000;
+
+/// Longest counter value kept (user ids are client-chosen).
+const MAX_COUNTER_LEN: usize = 256;
+
+/// Who and what a request is, as far as limits care.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// The principal's label (`anonymous`, `master`, a virtual key's id).
+    pub key: String,
+    /// The end user, when the request names one.
+    pub user: Option<String>,
+    /// The client's address.
+    pub ip: Option<IpAddr>,
+    /// The route or model asked for.
+    pub model: String,
+    /// The key's priority class.
+    pub priority: Priority,
+    /// Tokens to reserve: the input estimate plus the output limit.
+    pub tokens: u64,
+}
+
+/// Prometheus series of the limiter.
+#[derive(Debug, Clone)]
+pub struct RateLimitMetrics {
+    refusals: Family<RefusalLabels, Counter>,
+    queued: Family<LimitLabels, Counter>,
+    shed: Family<PriorityLabels, Counter>,
+    store_errors: Family<ModeLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    limit: String,
+    scope: &'static str,
+    key: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PriorityLabels {
+    priority: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: &'static str,
+}
+
+impl RateLimitMetrics {
+    /// Registers the limiter's families.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = RateLimitMetrics {
+            refusals: Family::default(),
+            queued: Family::default(),
+            shed: Family::default(),
+            store_errors: Family::default(),
+        };
+        registry.register(
+            "switchyard_ratelimit_refusals",
+            "Requests refused by a rate limit (429), by limit, scope and key",
+            metrics.refusals.clone(),
+        );
+        registry.register(
+            "switchyard_ratelimit_queued",
+            "Requests that waited for room in a limit instead of being refused at once",
+            metrics.queued.clone(),
+        );
+        registry.register(
+            "switchyard_ratelimit_shed",
+            "Requests shed under overload (503), by priority class",
+            metrics.shed.clone(),
+        );
+        registry.register(
+            "switchyard_ratelimit_store_errors",
+            "Rate-limit checks that could not reach Redis, by the fail mode applied",
+            metrics.store_errors.clone(),
+        );
+        metrics
+    }
+}
+
+/// Why a request was not admitted.
+#[derive(Debug)]
+pub enum Refusal {
+    /// A limit is exhausted (429).
+    Limited {
+        /// The limit.
+        limit: usize,
+        /// Until the request could pass; `None`: it never can as it stands.
+        retry_after: Option<Duration>,
+        /// Units the request asked for.
+        units: u64,
+    },
+    /// Shed under overload (503).
+    Shed,
+    /// Redis is unreachable and the mode is `fail_closed` (503).
+    StoreUnavailable,
+}
+
+/// One counter a request was charged to.
+#[derive(Debug, Clone)]
+struct Charge {
+    limit: usize,
+    counter: String,
+    units: u64,
+    /// When it was charged, in the backend's clock (nanoseconds here, microseconds in Redis).
+    at: u64,
+}
+
+/// The x-ratelimit figures of one unit: limit, remaining, reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Figures {
+    /// The limit's capacity.
+    pub limit: u64,
+    /// Left after this request.
+    pub remaining: u64,
+    /// Until it is full again.
+    pub reset: Duration,
+}
+
+/// The `x-ratelimit-*` headers of a response: the tightest request and token limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateHeaders {
+    /// `-requests`.
+    pub requests: Option<Figures>,
+    /// `-tokens`.
+    pub tokens: Option<Figures>,
+}
+
+impl RateHeaders {
+    fn merge(&mut self, unit: Unit, figures: Figures) {
+        let slot = match unit {
+            Unit::Requests => &mut self.requests,
+            Unit::Tokens => &mut self.tokens,
+            Unit::Concurrent => return,
+        };
+        if slot.is_none_or(|current| figures.remaining < current.remaining) {
+            *slot = Some(figures);
+        }
+    }
+
+    /// Adds the headers to `headers`.
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for (figures, names) in [
+            (
+                self.requests,
+                [
+                    "x-ratelimit-limit-requests",
+                    "x-ratelimit-remaining-requests",
+                    "x-ratelimit-reset-requests",
+                ],
+            ),
+            (
+                self.tokens,
+                [
+                    "x-ratelimit-limit-tokens",
+                    "x-ratelimit-remaining-tokens",
+                    "x-ratelimit-reset-tokens",
+                ],
+            ),
+        ] {
+            let Some(figures) = figures else { continue };
+            headers.insert(names[0], http::HeaderValue::from(figures.limit));
+            headers.insert(names[1], http::HeaderValue::from(figures.remaining));
+            if let Ok(value) = http::HeaderValue::from_str(&reset_text(nanos(figures.reset))) {
+                headers.insert(names[2], value);
+            }
+        }
+    }
+}
+
+/// The limiter.
+pub struct RateLimiter {
+    limits: Vec<LimitConfig>,
+    policies: Vec<Policy>,
+    fail_mode: FailMode,
+    store_timeout: Duration,
+    max_in_flight: Option<u64>,
+    clock: Arc<dyn Clock>,
+    memory: MemoryStore,
+    redis: Option<RedisStore>,
+    /// Clock time before which Redis is not tried again.
+    redis_down_until: AtomicU64,
+    /// Last time a store failure was logged (clock nanoseconds), to log once per backoff.
+    logged_at: AtomicU64,
+    in_flight: AtomicU64,
+    queued: Vec<AtomicU32>,
+    queued_by_key: Mutex<HashMap<(usize, String), u32>>,
+    offenders: Mutex<HashMap<(String, usize, String), u64>>,
+    metrics: RateLimitMetrics,
+}
+
+impl RateLimiter {
+    /// A limiter for `config`, sharing counters through Redis when `redis_url` is set.
+    /// `lease` bounds how long a concurrency slot outlives a crashed instance.
+    pub fn new(
+        config: &RateLimitConfig,
+        redis_url: Option<&str>,
+        lease: Duration,
+        clock: Arc<dyn Clock>,
+        metrics: RateLimitMetrics,
+    ) -> Result<Self, String> {
+        let redis = match redis_url {
+            Some(url) if !config.limits.is_empty() => {
+                Some(RedisStore::new(url, config.store_timeout, lease)?)
+            }
+            _ => None,
+        };
+        Ok(RateLimiter {
+            policies: config.limits.iter().map(|limit| limit.policy).collect(),
+            queued: config.limits.iter().map(|_| AtomicU32::new(0)).collect(),
+            memory: MemoryStore::new(config.limits.len()),
+            limits: config.limits.clone(),
+            fail_mode: config.on_store_error,
+            store_timeout: config.store_timeout,
+            max_in_flight: config.max_in_flight,
+            clock,
+            redis,
+            redis_down_until: AtomicU64::new(0),
+            logged_at: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            queued_by_key: Mutex::new(HashMap::new()),
+            offenders: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    /// Whether requests need to pass through the limiter at all.
+    pub fn is_active(&self) -> bool {
+        !self.limits.is_empty() || self.max_in_flight.is_some()
+    }
+
+    /// The configured limits.
+    pub fn limits(&self) -> &[LimitConfig] {
+        &self.limits
+    }
+
+    /// Admits `subject` or says why not. Waits (bounded by the limit's `queue` and by
+    /// `deadline`) when a limit with a queue is full.
+    pub async fn admit(
+        self: &Arc<Self>,
+        subject: &Subject,
+        deadline: Instant,
+    ) -> Result<Admission, (Refusal, RateHeaders)> {
+        let mut admission = Admission {
+            limiter: Arc::clone(self),
+            charges: Vec::new(),
+            redis: false,
+            nonce: String::new(),
+            shed_slot: false,
+            settled: false,
+            headers: RateHeaders::default(),
+        };
+        if let Some(max) = self.max_in_flight {
+            let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+            admission.shed_slot = true;
+            if !shed::admits(max, subject.priority, before) {
+                self.metrics
+                    .shed
+                    .get_or_create(&PriorityLabels {
+                        priority: subject.priority.as_str(),
+                    })
+                    .inc();
+                // Dropping the admission gives the slot back.
+                return Err((Refusal::Shed, RateHeaders::default()));
+            }
+        }
+        let wanted: Vec<(usize, String, u64)> = self
+            .limits
+            .iter()
+            .enumerate()
+            .filter_map(|(index, limit)| {
+                let counter = counter(limit, subject)?;
+                let units = match limit.unit {
+                    Unit::Requests | Unit::Concurrent => 1,
+                    Unit::Tokens => subject.tokens.max(1),
+                };
+                Some((index, counter, units))
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(admission);
+        }
+        let started = Instant::now();
+        let mut queue_slot: Option<QueueSlot<'_>> = None;
+        loop {
+            match self.try_once(&wanted, &mut admission).await {
+                Ok(()) => return Ok(admission),
+                Err(Refusal::Limited {
+                    limit,
+                    retry_after: Some(wait),
+                    units,
+                }) => {
+                    let config = &self.limits[limit];
+                    let waited = started.elapsed();
+                    let can_wait = !config.queue.is_zero()
+                        && waited + wait <= config.queue
+                        && Instant::now() + wait < deadline
+                        && (queue_slot.is_some() || {
+                            queue_slot = self.join_queue(limit, &subject.key);
+                            queue_slot.is_some()
+                        });
+                    if can_wait {
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    return Err(self.refused(subject, &wanted, limit, Some(wait), units));
+                }
+                Err(Refusal::Limited {
+                    limit,
+                    retry_after: None,
+                    units,
+                }) => return Err(self.refused(subject, &wanted, limit, None, units)),
+                Err(other) => return Err((other, RateHeaders::default())),
+            }
+        }
+    }
+
+    /// Records a refusal and builds its answer.
+    fn refused(
+        &self,
+        subject: &Subject,
+        wanted: &[(usize, String, u64)],
+        limit: usize,
+        retry_after: Option<Duration>,
+        units: u64,
+    ) -> (Refusal, RateHeaders) {
+        let config = &self.limits[limit];
+        self.metrics
+            .refusals
+            .get_or_create(&RefusalLabels {
+                limit: config.name.clone(),
+                scope: config.scope.as_str(),
+                key: subject.key.clone(),
+            })
+            .inc();
+        let counter = wanted
+            .iter()
+            .find(|(index, ..)| *index == limit)
+            .map(|(_, counter, _)| counter.clone())
+            .unwrap_or_default();
+        {
+            let mut offenders = lock(&self.offenders);
+            if offenders.len() >= MAX_OFFENDERS {
+                // Keep the heavier half.
+                let mut counts: Vec<u64> = offenders.values().copied().collect();
+                counts.sort_unstable();
+                let median = counts.get(counts.len() / 2).copied().unwrap_or(0);
+                offenders.retain(|_, count| *count > median);
+            }
+            *offenders
+                .entry((subject.key.clone(), limit, counter))
+                .or_insert(0) += 1;
+        }
+        let mut headers = RateHeaders::default();
+        headers.merge(
+            config.unit,
+            Figures {
+                limit: config.policy.capacity(),
+                remaining: 0,
+                reset: retry_after.unwrap_or(config.period),
+            },
+        );
+        (
+            Refusal::Limited {
+                limit,
+                retry_after,
+                units,
+            },
+            headers,
+        )
+    }
+
+    /// One attempt at charging every wanted counter.
+    async fn try_once(
+        &self,
+        wanted: &[(usize, String, u64)],
+        admission: &mut Admission,
+    ) -> Result<(), Refusal> {
+        let now = self.clock.now();
+        if let Some(redis) = &self.redis
+            && now >= self.redis_down_until.load(Ordering::Relaxed)
+        {
+            if admission.nonce.is_empty() {
+                admission.nonce = format!("{:016x}", fastrand::u64(..));
+            }
+            let checks = self.checks(wanted);
+            match tokio::time::timeout(self.store_timeout, redis.admit(&admission.nonce, &checks))
+                .await
+            {
+                Ok(Ok(Decision::Admitted { limits, now_us })) => {
+                    admission.redis = true;
+                    for ((index, counter, units), (remaining, reset_us)) in
+                        wanted.iter().zip(limits)
+                    {
+                        let config = &self.limits[*index];
+                        admission.headers.merge(
+                            config.unit,
+                            Figures {
+                                limit: config.policy.capacity(),
+                                remaining,
+                                reset: Duration::from_micros(reset_us),
+                            },
+                        );
+                        admission.charges.push(Charge {
+                            limit: *index,
+                            counter: counter.clone(),
+                            units: *units,
+                            at: now_us,
+                        });
+                    }
+                    return Ok(());
+                }
+                Ok(Ok(Decision::Refused {
+                    index,
+                    retry_after_us,
+                })) => {
+                    let (limit, _, units) = wanted.get(index).cloned().unwrap_or_default();
+                    return Err(Refusal::Limited {
+                        limit,
+                        retry_after: retry_after_us.map(Duration::from_micros),
+                        units,
+                    });
+                }
+                Ok(Err(error)) => self.store_failed(now, &error.to_string()),
+                Err(_) => self.store_failed(now, "timed out"),
+            }
+            if self.fail_mode == FailMode::Closed {
+                return Err(Refusal::StoreUnavailable);
+            }
+        } else if self.redis.is_some() && self.fail_mode == FailMode::Closed {
+            self.count_store_error();
+            return Err(Refusal::StoreUnavailable);
+        } else if self.redis.is_some() {
+            self.count_store_error();
+        }
+        self.acquire_in_memory(wanted, now, admission)
+    }
+
+    /// Charges every counter in memory, or none.
+    fn acquire_in_memory(
+        &self,
+        wanted: &[(usize, String, u64)],
+        now: Nanos,
+        admission: &mut Admission,
+    ) -> Result<(), Refusal> {
+        admission.redis = false;
+        let mut headers = RateHeaders::default();
+        for (position, (index, counter, units)) in wanted.iter().enumerate() {
+            let policy = &self.policies[*index];
+            match self.memory.acquire(*index, policy, counter, now, *units) {
+                Outcome::Admitted { remaining, reset } => {
+                    headers.merge(
+                        self.limits[*index].unit,
+                        Figures {
+                            limit: policy.capacity(),
+                            remaining,
+                            reset: Duration::from_nanos(reset),
+                        },
+                    );
+                }
+                Outcome::Refused { retry_after, .. } => {
+                    for (index, counter, units) in &wanted[..position] {
+                        self.memory.release(
+                            *index,
+                            &self.policies[*index],
+                            counter,
+                            now,
+                            now,
+                            *units,
+                        );
+                    }
+                    return Err(Refusal::Limited {
+                        limit: *index,
+                        retry_after: retry_after.map(Duration::from_nanos),
+                        units: *units,
+                    });
+                }
+            }
+        }
+        admission.headers = headers;
+        admission.charges = wanted
+            .iter()
+            .map(|(index, counter, units)| Charge {
+                limit: *index,
+                counter: counter.clone(),
+                units: *units,
+                at: now,
+            })
+            .collect();
+        Ok(())
+    }
+
+    fn checks(&self, wanted: &[(usize, String, u64)]) -> Vec<Check> {
+        wanted
+            .iter()
+            .map(|(index, counter, units)| self.check(*index, counter, *units))
+            .collect()
+    }
+
+    fn check(&self, index: usize, counter: &str, units: u64) -> Check {
+        let config = &self.limits[index];
+        Check {
+            key: format!(
+                "switchyard:rl:{}:{}:{counter}",
+                config.name,
+                RedisStore::kind(&config.policy)
+            ),
+            policy: config.policy,
+            units,
+            weighted: config.unit == Unit::Tokens,
+        }
+    }
+
+    fn store_failed(&self, now: Nanos, error: &str) {
+        self.redis_down_until
+            .store(now.saturating_add(nanos(STORE_BACKOFF)), Ordering::Relaxed);
+        self.count_store_error();
+        let last = self.logged_at.load(Ordering::Relaxed);
+        if last == 0 || now.saturating_sub(last) >= nanos(STORE_BACKOFF) {
+            self.logged_at.store(now.max(1), Ordering::Relaxed);
+            tracing::warn!(
+                error,
+                mode = self.fail_mode.as_str(),
+                "the rate-limit store (Redis) is unreachable; applying the configured fail mode"
+            );
+        }
+    }
+
+    fn count_store_error(&self) {
+        self.metrics
+            .store_errors
+            .get_or_create(&ModeLabels {
+                mode: self.fail_mode.as_str(),
+            })
+            .inc();
+    }
+
+    fn join_queue(&self, limit: usize, key: &str) -> Option<QueueSlot<'_>> {
+        let config = &self.limits[limit];
+        let per_key = (config.max_queued / 4).max(1);
+        let mut by_key = lock(&self.queued_by_key);
+        let mine = by_key.entry((limit, key.to_owned())).or_insert(0);
+        if *mine >= per_key {
+            return None;
+        }
+        let total = &self.queued[limit];
+        if total.fetch_add(1, Ordering::AcqRel) >= config.max_queued {
+            total.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        *mine += 1;
+        self.metrics
+            .queued
+            .get_or_create(&LimitLabels {
+                limit: config.name.clone(),
+            })
+            .inc();
+        Some(QueueSlot {
+            limiter: self,
+            limit,
+            key: key.to_owned(),
+        })
+    }
+
+    /// Settles an admission: token refunds or extra charges, ends of requests in flight.
+    fn settle(&self, admission: &mut Admission, used_tokens: Option<u64>) {
+        if admission.shed_slot {
+            admission.shed_slot = false;
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        let charges = std::mem::take(&mut admission.charges);
+        let deltas: Vec<(Charge, i64)> = charges
+            .into_iter()
+            .filter_map(|charge| {
+                let delta = match self.limits[charge.limit].unit {
+                    Unit::Requests => return None,
+                    Unit::Concurrent => -1,
+                    Unit::Tokens => {
+                        let used = used_tokens?;
+                        i64::try_from(used).unwrap_or(i64::MAX)
+                            - i64::try_from(charge.units).unwrap_or(i64::MAX)
+                    }
+                };
+                (delta != 0).then_some((charge, delta))
+            })
+            .collect();
+        if deltas.is_empty() {
+            return;
+        }
+        if admission.redis {
+            let Some(redis) = self.redis.clone() else {
+                return;
+            };
+            let settlements: Vec<(Check, i64, u64)> = deltas
+                .into_iter()
+                .map(|(charge, delta)| {
+                    (
+                        self.check(charge.limit, &charge.counter, charge.units),
+                        delta,
+                        charge.at,
+                    )
+                })
+                .collect();
+            let nonce = std::mem::take(&mut admission.nonce);
+            let timeout = self.store_timeout.max(Duration::from_secs(1));
+            let metrics = self.metrics.clone();
+            let mode = self.fail_mode.as_str();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let settled =
+                        tokio::time::timeout(timeout, redis.settle(&nonce, &settlements)).await;
+                    if !matches!(settled, Ok(Ok(()))) {
+                        // Concurrency leases expire on their own; token adjustments are lost.
+                        metrics
+                            .store_errors
+                            .get_or_create(&ModeLabels { mode })
+                            .inc();
+                        tracing::warn!("could not settle rate-limit charges in Redis");
+                    }
+                });
+            }
+            return;
+        }
+        let now = self.clock.now();
+        for (charge, delta) in deltas {
+            let policy = &self.policies[charge.limit];
+            if delta < 0 {
+                self.memory.release(
+                    charge.limit,
+                    policy,
+                    &charge.counter,
+                    now,
+                    charge.at,
+                    delta.unsigned_abs(),
+                );
+            } else {
+                self.memory.charge(
+                    charge.limit,
+                    policy,
+                    &charge.counter,
+                    now,
+                    delta.unsigned_abs(),
+                );
+            }
+        }
+    }
+
+    /// Forgets idle in-memory counters; returns how many remain.
+    pub fn sweep(&self) -> usize {
+        self.memory.sweep(&self.policies, self.clock.now())
+    }
+
+    /// The admin view: limits, in-flight and queued counts, and the top offenders.
+    pub fn snapshot(&self, top: usize) -> Snapshot {
+        let now = self.clock.now();
+        let mut offenders: Vec<Offender> = lock(&self.offenders)
+            .iter()
+            .map(|((key, limit, counter), refusals)| Offender {
+                key: key.clone(),
+                limit: self.limits[*limit].name.clone(),
+                scope: self.limits[*limit].scope.as_str(),
+                counter: counter.clone(),
+                refusals: *refusals,
+                remaining: self
+                    .memory
+                    .peek(*limit, &self.policies[*limit], counter, now)
+                    .map(|(remaining, _)| remaining),
+            })
+            .collect();
+        offenders.sort_by(|a, b| b.refusals.cmp(&a.refusals).then(a.key.cmp(&b.key)));
+        offenders.truncate(top);
+        Snapshot {
+            store: if self.redis.is_some() {
+                "redis"
+            } else {
+                "memory"
+            },
+            on_store_error: self.fail_mode.as_str(),
+            store_reachable: self
+                .redis
+                .as_ref()
+                .map(|_| now >= self.redis_down_until.load(Ordering::Relaxed)),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            max_in_flight: self.max_in_flight,
+            limits: self
+                .limits
+                .iter()
+                .zip(&self.queued)
+                .map(|(limit, queued)| LimitView {
+                    name: limit.name.clone(),
+                    scope: limit.scope.as_str(),
+                    unit: limit.unit.as_str(),
+                    amount: limit.amount,
+                    per_seconds: limit.period.as_secs_f64(),
+                    capacity: limit.policy.capacity(),
+                    algorithm: algorithm_name(&limit.policy),
+                    only: limit.only.clone(),
+                    queue_ms: u64::try_from(limit.queue.as_millis()).unwrap_or(u64::MAX),
+                    queued_now: queued.load(Ordering::Relaxed),
+                })
+                .collect(),
+            top_offenders: offenders,
+        }
+    }
+
+    /// The answer for a refusal.
+    pub fn error(&self, refusal: &Refusal) -> GatewayError {
+        match refusal {
+            Refusal::Limited {
+                limit,
+                retry_after,
+                units,
+            } => {
+                let config = &self.limits[*limit];
+                let what = match config.unit {
+                    Unit::Requests => format!(
+                        "{} requests per {}",
+                        config.amount,
+                        humantime::format_duration(config.period)
+                    ),
+                    Unit::Tokens => format!(
+                        "{} tokens per {}",
+                        config.amount,
+                        humantime::format_duration(config.period)
+                    ),
+                    Unit::Concurrent => format!("{} requests in flight", config.amount),
+                };
+                let message = match (retry_after, config.unit) {
+                    (Some(wait), _) => format!(
+                        "Rate limit reached on `{}` ({} scope): {what}. Try again in {}.",
+                        config.name,
+                        config.scope,
+                        reset_text(nanos(*wait))
+                    ),
+                    (None, Unit::Concurrent) => format!(
+                        "Rate limit reached on `{}` ({} scope): {what}. Try again when one finishes.",
+                        config.name, config.scope
+                    ),
+                    (None, _) => format!(
+                        "Request too large for `{}` ({} scope): it needs {units} {} but the limit allows at most {} at once ({what}). Lower max_tokens or the prompt.",
+                        config.name,
+                        config.scope,
+                        config.unit.as_str(),
+                        config.policy.capacity()
+                    ),
+                };
+                GatewayError::new(ErrorKind::RateLimited, Origin::Client, message)
+                    .with_code("rate_limit_exceeded")
+                    .with_retryable(retry_after.is_some())
+                    .with_retry_after(*retry_after)
+            }
+            Refusal::Shed => GatewayError::new(
+                ErrorKind::Unavailable,
+                Origin::Gateway,
+                "The gateway is overloaded and shed this request; try again shortly",
+            )
+            .with_code("overloaded")
+            .with_retry_after(Some(Duration::from_secs(1))),
+            Refusal::StoreUnavailable => GatewayError::new(
+                ErrorKind::Unavailable,
+                Origin::Gateway,
+                "Rate limits cannot be checked right now (the shared store is unreachable and the gateway is set to fail closed)",
+            )
+            .with_code("rate_limit_store_unavailable")
+            .with_retry_after(Some(STORE_BACKOFF)),
+        }
+    }
+}
+
+fn algorithm_name(policy: &Policy) -> &'static str {
+    match policy {
+        Policy::TokenBucket { .. } => "token_bucket",
+        Policy::SlidingWindow { .. } => "sliding_window",
+        Policy::WindowLog { .. } => "window_log",
+        Policy::Concurrency { .. } => "concurrency",
+    }
+}
+
+/// The counter of `limit` that `subject` is charged to; `None` when the limit does not apply.
+fn counter(limit: &LimitConfig, subject: &Subject) -> Option<String> {
+    if !limit.applies_to(&subject.model) {
+        return None;
+    }
+    let mut value = match limit.scope {
+        Scope::Key => subject.key.clone(),
+        Scope::User => subject.user.clone()?,
+        Scope::Ip => subject.ip?.to_string(),
+        Scope::Model => subject.model.clone(),
+        Scope::Global => "*".to_owned(),
+        // Provider limits are charged per attempt, not at admission.
+        Scope::Provider => return None,
+    };
+    if value.len() > MAX_COUNTER_LEN {
+        let mut end = MAX_COUNTER_LEN;
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        value.truncate(end);
+    }
+    Some(value)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A place in a limit's queue, given back when dropped.
+struct QueueSlot<'a> {
+    limiter: &'a RateLimiter,
+    limit: usize,
+    key: String,
+}
+
+impl Drop for QueueSlot<'_> {
+    fn drop(&mut self) {
+        self.limiter.queued[self.limit].fetch_sub(1, Ordering::AcqRel);
+        let mut by_key = lock(&self.limiter.queued_by_key);
+        let entry = (self.limit, std::mem::take(&mut self.key));
+        if let Some(count) = by_key.get_mut(&entry) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                by_key.remove(&entry);
+            }
+        }
+    }
+}
+
+/// An admitted request's charges. Settle it with the actual token usage when the response
+/// ends; dropped unsettled, the reservation stands as the usage (and in-flight slots are
+/// given back).
+pub struct Admission {
+    limiter: Arc<RateLimiter>,
+    charges: Vec<Charge>,
+    redis: bool,
+    nonce: String,
+    shed_slot: bool,
+    settled: bool,
+    headers: RateHeaders,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("charges", &self.charges)
+            .field("redis", &self.redis)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Admission {
+    /// The `x-ratelimit-*` figures after this admission.
+    pub fn headers(&self) -> RateHeaders {
+        self.headers
+    }
+
+    /// Settles against `used_tokens` (input plus output) actually used.
+    pub fn settle(mut self, used_tokens: u64) {
+        self.settled = true;
+        let limiter = Arc::clone(&self.limiter);
+        limiter.settle(&mut self, Some(used_tokens));
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.settled = true;
+            let limiter = Arc::clone(&self.limiter);
+            limiter.settle(self, None);
+        }
+    }
+}
+
+/// `GET /admin/ratelimits`.
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    /// `memory` or `redis`.
+    pub store: &'static str,
+    /// The fail mode.
+    pub on_store_error: &'static str,
+    /// Whether Redis answered lately (`None` without Redis).
+    pub store_reachable: Option<bool>,
+    /// Requests in flight (counted only with shedding on).
+    pub in_flight: u64,
+    /// The shedding cap.
+    pub max_in_flight: Option<u64>,
+    /// The limits.
+    pub limits: Vec<LimitView>,
+    /// Most refused first.
+    pub top_offenders: Vec<Offender>,
+}
+
+/// One configured limit, as the admin view shows it.
+#[derive(Debug, Serialize)]
+pub struct LimitView {
+    /// Name.
+    pub name: String,
+    /// Scope.
+    pub scope: &'static str,
+    /// Unit.
+    pub unit: &'static str,
+    /// Amount per period.
+    pub amount: u64,
+    /// Period in seconds (0 for concurrency).
+    pub per_seconds: f64,
+    /// Most at once.
+    pub capacity: u64,
+    /// Algorithm.
+    pub algorithm: &'static str,
+    /// Routes or models it is limited to.
+    pub only: Vec<String>,
+    /// Longest queue wait, ms.
+    pub queue_ms: u64,
+    /// Requests waiting now.
+    pub queued_now: u32,
+}
+
+/// A counter that was refused.
+#[derive(Debug, Serialize)]
+pub struct Offender {
+    /// The principal.
+    pub key: String,
+    /// The limit.
+    pub limit: String,
+    /// Its scope.
+    pub scope: &'static str,
+    /// The counter (key, user, IP, model or `*`).
+    pub counter: String,
+    /// Refusals since start.
+    pub refusals: u64,
+    /// Units left now in this instance's memory (`None` when kept in Redis or forgotten).
+    pub remaining: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests;
