@@ -338,6 +338,7 @@ fn memory(dir: &Path, quick: bool) {
                 upstream_us: Some(190_000),
                 attempts: 1,
                 cache: "miss",
+                rate_limit: None,
                 stages: vec![("auth", 2), ("route", 1), ("upstream", 190_000)],
             });
         }

@@ -15,9 +15,12 @@ use crate::analytics::store::Store;
 use crate::analytics::{self, Analytics, EventSink, Metrics};
 use crate::chain::{account, auth, request_id};
 use crate::handlers::{admin, analytics as analytics_api, chat, embeddings, meta};
+use crate::ratelimit::RateLimiter;
 use crate::tracker::{TokioClock, Tracker};
 use crate::transport::Transport;
+use std::time::Duration;
 use switchyard_core::analytics::RequestEvent;
+use switchyard_core::config::Secret;
 use tokio::sync::mpsc;
 
 /// The shared state: built once at start-up, cheap to clone (an `Arc` inside).
@@ -55,6 +58,8 @@ pub struct AppInner {
     pub analytics: Arc<Analytics>,
     /// Client connections open now.
     pub connections: AtomicI64,
+    /// Rate limits and load shedding.
+    pub limiter: Arc<RateLimiter>,
 }
 
 impl AppState {
@@ -79,6 +84,15 @@ impl AppState {
             &config.providers,
             config.telemetry.is_some(),
         )?;
+        let metrics = Arc::new(Metrics::new());
+        let limiter = Arc::new(RateLimiter::new(
+            &config.rate_limits,
+            config.storage.redis_url.as_ref().map(Secret::expose),
+            // A concurrency slot outlives a crashed instance by at most this.
+            config.server.request_timeout + Duration::from_secs(30),
+            Arc::clone(&clock),
+            metrics.rate_limits.clone(),
+        )?);
         let tracker = Tracker::new(&config, clock);
         let (events, event_receiver) = analytics::channel();
         Ok(AppState(Arc::new(AppInner {
@@ -88,7 +102,8 @@ impl AppState {
             tracker,
             events,
             event_receiver: Mutex::new(Some(event_receiver)),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
+            limiter,
             analytics,
             connections: AtomicI64::new(0),
             models_body,
@@ -120,6 +135,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/analytics", get(analytics_api::analytics))
         .route("/admin/analytics/status", get(analytics_api::status))
         .route("/admin/requests", get(analytics_api::requests))
+        .route("/admin/ratelimits", get(admin::ratelimits))
         .route("/admin/providers/{name}/drain", post(admin::drain))
         .route("/admin/providers/{name}/enable", post(admin::enable))
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));

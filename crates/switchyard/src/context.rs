@@ -10,6 +10,10 @@ use tokio::time::Instant;
 use crate::error::ApiError;
 use crate::timing::Timings;
 
+/// The peer address of the connection a request came on, set by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
@@ -27,6 +31,11 @@ impl Principal {
             Principal::MasterKey => "master",
         }
     }
+
+    /// The priority class for load shedding (virtual keys will carry their own).
+    pub fn priority(&self) -> switchyard_core::ratelimit::shed::Priority {
+        switchyard_core::ratelimit::shed::Priority::Normal
+    }
 }
 
 /// Everything the chain knows about one request. (`Clone` only because request extensions
@@ -43,6 +52,12 @@ pub struct RequestContext {
     pub principal: Principal,
     /// The accounting stage's draft event, filled in by the stages after it.
     pub event: Option<crate::chain::account::DraftHandle>,
+    /// The client's address (the socket's, or `X-Forwarded-For`'s last entry when trusted).
+    pub client_ip: Option<std::net::IpAddr>,
+    /// The end user named by the configured header, if any.
+    pub user_header: Option<String>,
+    /// The `x-ratelimit-*` figures for the response.
+    pub rate_headers: crate::ratelimit::RateHeaders,
     /// The request's root span; the stages' spans are its children. It is passed down here
     /// rather than entered around the whole request, which would cost an enter and an exit
     /// on every poll.

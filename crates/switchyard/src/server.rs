@@ -14,6 +14,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 
 use crate::app::{self, AppState};
 
@@ -30,6 +31,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()>) {
     let router = app::router(state.clone());
     crate::health_check::spawn_all(&state);
+    spawn_limiter_sweep(&state);
     let receiver = state
         .event_receiver
         .lock()
@@ -79,7 +81,12 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
                 if let Err(error) = stream.set_nodelay(true) {
                     tracing::debug!(%error, "could not set TCP_NODELAY");
                 }
-                let service = TowerToHyperService::new(router.clone());
+                let service = TowerToHyperService::new(router.clone().map_request(
+                    move |mut request: http::Request<hyper::body::Incoming>| {
+                        request.extensions_mut().insert(crate::context::PeerAddr(peer));
+                        request
+                    },
+                ));
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 let open = ConnectionCount::new(&state);
@@ -117,6 +124,28 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
     }
     // Every response has ended (or been dropped), so every request event is in the channel.
     state.analytics.shutdown().await;
+}
+
+/// Forgets idle in-memory rate-limit counters once a minute, so that one-off users and IPs
+/// do not accumulate. The task ends with the limiter's last user.
+fn spawn_limiter_sweep(state: &AppState) {
+    if state.config.rate_limits.limits.is_empty() {
+        return;
+    }
+    let limiter = Arc::downgrade(&state.limiter);
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_secs(60));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            let Some(limiter) = limiter.upgrade() else {
+                return;
+            };
+            let remaining = limiter.sweep();
+            tracing::debug!(remaining, "swept idle rate-limit counters");
+        }
+    });
 }
 
 /// Counts a client connection as open until dropped.

@@ -16,6 +16,8 @@ pub enum Stage {
     Parse,
     /// Resolving the model to targets.
     Route,
+    /// Rate limits and load shedding (a queued request's wait included).
+    RateLimit,
     /// Provider calls: from the first request sent to the answer's headers (or, for a
     /// non-streamed answer, its whole body), over all attempts.
     Upstream,
@@ -30,6 +32,7 @@ impl Stage {
             Stage::Auth => "auth",
             Stage::Parse => "parse",
             Stage::Route => "route",
+            Stage::RateLimit => "ratelimit",
             Stage::Upstream => "upstream",
             Stage::Translate => "translate",
         }
@@ -45,6 +48,7 @@ impl Stage {
             Stage::Auth => tracing::debug_span!(parent: parent, "auth"),
             Stage::Parse => tracing::debug_span!(parent: parent, "parse"),
             Stage::Route => tracing::debug_span!(parent: parent, "route"),
+            Stage::RateLimit => tracing::debug_span!(parent: parent, "ratelimit"),
             Stage::Upstream => tracing::debug_span!(parent: parent, "upstream"),
             Stage::Translate => tracing::debug_span!(parent: parent, "translate"),
         }

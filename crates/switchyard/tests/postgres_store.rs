@@ -152,6 +152,7 @@ fn event(i: u64, time_ms: u64, latency_ms: u64) -> RequestEvent {
         upstream_us: None,
         attempts: 1,
         cache: "none",
+        rate_limit: None,
         stages: vec![],
     }
 }

@@ -59,6 +59,8 @@ pub struct RequestEvent {
     pub attempts: u32,
     /// Response cache outcome (`none` until the cache exists).
     pub cache: &'static str,
+    /// The rate limit that refused the request (429), when one did.
+    pub rate_limit: Option<String>,
     /// Per-stage durations in microseconds, in the order the stages ran.
     pub stages: Vec<(&'static str, u64)>,
 }
@@ -100,6 +102,7 @@ mod tests {
             upstream_us: None,
             attempts: 0,
             cache: "none",
+            rate_limit: None,
             stages: vec![],
         };
         assert_eq!(event.status_class(), "2xx");

@@ -542,6 +542,7 @@ mod tests {
             upstream_us: None,
             attempts: 1,
             cache: "none",
+            rate_limit: None,
             stages: vec![],
         }
     }

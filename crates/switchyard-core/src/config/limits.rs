@@ -46,6 +46,8 @@ pub struct RateLimitConfig {
     pub trust_forwarded_for: bool,
     /// Load shedding cap on requests in flight; `None` when off.
     pub max_in_flight: Option<u64>,
+    /// Output tokens reserved when a request sets no `max_tokens`.
+    pub default_max_tokens: u64,
 }
 
 impl RateLimitConfig {
@@ -146,6 +148,7 @@ pub(super) fn validate(
         user_header,
         trust_forwarded_for: raw.trust_forwarded_for.unwrap_or(false),
         max_in_flight: raw.max_in_flight,
+        default_max_tokens: raw.default_max_tokens.unwrap_or(1024),
     })
 }
 

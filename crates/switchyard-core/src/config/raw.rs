@@ -60,6 +60,9 @@ pub struct RawRateLimits {
     /// Load shedding: most requests in flight in this instance; low priority is shed at 70%,
     /// normal at 90%, high at 100%, with a fast 503. Default: off.
     pub max_in_flight: Option<u64>,
+    /// Output tokens a token limit reserves for a request that sets no `max_tokens`.
+    /// Default 1024.
+    pub default_max_tokens: Option<u64>,
     /// The limits.
     #[serde(default)]
     pub limits: Vec<RawLimit>,

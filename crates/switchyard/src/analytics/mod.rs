@@ -150,6 +150,8 @@ pub struct Metrics {
     pub analytics_store_failures: Gauge,
     /// See `analytics_memory`.
     pub analytics_lost: Gauge,
+    /// The rate limiter's series.
+    pub rate_limits: crate::ratelimit::RateLimitMetrics,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -265,7 +267,9 @@ impl Metrics {
             "switchyard_analytics_lost",
             "Analytics entries dropped since start because the store failed for too long",
         );
+        let rate_limits = crate::ratelimit::RateLimitMetrics::register(&mut registry);
         Metrics {
+            rate_limits,
             registry,
             analytics_memory,
             analytics_pending,

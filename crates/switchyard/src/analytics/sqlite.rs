@@ -620,6 +620,7 @@ mod tests {
             upstream_us: Some(latency_ms * 900),
             attempts: 1,
             cache: "none",
+            rate_limit: None,
             stages: vec![("auth", 3), ("upstream", latency_ms * 900)],
         }
     }

@@ -51,6 +51,10 @@ pub struct Draft {
     pub error_class: Option<String>,
     /// Stage durations, microseconds.
     pub stages: Vec<(&'static str, u64)>,
+    /// The rate limit that refused the request.
+    pub rate_limit: Option<String>,
+    /// The rate limiter's charges, settled against the usage when the request ends.
+    pub admission: Option<crate::ratelimit::Admission>,
 }
 
 /// The draft shared between the stages of one request. A std mutex: it is only ever held for
@@ -144,6 +148,9 @@ impl PendingEvent {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
+        if let Some(admission) = draft.admission.take() {
+            admission.settle(draft.usage.input.saturating_add(draft.usage.output));
+        }
         let error_class = if abandoned {
             Some("client_closed".to_owned())
         } else {
@@ -170,6 +177,7 @@ impl PendingEvent {
             upstream_us: draft.upstream_us,
             attempts: draft.attempts,
             cache: "none",
+            rate_limit: draft.rate_limit,
             stages: draft.stages,
         });
     }

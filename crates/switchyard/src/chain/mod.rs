@@ -6,7 +6,8 @@
 //!    enforced where the body is read, so that a 413 has OpenAI's shape.
 //! 1. [`auth`]: API key → principal; 401 before anything else runs.
 //! 2. [`account`]: one request event per request, emitted when the body ends or is dropped.
-//! 3. rate limit (not built yet).
+//! 3. [`rate_limit`]: limits per key, user, IP, model and global; queueing; load shedding
+//!    (called by the handlers once the body is parsed and the route known).
 //! 4. budget (not built yet).
 //! 5. cache (not built yet).
 //! 6. route: model → targets (`switchyard_core::routing`, in the handlers).
@@ -16,4 +17,5 @@
 
 pub mod account;
 pub mod auth;
+pub mod rate_limit;
 pub mod request_id;

@@ -34,18 +34,50 @@ pub async fn request_context(
         .cloned()
         .unwrap_or_else(new_request_id);
     let span = telemetry::request_span(&request, &request_id, app.config.telemetry.is_some());
+    let limits = &app.config.rate_limits;
     let context = RequestContext {
         request_id: request_id.clone(),
         timings,
         deadline: Instant::now() + app.config.server.request_timeout,
         principal: Principal::Anonymous,
         event: None,
+        client_ip: client_ip(&request, limits.trust_forwarded_for),
+        user_header: request
+            .headers()
+            .get(limits.user_header.as_str())
+            .and_then(|value| value.to_str().ok())
+            .map(str::trim)
+            .filter(|user| !user.is_empty())
+            .map(str::to_owned),
+        rate_headers: crate::ratelimit::RateHeaders::default(),
         span: span.clone(),
     };
     request.extensions_mut().insert(context);
     let mut response = next.run(request).await;
     response.headers_mut().insert(REQUEST_ID, request_id);
     telemetry::finish_request_span(span, response)
+}
+
+/// The client's address: the socket peer, or, when the gateway sits behind a trusted proxy,
+/// the last `X-Forwarded-For` entry (the one that proxy added; earlier ones are the client's
+/// to forge).
+fn client_ip(request: &Request, trust_forwarded_for: bool) -> Option<std::net::IpAddr> {
+    if trust_forwarded_for
+        && let Some(forwarded) = request
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|entry| entry.trim().parse::<std::net::IpAddr>().ok())
+            .next_back()
+    {
+        return Some(forwarded);
+    }
+    request
+        .extensions()
+        .get::<crate::context::PeerAddr>()
+        .map(|peer| peer.0.ip())
 }
 
 fn is_acceptable(value: &HeaderValue) -> bool {
@@ -75,5 +107,28 @@ mod tests {
         assert!(!is_acceptable(
             &HeaderValue::from_str(&"x".repeat(129)).unwrap()
         ));
+    }
+
+    #[test]
+    fn client_ip_trusts_forwarded_for_only_when_told() {
+        let mut request = Request::new(axum::body::Body::empty());
+        request
+            .extensions_mut()
+            .insert(crate::context::PeerAddr("10.0.0.9:4000".parse().unwrap()));
+        request.headers_mut().append(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.1.1.1, 2.2.2.2"),
+        );
+        request
+            .headers_mut()
+            .append("x-forwarded-for", HeaderValue::from_static("3.3.3.3"));
+        assert_eq!(
+            client_ip(&request, false),
+            Some("10.0.0.9".parse().unwrap())
+        );
+        // The proxy's own entry is the last one; earlier ones are the client's to forge.
+        assert_eq!(client_ip(&request, true), Some("3.3.3.3".parse().unwrap()));
+        let bare = Request::new(axum::body::Body::empty());
+        assert_eq!(client_ip(&bare, true), None);
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! - `GET /admin/providers`: every provider and target with its health and performance
 //!   (breaker state, latency, time to first token, errors, in-flight, last error).
+//! - `GET /admin/ratelimits`: the rate limits, what waits or runs now, and the top offenders.
 //! - `POST /admin/providers/{name}/drain` and `/enable`: take a provider out of rotation or
 //!   put it back. In-flight requests finish; new ones skip it.
 
@@ -13,6 +14,20 @@ use switchyard_core::{ErrorKind, GatewayError, Origin};
 
 use crate::app::AppState;
 use crate::error::ApiError;
+
+/// `GET /admin/ratelimits`: the limits, in-flight and queued counts, and the most refused
+/// keys and counters (`?top=N`, default 20).
+pub async fn ratelimits(
+    State(app): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let top = query
+        .get("top")
+        .and_then(|top| top.parse::<usize>().ok())
+        .unwrap_or(20)
+        .min(1_000);
+    Json(app.limiter.snapshot(top)).into_response()
+}
 
 /// `GET /admin/providers`.
 pub async fn providers(State(app): State<AppState>) -> Response {

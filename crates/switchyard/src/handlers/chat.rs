@@ -27,6 +27,7 @@ use tracing::{Instrument, Span};
 use super::{Served, annotate, now_unix, read_body};
 use crate::app::AppState;
 use crate::chain::account::{self, DraftHandle};
+use crate::chain::rate_limit;
 use crate::context::{RequestContext, TakenContext};
 use crate::failover::{self, PlannedRoute, RequestFacts};
 use crate::telemetry::{self, Operation};
@@ -71,6 +72,17 @@ async fn handle(
         max_output_tokens: request.output_limit(),
         deadline: context.deadline,
     };
+    rate_limit::admit(
+        app,
+        context,
+        rate_limit::Ask {
+            model: resolution.route_name(),
+            user: request.user.as_deref(),
+            input_tokens: facts.input_tokens,
+            max_output_tokens: facts.max_output_tokens,
+        },
+    )
+    .await?;
 
     if request.stream {
         stream(app, context, &request, &plan, facts).await

@@ -50,6 +50,17 @@ async fn handle(
         max_output_tokens: Some(0),
         deadline: context.deadline,
     };
+    crate::chain::rate_limit::admit(
+        app,
+        context,
+        crate::chain::rate_limit::Ask {
+            model: resolution.route_name(),
+            user: request.user.as_deref(),
+            input_tokens: facts.input_tokens,
+            max_output_tokens: facts.max_output_tokens,
+        },
+    )
+    .await?;
     super::complete(
         app,
         context,

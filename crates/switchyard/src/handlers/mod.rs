@@ -109,6 +109,7 @@ pub fn annotate(response: &mut Response, context: &RequestContext, served: Optio
             HeaderValue::from(served.attempts),
         );
     }
+    context.rate_headers.apply(headers);
     insert(headers, "server-timing", &context.timings.server_timing());
     context.record(|draft| {
         if let Some(served) = served {
