@@ -93,6 +93,8 @@ impl AppState {
             Arc::clone(&clock),
             metrics.rate_limits.clone(),
         )?);
+        // Connect to Redis before serving, so the first requests do not each wait for it.
+        limiter.warm_up().await;
         let tracker = Tracker::new(&config, clock);
         let (events, event_receiver) = analytics::channel();
         Ok(AppState(Arc::new(AppInner {

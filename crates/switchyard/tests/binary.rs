@@ -345,3 +345,72 @@ async fn demo_serves_without_any_keys() {
     }
     child.kill().await.unwrap();
 }
+
+/// Two gateway processes sharing the real Redis enforce one global limit together: the
+/// admitted total is exactly the limit, not the limit times the number of replicas.
+#[tokio::test]
+async fn two_processes_share_one_limit_through_redis() {
+    const LIMIT: usize = 25;
+    let mock = MockProvider::builder()
+        .name("shared")
+        .spawn()
+        .await
+        .unwrap();
+    // A fresh limit name per run: its Redis keys are new.
+    let name = format!("global-{:x}", fastrand::u64(..));
+    let config = write_config(
+        "redis-shared",
+        &format!(
+            "[storage]\nredis_url = \"redis://127.0.0.1:6379/0\"\n[rate_limits]\non_store_error = \"fail_closed\"\n[[rate_limits.limits]]\nname = \"{name}\"\nscope = \"global\"\nrequests = {LIMIT}\nper = \"1h\"\n[[providers]]\nname = \"mock\"\nkind = \"openai\"\nbase_url = \"{}/v1\"\nmodels = [\"mock-*\"]\n",
+            mock.base_url()
+        ),
+    );
+    let args = [
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let (mut first, first_address) = start(&args, &[]).await;
+    let (mut second, second_address) = start(&args, &[]).await;
+    let mut tasks = Vec::new();
+    for i in 0..(3 * LIMIT) {
+        let address = if i % 2 == 0 {
+            first_address.clone()
+        } else {
+            second_address.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let response = client()
+                .post(format!("{address}/v1/chat/completions"))
+                .body(r#"{"model":"mock-a","messages":[{"role":"user","content":"hi"}]}"#)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap();
+            (address, status, body)
+        }));
+    }
+    let mut admitted = 0;
+    let mut per_process = std::collections::HashMap::new();
+    for task in tasks {
+        let (address, status, body) = task.await.unwrap();
+        assert!(status == 200 || status == 429, "{status}: {body}");
+        if status == 200 {
+            admitted += 1;
+            *per_process.entry(address).or_insert(0) += 1;
+        }
+    }
+    // Tolerance: none. One script per admission, atomic in Redis.
+    assert_eq!(admitted, LIMIT, "{per_process:?}");
+    assert_eq!(
+        per_process.len(),
+        2,
+        "both processes served: {per_process:?}"
+    );
+    assert_eq!(mock.calls(), LIMIT as u64);
+    first.kill().await.unwrap();
+    second.kill().await.unwrap();
+}

@@ -102,7 +102,7 @@ pub(super) fn validate(
             ));
         }
     };
-    let store_timeout = raw.store_timeout.unwrap_or(Duration::from_millis(50));
+    let store_timeout = raw.store_timeout.unwrap_or(Duration::from_millis(100));
     if store_timeout.is_zero() || store_timeout > Duration::from_secs(10) {
         return Err(ConfigError::new(
             "rate_limits.store_timeout",

@@ -48,7 +48,7 @@ pub struct RawRateLimits {
     /// `fail_open` (default: a local limiter stands in) or `fail_closed` (503) when the
     /// shared store (Redis) cannot be reached.
     pub on_store_error: Option<String>,
-    /// How long one admission check may wait for Redis. Default 50ms.
+    /// How long one admission check may wait for Redis. Default 100ms.
     #[serde(default, with = "humantime_serde")]
     pub store_timeout: Option<Duration>,
     /// Header naming the end user when the body has no OpenAI `user` field. Default

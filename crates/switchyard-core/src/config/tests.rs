@@ -481,7 +481,7 @@ only = ["openai"]
     let limits = &config.rate_limits;
     assert_eq!(limits.on_store_error, FailMode::Closed);
     assert_eq!(limits.max_in_flight, Some(200));
-    assert_eq!(limits.store_timeout, Duration::from_millis(50));
+    assert_eq!(limits.store_timeout, Duration::from_millis(100));
     assert_eq!(limits.user_header, "x-switchyard-user");
     assert_eq!(limits.limits.len(), 4);
     let rpm = &limits.limits[0];

@@ -273,6 +273,25 @@ impl RateLimiter {
         })
     }
 
+    /// Connects to Redis and loads the scripts (when Redis is configured), logging a failure:
+    /// called once at start-up, before serving. An unreachable Redis does not stop the start.
+    pub async fn warm_up(&self) {
+        if let Some(redis) = &self.redis {
+            match tokio::time::timeout(Duration::from_secs(2), redis.warm_up()).await {
+                Ok(Ok(())) => tracing::info!("rate limits are shared through Redis"),
+                Ok(Err(error)) => tracing::warn!(
+                    error = %error,
+                    mode = self.fail_mode.as_str(),
+                    "could not reach Redis for rate limits; applying the configured fail mode until it answers"
+                ),
+                Err(_) => tracing::warn!(
+                    mode = self.fail_mode.as_str(),
+                    "Redis did not answer within 2s; applying the configured fail mode until it does"
+                ),
+            }
+        }
+    }
+
     /// Whether requests need to pass through the limiter at all.
     pub fn is_active(&self) -> bool {
         !self.limits.is_empty() || self.max_in_flight.is_some()

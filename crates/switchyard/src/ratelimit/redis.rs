@@ -286,6 +286,14 @@ impl RedisStore {
         })
     }
 
+    /// Connects and loads the scripts, so that the first requests do not pay for it.
+    pub async fn warm_up(&self) -> Result<(), redis::RedisError> {
+        let mut connection = self.connection.clone();
+        self.admit.load_async(&mut connection).await?;
+        self.settle.load_async(&mut connection).await?;
+        Ok(())
+    }
+
     /// Checks and charges `checks` in one round trip.
     pub async fn admit(
         &self,
