@@ -62,6 +62,18 @@ api_key_env = "SDK_TEST_GEMINI_KEY"
 [[routes]]
 model = "smart"
 targets = [ {{ provider = "openai", model = "mock-large" }} ]
+
+# Only `limited` is rate limited, so that the other tests never meet the limit.
+[[routes]]
+model = "limited"
+targets = [ {{ provider = "openai", model = "mock-small" }} ]
+
+[[rate_limits.limits]]
+name = "limited-rpm"
+scope = "key"
+requests = 2
+per = "1h"
+only = ["limited"]
 """
 
 

@@ -6,7 +6,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from support import CLIENT_TIMEOUT_S, expected_answer
+from support import CLIENT_TIMEOUT_S, MASTER_KEY, expected_answer
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -118,3 +118,28 @@ def test_stream_cut_by_the_provider_raises_after_a_prefix(
     assert expected_answer(prompt).startswith(text)
     assert text != expected_answer(prompt)
     assert isinstance(raised.value.body, dict) and raised.value.body.get("message")
+
+
+def test_rate_limit_is_a_rate_limit_error_with_openai_headers(gateway, mock):
+    # No SDK retries: the point is what the SDK sees on the first refusal.
+    with OpenAI(
+        base_url=f"{gateway.url}/v1",
+        api_key=MASTER_KEY,
+        timeout=CLIENT_TIMEOUT_S,
+        max_retries=0,
+    ) as client:
+        for remaining in ("1", "0"):
+            raw = client.chat.completions.with_raw_response.create(model="limited", messages=HELLO)
+            assert raw.headers["x-ratelimit-limit-requests"] == "2"
+            assert raw.headers["x-ratelimit-remaining-requests"] == remaining
+            assert raw.parse().choices[0].message.content
+        with pytest.raises(openai.RateLimitError) as raised:
+            client.chat.completions.create(model="limited", messages=HELLO)
+
+    assert raised.value.status_code == 429
+    assert_openai_error_body(raised.value)
+    assert raised.value.code == "rate_limit_exceeded"
+    headers = raised.value.response.headers
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert int(headers["retry-after"]) >= 1
+    assert mock.calls() == 2
