@@ -24,7 +24,9 @@ use switchyard_core::strategy::{self, Strategy};
 use switchyard_core::{ErrorKind, GatewayError, Origin};
 use tokio::time::Instant;
 
+use crate::ratelimit::{Admission, RateLimiter};
 use crate::tracker::{InFlight, Tracker};
+use std::sync::Arc;
 
 /// One route of a plan.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +52,16 @@ pub struct RequestFacts {
     pub deadline: Instant,
 }
 
+/// The provider quotas (rate limits of scope `provider`) a target must pass before it is
+/// called; a target at its quota is skipped at no cost, like an unavailable one.
+#[derive(Clone, Copy)]
+pub struct Quota<'q> {
+    /// The limiter holding the quotas.
+    pub limiter: &'q Arc<RateLimiter>,
+    /// Tokens to reserve (input estimate plus output limit).
+    pub tokens: u64,
+}
+
 /// The outcome of a successful attempt.
 pub struct Served<'a, T> {
     /// What the attempt produced.
@@ -62,6 +74,8 @@ pub struct Served<'a, T> {
     pub attempts: u32,
     /// The target's in-flight slot: finish it when the answer is over.
     pub in_flight: InFlight,
+    /// The provider quota's charges, to settle when the answer is over.
+    pub quota: Option<Admission>,
 }
 
 /// A failure after `attempts` attempts.
@@ -83,6 +97,7 @@ pub async fn run<'a, P, T, B, F, Fut>(
     routing: &RoutingConfig,
     plan: &[PlannedRoute<'a>],
     facts: RequestFacts,
+    quota: Option<Quota<'_>>,
     mut prepare: B,
     mut attempt: F,
 ) -> Result<Served<'a, T>, Failed<'a>>
@@ -140,6 +155,24 @@ where
                     continue;
                 }
             };
+            let charged = match quota {
+                Some(quota) => {
+                    match quota
+                        .limiter
+                        .admit_provider(&target.provider.name, quota.tokens)
+                        .await
+                    {
+                        Ok(charged) => charged,
+                        Err(error) => {
+                            tracing::debug!(provider = %target.provider.name, "provider quota reached: target skipped");
+                            last_error = Some(error);
+                            position += 1;
+                            continue;
+                        }
+                    }
+                }
+                None => None,
+            };
             let admitted = match tracker.begin(target, &states[index]) {
                 Ok(admitted) => admitted,
                 Err(error) => {
@@ -166,6 +199,7 @@ where
                         route: route.name,
                         attempts,
                         in_flight,
+                        quota: charged,
                     });
                 }
                 Err(error) => {

@@ -465,3 +465,63 @@ concurrent = 2
     assert!(limiter.admit(&subject("other", 1), far).await.is_ok());
     assert_eq!(limiter.snapshot(5).store, "redis");
 }
+
+/// A provider quota skips that provider's targets at no cost, so traffic moves to the next
+/// target; with every target at its quota the client gets a 429 that says so.
+#[tokio::test]
+async fn provider_quotas_move_traffic_to_the_next_target() {
+    let alpha = MockProvider::builder().name("alpha").spawn().await.unwrap();
+    let beta = MockProvider::builder().name("beta").spawn().await.unwrap();
+    let text = format!(
+        r#"
+[[providers]]
+name = "alpha"
+kind = "openai"
+base_url = "{}/v1"
+[[providers]]
+name = "beta"
+kind = "openai"
+base_url = "{}/v1"
+[[routes]]
+model = "pair"
+targets = [ {{ provider = "alpha", model = "mock-a" }}, {{ provider = "beta", model = "mock-b" }} ]
+[[rate_limits.limits]]
+name = "alpha-quota"
+scope = "provider"
+requests = 1
+per = "1h"
+only = ["alpha"]
+[[rate_limits.limits]]
+name = "beta-quota"
+scope = "provider"
+requests = 1
+per = "1h"
+only = ["beta"]
+"#,
+        alpha.base_url(),
+        beta.base_url()
+    );
+    let gateway = TestGateway::start(&text, &[]).await;
+    let url = gateway.url("/v1/chat/completions");
+    let body = json!({"model": "pair", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, headers, _) = post_json(&url, &body, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-switchyard-provider"), "alpha");
+    let (status, headers, _) = post_json(&url, &body, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-switchyard-provider"), "beta");
+    assert_eq!(
+        header(&headers, "x-switchyard-attempts"),
+        "1",
+        "the skip cost no attempt"
+    );
+    let (status, headers, body) = post_json(&url, &body, &[]).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("quota"),
+        "{body}"
+    );
+    assert!(headers.get("retry-after").is_some());
+    assert_eq!((alpha.calls(), beta.calls()), (1, 1));
+    gateway.stop().await;
+}

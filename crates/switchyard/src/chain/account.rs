@@ -53,8 +53,9 @@ pub struct Draft {
     pub stages: Vec<(&'static str, u64)>,
     /// The rate limit that refused the request.
     pub rate_limit: Option<String>,
-    /// The rate limiter's charges, settled against the usage when the request ends.
-    pub admission: Option<crate::ratelimit::Admission>,
+    /// The rate limiter's charges (the request's, and the provider quota's of the target
+    /// that served it), settled against the usage when the request ends.
+    pub admissions: Vec<crate::ratelimit::Admission>,
 }
 
 /// The draft shared between the stages of one request. A std mutex: it is only ever held for
@@ -148,7 +149,7 @@ impl PendingEvent {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        if let Some(admission) = draft.admission.take() {
+        for admission in draft.admissions.drain(..) {
             admission.settle(draft.usage.input.saturating_add(draft.usage.output));
         }
         let error_class = if abandoned {

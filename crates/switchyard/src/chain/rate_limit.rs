@@ -58,7 +58,7 @@ pub async fn admit(
         Ok(admission) => {
             context.rate_headers = admission.headers();
             if context.event.is_some() {
-                context.record(|draft| draft.admission = Some(admission));
+                context.record(|draft| draft.admissions.push(admission));
             }
             // Not accounted (no draft): dropping the admission settles it now.
             Ok(())

@@ -120,6 +120,7 @@ async fn request(
         &harness.config.routing,
         &plan,
         facts(),
+        None,
         |target| match script(&target.provider.name) {
             Err(error) if error.origin == Origin::Client => Err(error),
             outcome => Ok(outcome),

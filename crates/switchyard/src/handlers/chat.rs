@@ -144,6 +144,7 @@ async fn stream<'a>(
         &app.config.routing,
         plan,
         facts,
+        super::quota(app, &facts),
         |target| provider::chat_request(&call_for(target), request),
         |target, upstream| {
             let call = call_for(target);
@@ -221,7 +222,11 @@ async fn stream<'a>(
     started.in_flight = Some(served.in_flight);
     started.draft = context.event.clone();
     started.request_started = context.timings.started;
-    context.record(|draft| draft.stream = true);
+    let quota = served.quota;
+    context.record(|draft| {
+        draft.stream = true;
+        draft.admissions.extend(quota);
+    });
     let body = Body::from_stream(sse_body(started, provider_name, request_id));
     let mut response = Response::new(body);
     let headers = response.headers_mut();

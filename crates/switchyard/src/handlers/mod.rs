@@ -174,6 +174,7 @@ where
         &app.config.routing,
         plan,
         facts,
+        quota(app, &facts),
         |target| build(&call_for(target)),
         |target, upstream| {
             let translate = &translate;
@@ -209,7 +210,11 @@ where
                 .in_flight
                 .finish(completion.usage.output, false, None);
             let usage = completion.usage;
-            context.record(|draft| draft.usage = usage);
+            let quota = served.quota;
+            context.record(|draft| {
+                draft.usage = usage;
+                draft.admissions.extend(quota);
+            });
             context
                 .timings
                 .record(Stage::Upstream, upstream.saturating_sub(translate));
@@ -238,6 +243,18 @@ where
             Ok(failure_response(context, failed))
         }
     }
+}
+
+/// The provider quotas to pass before each call, when any is configured.
+pub fn quota<'q>(app: &'q AppState, facts: &RequestFacts) -> Option<failover::Quota<'q>> {
+    app.limiter.has_provider_limits().then(|| failover::Quota {
+        limiter: &app.limiter,
+        tokens: facts.input_tokens.saturating_add(
+            facts
+                .max_output_tokens
+                .map_or(app.config.rate_limits.default_max_tokens, u64::from),
+        ),
+    })
 }
 
 /// The routes to try: the resolved one, then its fallbacks (their own fallbacks are not

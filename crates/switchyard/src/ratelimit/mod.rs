@@ -292,6 +292,13 @@ impl RateLimiter {
         }
     }
 
+    /// Whether any limit is per provider (checked before each provider call).
+    pub fn has_provider_limits(&self) -> bool {
+        self.limits
+            .iter()
+            .any(|limit| limit.scope == Scope::Provider)
+    }
+
     /// Whether requests need to pass through the limiter at all.
     pub fn is_active(&self) -> bool {
         !self.limits.is_empty() || self.max_in_flight.is_some()
@@ -309,15 +316,7 @@ impl RateLimiter {
         subject: &Subject,
         deadline: Instant,
     ) -> Result<Admission, (Refusal, RateHeaders)> {
-        let mut admission = Admission {
-            limiter: Arc::clone(self),
-            charges: Vec::new(),
-            redis: false,
-            nonce: String::new(),
-            shed_slot: false,
-            settled: false,
-            headers: RateHeaders::default(),
-        };
+        let mut admission = self.empty_admission();
         if let Some(max) = self.max_in_flight {
             let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
             admission.shed_slot = true;
@@ -380,6 +379,68 @@ impl RateLimiter {
                 }) => return Err(self.refused(subject, &wanted, limit, None, units)),
                 Err(other) => return Err((other, RateHeaders::default())),
             }
+        }
+    }
+
+    /// Charges the request to the limits of `provider` (scope `provider`) before a call to it:
+    /// `Ok(None)` when none applies. A refusal means "skip this target"; it never waits.
+    pub async fn admit_provider(
+        self: &Arc<Self>,
+        provider: &str,
+        tokens: u64,
+    ) -> Result<Option<Admission>, GatewayError> {
+        let wanted: Vec<(usize, String, u64)> = self
+            .limits
+            .iter()
+            .enumerate()
+            .filter(|(_, limit)| limit.scope == Scope::Provider && limit.applies_to(provider))
+            .map(|(index, limit)| {
+                let units = match limit.unit {
+                    Unit::Tokens => tokens.max(1),
+                    Unit::Requests | Unit::Concurrent => 1,
+                };
+                (index, provider.to_owned(), units)
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(None);
+        }
+        let mut admission = self.empty_admission();
+        match self.try_once(&wanted, &mut admission).await {
+            Ok(()) => Ok(Some(admission)),
+            Err(refusal) => {
+                if let Refusal::Limited { limit, .. } = &refusal {
+                    self.metrics
+                        .refusals
+                        .get_or_create(&RefusalLabels {
+                            limit: self.limits[*limit].name.clone(),
+                            scope: Scope::Provider.as_str(),
+                            key: String::new(),
+                        })
+                        .inc();
+                }
+                let mut error = self.error(&refusal);
+                if matches!(refusal, Refusal::Limited { .. }) {
+                    error.message = format!(
+                        "Provider `{provider}` is at this gateway's quota for it. {}",
+                        error.message
+                    )
+                    .into();
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn empty_admission(self: &Arc<Self>) -> Admission {
+        Admission {
+            limiter: Arc::clone(self),
+            charges: Vec::new(),
+            redis: false,
+            nonce: String::new(),
+            shed_slot: false,
+            settled: false,
+            headers: RateHeaders::default(),
         }
     }
 
