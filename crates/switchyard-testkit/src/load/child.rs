@@ -18,6 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
 use super::error::LoadError;
+use super::options::LimitStore;
 
 /// How many lines of a child's output are kept for error messages.
 const KEPT_LINES: usize = 20;
@@ -256,8 +257,9 @@ impl Drop for ConfigFile {
 
 /// The gateway config the harness runs with: one OpenAI-shaped provider, the mock, serving
 /// every `mock-*` model, and no master key (the gateway only listens on loopback). With
-/// `otlp`, the gateway exports its traces to the mock too.
-pub fn gateway_config(mock: SocketAddr, otlp: bool) -> String {
+/// `otlp`, the gateway exports its traces to the mock too; with `limits`, every request
+/// passes three rate limits that never refuse (fresh names per run, so Redis keys are new).
+pub fn gateway_config(mock: SocketAddr, otlp: bool, limits: Option<LimitStore>) -> String {
     let mut config = format!(
         "# Written by switchyard-load for one run and removed when it ends.\n\
          [[providers]]\n\
@@ -268,6 +270,17 @@ pub fn gateway_config(mock: SocketAddr, otlp: bool) -> String {
     );
     if otlp {
         config.push_str(&format!("[telemetry]\notlp_endpoint = \"http://{mock}\"\n"));
+    }
+    if let Some(store) = limits {
+        if store == LimitStore::Redis {
+            config.push_str("[storage]\nredis_url = \"redis://127.0.0.1:6379/0\"\n");
+        }
+        let run = format!("{:x}", fastrand::u32(..));
+        config.push_str(&format!(
+            "[[rate_limits.limits]]\nname = \"load-rpm-{run}\"\nscope = \"key\"\nrequests = 1000000000\nper = \"1m\"\n\
+             [[rate_limits.limits]]\nname = \"load-tpm-{run}\"\nscope = \"key\"\ntokens = 1000000000000\nper = \"1m\"\n\
+             [[rate_limits.limits]]\nname = \"load-concurrency-{run}\"\nscope = \"global\"\nconcurrent = 1000000\n"
+        ));
     }
     config
 }
@@ -291,13 +304,16 @@ mod tests {
     #[test]
     fn the_gateway_config_points_at_the_mock() {
         let mock = SocketAddr::from(([127, 0, 0, 1], 4321));
-        let config = gateway_config(mock, false);
+        let config = gateway_config(mock, false, None);
         assert!(config.contains("base_url = \"http://127.0.0.1:4321/v1\""));
         assert!(config.contains("models = [\"mock-*\"]"));
         assert!(config.contains("kind = \"openai\""));
         assert!(!config.contains("[telemetry]"));
-        let config = gateway_config(mock, true);
+        let config = gateway_config(mock, true, None);
         assert!(config.ends_with("[telemetry]\notlp_endpoint = \"http://127.0.0.1:4321\"\n"));
+        let config = gateway_config(mock, false, Some(LimitStore::Redis));
+        assert!(config.contains("redis_url"));
+        assert_eq!(config.matches("[[rate_limits.limits]]").count(), 3);
     }
 
     #[test]

@@ -98,6 +98,7 @@ pub async fn run(options: &LoadOptions, children: &mut Children) -> Result<Repor
         let config = children.keep_config(ConfigFile::create(&gateway_config(
             mock_address,
             options.otlp,
+            options.limits,
         ))?);
         let gateway = start_gateway(options, config).await?;
         progress(format_args!(

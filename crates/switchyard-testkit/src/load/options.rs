@@ -97,6 +97,12 @@ pub struct LoadOptions {
     #[arg(long, conflicts_with = "direct_only")]
     pub otlp: bool,
 
+    /// Turn rate limits on (a per-key request bucket, a per-key token bucket and a global
+    /// concurrency cap, all too generous to refuse anything), counted in `memory` or in the
+    /// `redis` at 127.0.0.1:6379, to measure what admission costs.
+    #[arg(long, value_enum, value_name = "STORE", conflicts_with = "direct_only")]
+    pub limits: Option<LimitStore>,
+
     /// Also write every figure as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -162,6 +168,16 @@ impl ChaosFault {
             ChaosFault::Refuse => "refuse",
         }
     }
+}
+
+/// Where the gateway counts rate limits during a load run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LimitStore {
+    /// In the gateway's memory.
+    Memory,
+    /// In Redis on 127.0.0.1:6379.
+    Redis,
 }
 
 /// The routing strategies the chaos run can exercise.

@@ -269,6 +269,10 @@ impl RedisStore {
     /// A store for `url`; it connects lazily, so an unreachable Redis does not stop the
     /// gateway from starting (the configured fail mode applies meanwhile).
     pub fn new(url: &str, timeout: Duration, lease: Duration) -> Result<Self, String> {
+        // The connection manager spawns its reader task at once (it would panic outside one).
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err("the Redis store must be created inside the tokio runtime".to_owned());
+        }
         let client = redis::Client::open(url)
             .map_err(|error| format!("storage.redis_url is not a valid Redis URL: {error}"))?;
         let config = ConnectionManagerConfig::new()
