@@ -16,6 +16,7 @@
 pub mod memory;
 pub mod redis;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -145,7 +146,11 @@ pub enum Refusal {
     StoreUnavailable,
 }
 
-/// One counter a request was charged to.
+/// A limit a request falls under: the limit's index, the counter, the units to charge.
+type Wanted<'s> = (usize, Cow<'s, str>, u64);
+
+/// One counter a request was charged to that needs settling (tokens, concurrency; request
+/// counts are final when charged).
 #[derive(Debug, Clone)]
 struct Charge {
     limit: usize,
@@ -319,7 +324,7 @@ impl RateLimiter {
         let mut admission = self.empty_admission();
         if let Some(max) = self.max_in_flight {
             let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
-            admission.shed_slot = true;
+            admission.pending.shed_slot = true;
             if !shed::admits(max, subject.priority, before) {
                 self.metrics
                     .shed
@@ -331,7 +336,7 @@ impl RateLimiter {
                 return Err((Refusal::Shed, RateHeaders::default()));
             }
         }
-        let wanted: Vec<(usize, String, u64)> = self
+        let wanted: Vec<Wanted<'_>> = self
             .limits
             .iter()
             .enumerate()
@@ -347,7 +352,8 @@ impl RateLimiter {
         if wanted.is_empty() {
             return Ok(admission);
         }
-        let started = Instant::now();
+        // Read the time only once a request has to wait.
+        let mut started: Option<Instant> = None;
         let mut queue_slot: Option<QueueSlot<'_>> = None;
         loop {
             match self.try_once(&wanted, &mut admission).await {
@@ -358,15 +364,15 @@ impl RateLimiter {
                     units,
                 }) => {
                     let config = &self.limits[limit];
-                    let waited = started.elapsed();
-                    let can_wait = !config.queue.is_zero()
+                    let now = Instant::now();
+                    let waited = now - *started.get_or_insert(now);
+                    let within_bounds = !config.queue.is_zero()
                         && waited + wait <= config.queue
-                        && Instant::now() + wait < deadline
-                        && (queue_slot.is_some() || {
-                            queue_slot = self.join_queue(limit, &subject.key);
-                            queue_slot.is_some()
-                        });
-                    if can_wait {
+                        && now + wait < deadline;
+                    if within_bounds && queue_slot.is_none() {
+                        queue_slot = self.join_queue(limit, &subject.key);
+                    }
+                    if within_bounds && queue_slot.is_some() {
                         tokio::time::sleep(wait).await;
                         continue;
                     }
@@ -389,7 +395,7 @@ impl RateLimiter {
         provider: &str,
         tokens: u64,
     ) -> Result<Option<Admission>, GatewayError> {
-        let wanted: Vec<(usize, String, u64)> = self
+        let wanted: Vec<Wanted<'_>> = self
             .limits
             .iter()
             .enumerate()
@@ -399,7 +405,7 @@ impl RateLimiter {
                     Unit::Tokens => tokens.max(1),
                     Unit::Requests | Unit::Concurrent => 1,
                 };
-                (index, provider.to_owned(), units)
+                (index, Cow::Borrowed(provider), units)
             })
             .collect();
         if wanted.is_empty() {
@@ -435,10 +441,7 @@ impl RateLimiter {
     fn empty_admission(self: &Arc<Self>) -> Admission {
         Admission {
             limiter: Arc::clone(self),
-            charges: Vec::new(),
-            redis: false,
-            nonce: String::new(),
-            shed_slot: false,
+            pending: Pending::default(),
             settled: false,
             headers: RateHeaders::default(),
         }
@@ -448,7 +451,7 @@ impl RateLimiter {
     fn refused(
         &self,
         subject: &Subject,
-        wanted: &[(usize, String, u64)],
+        wanted: &[Wanted<'_>],
         limit: usize,
         retry_after: Option<Duration>,
         units: u64,
@@ -465,7 +468,7 @@ impl RateLimiter {
         let counter = wanted
             .iter()
             .find(|(index, ..)| *index == limit)
-            .map(|(_, counter, _)| counter.clone())
+            .map(|(_, counter, _)| counter.to_string())
             .unwrap_or_default();
         {
             let mut offenders = lock(&self.offenders);
@@ -502,22 +505,25 @@ impl RateLimiter {
     /// One attempt at charging every wanted counter.
     async fn try_once(
         &self,
-        wanted: &[(usize, String, u64)],
+        wanted: &[Wanted<'_>],
         admission: &mut Admission,
     ) -> Result<(), Refusal> {
         let now = self.clock.now();
         if let Some(redis) = &self.redis
             && now >= self.redis_down_until.load(Ordering::Relaxed)
         {
-            if admission.nonce.is_empty() {
-                admission.nonce = format!("{:016x}", fastrand::u64(..));
+            if admission.pending.nonce.is_empty() {
+                admission.pending.nonce = format!("{:016x}", fastrand::u64(..));
             }
             let checks = self.checks(wanted);
-            match tokio::time::timeout(self.store_timeout, redis.admit(&admission.nonce, &checks))
-                .await
+            match tokio::time::timeout(
+                self.store_timeout,
+                redis.admit(&admission.pending.nonce, &checks),
+            )
+            .await
             {
                 Ok(Ok(Decision::Admitted { limits, now_us })) => {
-                    admission.redis = true;
+                    admission.pending.redis = true;
                     for ((index, counter, units), (remaining, reset_us)) in
                         wanted.iter().zip(limits)
                     {
@@ -530,12 +536,14 @@ impl RateLimiter {
                                 reset: Duration::from_micros(reset_us),
                             },
                         );
-                        admission.charges.push(Charge {
-                            limit: *index,
-                            counter: counter.clone(),
-                            units: *units,
-                            at: now_us,
-                        });
+                        if config.unit != Unit::Requests {
+                            admission.pending.charges.push(Charge {
+                                limit: *index,
+                                counter: counter.to_string(),
+                                units: *units,
+                                at: now_us,
+                            });
+                        }
                     }
                     return Ok(());
                 }
@@ -543,7 +551,9 @@ impl RateLimiter {
                     index,
                     retry_after_us,
                 })) => {
-                    let (limit, _, units) = wanted.get(index).cloned().unwrap_or_default();
+                    let (limit, units) = wanted
+                        .get(index)
+                        .map_or((0, 0), |(limit, _, units)| (*limit, *units));
                     return Err(Refusal::Limited {
                         limit,
                         retry_after: retry_after_us.map(Duration::from_micros),
@@ -568,11 +578,11 @@ impl RateLimiter {
     /// Charges every counter in memory, or none.
     fn acquire_in_memory(
         &self,
-        wanted: &[(usize, String, u64)],
+        wanted: &[Wanted<'_>],
         now: Nanos,
         admission: &mut Admission,
     ) -> Result<(), Refusal> {
-        admission.redis = false;
+        admission.pending.redis = false;
         let mut headers = RateHeaders::default();
         for (position, (index, counter, units)) in wanted.iter().enumerate() {
             let policy = &self.policies[*index];
@@ -607,11 +617,12 @@ impl RateLimiter {
             }
         }
         admission.headers = headers;
-        admission.charges = wanted
+        admission.pending.charges = wanted
             .iter()
+            .filter(|(index, ..)| self.limits[*index].unit != Unit::Requests)
             .map(|(index, counter, units)| Charge {
                 limit: *index,
-                counter: counter.clone(),
+                counter: counter.to_string(),
                 units: *units,
                 at: now,
             })
@@ -619,7 +630,7 @@ impl RateLimiter {
         Ok(())
     }
 
-    fn checks(&self, wanted: &[(usize, String, u64)]) -> Vec<Check> {
+    fn checks(&self, wanted: &[Wanted<'_>]) -> Vec<Check> {
         wanted
             .iter()
             .map(|(index, counter, units)| self.check(*index, counter, *units))
@@ -692,12 +703,12 @@ impl RateLimiter {
     }
 
     /// Settles an admission: token refunds or extra charges, ends of requests in flight.
-    fn settle(&self, admission: &mut Admission, used_tokens: Option<u64>) {
-        if admission.shed_slot {
-            admission.shed_slot = false;
+    fn settle(&self, pending: &mut Pending, used_tokens: Option<u64>) {
+        if pending.shed_slot {
+            pending.shed_slot = false;
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
-        let charges = std::mem::take(&mut admission.charges);
+        let charges = std::mem::take(&mut pending.charges);
         let deltas: Vec<(Charge, i64)> = charges
             .into_iter()
             .filter_map(|charge| {
@@ -716,7 +727,7 @@ impl RateLimiter {
         if deltas.is_empty() {
             return;
         }
-        if admission.redis {
+        if pending.redis {
             let Some(redis) = self.redis.clone() else {
                 return;
             };
@@ -730,7 +741,7 @@ impl RateLimiter {
                     )
                 })
                 .collect();
-            let nonce = std::mem::take(&mut admission.nonce);
+            let nonce = std::mem::take(&mut pending.nonce);
             let timeout = self.store_timeout.max(Duration::from_secs(1));
             let metrics = self.metrics.clone();
             let mode = self.fail_mode.as_str();
@@ -906,27 +917,34 @@ fn algorithm_name(policy: &Policy) -> &'static str {
 }
 
 /// The counter of `limit` that `subject` is charged to; `None` when the limit does not apply.
-fn counter(limit: &LimitConfig, subject: &Subject) -> Option<String> {
+/// Borrowed from the subject where it can be: admission allocates only for IP counters.
+fn counter<'s>(limit: &LimitConfig, subject: &'s Subject) -> Option<Cow<'s, str>> {
     if !limit.applies_to(&subject.model) {
         return None;
     }
-    let mut value = match limit.scope {
-        Scope::Key => subject.key.clone(),
-        Scope::User => subject.user.clone()?,
-        Scope::Ip => subject.ip?.to_string(),
-        Scope::Model => subject.model.clone(),
-        Scope::Global => "*".to_owned(),
+    let value: Cow<'s, str> = match limit.scope {
+        Scope::Key => Cow::Borrowed(&subject.key),
+        Scope::User => Cow::Borrowed(subject.user.as_deref()?),
+        Scope::Ip => Cow::Owned(subject.ip?.to_string()),
+        Scope::Model => Cow::Borrowed(&subject.model),
+        Scope::Global => Cow::Borrowed("*"),
         // Provider limits are charged per attempt, not at admission.
         Scope::Provider => return None,
     };
-    if value.len() > MAX_COUNTER_LEN {
-        let mut end = MAX_COUNTER_LEN;
-        while !value.is_char_boundary(end) {
-            end -= 1;
-        }
-        value.truncate(end);
+    if value.len() <= MAX_COUNTER_LEN {
+        return Some(value);
     }
-    Some(value)
+    let mut end = MAX_COUNTER_LEN;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(match value {
+        Cow::Borrowed(text) => Cow::Borrowed(&text[..end]),
+        Cow::Owned(mut text) => {
+            text.truncate(end);
+            Cow::Owned(text)
+        }
+    })
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -961,19 +979,28 @@ impl Drop for QueueSlot<'_> {
 /// given back).
 pub struct Admission {
     limiter: Arc<RateLimiter>,
-    charges: Vec<Charge>,
-    redis: bool,
-    nonce: String,
-    shed_slot: bool,
+    pending: Pending,
     settled: bool,
     headers: RateHeaders,
+}
+
+/// What an admission holds until it is settled.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Charges to settle (tokens, concurrency).
+    charges: Vec<Charge>,
+    /// Charged in Redis (else in memory).
+    redis: bool,
+    /// This admission's id in Redis (window-log members, concurrency leases).
+    nonce: String,
+    /// Holds a load-shedding slot.
+    shed_slot: bool,
 }
 
 impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admission")
-            .field("charges", &self.charges)
-            .field("redis", &self.redis)
+            .field("pending", &self.pending)
             .finish_non_exhaustive()
     }
 }
@@ -987,8 +1014,7 @@ impl Admission {
     /// Settles against `used_tokens` (input plus output) actually used.
     pub fn settle(mut self, used_tokens: u64) {
         self.settled = true;
-        let limiter = Arc::clone(&self.limiter);
-        limiter.settle(&mut self, Some(used_tokens));
+        self.limiter.settle(&mut self.pending, Some(used_tokens));
     }
 }
 
@@ -996,8 +1022,7 @@ impl Drop for Admission {
     fn drop(&mut self) {
         if !self.settled {
             self.settled = true;
-            let limiter = Arc::clone(&self.limiter);
-            limiter.settle(self, None);
+            self.limiter.settle(&mut self.pending, None);
         }
     }
 }
