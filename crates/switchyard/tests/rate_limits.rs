@@ -525,3 +525,47 @@ only = ["beta"]
     assert_eq!((alpha.calls(), beta.calls()), (1, 1));
     gateway.stop().await;
 }
+
+/// A client that drops a stream is charged for what was produced, not for its reservation.
+#[tokio::test]
+async fn a_dropped_stream_is_settled_with_what_was_produced() {
+    let (_mock, gateway) = setup(
+        r#"
+[[rate_limits.limits]]
+scope = "key"
+tokens = 5000
+per = "1h"
+"#,
+        Behavior {
+            chunk_delay_ms: 200,
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let url = gateway.url("/v1/chat/completions");
+    let first = chat(json!({"max_tokens": 3000, "stream": true}));
+    let mut response = client()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(first.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // One chunk, then the client goes away.
+    response.chunk().await.unwrap().unwrap();
+    drop(response);
+    settled(&gateway, 1).await;
+    // Far less than the 3000 reserved is still charged: the second reservation fits.
+    let (status, headers, body) = post_json(&url, &chat(json!({"max_tokens": 4000})), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let remaining: u64 = header(&headers, "x-ratelimit-remaining-tokens")
+        .parse()
+        .unwrap();
+    let reserved_second = chat(json!({"max_tokens": 4000})).to_string().len() as u64 / 4 + 4000;
+    assert!(
+        remaining + reserved_second > 5000 - 100,
+        "remaining {remaining}: the dropped stream was charged more than it produced"
+    );
+    gateway.stop().await;
+}
