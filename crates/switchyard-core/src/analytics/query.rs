@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Map, Number, Value};
 
-use super::rollup::{ANY_KEY, Dims, Rollup, Tier};
+use super::rollup::{Cube, Dims, Rollup, Tier};
 use super::sketch::{DecodeError, Sketch, SketchSum};
 
 /// Most points a series may have.
@@ -498,9 +498,23 @@ impl Query {
             .any(|m| matches!(m, Metric::LatencyQuantile(_) | Metric::TtftQuantile(_)))
     }
 
-    /// Whether the query needs the keyed cube (it splits or filters by key).
+    /// Whether the query needs a cube with keys (it splits or filters by key).
     pub fn keyed(&self) -> bool {
         self.group_by.contains(&Dim::Key) || self.filter.equals.iter().any(|(d, _)| *d == Dim::Key)
+    }
+
+    /// The cube read: by key when the key is the only dimension split or filtered by (a
+    /// fraction of the keyed cube's cells), keyed when others are used with it, else keyless.
+    pub fn cube(&self) -> Cube {
+        if !self.keyed() {
+            return Cube::Keyless;
+        }
+        let only_key = self
+            .group_by
+            .iter()
+            .chain(self.filter.equals.iter().map(|(d, _)| d))
+            .all(|d| *d == Dim::Key);
+        if only_key { Cube::ByKey } else { Cube::Keyed }
     }
 
     /// The window starts read: `[from_ms, to_ms)` in the query's tier.
@@ -595,10 +609,12 @@ impl SketchSum {
 
 /// Folds cells into an [`Answer`] one at a time, so a store can stream its rows through it
 /// without building them: a cell costs its counters and one addition per sketch bucket.
+/// Cells of other cubes than [`Query::cube`] are told by their dimensions ([`Cube::of`]) and
+/// skipped.
 #[derive(Debug)]
 pub struct Fold<'q> {
     query: &'q Query,
-    keyed: bool,
+    cube: Cube,
     points: usize,
     /// Group values' hash → indexes into `groups`.
     index: HashMap<u64, Vec<usize>>,
@@ -610,7 +626,7 @@ impl<'q> Fold<'q> {
     pub fn new(query: &'q Query) -> Self {
         Fold {
             query,
-            keyed: query.keyed(),
+            cube: query.cube(),
             points: usize::try_from((query.to_ms - query.from_ms).div_ceil(query.interval_ms))
                 .unwrap_or(0),
             index: HashMap::new(),
@@ -632,7 +648,7 @@ impl<'q> Fold<'q> {
         let query = self.query;
         if bucket < query.from_ms
             || bucket >= query.to_ms
-            || (dims[Dim::Key.index()] == ANY_KEY) == self.keyed
+            || Cube::of(&dims) != self.cube
             || !query.filter.matches_strs(&dims)
         {
             return Ok(());
