@@ -230,15 +230,20 @@ pub struct Quantiles {
 }
 
 impl Quantiles {
-    /// Computed in one walk per sketch, when `needed`.
-    pub fn of(sum: &Sum, needed: bool) -> Self {
-        if !needed {
-            return Quantiles::default();
-        }
+    /// Computed in one walk per sketch, for the sketches asked for (latency, ttft).
+    pub fn of(sum: &Sum, (latency, ttft): (bool, bool)) -> Self {
         let levels = QUANTILES.map(|q| f64::from(q) / 100.0);
         Quantiles {
-            latency: sum.latency.quantiles(levels),
-            ttft: sum.ttft.quantiles(levels),
+            latency: if latency {
+                sum.latency.quantiles(levels)
+            } else {
+                [None; 4]
+            },
+            ttft: if ttft {
+                sum.ttft.quantiles(levels)
+            } else {
+                [None; 4]
+            },
         }
     }
 }
@@ -493,9 +498,21 @@ impl Query {
 
     /// Whether any metric asked for reads the latency sketches.
     pub fn needs_sketches(&self) -> bool {
+        self.needs_latency() || self.needs_ttft()
+    }
+
+    /// Whether a latency quantile is asked for.
+    pub fn needs_latency(&self) -> bool {
         self.metrics
             .iter()
-            .any(|m| matches!(m, Metric::LatencyQuantile(_) | Metric::TtftQuantile(_)))
+            .any(|m| matches!(m, Metric::LatencyQuantile(_)))
+    }
+
+    /// Whether a time-to-first-token quantile is asked for.
+    pub fn needs_ttft(&self) -> bool {
+        self.metrics
+            .iter()
+            .any(|m| matches!(m, Metric::TtftQuantile(_)))
     }
 
     /// Whether the query needs a cube with keys (it splits or filters by key).
@@ -615,6 +632,8 @@ impl SketchSum {
 pub struct Fold<'q> {
     query: &'q Query,
     cube: Cube,
+    /// Whether the latency and time-to-first-token sketches are read.
+    sketches: (bool, bool),
     points: usize,
     /// Group values' hash → indexes into `groups`.
     index: HashMap<u64, Vec<usize>>,
@@ -627,6 +646,7 @@ impl<'q> Fold<'q> {
         Fold {
             query,
             cube: query.cube(),
+            sketches: (query.needs_latency(), query.needs_ttft()),
             points: usize::try_from((query.to_ms - query.from_ms).div_ceil(query.interval_ms))
                 .unwrap_or(0),
             index: HashMap::new(),
@@ -685,8 +705,11 @@ impl<'q> Fold<'q> {
             return Ok(());
         };
         slot.counters.merge_counters(counters);
-        if query.needs_sketches() {
+        // Only the sketches a metric reads are added (a sum of the other stays empty).
+        if self.sketches.0 {
             slot.latency.add_ref(latency)?;
+        }
+        if self.sketches.1 {
             slot.ttft.add_ref(ttft)?;
         }
         Ok(())
@@ -696,7 +719,7 @@ impl<'q> Fold<'q> {
     pub fn finish(self) -> Answer {
         let query = self.query;
         let names: Vec<String> = query.metrics.iter().map(|m| m.name()).collect();
-        let needs_sketches = query.needs_sketches();
+        let needs_sketches = self.sketches;
         let totals_of = |sum: &Sum, span: u64| -> Map<String, Value> {
             let quantiles = Quantiles::of(sum, needs_sketches);
             names

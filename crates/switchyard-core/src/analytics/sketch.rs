@@ -479,6 +479,13 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
 }
 
 fn get_varint(input: &mut &[u8]) -> Result<u64, DecodeError> {
+    // Most varints of a sketch (index deltas, small counts) are one byte.
+    if let Some((&byte, rest)) = input.split_first()
+        && byte < 0x80
+    {
+        *input = rest;
+        return Ok(u64::from(byte));
+    }
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
         let Some((&byte, rest)) = input.split_first() else {

@@ -258,3 +258,32 @@ fn an_empty_store_answers_empty_series_and_zero_totals() {
     assert_eq!(answer.totals["requests"], 0);
     assert_eq!(answer.totals["p50"], Value::Null);
 }
+
+#[test]
+fn each_quantile_reads_its_own_sketch() {
+    let hour = 1_799_996_400_000;
+    let cell = dims("openai", "gpt", "*", "2xx");
+    let mut r = rollup(3, 0, &[100, 200, 300], 0.0);
+    for ms in [10, 20, 30] {
+        r.ttft.add(ms * 1_000);
+    }
+    for (metrics, name, expected) in [
+        ("ttft_p99", "ttft_p99", 30.0),
+        ("p99", "p99", 300.0),
+        ("p50,ttft_p50", "ttft_p50", 20.0),
+        ("p50,ttft_p50", "p50", 200.0),
+    ] {
+        let q = parse(&format!(
+            "from=1799996400&to=1800000000&interval=1h&metrics={metrics}"
+        ))
+        .unwrap();
+        let answer = answer(&q, [(hour, &cell, &r)]);
+        let got = answer.totals[name].as_f64().unwrap();
+        assert!(
+            (got - expected).abs() <= expected * 0.02,
+            "{metrics}: {got}"
+        );
+        let point = answer.series[0].values[name][0].as_f64().unwrap();
+        assert_eq!(point, got, "{metrics}");
+    }
+}
