@@ -34,6 +34,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
 use futures_util::future::try_join_all;
 use switchyard_core::analytics::query::Dim;
 use switchyard_core::analytics::rollup::ANY_KEY;
@@ -43,9 +44,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement, Transaction};
 
 use super::store::{
-    Batch, CellsQuery, LoggedRequest, Names, Param, Pruned, RequestsPage, RequestsQuery, Retention,
-    StoreError, StoredCell, by_key_cells, filter_value, number_placeholders, rollup_horizon,
-    sketch_from, stages_from_json, stages_json, to_i64, to_u64,
+    Batch, ByKeyBackfill, CellsQuery, LoggedRequest, Names, Param, Pruned, RequestsPage,
+    RequestsQuery, Retention, StoreError, StoredCell, filter_value, number_placeholders,
+    rollup_horizon, sketch_from, stages_from_json, stages_json, to_i64, to_u64,
 };
 
 const STORE: &str = "postgres";
@@ -468,31 +469,35 @@ impl PostgresStore {
     /// Derives the by-key cells of a table written before that cube, from its keyed cells
     /// (merged in Rust: sketches cannot be added in SQL).
     async fn backfill_by_key(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
+        let select = format!(
+            "SELECT {}, tier, bucket, instance, key FROM switchyard_rollups WHERE cube = $1",
+            VALUE_COLUMNS.join(", ")
+        );
+        // Streamed: only the by-key cells are held, never the whole keyed cube.
         let rows = tx
-            .query(
-                &format!(
-                    "SELECT {}, tier, bucket, instance, key FROM switchyard_rollups \
-                     WHERE cube = $1",
-                    VALUE_COLUMNS.join(", ")
-                ),
-                &[&Cube::Keyed.code()],
-            )
+            .query_raw(&select, [Cube::Keyed.code()])
             .await
             .map_err(self.failed("reading keyed rollups"))?;
-        let keyed = rows
-            .iter()
-            .map(|row| {
-                Ok((
+        let mut rows = std::pin::pin!(rows);
+        let mut backfill = ByKeyBackfill::default();
+        while let Some(row) = rows
+            .try_next()
+            .await
+            .map_err(self.failed("reading keyed rollups"))?
+        {
+            let cell = (|| {
+                Ok::<_, tokio_postgres::Error>((
                     row.try_get::<_, i16>(12)?,
                     row.try_get::<_, i64>(13)?,
                     row.try_get::<_, String>(14)?,
                     row.try_get::<_, String>(15)?,
-                    read_rollup(row, 0)?,
+                    read_rollup(&row, 0)?,
                 ))
-            })
-            .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+            })()
             .map_err(self.failed("reading keyed rollups"))?;
-        let cells = by_key_cells(keyed);
+            backfill.add(cell);
+        }
+        let cells = backfill.into_cells();
         let upsert = tx
             .prepare(&rollup_upsert_sql())
             .await

@@ -19,9 +19,9 @@ use switchyard_core::analytics::rollup::ANY_KEY;
 use switchyard_core::analytics::{Cube, Dims, Rollup, Tier};
 
 use super::store::{
-    Batch, CellsQuery, LoggedRequest, Names, Param, Pruned, RequestsPage, RequestsQuery, Retention,
-    StoreError, StoredCell, by_key_cells, filter_value, number_placeholders, rollup_horizon,
-    sketch_from, stages_from_json, stages_json, to_i64, to_u64,
+    Batch, ByKeyBackfill, CellsQuery, LoggedRequest, Names, Param, Pruned, RequestsPage,
+    RequestsQuery, Retention, StoreError, StoredCell, filter_value, number_placeholders,
+    rollup_horizon, sketch_from, stages_from_json, stages_json, to_i64, to_u64,
 };
 
 const STORE: &str = "sqlite";
@@ -170,10 +170,12 @@ fn migrate_rollups(connection: &mut Connection) -> Result<(), StoreError> {
                     read_rollup(row)?,
                 ))
             })
-            .map_err(sql_error("reading keyed rollups"))?
-            .collect::<Result<Vec<_>, _>>()
             .map_err(sql_error("reading keyed rollups"))?;
-        by_key_cells(rows)
+        let mut backfill = ByKeyBackfill::default();
+        for cell in rows {
+            backfill.add(cell.map_err(sql_error("reading keyed rollups"))?);
+        }
+        backfill.into_cells()
     };
     {
         let mut insert = tx

@@ -6,7 +6,7 @@
 //!   rows, so instances never overwrite each other; queries add them up. The `cube` column
 //!   holds [`Cube::code`]; it was `keyed` (false, true) before the by-key cube, and both
 //!   stores migrate such a table by renaming it and deriving the by-key cells from the keyed
-//!   ones ([`by_key_cells`]).
+//!   ones ([`ByKeyBackfill`]).
 //! - `requests`: the raw request log, one row per request event, trimmed by age and size.
 //!
 //! The store is chosen once at start; the calls are async (SQLite runs on the blocking
@@ -96,20 +96,27 @@ pub type KeyedCell = (i16, i64, String, String, Rollup);
 
 /// The by-key cube's cells derived from keyed cells (for a table written before that cube
 /// existed): one per (tier, window, instance, key), with counters added and sketches merged,
-/// exactly what the aggregator would have written. In key order, for deterministic writes.
-pub fn by_key_cells(keyed: impl IntoIterator<Item = KeyedCell>) -> Vec<KeyedCell> {
-    let mut merged: std::collections::BTreeMap<(i16, i64, String, String), Rollup> =
-        std::collections::BTreeMap::new();
-    for (tier, bucket, instance, key, rollup) in keyed {
-        merged
+/// exactly what the aggregator would have written. Keyed cells are added one at a time, so
+/// a migration holds only the (few) by-key cells, never the whole keyed cube.
+#[derive(Debug, Default)]
+pub struct ByKeyBackfill(std::collections::BTreeMap<(i16, i64, String, String), Rollup>);
+
+impl ByKeyBackfill {
+    /// Adds one keyed cell.
+    pub fn add(&mut self, (tier, bucket, instance, key, rollup): KeyedCell) {
+        self.0
             .entry((tier, bucket, instance, key))
             .or_default()
             .merge(&rollup);
     }
-    merged
-        .into_iter()
-        .map(|((tier, bucket, instance, key), rollup)| (tier, bucket, instance, key, rollup))
-        .collect()
+
+    /// The by-key cells, in key order (deterministic writes).
+    pub fn into_cells(self) -> Vec<KeyedCell> {
+        self.0
+            .into_iter()
+            .map(|((tier, bucket, instance, key), rollup)| (tier, bucket, instance, key, rollup))
+            .collect()
+    }
 }
 
 impl CellsQuery {
