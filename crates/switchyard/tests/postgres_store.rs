@@ -14,7 +14,9 @@ use switchyard::analytics::store::{
 };
 use switchyard_core::analytics::query::{Dim, Filter, Metric, Query, answer};
 use switchyard_core::analytics::rollup::DEFAULT_GRACE_MS;
-use switchyard_core::analytics::{Aggregator, Dims, RequestEvent, Rollup, RollupRow, Sketch, Tier};
+use switchyard_core::analytics::{
+    Aggregator, Cube, Dims, RequestEvent, Rollup, RollupRow, Sketch, Tier,
+};
 use switchyard_core::wire::TokenUsage;
 use tokio_postgres::{Client, NoTls};
 
@@ -23,17 +25,17 @@ trait CellsAt {
     async fn cells_at(
         &self,
         tier: Tier,
-        keyed: bool,
+        cube: Cube,
         from_ms: u64,
         to_ms: u64,
         filter: &Filter,
     ) -> Result<Vec<StoredCell>, StoreError>;
 }
 
-fn read(tier: Tier, keyed: bool, from_ms: u64, to_ms: u64, filter: &Filter) -> CellsQuery {
+fn read(tier: Tier, cube: Cube, from_ms: u64, to_ms: u64, filter: &Filter) -> CellsQuery {
     CellsQuery {
         tier,
-        keyed,
+        cube,
         from_ms,
         to_ms,
         filter: filter.clone(),
@@ -46,12 +48,12 @@ impl CellsAt for PostgresStore {
     async fn cells_at(
         &self,
         tier: Tier,
-        keyed: bool,
+        cube: Cube,
         from_ms: u64,
         to_ms: u64,
         filter: &Filter,
     ) -> Result<Vec<StoredCell>, StoreError> {
-        self.cells(&read(tier, keyed, from_ms, to_ms, filter)).await
+        self.cells(&read(tier, cube, from_ms, to_ms, filter)).await
     }
 }
 
@@ -59,7 +61,7 @@ impl CellsAt for Store {
     async fn cells_at(
         &self,
         tier: Tier,
-        keyed: bool,
+        cube: Cube,
         from_ms: u64,
         to_ms: u64,
         filter: &Filter,
@@ -67,9 +69,7 @@ impl CellsAt for Store {
         let Store::Postgres(store) = self else {
             panic!("these tests use Postgres");
         };
-        store
-            .cells(&read(tier, keyed, from_ms, to_ms, filter))
-            .await
+        store.cells(&read(tier, cube, from_ms, to_ms, filter)).await
     }
 }
 
@@ -190,7 +190,7 @@ fn row(tier: Tier, bucket_ms: u64, keyed: bool, requests: u64, merge: bool) -> R
     RollupRow {
         tier,
         bucket_ms,
-        keyed,
+        cube: if keyed { Cube::Keyed } else { Cube::Keyless },
         dims: dims("chat", if keyed { "k1" } else { "*" }),
         rollup,
         merge,
@@ -256,7 +256,7 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, vec![1]);
+    assert_eq!(versions, vec![1, 2]);
     let tables: Vec<String> = db
         .admin
         .query(
@@ -290,7 +290,13 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
     assert_eq!(indexes, 1);
     // Usable, and empty.
     let cells = store
-        .cells_at(Tier::Minute, false, 0, u64::MAX / 2, &Filter::default())
+        .cells_at(
+            Tier::Minute,
+            Cube::Keyless,
+            0,
+            u64::MAX / 2,
+            &Filter::default(),
+        )
         .await
         .unwrap();
     assert!(cells.is_empty());
@@ -327,7 +333,7 @@ async fn two_instances_are_summed_by_a_query() {
 
     let q = query(vec![], Filter::default());
     let cells = store
-        .cells_at(Tier::Minute, q.keyed(), q.from_ms, q.to_ms, &q.filter)
+        .cells_at(Tier::Minute, q.cube(), q.from_ms, q.to_ms, &q.filter)
         .await
         .unwrap();
     // One row per instance and status class: each instance's rows are kept apart.
@@ -350,10 +356,10 @@ async fn two_instances_are_summed_by_a_query() {
     assert_eq!(result.series.len(), 1);
     assert_eq!(result.series[0].values["requests"][0], 100);
 
-    // The keyed cube, grouped by key: 50 each, across both instances.
+    // The by-key cube, grouped by key: 50 each, across both instances.
     let q = query(vec![Dim::Key], Filter::default());
     let cells = store
-        .cells_at(Tier::Minute, q.keyed(), q.from_ms, q.to_ms, &q.filter)
+        .cells_at(Tier::Minute, q.cube(), q.from_ms, q.to_ms, &q.filter)
         .await
         .unwrap();
     let result = answer(&q, cells.iter().map(|c| (c.bucket_ms, &c.dims, &c.rollup)));
@@ -376,7 +382,7 @@ async fn two_instances_are_summed_by_a_query() {
     };
     let q = query(vec![], filter);
     let cells = store
-        .cells_at(Tier::Minute, false, q.from_ms, q.to_ms, &q.filter)
+        .cells_at(Tier::Minute, Cube::Keyless, q.from_ms, q.to_ms, &q.filter)
         .await
         .unwrap();
     assert_eq!(cells.len(), 2);
@@ -394,7 +400,7 @@ async fn two_instances_are_summed_by_a_query() {
             equals: vec![(dim, value.to_owned())],
         };
         let cells = store
-            .cells_at(Tier::Minute, false, T0, T0 + 60_000, &filter)
+            .cells_at(Tier::Minute, Cube::Keyless, T0, T0 + 60_000, &filter)
             .await
             .unwrap();
         assert_eq!(cells.len(), expected, "{dim:?} = {value}");
@@ -403,7 +409,7 @@ async fn two_instances_are_summed_by_a_query() {
         equals: vec![(Dim::Key, "k1".to_owned())],
     };
     let cells = store
-        .cells_at(Tier::Minute, true, T0, T0 + 60_000, &keyed)
+        .cells_at(Tier::Minute, Cube::Keyed, T0, T0 + 60_000, &keyed)
         .await
         .unwrap();
     assert_eq!(total_requests(&cells), 50);
@@ -411,7 +417,7 @@ async fn two_instances_are_summed_by_a_query() {
     let cells = store
         .cells_at(
             Tier::Minute,
-            false,
+            Cube::Keyless,
             T0 + 60_000,
             T0 + 120_000,
             &Filter::default(),
@@ -421,7 +427,13 @@ async fn two_instances_are_summed_by_a_query() {
     assert!(cells.is_empty());
     // The hour tier has the same totals.
     let cells = store
-        .cells_at(Tier::Hour, false, T0, T0 + 3_600_000, &Filter::default())
+        .cells_at(
+            Tier::Hour,
+            Cube::Keyless,
+            T0,
+            T0 + 3_600_000,
+            &Filter::default(),
+        )
         .await
         .unwrap();
     assert_eq!(total_requests(&cells), 100);
@@ -456,7 +468,13 @@ async fn a_flush_replaces_the_instance_row() {
             .collect()
     };
     let cells = store
-        .cells_at(Tier::Minute, false, T0, T0 + 60_000, &Filter::default())
+        .cells_at(
+            Tier::Minute,
+            Cube::Keyless,
+            T0,
+            T0 + 60_000,
+            &Filter::default(),
+        )
         .await
         .unwrap();
     let stored = keyless(cells);
@@ -467,7 +485,7 @@ async fn a_flush_replaces_the_instance_row() {
     // Every aggregate column round-trips.
     let sent = second
         .iter()
-        .find(|r| r.tier == Tier::Minute && !r.keyed)
+        .find(|r| r.tier == Tier::Minute && r.cube == Cube::Keyless)
         .unwrap();
     assert_eq!(stored[0], sent.rollup);
 
@@ -482,7 +500,13 @@ async fn a_flush_replaces_the_instance_row() {
         .await
         .unwrap();
     let cells = store
-        .cells_at(Tier::Minute, false, T0, T0 + 60_000, &Filter::default())
+        .cells_at(
+            Tier::Minute,
+            Cube::Keyless,
+            T0,
+            T0 + 60_000,
+            &Filter::default(),
+        )
         .await
         .unwrap();
     assert_eq!(cells.len(), 2);
@@ -495,7 +519,13 @@ async fn a_flush_replaces_the_instance_row() {
     last.dims = sent.dims.clone();
     store.write("a", &rollups(vec![twice, last])).await.unwrap();
     let cells = store
-        .cells_at(Tier::Minute, false, T0, T0 + 60_000, &Filter::default())
+        .cells_at(
+            Tier::Minute,
+            Cube::Keyless,
+            T0,
+            T0 + 60_000,
+            &Filter::default(),
+        )
         .await
         .unwrap();
     assert_eq!(total_requests(&cells), 10);
@@ -547,7 +577,7 @@ async fn merge_rows_add_to_the_stored_row() {
         .query(
             &format!(
                 "SELECT instance, requests, cost_usd FROM {}.switchyard_rollups \
-                 WHERE tier = 2 AND NOT keyed ORDER BY instance",
+                 WHERE tier = 2 AND cube = 0 ORDER BY instance",
                 db.schema
             ),
             &[],
@@ -563,7 +593,13 @@ async fn merge_rows_add_to_the_stored_row() {
     assert_eq!((stored[1].0.as_str(), stored[1].1), ("b", 1));
 
     let cells = store
-        .cells_at(Tier::Minute, false, T0, T0 + 60_000, &Filter::default())
+        .cells_at(
+            Tier::Minute,
+            Cube::Keyless,
+            T0,
+            T0 + 60_000,
+            &Filter::default(),
+        )
         .await
         .unwrap();
     let mut merged = Rollup::default();
@@ -584,7 +620,13 @@ async fn merge_rows_add_to_the_stored_row() {
     assert_eq!(merged.latency, expected);
     // The hour tier was still open: its rows were replaced with the whole hour.
     let cells = store
-        .cells_at(Tier::Hour, false, T0, T0 + 3_600_000, &Filter::default())
+        .cells_at(
+            Tier::Hour,
+            Cube::Keyless,
+            T0,
+            T0 + 3_600_000,
+            &Filter::default(),
+        )
         .await
         .unwrap();
     assert_eq!(total_requests(&cells), 6);
@@ -600,7 +642,7 @@ async fn merge_rows_add_to_the_stored_row() {
         equals: vec![(Dim::Route, "fresh".to_owned())],
     };
     let cells = store
-        .cells_at(Tier::Minute, false, T0, T0 + 3_600_000, &filter)
+        .cells_at(Tier::Minute, Cube::Keyless, T0, T0 + 3_600_000, &filter)
         .await
         .unwrap();
     assert_eq!(cells.len(), 1);
@@ -888,18 +930,18 @@ async fn prune_removes_old_rollups_and_old_log_entries() {
         }
     );
     let minute = store
-        .cells_at(Tier::Minute, false, 0, now, &Filter::default())
+        .cells_at(Tier::Minute, Cube::Keyless, 0, now, &Filter::default())
         .await
         .unwrap();
     assert_eq!(minute.len(), 1);
     assert_eq!(minute[0].bucket_ms, minute_horizon);
     let keyed = store
-        .cells_at(Tier::Minute, true, 0, now, &Filter::default())
+        .cells_at(Tier::Minute, Cube::Keyed, 0, now, &Filter::default())
         .await
         .unwrap();
     assert_eq!(total_requests(&keyed), 3);
     let hour = store
-        .cells_at(Tier::Hour, false, 0, now, &Filter::default())
+        .cells_at(Tier::Hour, Cube::Keyless, 0, now, &Filter::default())
         .await
         .unwrap();
     assert_eq!(total_requests(&hour), 4);
@@ -1058,13 +1100,13 @@ async fn a_dropped_connection_is_reopened_on_the_next_call() {
     // connects again.
     let filter = Filter::default();
     if let Err(error) = store
-        .cells_at(Tier::Minute, false, T0, T0 + 60_000, &filter)
+        .cells_at(Tier::Minute, Cube::Keyless, T0, T0 + 60_000, &filter)
         .await
     {
         eprintln!("the first read after the drop failed: {error}");
     }
     let cells = store
-        .cells_at(Tier::Minute, false, T0, T0 + 60_000, &filter)
+        .cells_at(Tier::Minute, Cube::Keyless, T0, T0 + 60_000, &filter)
         .await
         .unwrap();
     assert_eq!(total_requests(&cells), 1);
@@ -1074,7 +1116,7 @@ async fn a_dropped_connection_is_reopened_on_the_next_call() {
     }
     store.write("a", &batch).await.unwrap();
     let cells = store
-        .cells_at(Tier::Minute, false, T0, T0 + 60_000, &filter)
+        .cells_at(Tier::Minute, Cube::Keyless, T0, T0 + 60_000, &filter)
         .await
         .unwrap();
     assert_eq!(total_requests(&cells), 2);
@@ -1107,4 +1149,87 @@ async fn errors_never_show_the_password() {
     assert!(error.message.contains("invalid postgres_url"), "{error}");
     assert!(!error.to_string().contains("hunter2"), "{error}");
     assert!(!format!("{error:?}").contains("hunter2"));
+}
+
+#[tokio::test]
+async fn a_table_from_before_the_by_key_cube_is_migrated() {
+    let db = Db::new("by_key_migration").await;
+    let store = Arc::new(db.store().await);
+    let mut aggregator = Aggregator::new();
+    for i in 0..40u64 {
+        let mut e = event(i, T0 + 1_000 + i * 2_000, i + 1);
+        e.ttft_us = Some(i * 300);
+        if i % 7 == 0 {
+            e = failed(e, 502, "upstream_error");
+        }
+        aggregator.observe(&e);
+    }
+    let rows = aggregator.take_flush(T0 + 3 * 60_000, DEFAULT_GRACE_MS);
+    for instance in ["a", "b"] {
+        store.write(instance, &rollups(rows.clone())).await.unwrap();
+    }
+    let queries = [
+        query(vec![Dim::Key], Filter::default()),
+        query(
+            vec![],
+            Filter {
+                equals: vec![(Dim::Key, "k1".to_owned())],
+            },
+        ),
+    ];
+    let queries = &queries;
+    let answers = |store: Arc<PostgresStore>| async move {
+        let mut out = Vec::new();
+        for q in queries {
+            assert_eq!(q.cube(), Cube::ByKey);
+            let cells = store
+                .cells_at(Tier::Minute, q.cube(), q.from_ms, q.to_ms, &q.filter)
+                .await
+                .unwrap();
+            out.push(
+                serde_json::to_value(answer(
+                    q,
+                    cells.iter().map(|c| (c.bucket_ms, &c.dims, &c.rollup)),
+                ))
+                .unwrap(),
+            );
+        }
+        out
+    };
+    let expected = answers(Arc::clone(&store)).await;
+    assert_eq!(expected[0]["totals"]["requests"], 80);
+    drop(store);
+    // Back to schema version 1: `keyed BOOLEAN`, no by-key cells.
+    db.admin
+        .batch_execute(&format!(
+            "SET search_path TO {0}; \
+             DELETE FROM switchyard_rollups WHERE cube = 2; \
+             ALTER TABLE switchyard_rollups ALTER COLUMN cube TYPE BOOLEAN USING cube <> 0; \
+             ALTER TABLE switchyard_rollups RENAME COLUMN cube TO keyed; \
+             DELETE FROM switchyard_schema_migrations WHERE version = 2; \
+             RESET search_path;",
+            db.schema
+        ))
+        .await
+        .unwrap();
+    let store = Arc::new(db.store().await);
+    assert_eq!(answers(Arc::clone(&store)).await, expected);
+    let by_key: i64 = db
+        .admin
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {}.switchyard_rollups WHERE cube = 2",
+                db.schema
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // What the aggregator wrote for each of the two instances.
+    let written = rows.iter().filter(|r| r.cube == Cube::ByKey).count();
+    assert_eq!(written, 2 * (2 + 1), "two keys, two minutes and one hour");
+    assert_eq!(by_key, 2 * written as i64);
+    let store = Arc::into_inner(store).unwrap();
+    db.finish(store).await;
 }

@@ -16,7 +16,7 @@ pub mod rollup;
 pub mod sketch;
 
 pub use query::{Answer, Query, QueryError};
-pub use rollup::{Aggregator, Dims, Rollup, RollupRow, Tier};
+pub use rollup::{Aggregator, Cube, Dims, Rollup, RollupRow, Tier};
 pub use sketch::Sketch;
 
 use crate::wire::TokenUsage;

@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Map, Number, Value};
 
-use super::rollup::{ANY_KEY, Dims, Rollup, Tier};
+use super::rollup::{Cube, Dims, Rollup, Tier};
 use super::sketch::{DecodeError, Sketch, SketchSum};
 
 /// Most points a series may have.
@@ -230,15 +230,20 @@ pub struct Quantiles {
 }
 
 impl Quantiles {
-    /// Computed in one walk per sketch, when `needed`.
-    pub fn of(sum: &Sum, needed: bool) -> Self {
-        if !needed {
-            return Quantiles::default();
-        }
+    /// Computed in one walk per sketch, for the sketches asked for (latency, ttft).
+    pub fn of(sum: &Sum, (latency, ttft): (bool, bool)) -> Self {
         let levels = QUANTILES.map(|q| f64::from(q) / 100.0);
         Quantiles {
-            latency: sum.latency.quantiles(levels),
-            ttft: sum.ttft.quantiles(levels),
+            latency: if latency {
+                sum.latency.quantiles(levels)
+            } else {
+                [None; 4]
+            },
+            ttft: if ttft {
+                sum.ttft.quantiles(levels)
+            } else {
+                [None; 4]
+            },
         }
     }
 }
@@ -493,14 +498,40 @@ impl Query {
 
     /// Whether any metric asked for reads the latency sketches.
     pub fn needs_sketches(&self) -> bool {
-        self.metrics
-            .iter()
-            .any(|m| matches!(m, Metric::LatencyQuantile(_) | Metric::TtftQuantile(_)))
+        self.needs_latency() || self.needs_ttft()
     }
 
-    /// Whether the query needs the keyed cube (it splits or filters by key).
+    /// Whether a latency quantile is asked for.
+    pub fn needs_latency(&self) -> bool {
+        self.metrics
+            .iter()
+            .any(|m| matches!(m, Metric::LatencyQuantile(_)))
+    }
+
+    /// Whether a time-to-first-token quantile is asked for.
+    pub fn needs_ttft(&self) -> bool {
+        self.metrics
+            .iter()
+            .any(|m| matches!(m, Metric::TtftQuantile(_)))
+    }
+
+    /// Whether the query needs a cube with keys (it splits or filters by key).
     pub fn keyed(&self) -> bool {
         self.group_by.contains(&Dim::Key) || self.filter.equals.iter().any(|(d, _)| *d == Dim::Key)
+    }
+
+    /// The cube read: by key when the key is the only dimension split or filtered by (a
+    /// fraction of the keyed cube's cells), keyed when others are used with it, else keyless.
+    pub fn cube(&self) -> Cube {
+        if !self.keyed() {
+            return Cube::Keyless;
+        }
+        let only_key = self
+            .group_by
+            .iter()
+            .chain(self.filter.equals.iter().map(|(d, _)| d))
+            .all(|d| *d == Dim::Key);
+        if only_key { Cube::ByKey } else { Cube::Keyed }
     }
 
     /// The window starts read: `[from_ms, to_ms)` in the query's tier.
@@ -595,10 +626,14 @@ impl SketchSum {
 
 /// Folds cells into an [`Answer`] one at a time, so a store can stream its rows through it
 /// without building them: a cell costs its counters and one addition per sketch bucket.
+/// Cells of other cubes than [`Query::cube`] are told by their dimensions ([`Cube::of`]) and
+/// skipped.
 #[derive(Debug)]
 pub struct Fold<'q> {
     query: &'q Query,
-    keyed: bool,
+    cube: Cube,
+    /// Whether the latency and time-to-first-token sketches are read.
+    sketches: (bool, bool),
     points: usize,
     /// Group values' hash → indexes into `groups`.
     index: HashMap<u64, Vec<usize>>,
@@ -610,7 +645,8 @@ impl<'q> Fold<'q> {
     pub fn new(query: &'q Query) -> Self {
         Fold {
             query,
-            keyed: query.keyed(),
+            cube: query.cube(),
+            sketches: (query.needs_latency(), query.needs_ttft()),
             points: usize::try_from((query.to_ms - query.from_ms).div_ceil(query.interval_ms))
                 .unwrap_or(0),
             index: HashMap::new(),
@@ -632,7 +668,7 @@ impl<'q> Fold<'q> {
         let query = self.query;
         if bucket < query.from_ms
             || bucket >= query.to_ms
-            || (dims[Dim::Key.index()] == ANY_KEY) == self.keyed
+            || Cube::of(&dims) != self.cube
             || !query.filter.matches_strs(&dims)
         {
             return Ok(());
@@ -669,8 +705,11 @@ impl<'q> Fold<'q> {
             return Ok(());
         };
         slot.counters.merge_counters(counters);
-        if query.needs_sketches() {
+        // Only the sketches a metric reads are added (a sum of the other stays empty).
+        if self.sketches.0 {
             slot.latency.add_ref(latency)?;
+        }
+        if self.sketches.1 {
             slot.ttft.add_ref(ttft)?;
         }
         Ok(())
@@ -680,7 +719,7 @@ impl<'q> Fold<'q> {
     pub fn finish(self) -> Answer {
         let query = self.query;
         let names: Vec<String> = query.metrics.iter().map(|m| m.name()).collect();
-        let needs_sketches = query.needs_sketches();
+        let needs_sketches = self.sketches;
         let totals_of = |sum: &Sum, span: u64| -> Map<String, Value> {
             let quantiles = Quantiles::of(sum, needs_sketches);
             names

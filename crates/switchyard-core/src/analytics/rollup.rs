@@ -9,10 +9,13 @@
 //! | [`Tier::Minute`] | 1 min | 24 h | store (SQLite / Postgres) |
 //! | [`Tier::Hour`] | 1 h | 7 days | store |
 //!
-//! The minute and hour tiers are kept as two cubes: *keyed* cells hold every dimension
-//! (route, provider, model, key, status class); *keyless* cells hold the same with the key
-//! folded in (`*`), so that the common queries that do not split or filter by key read a
-//! fraction of the rows. The second tier is keyless only.
+//! The minute and hour tiers are kept as three cubes ([`Cube`]): *keyed* cells hold every
+//! dimension (route, provider, model, key, status class); *keyless* cells hold the same with
+//! the key folded in (`*`), so that the common queries that do not split or filter by key
+//! read a fraction of the rows; *by-key* cells hold only the key (the other dimensions
+//! folded in, `*`), so that per-key queries (usage by key, top keys) read one cell per key
+//! and window instead of one per key × route × provider × model × status class. The second
+//! tier is keyless only.
 //!
 //! The [`Aggregator`] holds the open windows in memory. [`Aggregator::take_flush`] hands the
 //! changed cells to the store as whole-window values (the store replaces its row, keyed by
@@ -27,8 +30,69 @@ use super::RequestEvent;
 use super::query::{Fold, SketchRef};
 use super::sketch::Sketch;
 
-/// The key value of keyless cells.
+/// The key value of keyless cells, and the value of every dimension but the key in by-key
+/// cells.
 pub const ANY_KEY: &str = "*";
+
+/// Which dimensions a stored cell keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cube {
+    /// Route, provider, model and status class; the key is [`ANY_KEY`].
+    Keyless,
+    /// Every dimension.
+    Keyed,
+    /// The key only; the others are [`ANY_KEY`].
+    ByKey,
+}
+
+impl Cube {
+    /// The stored cubes.
+    pub const ALL: [Cube; 3] = [Cube::Keyless, Cube::Keyed, Cube::ByKey];
+
+    /// The stored code (0 and 1 are what the stores kept as `keyed` false and true before
+    /// the by-key cube).
+    pub const fn code(self) -> i16 {
+        match self {
+            Cube::Keyless => 0,
+            Cube::Keyed => 1,
+            Cube::ByKey => 2,
+        }
+    }
+
+    /// The cube of a cell with these dimensions ([`Dims::as_strs`] order): keyless when its
+    /// key is [`ANY_KEY`], by key when every other dimension is (a status class never is).
+    pub fn of(dims: &[&str; 5]) -> Cube {
+        let [route, provider, model, key, status_class] = *dims;
+        if key == ANY_KEY {
+            Cube::Keyless
+        } else if [route, provider, model, status_class]
+            .iter()
+            .all(|&d| d == ANY_KEY)
+        {
+            Cube::ByKey
+        } else {
+            Cube::Keyed
+        }
+    }
+
+    /// A cell's dimensions in this cube, from an event's keyed dimensions.
+    pub fn dims_of(self, keyed: &Dims, any: &Arc<str>) -> Dims {
+        match self {
+            Cube::Keyless => Dims {
+                key: Arc::clone(any),
+                ..keyed.clone()
+            },
+            Cube::Keyed => keyed.clone(),
+            Cube::ByKey => Dims {
+                route: Arc::clone(any),
+                provider: Arc::clone(any),
+                model: Arc::clone(any),
+                key: Arc::clone(&keyed.key),
+                status_class: Arc::clone(any),
+            },
+        }
+    }
+}
 
 /// Seconds of 1 s windows kept in memory.
 pub const SECOND_WINDOWS: u64 = 300;
@@ -210,8 +274,8 @@ pub struct RollupRow {
     pub tier: Tier,
     /// Window start, unix ms.
     pub bucket_ms: u64,
-    /// Whether the key dimension is kept.
-    pub keyed: bool,
+    /// Which dimensions are kept.
+    pub cube: Cube,
     /// Dimensions.
     pub dims: Dims,
     /// The aggregate.
@@ -225,7 +289,7 @@ pub struct RollupRow {
 struct CellKey {
     tier: Tier,
     bucket_ms: u64,
-    keyed: bool,
+    cube: Cube,
     dims: Dims,
 }
 
@@ -324,26 +388,24 @@ impl Aggregator {
     pub fn observe(&mut self, event: &RequestEvent) {
         self.events += 1;
         let time = Self::event_time_ms(event);
-        let keyless = Dims {
+        let any = self.intern(ANY_KEY);
+        let keyed = Dims {
             route: self.intern(event.route.as_deref().unwrap_or_default()),
             provider: self.intern(event.provider.as_deref().unwrap_or_default()),
             model: self.intern(event.model.as_deref().unwrap_or_default()),
-            key: self.intern(ANY_KEY),
+            key: self.intern(&event.principal),
             status_class: self.intern(event.status_class()),
         };
-        let keyed = Dims {
-            key: self.intern(&event.principal),
-            ..keyless.clone()
-        };
-        self.observe_second(time, &keyless, event);
+        let cells = Cube::ALL.map(|cube| (cube, cube.dims_of(&keyed, &any)));
+        self.observe_second(time, &cells[0].1, event);
         for (slot, tier) in [Tier::Minute, Tier::Hour].into_iter().enumerate() {
             let bucket_ms = tier.bucket(time);
             let late = bucket_ms < self.evicted_before[slot];
-            for (is_keyed, dims) in [(false, &keyless), (true, &keyed)] {
+            for (cube, dims) in &cells {
                 let key = CellKey {
                     tier,
                     bucket_ms,
-                    keyed: is_keyed,
+                    cube: *cube,
                     dims: dims.clone(),
                 };
                 let cell = self.open.entry(key).or_insert_with(|| OpenCell {
@@ -415,7 +477,7 @@ impl Aggregator {
                 rows.push(RollupRow {
                     tier: key.tier,
                     bucket_ms: key.bucket_ms,
-                    keyed: key.keyed,
+                    cube: key.cube,
                     dims: key.dims.clone(),
                     rollup: if cell.late || closed {
                         std::mem::take(&mut cell.rollup)
@@ -550,16 +612,17 @@ mod tests {
     const T0: u64 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000;
 
     #[test]
-    fn an_event_lands_in_both_cubes_of_both_stored_tiers() {
+    fn an_event_lands_in_every_cube_of_both_stored_tiers() {
         let mut agg = Aggregator::new();
         agg.observe(&event(T0 + 1_500, "r", "k1", 200, 20));
         agg.observe(&event(T0 + 2_500, "r", "k2", 502, 40));
         let rows = agg.take_flush(T0 + 3_000, DEFAULT_GRACE_MS);
-        // minute: keyless (1 status class 2xx + 1 5xx) + keyed (2); hour: the same.
-        assert_eq!(rows.len(), 8);
+        // minute: keyless (1 status class 2xx + 1 5xx) + keyed (2) + by key (2); hour: the
+        // same.
+        assert_eq!(rows.len(), 12);
         let keyless_2xx: Vec<_> = rows
             .iter()
-            .filter(|r| !r.keyed && &*r.dims.status_class == "2xx")
+            .filter(|r| r.cube == Cube::Keyless && &*r.dims.status_class == "2xx")
             .collect();
         assert_eq!(keyless_2xx.len(), 2);
         assert!(
@@ -569,10 +632,27 @@ mod tests {
         );
         let errors: u64 = rows
             .iter()
-            .filter(|r| r.keyed && r.tier == Tier::Hour)
+            .filter(|r| r.cube == Cube::Keyed && r.tier == Tier::Hour)
             .map(|r| r.rollup.errors)
             .sum();
         assert_eq!(errors, 1);
+        // By key: one cell per key and window, everything but the key folded in.
+        let by_key: Vec<_> = rows
+            .iter()
+            .filter(|r| r.cube == Cube::ByKey && r.tier == Tier::Minute)
+            .collect();
+        assert_eq!(by_key.len(), 2);
+        for row in &by_key {
+            let dims = row.dims.as_strs();
+            assert_eq!(Cube::of(&dims), Cube::ByKey);
+            assert_eq!([dims[0], dims[1], dims[2], dims[4]], [ANY_KEY; 4]);
+            assert_eq!(row.rollup.requests, 1);
+        }
+        let k2 = by_key.iter().find(|r| &*r.dims.key == "k2").unwrap();
+        assert_eq!((k2.rollup.errors, k2.rollup.latency.count()), (1, 1));
+        for row in &rows {
+            assert_eq!(Cube::of(&row.dims.as_strs()), row.cube);
+        }
         // Nothing changed: nothing to flush.
         assert!(agg.take_flush(T0 + 4_000, DEFAULT_GRACE_MS).is_empty());
     }
@@ -587,18 +667,18 @@ mod tests {
         let second = agg.take_flush(T0 + 4_000, DEFAULT_GRACE_MS);
         assert!(second.iter().all(|r| r.rollup.requests == 2 && !r.merge));
         // The minute closes (plus grace): its cells go; the hour stays open.
-        assert_eq!(agg.open_cells(), 4);
+        assert_eq!(agg.open_cells(), 6);
         agg.take_flush(T0 + 60_000 + DEFAULT_GRACE_MS, DEFAULT_GRACE_MS);
-        assert_eq!(agg.open_cells(), 2);
+        assert_eq!(agg.open_cells(), 3);
         // A late event for the evicted minute becomes a merge row, then leaves memory.
         agg.observe(&event(T0 + 5_000, "r", "k", 200, 10));
         let late = agg.take_flush(T0 + 61_000 + DEFAULT_GRACE_MS, DEFAULT_GRACE_MS);
         let minute: Vec<_> = late.iter().filter(|r| r.tier == Tier::Minute).collect();
-        assert_eq!(minute.len(), 2);
+        assert_eq!(minute.len(), 3);
         assert!(minute.iter().all(|r| r.merge && r.rollup.requests == 1));
         let hour: Vec<_> = late.iter().filter(|r| r.tier == Tier::Hour).collect();
         assert!(hour.iter().all(|r| !r.merge && r.rollup.requests == 3));
-        assert_eq!(agg.open_cells(), 2);
+        assert_eq!(agg.open_cells(), 3);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use switchyard_core::analytics::rollup::DEFAULT_GRACE_MS;
-use switchyard_core::analytics::{Aggregator, Dims, RequestEvent, RollupRow, Tier};
+use switchyard_core::analytics::{Aggregator, Cube, Dims, RequestEvent, RollupRow, Tier};
 use switchyard_core::config::AnalyticsConfig;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -134,13 +134,13 @@ impl Pending {
 
 /// One row per cell: a later whole-window row replaces an earlier one, merge rows add up.
 fn compact(rows: Vec<RollupRow>) -> Vec<RollupRow> {
-    let mut at: HashMap<(Tier, u64, bool, Dims, bool), usize> = HashMap::new();
+    let mut at: HashMap<(Tier, u64, Cube, Dims, bool), usize> = HashMap::new();
     let mut out: Vec<RollupRow> = Vec::with_capacity(rows.len());
     for row in rows {
         let key = (
             row.tier,
             row.bucket_ms,
-            row.keyed,
+            row.cube,
             row.dims.clone(),
             row.merge,
         );
@@ -480,7 +480,7 @@ mod tests {
         RollupRow {
             tier: Tier::Minute,
             bucket_ms: bucket,
-            keyed: false,
+            cube: Cube::Keyless,
             dims: Dims {
                 route: name.clone(),
                 provider: name.clone(),

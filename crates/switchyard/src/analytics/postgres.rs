@@ -34,17 +34,19 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
 use futures_util::future::try_join_all;
 use switchyard_core::analytics::query::Dim;
-use switchyard_core::analytics::{Dims, RequestEvent, Rollup, RollupRow, Tier};
+use switchyard_core::analytics::rollup::ANY_KEY;
+use switchyard_core::analytics::{Cube, Dims, RequestEvent, Rollup, RollupRow, Tier};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement, Transaction};
 
 use super::store::{
-    Batch, CellsQuery, LoggedRequest, Names, Param, Pruned, RequestsPage, RequestsQuery, Retention,
-    StoreError, StoredCell, filter_value, number_placeholders, rollup_horizon, sketch_from,
-    stages_from_json, stages_json, to_i64, to_u64,
+    Batch, ByKeyBackfill, CellsQuery, LoggedRequest, Names, Param, Pruned, RequestsPage,
+    RequestsQuery, Retention, StoreError, StoredCell, filter_value, number_placeholders,
+    rollup_horizon, sketch_from, stages_from_json, stages_json, to_i64, to_u64,
 };
 
 const STORE: &str = "postgres";
@@ -73,9 +75,11 @@ const TRIM_ROUNDS: usize = 8;
 const SIZE_SAMPLE: i64 = 1_000;
 
 /// The schema, in order; a version is never edited once released, only added after.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "
+/// Version 2 is followed by [`BY_KEY_BACKFILL`] in the same transaction.
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "
 CREATE TABLE IF NOT EXISTS switchyard_rollups (
     tier SMALLINT NOT NULL,
     keyed BOOLEAN NOT NULL,
@@ -127,12 +131,24 @@ CREATE TABLE IF NOT EXISTS switchyard_requests (
 );
 CREATE INDEX IF NOT EXISTS switchyard_requests_by_time ON switchyard_requests (time_ms, id);
 ",
-)];
+    ),
+    // The by-key cube: `keyed` (false, true) becomes `cube` (0, 1; 2 for by key).
+    (
+        2,
+        "
+ALTER TABLE switchyard_rollups RENAME COLUMN keyed TO cube;
+ALTER TABLE switchyard_rollups ALTER COLUMN cube TYPE SMALLINT USING cube::int::smallint;
+",
+    ),
+];
+
+/// The migration after which the by-key cells are derived from the keyed ones.
+const BY_KEY_BACKFILL: i32 = 2;
 
 /// The primary key of `switchyard_rollups`, in parameter order.
 const KEY_COLUMNS: [&str; 9] = [
     "tier",
-    "keyed",
+    "cube",
     "bucket",
     "instance",
     "route",
@@ -423,6 +439,9 @@ impl PostgresStore {
             tx.batch_execute(sql)
                 .await
                 .map_err(|error| self.error(&format!("applying migration {version}"), &error))?;
+            if version == BY_KEY_BACKFILL {
+                self.backfill_by_key(&tx).await?;
+            }
             tx.execute(
                 "INSERT INTO switchyard_schema_migrations (version, applied_at) \
                  VALUES ($1, now())",
@@ -445,6 +464,72 @@ impl PostgresStore {
         tx.commit()
             .await
             .map_err(self.failed("committing the migrations"))
+    }
+
+    /// Derives the by-key cells of a table written before that cube, from its keyed cells
+    /// (merged in Rust: sketches cannot be added in SQL).
+    async fn backfill_by_key(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
+        let select = format!(
+            "SELECT {}, tier, bucket, instance, key FROM switchyard_rollups WHERE cube = $1",
+            VALUE_COLUMNS.join(", ")
+        );
+        // Streamed: only the by-key cells are held, never the whole keyed cube.
+        let rows = tx
+            .query_raw(&select, [Cube::Keyed.code()])
+            .await
+            .map_err(self.failed("reading keyed rollups"))?;
+        let mut rows = std::pin::pin!(rows);
+        let mut backfill = ByKeyBackfill::default();
+        while let Some(row) = rows
+            .try_next()
+            .await
+            .map_err(self.failed("reading keyed rollups"))?
+        {
+            let cell = (|| {
+                Ok::<_, tokio_postgres::Error>((
+                    row.try_get::<_, i16>(12)?,
+                    row.try_get::<_, i64>(13)?,
+                    row.try_get::<_, String>(14)?,
+                    row.try_get::<_, String>(15)?,
+                    read_rollup(&row, 0)?,
+                ))
+            })()
+            .map_err(self.failed("reading keyed rollups"))?;
+            backfill.add(cell);
+        }
+        let cells = backfill.into_cells();
+        let upsert = tx
+            .prepare(&rollup_upsert_sql())
+            .await
+            .map_err(self.failed("preparing the by-key backfill"))?;
+        let any: Arc<str> = Arc::from(ANY_KEY);
+        for (tier, bucket, instance, key, rollup) in &cells {
+            let Some(tier) = Tier::ALL.into_iter().find(|t| t.code() == *tier) else {
+                continue;
+            };
+            let row = RollupRow {
+                tier,
+                bucket_ms: to_u64(*bucket),
+                cube: Cube::ByKey,
+                dims: Dims {
+                    route: Arc::clone(&any),
+                    provider: Arc::clone(&any),
+                    model: Arc::clone(&any),
+                    key: Arc::from(key.as_str()),
+                    status_class: Arc::clone(&any),
+                },
+                rollup: Rollup::default(),
+                merge: false,
+            };
+            tx.execute(&upsert, &RollupParams::new(instance, &row, rollup).all())
+                .await
+                .map_err(self.failed("writing the by-key backfill"))?;
+        }
+        tracing::info!(
+            cells = cells.len(),
+            "migrated the postgres rollups: by-key cells derived"
+        );
+        Ok(())
     }
 
     /// Writes a flush in one transaction: replace rows overwrite this instance's stored row,
@@ -509,13 +594,13 @@ impl PostgresStore {
     ) -> Result<(), StoreError> {
         let mut last = HashMap::with_capacity(rows.len());
         for (at, row) in rows.iter().enumerate() {
-            last.insert((row.tier, row.keyed, row.bucket_ms, &row.dims), at);
+            last.insert((row.tier, row.cube, row.bucket_ms, &row.dims), at);
         }
         let params: Vec<RollupParams<'_>> = rows
             .iter()
             .enumerate()
             .filter(|(at, row)| {
-                last.get(&(row.tier, row.keyed, row.bucket_ms, &row.dims)) == Some(at)
+                last.get(&(row.tier, row.cube, row.bucket_ms, &row.dims)) == Some(at)
             })
             .map(|(_, row)| RollupParams::new(instance, row, &row.rollup))
             .collect();
@@ -539,9 +624,9 @@ impl PostgresStore {
         let mut sql = format!(
             "SELECT {columns}, bucket, route, provider, model, key, status_class \
              FROM switchyard_rollups \
-             WHERE tier = $1 AND keyed = $2 AND bucket >= $3 AND bucket < $4"
+             WHERE tier = $1 AND cube = $2 AND bucket >= $3 AND bucket < $4"
         );
-        let (code, keyed, filter) = (read.tier.code(), read.keyed, &read.filter);
+        let (code, cube, filter) = (read.tier.code(), read.cube.code(), &read.filter);
         let (from, to) = (to_i64(read.from_ms), to_i64(read.to_ms));
         let wanted: Vec<(Dim, &str)> = [
             Dim::Route,
@@ -553,7 +638,7 @@ impl PostgresStore {
         .into_iter()
         .filter_map(|dim| filter_value(filter, dim).map(|value| (dim, value)))
         .collect();
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&code, &keyed, &from, &to];
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&code, &cube, &from, &to];
         for (dim, value) in &wanted {
             params.push(value);
             sql.push_str(&format!(" AND {} = ${}", dim.name(), params.len()));
@@ -737,7 +822,7 @@ fn read_log_size(row: &Row) -> Result<(i64, u64), tokio_postgres::Error> {
 /// The parameters of a rollup row: the key, then the aggregate, in column order.
 struct RollupParams<'a> {
     tier: i16,
-    keyed: bool,
+    cube: i16,
     bucket: i64,
     instance: &'a str,
     dims: [&'a str; 5],
@@ -752,7 +837,7 @@ impl<'a> RollupParams<'a> {
         let d = &row.dims;
         RollupParams {
             tier: row.tier.code(),
-            keyed: row.keyed,
+            cube: row.cube.code(),
             bucket: to_i64(row.bucket_ms),
             instance,
             dims: [
@@ -785,7 +870,7 @@ impl<'a> RollupParams<'a> {
         let [route, provider, model, key, status_class] = &self.dims;
         [
             &self.tier,
-            &self.keyed,
+            &self.cube,
             &self.bucket,
             &self.instance,
             route,
@@ -812,7 +897,7 @@ impl<'a> RollupParams<'a> {
         ] = &self.counts;
         [
             &self.tier,
-            &self.keyed,
+            &self.cube,
             &self.bucket,
             &self.instance,
             route,

@@ -15,12 +15,13 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use switchyard_core::analytics::query::{Dim, Fold, SketchRef};
-use switchyard_core::analytics::{Dims, Rollup, Tier};
+use switchyard_core::analytics::rollup::ANY_KEY;
+use switchyard_core::analytics::{Cube, Dims, Rollup, Tier};
 
 use super::store::{
-    Batch, CellsQuery, LoggedRequest, Names, Param, Pruned, RequestsPage, RequestsQuery, Retention,
-    StoreError, StoredCell, filter_value, number_placeholders, rollup_horizon, sketch_from,
-    stages_from_json, stages_json, to_i64, to_u64,
+    Batch, ByKeyBackfill, CellsQuery, LoggedRequest, Names, Param, Pruned, RequestsPage,
+    RequestsQuery, Retention, StoreError, StoredCell, filter_value, number_placeholders,
+    rollup_horizon, sketch_from, stages_from_json, stages_json, to_i64, to_u64,
 };
 
 const STORE: &str = "sqlite";
@@ -39,7 +40,7 @@ const READER_CACHE_KIB: i64 = 256;
 const ANALYTICS_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS rollups (
     tier INTEGER NOT NULL,
-    keyed INTEGER NOT NULL,
+    cube INTEGER NOT NULL,
     bucket INTEGER NOT NULL,
     instance TEXT NOT NULL,
     route TEXT NOT NULL,
@@ -59,7 +60,7 @@ CREATE TABLE IF NOT EXISTS rollups (
     latency_sum_us INTEGER NOT NULL,
     latency BLOB NOT NULL,
     ttft BLOB NOT NULL,
-    PRIMARY KEY (tier, keyed, bucket, instance, route, provider, model, key, status_class)
+    PRIMARY KEY (tier, cube, bucket, instance, route, provider, model, key, status_class)
 ) WITHOUT ROWID;
 ";
 
@@ -132,6 +133,92 @@ fn open(path: Option<&Path>, schema: &str, cache_kib: i64) -> Result<Connection,
     Ok(connection)
 }
 
+/// Brings a rollup table written before the by-key cube up to date, in one transaction: the
+/// `keyed` column becomes `cube` (its 0 and 1 are the keyless and keyed codes), and the
+/// by-key cells are derived from the keyed ones. Nothing to do on a current table.
+fn migrate_rollups(connection: &mut Connection) -> Result<(), StoreError> {
+    let old: i64 = connection
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('rollups') WHERE name = 'keyed'",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(sql_error("reading the rollup schema"))?;
+    if old == 0 {
+        return Ok(());
+    }
+    let tx = connection
+        .transaction()
+        .map_err(sql_error("starting the rollup migration"))?;
+    tx.execute_batch("ALTER TABLE rollups RENAME COLUMN keyed TO cube;")
+        .map_err(sql_error("renaming rollups.keyed"))?;
+    let keyed = {
+        let mut select = tx
+            .prepare(
+                "SELECT requests, errors, tokens_in, tokens_out, tokens_cached, \
+                 tokens_reasoning, cost_usd, cost_unknown, cache_hits, latency_sum_us, latency, \
+                 ttft, tier, bucket, instance, key FROM rollups WHERE cube = ?1",
+            )
+            .map_err(sql_error("reading keyed rollups"))?;
+        let rows = select
+            .query_map(params![Cube::Keyed.code()], |row| {
+                Ok((
+                    row.get::<_, i16>(12)?,
+                    row.get::<_, i64>(13)?,
+                    row.get::<_, String>(14)?,
+                    row.get::<_, String>(15)?,
+                    read_rollup(row)?,
+                ))
+            })
+            .map_err(sql_error("reading keyed rollups"))?;
+        let mut backfill = ByKeyBackfill::default();
+        for cell in rows {
+            backfill.add(cell.map_err(sql_error("reading keyed rollups"))?);
+        }
+        backfill.into_cells()
+    };
+    {
+        let mut insert = tx
+            .prepare(
+                "INSERT OR REPLACE INTO rollups VALUES \
+                 (?1, ?2, ?3, ?4, ?5, ?5, ?5, ?6, ?5, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+                  ?15, ?16, ?17, ?18)",
+            )
+            .map_err(sql_error("preparing the by-key backfill"))?;
+        for (tier, bucket, instance, key, rollup) in &keyed {
+            insert
+                .execute(params![
+                    tier,
+                    Cube::ByKey.code(),
+                    bucket,
+                    instance,
+                    ANY_KEY,
+                    key,
+                    to_i64(rollup.requests),
+                    to_i64(rollup.errors),
+                    to_i64(rollup.tokens_in),
+                    to_i64(rollup.tokens_out),
+                    to_i64(rollup.tokens_cached),
+                    to_i64(rollup.tokens_reasoning),
+                    rollup.cost_usd,
+                    to_i64(rollup.cost_unknown),
+                    to_i64(rollup.cache_hits),
+                    to_i64(rollup.latency_sum_us),
+                    rollup.latency.encode(),
+                    rollup.ttft.encode(),
+                ])
+                .map_err(sql_error("writing the by-key backfill"))?;
+        }
+    }
+    tx.commit()
+        .map_err(sql_error("committing the rollup migration"))?;
+    tracing::info!(
+        cells = keyed.len(),
+        "migrated the sqlite rollups: keyed became cube, by-key cells derived"
+    );
+    Ok(())
+}
+
 fn reader(path: Option<&Path>) -> Result<Option<Mutex<Connection>>, StoreError> {
     let Some(path) = path else {
         return Ok(None);
@@ -163,7 +250,8 @@ impl SqliteStore {
         }
         let analytics_path = data_dir.map(|d| d.join("analytics.db"));
         let requests_path = data_dir.map(|d| d.join("requests.db"));
-        let analytics = open(analytics_path.as_deref(), ANALYTICS_SCHEMA, CACHE_KIB)?;
+        let mut analytics = open(analytics_path.as_deref(), ANALYTICS_SCHEMA, CACHE_KIB)?;
+        migrate_rollups(&mut analytics)?;
         let requests = open(requests_path.as_deref(), REQUESTS_SCHEMA, LOG_CACHE_KIB)?;
         Ok(SqliteStore {
             analytics: Mutex::new(analytics),
@@ -193,7 +281,7 @@ impl SqliteStore {
                     .prepare_cached(
                         "SELECT requests, errors, tokens_in, tokens_out, tokens_cached, \
                          tokens_reasoning, cost_usd, cost_unknown, cache_hits, latency_sum_us, \
-                         latency, ttft FROM rollups WHERE tier = ?1 AND keyed = ?2 AND bucket = ?3 \
+                         latency, ttft FROM rollups WHERE tier = ?1 AND cube = ?2 AND bucket = ?3 \
                          AND instance = ?4 AND route = ?5 AND provider = ?6 AND model = ?7 \
                          AND key = ?8 AND status_class = ?9",
                     )
@@ -209,7 +297,7 @@ impl SqliteStore {
                     let d = &row.dims;
                     let key = params![
                         row.tier.code(),
-                        row.keyed,
+                        row.cube.code(),
                         to_i64(row.bucket_ms),
                         instance,
                         &*d.route,
@@ -231,7 +319,7 @@ impl SqliteStore {
                     upsert
                         .execute(params![
                             row.tier.code(),
-                            row.keyed,
+                            row.cube.code(),
                             to_i64(row.bucket_ms),
                             instance,
                             &*d.route,
@@ -321,28 +409,26 @@ impl SqliteStore {
             "x'', x''"
         };
         // Dimensions the query does not use are not read (a constant is cheaper).
-        let [route, provider, model, key, status_class] = [
-            (0, "route"),
-            (1, "provider"),
-            (2, "model"),
-            (3, "key"),
-            (4, "status_class"),
-        ]
-        .map(|(at, column)| match (read.dims[at], column) {
-            (true, _) => column,
-            (false, "key") if !read.keyed => "'*'",
-            (false, "key") => "key",
-            (false, _) => "''",
-        });
+        let columns = ["route", "provider", "model", "key", "status_class"]
+            .iter()
+            .enumerate()
+            .map(|(at, column)| {
+                if read.dims[at] {
+                    (*column).to_owned()
+                } else {
+                    format!("'{}'", read.unused(at))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut sql = format!(
             "SELECT requests, errors, tokens_in, tokens_out, tokens_cached, tokens_reasoning, \
-             cost_usd, cost_unknown, cache_hits, latency_sum_us, {sketches}, bucket, {route}, \
-             {provider}, {model}, {key}, {status_class} FROM rollups \
-             WHERE tier = ?1 AND keyed = ?2 AND bucket >= ?3 AND bucket < ?4",
+             cost_usd, cost_unknown, cache_hits, latency_sum_us, {sketches}, bucket, {columns} \
+             FROM rollups WHERE tier = ?1 AND cube = ?2 AND bucket >= ?3 AND bucket < ?4",
         );
         let mut values = vec![
             Value::Integer(i64::from(read.tier.code())),
-            Value::Integer(i64::from(read.keyed)),
+            Value::Integer(i64::from(read.cube.code())),
             Value::Integer(to_i64(read.from_ms)),
             Value::Integer(to_i64(read.to_ms)),
         ];
@@ -725,6 +811,63 @@ mod tests {
         assert_eq!(answer["totals"]["requests"], 5);
         assert_eq!(answer["series"][0]["group"]["provider"], "a");
         assert_eq!(answer["series"][1]["totals"]["requests"], 2);
+    }
+
+    #[test]
+    fn a_table_from_before_the_by_key_cube_is_migrated_once() {
+        let mut events = vec![
+            event(T0 + 1_000, "a", 200, 100),
+            event(T0 + 2_000, "b", 502, 300),
+            event(T0 + 61_000, "a", 200, 200),
+            event(T0 + 62_000, "b", 200, 1_000),
+        ];
+        events[1].principal = "sk-two".to_owned();
+        events[3].principal = "sk-two".to_owned();
+        let batch = || Batch {
+            rollups: rows(&events, T0 + 5 * 60_000),
+            requests: vec![],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open(Some(dir.path())).unwrap();
+            store.write("one", &batch()).unwrap();
+            store.write("two", &batch()).unwrap();
+            // Back to the layout of a file written before the by-key cube.
+            lock(&store.analytics)
+                .execute_batch(
+                    "DELETE FROM rollups WHERE cube = 2; \
+                     ALTER TABLE rollups RENAME COLUMN cube TO keyed;",
+                )
+                .unwrap();
+        }
+        let fresh = SqliteStore::open(None).unwrap();
+        fresh.write("one", &batch()).unwrap();
+        fresh.write("two", &batch()).unwrap();
+        let now = T0 + 10 * 60_000;
+        let texts = [
+            "from=1799996400&interval=1m&group_by=key&metrics=requests,errors,p50,p99,ttft_p50,cost",
+            "from=1799996400&interval=1h&key=sk-two&metrics=requests,p95",
+            "from=1799996400&interval=1h&group_by=provider&metrics=requests,p50",
+            "from=1799996400&interval=1m&group_by=key,provider&metrics=requests,p50",
+        ];
+        for reopen in 0..2 {
+            // The second open finds the table current and changes nothing.
+            let migrated = SqliteStore::open(Some(dir.path())).unwrap();
+            for text in texts {
+                let expected = query(&fresh, text, now);
+                assert_eq!(query(&migrated, text, now), expected, "{text} ({reopen})");
+            }
+            let by_key: i64 = lock(&migrated.analytics)
+                .query_row("SELECT count(*) FROM rollups WHERE cube = 2", [], |row| {
+                    row.get(0)
+                })
+                .unwrap();
+            // Two keys, two minutes (and the one hour), two instances.
+            assert_eq!(by_key, 2 * (2 + 1) * 2);
+        }
+        let answer = query(&fresh, texts[0], now);
+        assert_eq!(answer["totals"]["requests"], 8);
+        assert_eq!(answer["series"][0]["totals"]["requests"], 4);
     }
 
     #[test]

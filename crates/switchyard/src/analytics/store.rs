@@ -3,7 +3,10 @@
 //!
 //! - `rollups`: one row per (tier, window, cube, instance, route, provider, model, key,
 //!   status class) with counters and two encoded [`Sketch`]es. Each instance writes its own
-//!   rows, so instances never overwrite each other; queries add them up.
+//!   rows, so instances never overwrite each other; queries add them up. The `cube` column
+//!   holds [`Cube::code`]; it was `keyed` (false, true) before the by-key cube, and both
+//!   stores migrate such a table by renaming it and deriving the by-key cells from the keyed
+//!   ones ([`ByKeyBackfill`]).
 //! - `requests`: the raw request log, one row per request event, trimmed by age and size.
 //!
 //! The store is chosen once at start; the calls are async (SQLite runs on the blocking
@@ -13,7 +16,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use switchyard_core::analytics::query::{Answer, Dim, Filter, Fold, Query, answer};
-use switchyard_core::analytics::{Dims, RequestEvent, Rollup, RollupRow, Sketch, Tier};
+use switchyard_core::analytics::rollup::ANY_KEY;
+use switchyard_core::analytics::{Cube, Dims, RequestEvent, Rollup, RollupRow, Sketch, Tier};
 use switchyard_core::config::StorageConfig;
 
 use super::postgres::PostgresStore;
@@ -71,8 +75,8 @@ pub struct StoredCell {
 pub struct CellsQuery {
     /// Resolution.
     pub tier: Tier,
-    /// Keyed cube or keyless.
-    pub keyed: bool,
+    /// The cube read.
+    pub cube: Cube,
     /// First window, unix ms.
     pub from_ms: u64,
     /// End (exclusive), unix ms.
@@ -81,9 +85,38 @@ pub struct CellsQuery {
     pub filter: Filter,
     /// Read the latency sketches (else they come back empty).
     pub sketches: bool,
-    /// Which dimensions (in `Dims::as_strs` order) the query uses; a store may leave the
-    /// others empty. The key of keyless cells is always `*`.
+    /// Which dimensions (in `Dims::as_strs` order) the query uses; a store may give the
+    /// others as [`CellsQuery::unused`].
     pub dims: [bool; 5],
+}
+
+/// One keyed cell read back for the by-key cube's backfill: tier code, window, instance,
+/// key, aggregate.
+pub type KeyedCell = (i16, i64, String, String, Rollup);
+
+/// The by-key cube's cells derived from keyed cells (for a table written before that cube
+/// existed): one per (tier, window, instance, key), with counters added and sketches merged,
+/// exactly what the aggregator would have written. Keyed cells are added one at a time, so
+/// a migration holds only the (few) by-key cells, never the whole keyed cube.
+#[derive(Debug, Default)]
+pub struct ByKeyBackfill(std::collections::BTreeMap<(i16, i64, String, String), Rollup>);
+
+impl ByKeyBackfill {
+    /// Adds one keyed cell.
+    pub fn add(&mut self, (tier, bucket, instance, key, rollup): KeyedCell) {
+        self.0
+            .entry((tier, bucket, instance, key))
+            .or_default()
+            .merge(&rollup);
+    }
+
+    /// The by-key cells, in key order (deterministic writes).
+    pub fn into_cells(self) -> Vec<KeyedCell> {
+        self.0
+            .into_iter()
+            .map(|((tier, bucket, instance, key), rollup)| (tier, bucket, instance, key, rollup))
+            .collect()
+    }
 }
 
 impl CellsQuery {
@@ -92,7 +125,7 @@ impl CellsQuery {
         let (from_ms, to_ms) = query.bucket_range();
         CellsQuery {
             tier: query.tier,
-            keyed: query.keyed(),
+            cube: query.cube(),
             from_ms,
             to_ms,
             filter: query.filter.clone(),
@@ -108,6 +141,18 @@ impl CellsQuery {
                 }
                 used
             },
+        }
+    }
+
+    /// The value a store may give for dimension `at` when the query does not use it: the
+    /// cube's own `*` where the cube folds that dimension in (so the cell still tells its
+    /// cube, [`Cube::of`]), else empty.
+    pub fn unused(&self, at: usize) -> &'static str {
+        let key = Dim::Key.index();
+        match self.cube {
+            Cube::Keyless if at == key => ANY_KEY,
+            Cube::ByKey if at != key => ANY_KEY,
+            _ => "",
         }
     }
 }

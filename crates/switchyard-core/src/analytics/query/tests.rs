@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::analytics::rollup::ANY_KEY;
 
 const NOW: u64 = 1_800_000_000_000;
 
@@ -166,16 +167,21 @@ fn answers_match_hand_computed_values() {
 
 #[test]
 fn points_are_zero_filled_and_keyed_queries_read_the_keyed_cube() {
-    let q =
-        parse("from=1799999400&to=1800000000&interval=1m&key=master&metrics=requests,p50").unwrap();
+    let q = parse(
+        "from=1799999400&to=1800000000&interval=1m&key=master&provider=openai&metrics=requests,p50",
+    )
+    .unwrap();
+    assert_eq!(q.cube(), Cube::Keyed, "a dimension besides the key");
     assert_eq!((q.to_ms - q.from_ms) / q.interval_ms, 10);
     let keyed = dims("openai", "gpt", "master", "2xx");
     let other = dims("openai", "gpt", "sk-other", "2xx");
     let keyless = dims("openai", "gpt", "*", "2xx");
+    let by_key = by_key("master");
     let cells = [
         (q.from_ms + 120_000, &keyed, rollup(2, 0, &[10, 10], 0.0)),
         (q.from_ms + 120_000, &other, rollup(5, 0, &[10], 0.0)),
         (q.from_ms + 120_000, &keyless, rollup(7, 0, &[10], 0.0)),
+        (q.from_ms + 120_000, &by_key, rollup(11, 0, &[10], 0.0)),
     ];
     let answer = answer(&q, cells.iter().map(|(t, d, r)| (*t, *d, r)));
     assert_eq!(answer.totals["requests"], 2);
@@ -190,6 +196,60 @@ fn points_are_zero_filled_and_keyed_queries_read_the_keyed_cube() {
     assert!(values["p50"][2].as_f64().is_some());
 }
 
+fn by_key(key: &str) -> Dims {
+    let any: Arc<str> = Arc::from(ANY_KEY);
+    Dims {
+        route: any.clone(),
+        provider: any.clone(),
+        model: any.clone(),
+        key: Arc::from(key),
+        status_class: any,
+    }
+}
+
+#[test]
+fn queries_on_the_key_alone_read_the_by_key_cube() {
+    for text in [
+        "from=-7d&interval=1h&group_by=key",
+        "from=-7d&interval=7d&key=master&metrics=requests",
+        "from=-1d&interval=1d&group_by=key&key=master",
+    ] {
+        assert_eq!(parse(text).unwrap().cube(), Cube::ByKey, "{text}");
+    }
+    for text in [
+        "from=-7d&interval=1h&group_by=key,provider",
+        "from=-7d&interval=1h&group_by=key&status_class=5xx",
+        "from=-7d&interval=1h&group_by=route&key=master",
+    ] {
+        assert_eq!(parse(text).unwrap().cube(), Cube::Keyed, "{text}");
+    }
+    assert_eq!(
+        parse("from=-7d&group_by=provider").unwrap().cube(),
+        Cube::Keyless
+    );
+
+    let q = parse("from=1799996400&to=1800000000&interval=1h&group_by=key&metrics=requests,p50")
+        .unwrap();
+    let hour = q.from_ms;
+    let (master, other) = (by_key("master"), by_key("sk-other"));
+    let keyed = dims("openai", "gpt", "master", "2xx");
+    let keyless = dims("openai", "gpt", "*", "2xx");
+    let cells = [
+        (hour, &master, rollup(3, 0, &[100, 200, 300], 0.0)),
+        (hour, &other, rollup(1, 0, &[50], 0.0)),
+        // The other cubes hold the same traffic again: not read.
+        (hour, &keyed, rollup(3, 0, &[100, 200, 300], 0.0)),
+        (hour, &keyless, rollup(4, 0, &[1], 0.0)),
+    ];
+    let answer = answer(&q, cells.iter().map(|(t, d, r)| (*t, *d, r)));
+    assert_eq!(answer.totals["requests"], 4);
+    assert_eq!(answer.series.len(), 2);
+    assert_eq!(answer.series[0].group["key"], "master");
+    assert_eq!(answer.series[0].totals["requests"], 3);
+    let p50 = answer.series[0].totals["p50"].as_f64().unwrap();
+    assert!((p50 - 200.0).abs() <= 4.0, "{p50}");
+}
+
 #[test]
 fn an_empty_store_answers_empty_series_and_zero_totals() {
     let q = parse("from=-1h").unwrap();
@@ -197,4 +257,33 @@ fn an_empty_store_answers_empty_series_and_zero_totals() {
     assert!(answer.series.is_empty());
     assert_eq!(answer.totals["requests"], 0);
     assert_eq!(answer.totals["p50"], Value::Null);
+}
+
+#[test]
+fn each_quantile_reads_its_own_sketch() {
+    let hour = 1_799_996_400_000;
+    let cell = dims("openai", "gpt", "*", "2xx");
+    let mut r = rollup(3, 0, &[100, 200, 300], 0.0);
+    for ms in [10, 20, 30] {
+        r.ttft.add(ms * 1_000);
+    }
+    for (metrics, name, expected) in [
+        ("ttft_p99", "ttft_p99", 30.0),
+        ("p99", "p99", 300.0),
+        ("p50,ttft_p50", "ttft_p50", 20.0),
+        ("p50,ttft_p50", "p50", 200.0),
+    ] {
+        let q = parse(&format!(
+            "from=1799996400&to=1800000000&interval=1h&metrics={metrics}"
+        ))
+        .unwrap();
+        let answer = answer(&q, [(hour, &cell, &r)]);
+        let got = answer.totals[name].as_f64().unwrap();
+        assert!(
+            (got - expected).abs() <= expected * 0.02,
+            "{metrics}: {got}"
+        );
+        let point = answer.series[0].values[name][0].as_f64().unwrap();
+        assert_eq!(point, got, "{metrics}");
+    }
 }
