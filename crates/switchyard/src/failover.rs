@@ -159,7 +159,7 @@ where
                 Some(quota) => {
                     match quota
                         .limiter
-                        .admit_provider(&target.provider.name, quota.tokens)
+                        .admit_provider(&target.provider.name, &target.model, quota.tokens)
                         .await
                     {
                         Ok(charged) => charged,

@@ -569,3 +569,33 @@ per = "1h"
     );
     gateway.stop().await;
 }
+
+/// A target quota counts one model at a provider: the provider's other models still serve.
+#[tokio::test]
+async fn target_quotas_count_one_model_at_a_provider() {
+    let (mock, gateway) = setup(
+        r#"
+[[routes]]
+model = "two-models"
+targets = [ { provider = "alpha", model = "mock-a" }, { provider = "alpha", model = "mock-b" } ]
+[[rate_limits.limits]]
+scope = "target"
+requests = 1
+per = "1h"
+only = ["alpha/mock-a"]
+"#,
+        Behavior::default(),
+    )
+    .await;
+    let url = gateway.url("/v1/chat/completions");
+    let body = json!({"model": "two-models", "messages": [{"role": "user", "content": "hi"}]});
+    let mut models = Vec::new();
+    for _ in 0..3 {
+        let (status, headers, _) = post_json(&url, &body, &[]).await;
+        assert_eq!(status, 200);
+        models.push(header(&headers, "x-switchyard-model").to_owned());
+    }
+    assert_eq!(models, ["mock-a", "mock-b", "mock-b"]);
+    assert_eq!(mock.calls(), 3);
+    gateway.stop().await;
+}

@@ -86,6 +86,23 @@ impl LimitConfig {
     pub fn applies_to(&self, name: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|only| only == name)
     }
+
+    /// Whether a per-call limit applies to a call to `model` at `provider`.
+    pub fn applies_to_call(&self, provider: &str, model: &str) -> bool {
+        match self.scope {
+            Scope::Provider => self.applies_to(provider),
+            Scope::Target => {
+                self.only.is_empty()
+                    || self.only.iter().any(|only| {
+                        only == provider
+                            || only
+                                .split_once('/')
+                                .is_some_and(|(p, m)| p == provider && m == model)
+                    })
+            }
+            _ => false,
+        }
+    }
 }
 
 pub(super) fn validate(
@@ -233,12 +250,20 @@ fn validate_limit(
         };
         (policy, per)
     };
-    if scope == Scope::Provider {
+    if scope.is_per_call() {
         for (index, name) in raw.only.iter().enumerate() {
-            if !providers.iter().any(|provider| &provider.name == name) {
+            // A target limit may name a provider (all its targets) or one `provider/model`.
+            let provider_name = match scope {
+                Scope::Target => name.split_once('/').map_or(name.as_str(), |(p, _)| p),
+                _ => name.as_str(),
+            };
+            if !providers
+                .iter()
+                .any(|provider| provider.name == provider_name)
+            {
                 return Err(ConfigError::new(
                     format!("{key}.only[{index}]"),
-                    format!("unknown provider `{name}`"),
+                    format!("unknown provider `{provider_name}`"),
                 ));
             }
         }
@@ -256,7 +281,7 @@ fn validate_limit(
             "must be at most 60s (requests hold a connection while they wait)",
         ));
     }
-    if scope == Scope::Provider && !queue.is_zero() {
+    if scope.is_per_call() && !queue.is_zero() {
         return Err(ConfigError::new(
             format!("{key}.queue"),
             "a provider limit does not queue: the request moves on to the next target",

@@ -74,7 +74,7 @@ pub struct RawRateLimits {
 pub struct RawLimit {
     /// Name in errors, headers and metrics. Default `{scope}-{unit}`.
     pub name: Option<String>,
-    /// `key`, `user`, `ip`, `model`, `provider` or `global`.
+    /// `key`, `user`, `ip`, `model`, `provider`, `target` (provider/model) or `global`.
     pub scope: String,
     /// Requests per `per`.
     pub requests: Option<u64>,
@@ -89,8 +89,8 @@ pub struct RawLimit {
     pub algorithm: Option<String>,
     /// Token bucket capacity. Default: the amount.
     pub burst: Option<u64>,
-    /// Only for these routes or models (default: all). For `provider` scope, these are
-    /// provider names.
+    /// Only for these routes or models (default: all). For `provider` scope, provider names;
+    /// for `target`, provider names or `provider/model`.
     #[serde(default)]
     pub only: Vec<String>,
     /// Graceful degradation: wait up to this long for room instead of refusing at once.

@@ -550,6 +550,11 @@ fn rate_limit_mistakes_are_named() {
             "unknown provider",
         ),
         (
+            "scope = \"target\"\nrequests = 5\nper = \"1s\"\nonly = [\"nope/gpt-4o\"]",
+            "rate_limits.limits[0].only[0]",
+            "unknown provider `nope`",
+        ),
+        (
             "scope = \"key\"\nrequests = 5\nper = \"1s\"\nqueue = \"5m\"",
             "rate_limits.limits[0].queue",
             "at most 60s",

@@ -43,6 +43,9 @@ pub enum Scope {
     Model,
     /// The provider a request is sent to (to stay under that provider's own quota).
     Provider,
+    /// The provider target (provider and model) a request is sent to, for quotas that a
+    /// provider sets per model.
+    Target,
     /// One counter for everything.
     Global,
 }
@@ -56,6 +59,7 @@ impl Scope {
             Scope::Ip => "ip",
             Scope::Model => "model",
             Scope::Provider => "provider",
+            Scope::Target => "target",
             Scope::Global => "global",
         }
     }
@@ -70,13 +74,21 @@ impl FromStr for Scope {
             "ip" => Scope::Ip,
             "model" | "route" => Scope::Model,
             "provider" => Scope::Provider,
+            "target" => Scope::Target,
             "global" => Scope::Global,
             other => {
                 return Err(format!(
-                    "unknown scope `{other}` (expected key, user, ip, model, provider or global)"
+                    "unknown scope `{other}` (expected key, user, ip, model, provider, target or global)"
                 ));
             }
         })
+    }
+}
+
+impl Scope {
+    /// Whether the limit is charged before each provider call rather than at admission.
+    pub fn is_per_call(self) -> bool {
+        matches!(self, Scope::Provider | Scope::Target)
     }
 }
 

@@ -299,9 +299,7 @@ impl RateLimiter {
 
     /// Whether any limit is per provider (checked before each provider call).
     pub fn has_provider_limits(&self) -> bool {
-        self.limits
-            .iter()
-            .any(|limit| limit.scope == Scope::Provider)
+        self.limits.iter().any(|limit| limit.scope.is_per_call())
     }
 
     /// Whether requests need to pass through the limiter at all.
@@ -393,19 +391,26 @@ impl RateLimiter {
     pub async fn admit_provider(
         self: &Arc<Self>,
         provider: &str,
+        model: &str,
         tokens: u64,
     ) -> Result<Option<Admission>, GatewayError> {
+        let target = format!("{provider}/{model}");
         let wanted: Vec<Wanted<'_>> = self
             .limits
             .iter()
             .enumerate()
-            .filter(|(_, limit)| limit.scope == Scope::Provider && limit.applies_to(provider))
+            .filter(|(_, limit)| limit.applies_to_call(provider, model))
             .map(|(index, limit)| {
                 let units = match limit.unit {
                     Unit::Tokens => tokens.max(1),
                     Unit::Requests | Unit::Concurrent => 1,
                 };
-                (index, Cow::Borrowed(provider), units)
+                let counter = if limit.scope == Scope::Target {
+                    Cow::Borrowed(target.as_str())
+                } else {
+                    Cow::Borrowed(provider)
+                };
+                (index, counter, units)
             })
             .collect();
         if wanted.is_empty() {
@@ -420,7 +425,7 @@ impl RateLimiter {
                         .refusals
                         .get_or_create(&RefusalLabels {
                             limit: self.limits[*limit].name.clone(),
-                            scope: Scope::Provider.as_str(),
+                            scope: self.limits[*limit].scope.as_str(),
                             key: String::new(),
                         })
                         .inc();
@@ -929,7 +934,7 @@ fn counter<'s>(limit: &LimitConfig, subject: &'s Subject) -> Option<Cow<'s, str>
         Scope::Model => Cow::Borrowed(&subject.model),
         Scope::Global => Cow::Borrowed("*"),
         // Provider limits are charged per attempt, not at admission.
-        Scope::Provider => return None,
+        Scope::Provider | Scope::Target => return None,
     };
     if value.len() <= MAX_COUNTER_LEN {
         return Some(value);
