@@ -684,8 +684,8 @@ impl RateLimiter {
         let config = &self.limits[limit];
         let per_key = (config.max_queued / 4).max(1);
         let mut by_key = lock(&self.queued_by_key);
-        let mine = by_key.entry((limit, key.to_owned())).or_insert(0);
-        if *mine >= per_key {
+        let entry = (limit, key.to_owned());
+        if by_key.get(&entry).is_some_and(|mine| *mine >= per_key) {
             return None;
         }
         let total = &self.queued[limit];
@@ -693,7 +693,8 @@ impl RateLimiter {
             total.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        *mine += 1;
+        // Only keys with a request waiting have an entry (the slot's drop removes it at 0).
+        *by_key.entry(entry).or_insert(0) += 1;
         self.metrics
             .queued
             .get_or_create(&LimitLabels {

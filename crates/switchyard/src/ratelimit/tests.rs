@@ -248,3 +248,47 @@ per = "1h"
     clock.advance(Duration::from_secs(7200));
     assert_eq!(limiter.sweep(), 0, "idle counters are forgotten");
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_key_cannot_fill_the_queue() {
+    let clock = Arc::new(ManualClock::new(1_000 * SECOND));
+    // A global limit, a queue of 4: each key may hold one place.
+    let limiter = limiter(
+        r#"
+[[rate_limits.limits]]
+scope = "global"
+requests = 1
+per = "10s"
+queue = "30s"
+max_queued = 4
+"#,
+        &clock,
+    );
+    let _first = limiter.admit(&subject("a"), far()).await.unwrap();
+    let waiting = {
+        let limiter = Arc::clone(&limiter);
+        tokio::spawn(async move { limiter.admit(&subject("a"), far()).await.map(|_| ()) })
+    };
+    tokio::task::yield_now().await;
+    assert_eq!(limiter.snapshot(0).limits[0].queued_now, 1);
+    // Key `a` already waits: its next request is refused at once instead of queueing.
+    let (refusal, _) = limiter.admit(&subject("a"), far()).await.unwrap_err();
+    assert!(matches!(refusal, Refusal::Limited { .. }));
+    // Another key still gets a place.
+    let other = {
+        let limiter = Arc::clone(&limiter);
+        tokio::spawn(async move { limiter.admit(&subject("b"), far()).await.map(|_| ()) })
+    };
+    tokio::task::yield_now().await;
+    assert_eq!(limiter.snapshot(0).limits[0].queued_now, 2);
+    waiting.abort();
+    other.abort();
+    let _ = waiting.await;
+    let _ = other.await;
+    assert_eq!(
+        limiter.snapshot(0).limits[0].queued_now,
+        0,
+        "places are given back"
+    );
+    assert!(lock(&limiter.queued_by_key).is_empty());
+}
