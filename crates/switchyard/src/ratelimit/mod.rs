@@ -36,7 +36,13 @@ use switchyard_core::{ErrorKind, GatewayError, Origin};
 use tokio::time::Instant;
 
 use self::memory::MemoryStore;
-use self::redis::{Check, Decision, RedisStore};
+use self::redis::{Check, Decision, RedisStore, Settlement};
+
+/// Settlements waiting to be sent to Redis; beyond it a settlement is sent on its own.
+const SETTLE_QUEUE: usize = 16_384;
+
+/// Most settlements sent in one script call.
+const SETTLE_BATCH: usize = 256;
 
 /// How long Redis is left alone after it failed.
 const STORE_BACKOFF: Duration = Duration::from_secs(1);
@@ -232,6 +238,8 @@ pub struct RateLimiter {
     clock: Arc<dyn Clock>,
     memory: MemoryStore,
     redis: Option<RedisStore>,
+    /// Settlements on their way to Redis, batched by a task of their own.
+    settlements: Option<tokio::sync::mpsc::Sender<Settlement>>,
     /// Clock time before which Redis is not tried again.
     redis_down_until: AtomicU64,
     /// Last time a store failure was logged (clock nanoseconds), to log once per backoff.
@@ -259,6 +267,17 @@ impl RateLimiter {
             }
             _ => None,
         };
+        let settlements = redis.clone().map(|redis| {
+            let (sender, receiver) = tokio::sync::mpsc::channel(SETTLE_QUEUE);
+            tokio::spawn(send_settlements(
+                redis,
+                receiver,
+                config.store_timeout.max(Duration::from_secs(1)),
+                metrics.clone(),
+                config.on_store_error.as_str(),
+            ));
+            sender
+        });
         Ok(RateLimiter {
             policies: config.limits.iter().map(|limit| limit.policy).collect(),
             queued: config.limits.iter().map(|_| AtomicU32::new(0)).collect(),
@@ -269,6 +288,7 @@ impl RateLimiter {
             max_in_flight: config.max_in_flight,
             clock,
             redis,
+            settlements,
             redis_down_until: AtomicU64::new(0),
             logged_at: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
@@ -734,36 +754,25 @@ impl RateLimiter {
             return;
         }
         if pending.redis {
-            let Some(redis) = self.redis.clone() else {
-                return;
-            };
-            let settlements: Vec<(Check, i64, u64)> = deltas
-                .into_iter()
-                .map(|(charge, delta)| {
-                    (
-                        self.check(charge.limit, &charge.counter, charge.units),
-                        delta,
-                        charge.at,
-                    )
-                })
-                .collect();
             let nonce = std::mem::take(&mut pending.nonce);
-            let timeout = self.store_timeout.max(Duration::from_secs(1));
-            let metrics = self.metrics.clone();
-            let mode = self.fail_mode.as_str();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let settled =
-                        tokio::time::timeout(timeout, redis.settle(&nonce, &settlements)).await;
-                    if !matches!(settled, Ok(Ok(()))) {
-                        // Concurrency leases expire on their own; token adjustments are lost.
-                        metrics
-                            .store_errors
-                            .get_or_create(&ModeLabels { mode })
-                            .inc();
-                        tracing::warn!("could not settle rate-limit charges in Redis");
-                    }
-                });
+            for (charge, delta) in deltas {
+                let settlement = Settlement {
+                    check: self.check(charge.limit, &charge.counter, charge.units),
+                    delta,
+                    at: charge.at,
+                    nonce: nonce.clone(),
+                };
+                let queued = match &self.settlements {
+                    Some(sender) => sender.try_send(settlement).map_err(|error| match error {
+                        tokio::sync::mpsc::error::TrySendError::Full(s)
+                        | tokio::sync::mpsc::error::TrySendError::Closed(s) => s,
+                    }),
+                    None => Err(settlement),
+                };
+                if let Err(settlement) = queued {
+                    // The queue is full (Redis is slow): send this one on its own.
+                    self.settle_alone(settlement);
+                }
             }
             return;
         }
@@ -788,6 +797,24 @@ impl RateLimiter {
                     delta.unsigned_abs(),
                 );
             }
+        }
+    }
+
+    /// Sends one settlement in a task of its own (when the batching queue is full).
+    fn settle_alone(&self, settlement: Settlement) {
+        let Some(redis) = self.redis.clone() else {
+            return;
+        };
+        let timeout = self.store_timeout.max(Duration::from_secs(1));
+        let metrics = self.metrics.clone();
+        let mode = self.fail_mode.as_str();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let settled = tokio::time::timeout(timeout, redis.settle(&[settlement])).await;
+                if !matches!(settled, Ok(Ok(()))) {
+                    settle_failed(&metrics, mode, 1);
+                }
+            });
         }
     }
 
@@ -911,6 +938,39 @@ impl RateLimiter {
             .with_retry_after(Some(STORE_BACKOFF)),
         }
     }
+}
+
+/// Sends queued settlements to Redis, as many per script call as are waiting (up to
+/// [`SETTLE_BATCH`]): under load, one round trip settles many requests. Ends when the
+/// limiter is dropped.
+async fn send_settlements(
+    redis: RedisStore,
+    mut receiver: tokio::sync::mpsc::Receiver<Settlement>,
+    timeout: Duration,
+    metrics: RateLimitMetrics,
+    mode: &'static str,
+) {
+    let mut batch = Vec::with_capacity(SETTLE_BATCH);
+    while receiver.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+        let settled = tokio::time::timeout(timeout, redis.settle(&batch)).await;
+        if !matches!(settled, Ok(Ok(()))) {
+            settle_failed(&metrics, mode, batch.len());
+        }
+        batch.clear();
+    }
+}
+
+/// Counts and logs settlements Redis did not take: concurrency leases then expire on their
+/// own, token adjustments are lost (the reservation stands).
+fn settle_failed(metrics: &RateLimitMetrics, mode: &'static str, count: usize) {
+    metrics
+        .store_errors
+        .get_or_create(&ModeLabels { mode })
+        .inc();
+    tracing::warn!(
+        count,
+        "could not settle rate-limit charges in Redis; leases expire on their own, token refunds are lost"
+    );
 }
 
 fn algorithm_name(policy: &Policy) -> &'static str {

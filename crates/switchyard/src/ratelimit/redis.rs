@@ -157,22 +157,23 @@ end
 return out
 ";
 
-/// Settles charges: refunds (negative units), extra usage (positive), ends of requests in
-/// flight. `ARGV`: nonce, count, then per charge: kind, delta, p1, p2, charged_at_us.
+/// Settles charges, of any number of requests: refunds (negative units), extra usage
+/// (positive), ends of requests in flight. `ARGV`: count, then per charge: kind, delta, p1,
+/// p2, charged_at_us, nonce.
 const SETTLE: &str = r"
 local function int(x) return string.format('%d', x) end
 local function num(x) return string.format('%.3f', x) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local nonce = ARGV[1]
-local n = tonumber(ARGV[2])
+local n = tonumber(ARGV[1])
 for i = 1, n do
-  local base = 2 + (i - 1) * 5
+  local base = 1 + (i - 1) * 6
   local kind = ARGV[base + 1]
   local delta = tonumber(ARGV[base + 2])
   local p1 = tonumber(ARGV[base + 3])
   local p2 = tonumber(ARGV[base + 4])
   local at = tonumber(ARGV[base + 5])
+  local nonce = ARGV[base + 6]
   local key = KEYS[i]
   if kind == 'b' then
     local interval = p1
@@ -234,6 +235,20 @@ pub struct Check {
     pub units: u64,
     /// Whether units vary per request (tokens), for the window log's sum.
     pub weighted: bool,
+}
+
+/// One charge to settle: `delta` units (negative: a refund or the end of a request in
+/// flight) on `check`, charged at `at` (Redis microseconds) by admission `nonce`.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    /// The counter and its policy.
+    pub check: Check,
+    /// Units to add (positive) or give back (negative).
+    pub delta: i64,
+    /// When the charge was made.
+    pub at: u64,
+    /// The admission's id.
+    pub nonce: String,
 }
 
 /// What Redis decided.
@@ -340,23 +355,26 @@ impl RedisStore {
         }
     }
 
-    /// Settles `(check, delta units, charged at µs)` in one round trip.
-    pub async fn settle(
-        &self,
-        nonce: &str,
-        settlements: &[(Check, i64, u64)],
-    ) -> Result<(), redis::RedisError> {
+    /// Settles any number of charges, of any requests, in one round trip.
+    pub async fn settle(&self, settlements: &[Settlement]) -> Result<(), redis::RedisError> {
         if settlements.is_empty() {
             return Ok(());
         }
         let mut invocation = self.settle.prepare_invoke();
-        invocation.arg(nonce).arg(settlements.len());
-        for (check, delta, at) in settlements {
+        invocation.arg(settlements.len());
+        for settlement in settlements {
+            let check = &settlement.check;
             invocation.key(&check.key);
             let (kind, p1, p2) = self.params(&check.policy);
             // The window log's p1 is the reserved amount, to find the member.
             let p1 = if kind == "l" { check.units as f64 } else { p1 };
-            invocation.arg(kind).arg(*delta).arg(p1).arg(p2).arg(*at);
+            invocation
+                .arg(kind)
+                .arg(settlement.delta)
+                .arg(p1)
+                .arg(p2)
+                .arg(settlement.at)
+                .arg(&settlement.nonce);
         }
         let mut connection = self.connection.clone();
         let _: i64 = invocation.invoke_async(&mut connection).await?;
