@@ -534,9 +534,12 @@ impl RateLimiter {
         admission: &mut Admission,
     ) -> Result<(), Refusal> {
         let now = self.clock.now();
-        if let Some(redis) = &self.redis
-            && now >= self.redis_down_until.load(Ordering::Relaxed)
-        {
+        if let Some(redis) = &self.redis {
+            if now < self.redis_down_until.load(Ordering::Relaxed) {
+                // Left alone after a failure: the fail mode applies without trying.
+                self.count_store_error();
+                return self.unreachable(wanted, now, admission);
+            }
             if admission.pending.nonce.is_empty() {
                 admission.pending.nonce = format!("{:016x}", fastrand::u64(..));
             }
@@ -588,16 +591,22 @@ impl RateLimiter {
                 Ok(Err(error)) => self.store_failed(now, &error.to_string()),
                 Err(_) => self.store_failed(now, "timed out"),
             }
-            if self.fail_mode == FailMode::Closed {
-                return Err(Refusal::StoreUnavailable);
-            }
-        } else if self.redis.is_some() && self.fail_mode == FailMode::Closed {
-            self.count_store_error();
-            return Err(Refusal::StoreUnavailable);
-        } else if self.redis.is_some() {
-            self.count_store_error();
+            return self.unreachable(wanted, now, admission);
         }
         self.acquire_in_memory(wanted, now, admission)
+    }
+
+    /// Redis cannot be asked: refuse (fail closed) or count in memory (fail open).
+    fn unreachable(
+        &self,
+        wanted: &[Wanted<'_>],
+        now: Nanos,
+        admission: &mut Admission,
+    ) -> Result<(), Refusal> {
+        match self.fail_mode {
+            FailMode::Closed => Err(Refusal::StoreUnavailable),
+            FailMode::Open => self.acquire_in_memory(wanted, now, admission),
+        }
     }
 
     /// Charges every counter in memory, or none.
