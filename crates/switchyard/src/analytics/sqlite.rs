@@ -181,32 +181,25 @@ fn migrate_rollups(connection: &mut Connection) -> Result<(), StoreError> {
         let mut insert = tx
             .prepare(
                 "INSERT OR REPLACE INTO rollups VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?5, ?5, ?6, ?5, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
-                  ?15, ?16, ?17, ?18)",
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+                  ?17, ?18, ?19, ?20, ?21)",
             )
             .map_err(sql_error("preparing the by-key backfill"))?;
         for (tier, bucket, instance, key, rollup) in &keyed {
+            let cell = params![
+                tier,
+                Cube::ByKey.code(),
+                bucket,
+                instance,
+                ANY_KEY,
+                ANY_KEY,
+                ANY_KEY,
+                key,
+                ANY_KEY,
+            ];
+            let values = RollupValues::of(rollup);
             insert
-                .execute(params![
-                    tier,
-                    Cube::ByKey.code(),
-                    bucket,
-                    instance,
-                    ANY_KEY,
-                    key,
-                    to_i64(rollup.requests),
-                    to_i64(rollup.errors),
-                    to_i64(rollup.tokens_in),
-                    to_i64(rollup.tokens_out),
-                    to_i64(rollup.tokens_cached),
-                    to_i64(rollup.tokens_reasoning),
-                    rollup.cost_usd,
-                    to_i64(rollup.cost_unknown),
-                    to_i64(rollup.cache_hits),
-                    to_i64(rollup.latency_sum_us),
-                    rollup.latency.encode(),
-                    rollup.ttft.encode(),
-                ])
+                .execute(params_from_iter(cell.iter().chain(&values.params())))
                 .map_err(sql_error("writing the by-key backfill"))?;
         }
     }
@@ -316,30 +309,9 @@ impl SqliteStore {
                             rollup.merge(&stored);
                         }
                     }
+                    let values = RollupValues::of(&rollup);
                     upsert
-                        .execute(params![
-                            row.tier.code(),
-                            row.cube.code(),
-                            to_i64(row.bucket_ms),
-                            instance,
-                            &*d.route,
-                            &*d.provider,
-                            &*d.model,
-                            &*d.key,
-                            &*d.status_class,
-                            to_i64(rollup.requests),
-                            to_i64(rollup.errors),
-                            to_i64(rollup.tokens_in),
-                            to_i64(rollup.tokens_out),
-                            to_i64(rollup.tokens_cached),
-                            to_i64(rollup.tokens_reasoning),
-                            rollup.cost_usd,
-                            to_i64(rollup.cost_unknown),
-                            to_i64(rollup.cache_hits),
-                            to_i64(rollup.latency_sum_us),
-                            rollup.latency.encode(),
-                            rollup.ttft.encode(),
-                        ])
+                        .execute(params_from_iter(key.iter().chain(&values.params())))
                         .map_err(sql_error("writing a rollup"))?;
                 }
             }
@@ -662,6 +634,67 @@ fn read_counters(row: &rusqlite::Row<'_>) -> rusqlite::Result<Rollup> {
 }
 
 /// Reads a whole rollup from columns 0..12.
+/// A rollup's value columns, in table order after the key columns (`requests` to `ttft`),
+/// ready to bind; the one place that lists them for writing.
+struct RollupValues {
+    counts: [i64; 6],
+    cost_usd: f64,
+    rest: [i64; 3],
+    latency: Vec<u8>,
+    ttft: Vec<u8>,
+}
+
+impl RollupValues {
+    fn of(rollup: &Rollup) -> Self {
+        RollupValues {
+            counts: [
+                rollup.requests,
+                rollup.errors,
+                rollup.tokens_in,
+                rollup.tokens_out,
+                rollup.tokens_cached,
+                rollup.tokens_reasoning,
+            ]
+            .map(to_i64),
+            cost_usd: rollup.cost_usd,
+            rest: [
+                rollup.cost_unknown,
+                rollup.cache_hits,
+                rollup.latency_sum_us,
+            ]
+            .map(to_i64),
+            latency: rollup.latency.encode(),
+            ttft: rollup.ttft.encode(),
+        }
+    }
+
+    fn params(&self) -> [&dyn rusqlite::ToSql; 12] {
+        let [
+            requests,
+            errors,
+            tokens_in,
+            tokens_out,
+            tokens_cached,
+            tokens_reasoning,
+        ] = &self.counts;
+        let [cost_unknown, cache_hits, latency_sum_us] = &self.rest;
+        [
+            requests,
+            errors,
+            tokens_in,
+            tokens_out,
+            tokens_cached,
+            tokens_reasoning,
+            &self.cost_usd,
+            cost_unknown,
+            cache_hits,
+            latency_sum_us,
+            &self.latency,
+            &self.ttft,
+        ]
+    }
+}
+
 fn read_rollup(row: &rusqlite::Row<'_>) -> rusqlite::Result<Rollup> {
     Ok(Rollup {
         latency: sketch_from(row.get_ref(10)?.as_blob()?),
