@@ -1,0 +1,2 @@
+//! Response cache policy benchmark (being written).
+fn main() {}
