@@ -5,6 +5,7 @@
 //! With no config file, [`discover`] builds the raw config from provider API keys found in the
 //! environment, and the same validation runs on it.
 
+pub mod cache;
 mod limits;
 mod presets;
 mod raw;
@@ -15,11 +16,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use cache::{CacheConfig, CachePolicy, CacheScope};
 pub use limits::{FailMode, LimitConfig, RateLimitConfig};
 pub use presets::{PRESETS, Preset, kind_names, preset};
 pub use raw::{
-    RawAnalytics, RawBreaker, RawConfig, RawHealthCheck, RawLimit, RawProvider, RawRateLimits,
-    RawRoute, RawRouting, RawServer, RawStorage, RawTarget, RawTelemetry, RawTimeouts, RawUpstream,
+    RawAnalytics, RawBreaker, RawCache, RawConfig, RawHealthCheck, RawLimit, RawProvider,
+    RawRateLimits, RawRoute, RawRouteCache, RawRouting, RawServer, RawStorage, RawTarget,
+    RawTelemetry, RawTimeouts, RawUpstream,
 };
 
 use crate::health::{Backoff, BreakerConfig};
@@ -114,6 +117,8 @@ pub struct Config {
     pub telemetry: Option<TelemetryConfig>,
     /// Rate limits and load shedding.
     pub rate_limits: RateLimitConfig,
+    /// The response cache.
+    pub cache: CacheConfig,
 }
 
 /// The environment variable naming the data directory.
@@ -284,6 +289,8 @@ pub struct Route {
     pub fallbacks: Vec<String>,
     /// Targets in config order.
     pub targets: Vec<Target>,
+    /// Whether and how long its answers are cached.
+    pub cache: CachePolicy,
 }
 
 /// A provider plus the model to ask it for.
@@ -352,6 +359,8 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         providers.push(Arc::new(provider));
     }
 
+    let storage = validate_storage(&raw.storage, env)?;
+    let mut cache_config = cache::validate(&raw.cache, storage.redis_url.is_some())?;
     let mut routes = Vec::with_capacity(raw.routes.len());
     let mut route_names = HashSet::new();
     for (index, route) in raw.routes.iter().enumerate() {
@@ -405,11 +414,18 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
                 .map_err(|message| ConfigError::new(format!("{key}.strategy"), message))?,
             None => Strategy::default(),
         };
+        let cache = cache::route_policy(
+            route.cache.as_ref(),
+            cache_config.default,
+            &format!("{key}.cache"),
+        )?;
+        cache_config.any_enabled |= cache.enabled;
         routes.push(Route {
             name: route.model.clone(),
             strategy,
             fallbacks: route.fallbacks.clone(),
             targets,
+            cache,
         });
     }
     for (index, route) in raw.routes.iter().enumerate() {
@@ -431,10 +447,11 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         providers,
         routes,
         routing,
-        storage: validate_storage(&raw.storage, env)?,
+        storage,
         analytics: validate_analytics(&raw.analytics)?,
         telemetry,
         rate_limits,
+        cache: cache_config,
     })
 }
 

@@ -39,6 +39,50 @@ pub struct RawConfig {
     /// Rate limits and load shedding.
     #[serde(default)]
     pub rate_limits: RawRateLimits,
+    /// The response cache.
+    #[serde(default)]
+    pub cache: RawCache,
+}
+
+/// `[cache]`, the response cache.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Cache answers on every route (a route's own `cache.enabled` wins). Default false.
+    pub enabled: Option<bool>,
+    /// How long an answer is served from the cache. Default 1h.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// Also cache requests that ask for sampling (`temperature` above 0). Default false.
+    pub sampled: Option<bool>,
+    /// Memory for cached answers in this instance, in MB. Default 50.
+    pub max_mb: Option<u64>,
+    /// Largest answer stored, in KB. Default 1024.
+    pub max_entry_kb: Option<u64>,
+    /// Who may read an answer: `key` (the caller's key; the default), `team`, or `global`.
+    pub scope: Option<String>,
+    /// Share answers between instances through Redis (`storage.redis_url`). Default true
+    /// when Redis is configured.
+    pub redis: Option<bool>,
+    /// How long one Redis lookup may take before it counts as a miss. Default 50ms.
+    #[serde(default, with = "humantime_serde")]
+    pub redis_timeout: Option<Duration>,
+    /// How long identical requests wait for the first one's answer. Default 30s.
+    #[serde(default, with = "humantime_serde")]
+    pub lock_timeout: Option<Duration>,
+}
+
+/// A route's `cache` table: overrides of `[cache]` for that route.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCache {
+    /// Cache this route's answers.
+    pub enabled: Option<bool>,
+    /// How long its answers are served from the cache.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// Also cache its sampled requests.
+    pub sampled: Option<bool>,
 }
 
 /// `[rate_limits]`.
@@ -304,6 +348,9 @@ pub struct RawRoute {
     /// Where it goes.
     #[serde(default)]
     pub targets: Vec<RawTarget>,
+    /// Response cache overrides for this route.
+    #[serde(default)]
+    pub cache: Option<RawRouteCache>,
 }
 
 /// One target of a route.

@@ -607,3 +607,56 @@ fn keys(extra: &[(&str, &str)]) -> HashMap<String, String> {
     vars.extend(env(extra));
     vars
 }
+
+#[test]
+fn cache_is_off_by_default_and_routes_inherit_or_override_it() {
+    let config = load(GOOD, &keys(&[])).unwrap();
+    assert!(!config.cache.any_enabled);
+    assert_eq!(config.cache.max_bytes, 50 * 1024 * 1024);
+    assert_eq!(config.cache.scope, CacheScope::Key);
+    assert!(!config.routes[0].cache.enabled);
+
+    let text = format!(
+        "{GOOD}\n[routes.cache]\nttl = \"10m\"\nsampled = true\n\n[cache]\nenabled = true\nttl = \"2h\"\nmax_mb = 8\nscope = \"global\"\n"
+    );
+    let config = load(&text, &keys(&[])).unwrap();
+    assert!(config.cache.any_enabled);
+    assert_eq!(config.cache.default.ttl, Duration::from_secs(7200));
+    assert_eq!(config.cache.max_bytes, 8 * 1024 * 1024);
+    assert_eq!(config.cache.scope, CacheScope::Global);
+    let route = &config.routes[0].cache;
+    assert!(route.enabled, "inherited");
+    assert_eq!(route.ttl, Duration::from_secs(600));
+    assert!(route.sampled);
+    assert!(!config.cache.redis, "no Redis configured");
+
+    // One route can turn it on while the default stays off.
+    let text = format!("{GOOD}\n[routes.cache]\nenabled = true\n");
+    let config = load(&text, &keys(&[])).unwrap();
+    assert!(config.cache.any_enabled && !config.cache.default.enabled);
+}
+
+#[test]
+fn cache_errors_name_the_key() {
+    for (extra, key) in [
+        ("[cache]\nttl = \"0s\"\n", "cache.ttl"),
+        ("[cache]\nmax_mb = 0\n", "cache.max_mb"),
+        (
+            "[cache]\nmax_mb = 1\nmax_entry_kb = 2048\n",
+            "cache.max_entry_kb",
+        ),
+        ("[cache]\nscope = \"tenant\"\n", "cache.scope"),
+        ("[cache]\nredis = true\n", "cache.redis"),
+        ("[cache]\nlock_timeout = \"0s\"\n", "cache.lock_timeout"),
+        ("[routes.cache]\nttl = \"400d\"\n", "routes[0].cache.ttl"),
+    ] {
+        let error = load(&format!("{GOOD}\n{extra}"), &keys(&[])).unwrap_err();
+        assert_eq!(error.key, key, "{extra}");
+    }
+    let with_redis = load(
+        &format!("{GOOD}\n[cache]\nenabled = true\n"),
+        &keys(&[(REDIS_URL_ENV, "redis://127.0.0.1:6379")]),
+    )
+    .unwrap();
+    assert!(with_redis.cache.redis, "Redis is used when configured");
+}
