@@ -13,6 +13,7 @@ use switchyard_core::routing::ModelRouter;
 
 use crate::analytics::store::Store;
 use crate::analytics::{self, Analytics, EventSink, Metrics};
+use crate::cache::ResponseCache;
 use crate::chain::{account, auth, request_id};
 use crate::handlers::{admin, analytics as analytics_api, chat, embeddings, meta};
 use crate::ratelimit::RateLimiter;
@@ -60,6 +61,8 @@ pub struct AppInner {
     pub connections: AtomicI64,
     /// Rate limits and load shedding.
     pub limiter: Arc<RateLimiter>,
+    /// The response cache, when any route caches.
+    pub cache: Option<Arc<ResponseCache>>,
 }
 
 impl AppState {
@@ -95,6 +98,15 @@ impl AppState {
         )?);
         // Connect to Redis before serving, so the first requests do not each wait for it.
         limiter.warm_up().await;
+        let cache = if config.cache.any_enabled {
+            Some(ResponseCache::new(
+                &config.cache,
+                config.storage.redis_url.as_ref().map(Secret::expose),
+                metrics.cache.clone(),
+            )?)
+        } else {
+            None
+        };
         let tracker = Tracker::new(&config, clock);
         let (events, event_receiver) = analytics::channel();
         Ok(AppState(Arc::new(AppInner {
@@ -106,6 +118,7 @@ impl AppState {
             event_receiver: Mutex::new(Some(event_receiver)),
             metrics,
             limiter,
+            cache,
             analytics,
             connections: AtomicI64::new(0),
             models_body,
@@ -121,8 +134,8 @@ impl AppState {
 ///    accounted too;
 /// 0. panic catch;
 /// 1. auth (`/v1/*`, `/admin/*`, `/metrics`);
-/// 3. rate limit, 4. budget, 5. cache: not built yet; they slot in between auth and the
-///    handlers;
+/// 3. rate limit and 5. cache: called by the handlers once the body is parsed and the route
+///    known (4. budget: not built yet);
 /// 6. route, 7. failover, 8. adapter, 9. transport: inside the handlers.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
@@ -138,6 +151,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/analytics/status", get(analytics_api::status))
         .route("/admin/requests", get(analytics_api::requests))
         .route("/admin/ratelimits", get(admin::ratelimits))
+        .route("/admin/cache", get(admin::cache).delete(admin::flush_cache))
         .route("/admin/providers/{name}/drain", post(admin::drain))
         .route("/admin/providers/{name}/enable", post(admin::enable))
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));

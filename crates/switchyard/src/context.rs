@@ -32,6 +32,18 @@ impl Principal {
         }
     }
 
+    /// The tenant scope of cached answers under `scope` (teams come with virtual keys; until
+    /// then a team scope is the key's own).
+    pub fn cache_scope(&self, scope: switchyard_core::config::CacheScope) -> String {
+        match scope {
+            switchyard_core::config::CacheScope::Global => "global".to_owned(),
+            switchyard_core::config::CacheScope::Key
+            | switchyard_core::config::CacheScope::Team => {
+                format!("key:{}", self.label())
+            }
+        }
+    }
+
     /// The priority class for load shedding (virtual keys will carry their own).
     pub fn priority(&self) -> switchyard_core::ratelimit::shed::Priority {
         switchyard_core::ratelimit::shed::Priority::Normal
@@ -58,6 +70,11 @@ pub struct RequestContext {
     pub user_header: Option<String>,
     /// The `x-ratelimit-*` figures for the response.
     pub rate_headers: crate::ratelimit::RateHeaders,
+    /// The request's cache headers, read (an unreadable one is refused only where the cache
+    /// is on).
+    pub cache_directive: Result<switchyard_core::cache::Directive, GatewayError>,
+    /// How the cache treated the request, for `x-switchyard-cache`.
+    pub cache_status: Option<switchyard_core::cache::CacheStatus>,
     /// The request's root span; the stages' spans are its children. It is passed down here
     /// rather than entered around the whole request, which would cost an enter and an exit
     /// on every poll.

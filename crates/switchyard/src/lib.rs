@@ -13,6 +13,7 @@
 //!   (retries, backoff, retry budget, fallback routes).
 //! - [`tracker`]: per-target breakers, latency and load; drain; the retry budget.
 //! - [`health_check`]: active probes of providers in the background.
+//! - [`cache`]: the response cache (memory, Redis behind it, single-flight).
 //! - [`ratelimit`]: rate limits (memory or Redis), queueing, load shedding, token settlement.
 //! - [`transport`]: the pooled upstream HTTP client with its timeouts.
 //! - [`context`], [`timing`]: the typed per-request context and `Server-Timing`.
@@ -24,6 +25,7 @@
 
 pub mod analytics;
 pub mod app;
+pub mod cache;
 pub mod chain;
 pub mod cli;
 pub mod context;

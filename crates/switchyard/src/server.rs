@@ -32,6 +32,7 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
     let router = app::router(state.clone());
     crate::health_check::spawn_all(&state);
     spawn_limiter_sweep(&state);
+    spawn_cache_sweep(&state);
     let receiver = state
         .event_receiver
         .lock()
@@ -144,6 +145,26 @@ fn spawn_limiter_sweep(state: &AppState) {
             };
             let remaining = limiter.sweep();
             tracing::debug!(remaining, "swept idle rate-limit counters");
+        }
+    });
+}
+
+/// Reclaims the memory of expired cached answers every second, even when no request comes
+/// to trigger moka's own housekeeping. The task ends with the cache's last user.
+fn spawn_cache_sweep(state: &AppState) {
+    let Some(cache) = &state.cache else {
+        return;
+    };
+    let cache = Arc::downgrade(cache);
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_secs(1));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let Some(cache) = cache.upgrade() else {
+                return;
+            };
+            cache.sweep();
         }
     });
 }

@@ -18,6 +18,8 @@ pub enum Stage {
     Route,
     /// Rate limits and load shedding (a queued request's wait included).
     RateLimit,
+    /// Response cache lookup (a wait for an identical request's answer included).
+    Cache,
     /// Provider calls: from the first request sent to the answer's headers (or, for a
     /// non-streamed answer, its whole body), over all attempts.
     Upstream,
@@ -33,6 +35,7 @@ impl Stage {
             Stage::Parse => "parse",
             Stage::Route => "route",
             Stage::RateLimit => "ratelimit",
+            Stage::Cache => "cache",
             Stage::Upstream => "upstream",
             Stage::Translate => "translate",
         }
@@ -49,6 +52,7 @@ impl Stage {
             Stage::Parse => tracing::debug_span!(parent: parent, "parse"),
             Stage::Route => tracing::debug_span!(parent: parent, "route"),
             Stage::RateLimit => tracing::debug_span!(parent: parent, "ratelimit"),
+            Stage::Cache => tracing::debug_span!(parent: parent, "cache"),
             Stage::Upstream => tracing::debug_span!(parent: parent, "upstream"),
             Stage::Translate => tracing::debug_span!(parent: parent, "translate"),
         }

@@ -152,6 +152,8 @@ pub struct Metrics {
     pub analytics_lost: Gauge,
     /// The rate limiter's series.
     pub rate_limits: crate::ratelimit::RateLimitMetrics,
+    /// The response cache's series.
+    pub cache: crate::cache::CacheMetrics,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -268,8 +270,10 @@ impl Metrics {
             "Analytics entries dropped since start because the store failed for too long",
         );
         let rate_limits = crate::ratelimit::RateLimitMetrics::register(&mut registry);
+        let cache = crate::cache::CacheMetrics::register(&mut registry);
         Metrics {
             rate_limits,
+            cache,
             registry,
             analytics_memory,
             analytics_pending,

@@ -53,6 +53,8 @@ pub struct Draft {
     pub stages: Vec<(&'static str, u64)>,
     /// The rate limit that refused the request.
     pub rate_limit: Option<String>,
+    /// How the response cache treated it (`none` when the cache was not involved).
+    pub cache: Option<&'static str>,
     /// The rate limiter's charges (the request's, and the provider quota's of the target
     /// that served it), settled against the usage when the request ends.
     pub admissions: Vec<crate::ratelimit::Admission>,
@@ -177,7 +179,7 @@ impl PendingEvent {
             ttft_us: draft.ttft_us,
             upstream_us: draft.upstream_us,
             attempts: draft.attempts,
-            cache: "none",
+            cache: draft.cache.unwrap_or("none"),
             rate_limit: draft.rate_limit,
             stages: draft.stages,
         });

@@ -9,7 +9,7 @@
 //! 3. [`rate_limit`]: limits per key, user, IP, model and global; queueing; load shedding
 //!    (called by the handlers once the body is parsed and the route known).
 //! 4. budget (not built yet).
-//! 5. cache (not built yet).
+//! 5. [`cache`]: the response cache (called by the handlers after the rate limit).
 //! 6. route: model → targets (`switchyard_core::routing`, in the handlers).
 //! 7. failover: [`crate::failover`].
 //! 8. provider adapter: `switchyard_core::provider` (pure).
@@ -17,5 +17,6 @@
 
 pub mod account;
 pub mod auth;
+pub mod cache;
 pub mod rate_limit;
 pub mod request_id;

@@ -50,6 +50,8 @@ pub async fn request_context(
             .filter(|user| !user.is_empty())
             .map(str::to_owned),
         rate_headers: crate::ratelimit::RateHeaders::default(),
+        cache_directive: switchyard_core::cache::Directive::from_headers(request.headers()),
+        cache_status: None,
         span: span.clone(),
     };
     request.extensions_mut().insert(context);

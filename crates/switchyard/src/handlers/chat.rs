@@ -17,6 +17,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use eventsource_stream::Event;
 use futures_util::{Stream, StreamExt};
 use http::{HeaderValue, header};
+use switchyard_core::cache::policy::is_sampled;
 use switchyard_core::config::Target;
 use switchyard_core::provider::{self, SseEvent, StreamDecoder, StreamItem};
 use switchyard_core::wire::ChatRequest;
@@ -27,6 +28,7 @@ use tracing::{Instrument, Span};
 use super::{Served, annotate, now_unix, read_body};
 use crate::app::AppState;
 use crate::chain::account::{self, DraftHandle};
+use crate::chain::cache::{self, Begin, Recording};
 use crate::chain::rate_limit;
 use crate::context::{RequestContext, TakenContext};
 use crate::failover::{self, PlannedRoute, RequestFacts};
@@ -83,15 +85,37 @@ async fn handle(
         },
     )
     .await?;
+    let fill = match cache::begin(
+        app,
+        context,
+        cache::Ask {
+            endpoint: "/v1/chat/completions",
+            route: resolution.route_name(),
+            sampled: is_sampled(request.temperature),
+            uncacheable: request.logprobs == Some(true),
+            body: &body,
+        },
+    )
+    .await?
+    {
+        Begin::Hit(entry) if request.stream => {
+            return cache::stream_hit(context, &entry, request.wants_stream_usage());
+        }
+        Begin::Hit(entry) => return Ok(cache::json_hit(context, &entry)),
+        Begin::Miss(fill) => fill,
+    };
 
     if request.stream {
-        stream(app, context, &request, &plan, facts).await
+        stream(app, context, &request, &plan, facts, fill).await
     } else {
         super::complete(
             app,
             context,
-            &plan,
-            facts,
+            super::Upstream {
+                plan: &plan,
+                facts,
+                fill,
+            },
             Operation::Chat,
             |call| provider::chat_request(call, &request),
             |call, body| provider::chat_response(call, &request, body),
@@ -115,6 +139,8 @@ struct StartedStream {
     first_token_sent: bool,
     /// The provider call's span, open until the stream ends.
     call_span: Span,
+    /// The answer being recorded for the cache, when this request stores it.
+    recording: Option<Recording>,
 }
 
 impl Drop for StartedStream {
@@ -134,6 +160,7 @@ async fn stream<'a>(
     request: &ChatRequest,
     plan: &[PlannedRoute<'a>],
     facts: RequestFacts,
+    fill: Option<cache::Fill>,
 ) -> Result<Response, GatewayError> {
     let now = now_unix();
     let request_id = context.request_id_str().to_owned();
@@ -180,6 +207,7 @@ async fn stream<'a>(
                     request_started: Instant::now(),
                     first_token_sent: false,
                     call_span,
+                    recording: None,
                 };
                 // Commit to this target only once it has produced output (or finished cleanly).
                 while started.pending.is_empty() {
@@ -222,6 +250,7 @@ async fn stream<'a>(
     started.in_flight = Some(served.in_flight);
     started.draft = context.event.clone();
     started.request_started = context.timings.started;
+    started.recording = fill.map(|fill| Recording::new(fill, &provider_name, &served.target.model));
     let quota = served.quota;
     context.record(|draft| {
         draft.stream = true;
@@ -289,6 +318,11 @@ fn sse_body(
                     account::update(started.draft.as_ref(), |draft| draft.ttft_us = Some(ttft));
                 }
                 let done = matches!(item, StreamItem::Done);
+                if let (Some(recording), StreamItem::Chunk { data, .. }) =
+                    (started.recording.as_mut(), &item)
+                {
+                    recording.push(data);
+                }
                 let frame = frame(&item);
                 if done {
                     log_stream_end(&mut started, &provider, &request_id, None);
@@ -329,6 +363,11 @@ fn log_stream_end(
     let usage = started.decoder.usage().unwrap_or_default();
     if let Some(in_flight) = started.in_flight.take() {
         in_flight.finish(usage.output, true, error);
+    }
+    if let Some(recording) = started.recording.take()
+        && error.is_none()
+    {
+        recording.finish(usage);
     }
     account::update(started.draft.as_ref(), |draft| {
         draft.usage = usage;

@@ -1,4 +1,5 @@
-//! `POST /v1/embeddings`: parse, route, then failover over the targets through the adapters.
+//! `POST /v1/embeddings`: parse, route, rate limit, cache, then failover over the targets
+//! through the adapters.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -9,6 +10,7 @@ use switchyard_core::wire::EmbeddingsRequest;
 
 use super::read_body;
 use crate::app::AppState;
+use crate::chain::cache::{self, Begin};
 use crate::context::{RequestContext, TakenContext};
 use crate::failover::RequestFacts;
 use crate::telemetry::Operation;
@@ -61,11 +63,30 @@ async fn handle(
         },
     )
     .await?;
+    let fill = match cache::begin(
+        app,
+        context,
+        cache::Ask {
+            endpoint: "/v1/embeddings",
+            route: resolution.route_name(),
+            sampled: false,
+            uncacheable: false,
+            body: &body,
+        },
+    )
+    .await?
+    {
+        Begin::Hit(entry) => return Ok(cache::json_hit(context, &entry)),
+        Begin::Miss(fill) => fill,
+    };
     super::complete(
         app,
         context,
-        &plan,
-        facts,
+        super::Upstream {
+            plan: &plan,
+            facts,
+            fill,
+        },
         Operation::Embeddings,
         |call| provider::embeddings_request(call, &request),
         |call, body| provider::embeddings_response(call, &request, body),

@@ -61,6 +61,9 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
                 .set(i64::from(target.in_flight));
         }
     }
+    if let Some(cache) = &app.cache {
+        cache.refresh_gauges();
+    }
     let stats = &app.analytics.stats;
     for (gauge, counter) in [
         (&app.metrics.analytics_memory, &stats.memory_bytes),

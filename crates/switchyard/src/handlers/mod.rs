@@ -110,6 +110,12 @@ pub fn annotate(response: &mut Response, context: &RequestContext, served: Optio
         );
     }
     context.rate_headers.apply(headers);
+    if let Some(status) = context.cache_status {
+        headers.insert(
+            HeaderName::from_static("x-switchyard-cache"),
+            HeaderValue::from_static(status.as_header()),
+        );
+    }
     insert(headers, "server-timing", &context.timings.server_timing());
     context.record(|draft| {
         if let Some(served) = served {
@@ -117,6 +123,9 @@ pub fn annotate(response: &mut Response, context: &RequestContext, served: Optio
             draft.provider = Some(served.provider.to_owned());
             draft.model = Some(served.model.to_owned());
             draft.attempts = served.attempts;
+        }
+        if let Some(status) = context.cache_status {
+            draft.cache = Some(status.as_event());
         }
         draft.stages = context.timings.stages_micros();
         draft.upstream_us = context
@@ -149,14 +158,23 @@ pub fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Where a request goes upstream, and what it must do with the answer.
+pub struct Upstream<'p, 'a> {
+    /// The routes to try.
+    pub plan: &'p [PlannedRoute<'a>],
+    /// What failover needs to know about the request.
+    pub facts: RequestFacts,
+    /// Where the answer is stored, when the cache takes it.
+    pub fill: Option<crate::cache::Fill>,
+}
+
 /// A non-streamed answer from the first target that serves it: `build` makes the upstream
 /// request with the target's adapter, `translate` reads a 2xx answer. Each attempt runs in
 /// a provider-call span for `operation`.
 pub async fn complete<'a, B, T>(
     app: &AppState,
     context: &mut RequestContext,
-    plan: &[PlannedRoute<'a>],
-    facts: RequestFacts,
+    upstream: Upstream<'_, 'a>,
     operation: Operation,
     build: B,
     translate: T,
@@ -165,6 +183,7 @@ where
     B: Fn(&CallInfo<'_>) -> Result<UpstreamRequest, GatewayError>,
     T: Fn(&CallInfo<'_>, &[u8]) -> Result<Completion, GatewayError>,
 {
+    let Upstream { plan, facts, fill } = upstream;
     let now = now_unix();
     let request_id = context.request_id_str().to_owned();
     let upstream_started = std::time::Instant::now();
@@ -210,6 +229,18 @@ where
                 .in_flight
                 .finish(completion.usage.output, false, None);
             let usage = completion.usage;
+            if let Some(fill) = fill {
+                fill.store(
+                    crate::chain::cache::answer(
+                        completion.body.clone(),
+                        Vec::new(),
+                        usage,
+                        &served.target.provider.name,
+                        &served.target.model,
+                    ),
+                    crate::cache::unix_ms(),
+                );
+            }
             let quota = served.quota;
             context.record(|draft| {
                 draft.usage = usage;

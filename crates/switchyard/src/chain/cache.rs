@@ -1,0 +1,225 @@
+//! Stage 5: the response cache, once the request is parsed, its route known and its rate
+//! limits passed (a hit still counts against them).
+//!
+//! [`begin`] decides the request's plan (the route's policy, the request's headers, whether
+//! it samples), looks its canonical key up, and returns a hit, or a miss with the
+//! [`Fill`] through which the handler stores the answer once it is complete and successful.
+//! The handler answers a hit with [`json_hit`] or [`stream_hit`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderValue, header};
+use switchyard_core::GatewayError;
+use switchyard_core::cache::{CacheKey, CacheStatus, Entry, Plan, replay_chunks};
+use switchyard_core::wire::TokenUsage;
+use tracing::Instrument;
+
+use super::super::handlers::{Served, annotate};
+use crate::app::AppState;
+pub use crate::cache::Fill;
+use crate::cache::{Lookup, unix_ms};
+use crate::context::RequestContext;
+use crate::timing::Stage;
+
+/// The cache's answer for a request.
+pub enum Begin {
+    /// Serve this stored answer.
+    Hit(Arc<Entry>),
+    /// Go upstream; store the answer through the fill when there is one.
+    Miss(Option<Fill>),
+}
+
+/// What the stage needs to know about the request.
+pub struct Ask<'a> {
+    /// The endpoint path (answers of different endpoints never mix).
+    pub endpoint: &'static str,
+    /// The route it resolved to.
+    pub route: &'a str,
+    /// Whether it asks for sampling (`temperature` above 0).
+    pub sampled: bool,
+    /// Whether something about it makes its answer unfit to share (log probabilities).
+    pub uncacheable: bool,
+    /// The request body as sent.
+    pub body: &'a [u8],
+}
+
+/// Looks the request up (see the module docs). Fails only for a malformed cache header on
+/// a route whose cache is on.
+pub async fn begin(
+    app: &AppState,
+    context: &mut RequestContext,
+    ask: Ask<'_>,
+) -> Result<Begin, GatewayError> {
+    let Some(cache) = &app.cache else {
+        return Ok(Begin::Miss(None));
+    };
+    let policy = app
+        .router
+        .route(ask.route)
+        .map_or(app.config.cache.default, |route| route.cache);
+    let plan = if policy.enabled && !ask.uncacheable {
+        let directive = context.cache_directive.clone()?;
+        Plan::new(&policy, &directive, ask.sampled)
+    } else {
+        Plan::bypass()
+    };
+    if !plan.is_active() {
+        set_status(cache, context, CacheStatus::Bypass);
+        return Ok(Begin::Miss(None));
+    }
+    let started = Instant::now();
+    let scope = context.principal.cache_scope(app.config.cache.scope);
+    let key = CacheKey::new(ask.endpoint, &scope, ask.route, ask.body)?;
+    let lookup = cache
+        .lookup(&key, &plan, unix_ms())
+        .instrument(Stage::Cache.span(&context.span))
+        .await;
+    context.timings.lap(Stage::Cache, started);
+    Ok(match lookup {
+        Lookup::Hit(entry) => {
+            set_status(cache, context, CacheStatus::Hit);
+            Begin::Hit(entry)
+        }
+        Lookup::Lead(fill) => {
+            set_status(cache, context, plan.miss_status());
+            Begin::Miss(Some(fill))
+        }
+        Lookup::Miss => {
+            set_status(cache, context, plan.miss_status());
+            Begin::Miss(None)
+        }
+    })
+}
+
+fn set_status(
+    cache: &crate::cache::ResponseCache,
+    context: &mut RequestContext,
+    status: CacheStatus,
+) {
+    cache.count(status);
+    context.cache_status = Some(status);
+}
+
+/// A complete answer to store (its times, route and scope are set by the fill).
+pub fn answer(
+    body: Bytes,
+    pieces: Vec<u32>,
+    usage: TokenUsage,
+    provider: &str,
+    model: &str,
+) -> Entry {
+    Entry {
+        body,
+        pieces,
+        usage,
+        provider: provider.to_owned(),
+        model: model.to_owned(),
+        route: String::new(),
+        scope: String::new(),
+        stored_unix_ms: 0,
+        expires_unix_ms: 0,
+    }
+}
+
+/// A hit served as the stored JSON answer.
+pub fn json_hit(context: &RequestContext, entry: &Entry) -> Response {
+    let mut response = Response::new(Body::from(entry.body.clone()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    finish_hit(context, entry, &mut response, false);
+    response
+}
+
+/// A hit served to a streaming client: the stored answer replayed as chunks, then `[DONE]`.
+pub fn stream_hit(
+    context: &RequestContext,
+    entry: &Entry,
+    include_usage: bool,
+) -> Result<Response, GatewayError> {
+    let chunks = replay_chunks(&entry.body, &entry.pieces, include_usage)?;
+    let size = chunks.iter().map(|chunk| chunk.len() + 8).sum::<usize>() + 14;
+    let mut body = BytesMut::with_capacity(size);
+    for chunk in &chunks {
+        body.put_slice(b"data: ");
+        body.put_slice(chunk);
+        body.put_slice(b"\n\n");
+    }
+    body.put_slice(b"data: [DONE]\n\n");
+    let mut response = Response::new(Body::from(body.freeze()));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    finish_hit(context, entry, &mut response, true);
+    Ok(response)
+}
+
+fn finish_hit(context: &RequestContext, entry: &Entry, response: &mut Response, stream: bool) {
+    response.headers_mut().insert(
+        header::AGE,
+        HeaderValue::from(entry.age_ms(unix_ms()) / 1000),
+    );
+    let usage = entry.usage;
+    let ttft = u64::try_from(context.timings.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    context.record(|draft| {
+        draft.usage = usage;
+        draft.stream = stream;
+        if stream {
+            draft.ttft_us = Some(ttft);
+        }
+    });
+    annotate(
+        response,
+        context,
+        Some(&Served {
+            provider: &entry.provider,
+            model: &entry.model,
+            route: &entry.route,
+            attempts: 0,
+        }),
+    );
+}
+
+/// A streamed answer being recorded for the cache: stored when the stream ends cleanly,
+/// dropped (releasing any waiters) when it fails or the client goes away.
+pub struct Recording {
+    recorder: switchyard_core::cache::StreamRecorder,
+    fill: Fill,
+    provider: String,
+    model: String,
+}
+
+impl Recording {
+    /// Records the stream of `provider`'s `model` for `fill`.
+    pub fn new(fill: Fill, provider: &str, model: &str) -> Self {
+        Recording {
+            recorder: switchyard_core::cache::StreamRecorder::new(fill.max_bytes()),
+            fill,
+            provider: provider.to_owned(),
+            model: model.to_owned(),
+        }
+    }
+
+    /// One chunk sent to the client.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.recorder.push(chunk);
+    }
+
+    /// The stream finished cleanly with `usage`: store the answer if it is complete.
+    pub fn finish(self, usage: TokenUsage) {
+        if let Some((body, pieces)) = self.recorder.finish(usage) {
+            self.fill.store(
+                answer(body, pieces, usage, &self.provider, &self.model),
+                unix_ms(),
+            );
+        }
+    }
+}

@@ -1,0 +1,584 @@
+//! The response cache over real sockets: hits and misses with `x-switchyard-cache` and
+//! `age`, answers stored from a stream and served as JSON and the reverse, the per-request
+//! headers, single-flight (N identical requests, one upstream call), what is never stored
+//! (errors, truncated streams, sampled requests), the admin API and metrics, request
+//! events, rate limits on hits, and the shared tier: two gateways on the real Redis at
+//! 127.0.0.1:6379, where one's miss is the other's hit.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestGateway, client, post_json, sse_data, stream_text};
+use serde_json::{Value, json};
+use switchyard_testkit::mock::{Behavior, MockHandle, MockProvider};
+
+const REDIS: &str = "redis://127.0.0.1:6379/0";
+
+fn provider(mock: &MockHandle) -> String {
+    format!(
+        "\n[[providers]]\nname = \"alpha\"\nkind = \"openai\"\nbase_url = \"{}/v1\"\nmodels = [\"mock-*\"]\n",
+        mock.base_url()
+    )
+}
+
+async fn mock(behavior: Behavior) -> MockHandle {
+    MockProvider::builder()
+        .name("alpha")
+        .behavior(behavior)
+        .spawn()
+        .await
+        .unwrap()
+}
+
+async fn setup(extra: &str) -> (MockHandle, TestGateway) {
+    let mock = mock(Behavior::default()).await;
+    let text = format!("[cache]\nenabled = true\n{extra}\n{}", provider(&mock));
+    (mock, TestGateway::start(&text, &[]).await)
+}
+
+/// A chat request unique to this test run (Redis outlives runs).
+fn chat(prompt: &str) -> Value {
+    json!({"model": "mock-a", "messages": [{"role": "user", "content": prompt}]})
+}
+
+fn with(mut body: Value, extra: Value) -> Value {
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    body
+}
+
+fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+}
+
+async fn chat_call(
+    gateway: &TestGateway,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> (u16, String, Value) {
+    let (status, response_headers, body) =
+        post_json(&gateway.url("/v1/chat/completions"), body, headers).await;
+    let cache = response_headers
+        .get("x-switchyard-cache")
+        .map_or("-", |v| v.to_str().unwrap())
+        .to_owned();
+    (status, cache, body)
+}
+
+/// Streams a chat request; returns the cache header and the `data:` payloads.
+async fn stream_call(gateway: &TestGateway, body: &Value) -> (String, Vec<String>) {
+    let response = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(with(body.clone(), json!({"stream": true})).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(header(response.headers(), "content-type").starts_with("text/event-stream"));
+    let cache = header(response.headers(), "x-switchyard-cache").to_owned();
+    let text = response.text().await.unwrap();
+    (cache, sse_data(&text))
+}
+
+async fn admin(gateway: &TestGateway) -> Value {
+    client()
+        .get(gateway.url("/admin/cache"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(|text| serde_json::from_str(&text).unwrap())
+        .unwrap()
+}
+
+fn nonce() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+#[tokio::test]
+async fn a_repeated_request_is_a_hit_with_the_same_answer() {
+    let (mock, gateway) = setup("").await;
+    let url = gateway.url("/v1/chat/completions");
+    let body = chat("what is a switchyard?");
+    let (status, headers, first) = post_json(&url, &body, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-switchyard-cache"), "MISS");
+    assert!(header(&headers, "server-timing").contains("cache;dur="));
+    assert!(headers.get("age").is_none());
+
+    // The same request with its keys in another order, other whitespace, and fields that do
+    // not change the answer.
+    let reordered = r#"{ "user": "someone-else", "messages": [ {"content": "what is a switchyard?", "role": "user"} ],
+        "model": "mock-a" }"#;
+    let response = client()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(reordered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(response.headers(), "x-switchyard-cache"), "HIT");
+    assert_eq!(header(response.headers(), "age"), "0");
+    assert_eq!(header(response.headers(), "x-switchyard-provider"), "alpha");
+    assert_eq!(header(response.headers(), "x-switchyard-attempts"), "0");
+    let second: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(second, first);
+    assert_eq!(mock.calls(), 1, "the hit did not go upstream");
+
+    // A different request misses.
+    let (_, cache, _) = chat_call(&gateway, &chat("something else"), &[]).await;
+    assert_eq!(cache, "MISS");
+    assert_eq!(mock.calls(), 2);
+
+    let stats = admin(&gateway).await;
+    assert_eq!(stats["enabled"], true);
+    assert_eq!(stats["cache"]["hits"], 1);
+    assert_eq!(stats["cache"]["misses"], 2);
+    assert_eq!(stats["cache"]["entries"], 2);
+    assert!(stats["cache"]["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(stats["cache"]["capacity_bytes"], 50 * 1024 * 1024);
+    let rate = stats["cache"]["hit_rate"].as_f64().unwrap();
+    assert!((rate - 1.0 / 3.0).abs() < 1e-9, "{rate}");
+
+    let metrics = client()
+        .get(gateway.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchyard_cache_requests_total{result=\"hit\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("switchyard_cache_requests_total{result=\"miss\"} 2"));
+    assert!(metrics.contains("switchyard_cache_entries 2"));
+}
+
+#[tokio::test]
+async fn a_streamed_answer_is_served_as_json_and_as_the_same_stream() {
+    let (mock, gateway) = setup("").await;
+    let body = chat("tell me about rail yards");
+    let (cache, original) = stream_call(&gateway, &body).await;
+    assert_eq!(cache, "MISS");
+    let text = stream_text(&original);
+    assert!(!text.is_empty());
+
+    let (status, cache, json_answer) = chat_call(&gateway, &body, &[]).await;
+    assert_eq!((status, cache.as_str()), (200, "HIT"));
+    assert_eq!(json_answer["object"], "chat.completion");
+    assert_eq!(
+        json_answer["choices"][0]["message"]["content"],
+        text.as_str()
+    );
+    assert_eq!(json_answer["choices"][0]["finish_reason"], "stop");
+    assert!(json_answer["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+
+    let (cache, replayed) = stream_call(&gateway, &body).await;
+    assert_eq!(cache, "HIT");
+    assert_eq!(replayed.last().map(String::as_str), Some("[DONE]"));
+    let pieces = |data: &[String]| -> Vec<String> {
+        data.iter()
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .filter(|c| !c.is_empty())
+            .collect()
+    };
+    assert_eq!(
+        pieces(&replayed),
+        pieces(&original),
+        "the same content chunks"
+    );
+    assert_eq!(mock.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_json_answer_is_served_as_a_stream_with_usage_when_asked() {
+    let (mock, gateway) = setup("").await;
+    let body = chat("json first");
+    let (_, cache, answer) = chat_call(&gateway, &body, &[]).await;
+    assert_eq!(cache, "MISS");
+    let response = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(
+            with(
+                body,
+                json!({"stream": true, "stream_options": {"include_usage": true}}),
+            )
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(response.headers(), "x-switchyard-cache"), "HIT");
+    let data = sse_data(&response.text().await.unwrap());
+    assert_eq!(
+        stream_text(&data),
+        answer["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(usage["usage"], answer["usage"]);
+    assert_eq!(mock.calls(), 1);
+}
+
+#[tokio::test]
+async fn request_headers_bypass_refresh_or_skip_storing() {
+    let (mock, gateway) = setup("").await;
+    let body = chat("headers");
+    let (_, cache, _) = chat_call(&gateway, &body, &[("x-switchyard-cache", "no-store")]).await;
+    assert_eq!(cache, "MISS");
+    let (_, cache, _) = chat_call(&gateway, &body, &[]).await;
+    assert_eq!(cache, "MISS", "no-store stored nothing");
+    let (_, cache, _) = chat_call(&gateway, &body, &[("x-switchyard-cache", "no-cache")]).await;
+    assert_eq!(cache, "BYPASS");
+    let (_, cache, _) = chat_call(&gateway, &body, &[("x-switchyard-cache", "refresh")]).await;
+    assert_eq!(cache, "REFRESH");
+    let (_, cache, _) = chat_call(&gateway, &body, &[("cache-control", "no-cache")]).await;
+    assert_eq!(cache, "REFRESH");
+    let (_, cache, _) = chat_call(&gateway, &body, &[("cache-control", "max-age=60")]).await;
+    assert_eq!(cache, "HIT");
+    assert_eq!(mock.calls(), 5);
+
+    let (status, _, error) =
+        chat_call(&gateway, &body, &[("x-switchyard-cache", "sometimes")]).await;
+    assert_eq!(status, 400);
+    assert_eq!(error["error"]["param"], "x-switchyard-cache");
+    let (status, _, error) =
+        chat_call(&gateway, &body, &[("x-switchyard-cache-ttl", "soon")]).await;
+    assert_eq!(status, 400);
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("x-switchyard-cache-ttl")
+    );
+}
+
+#[tokio::test]
+async fn sampled_requests_are_bypassed_unless_the_route_allows_them() {
+    let (mock, gateway) = setup("").await;
+    let body = with(chat("creative"), json!({"temperature": 0.9}));
+    for _ in 0..2 {
+        let (_, cache, _) = chat_call(&gateway, &body, &[]).await;
+        assert_eq!(cache, "BYPASS");
+    }
+    assert_eq!(mock.calls(), 2);
+
+    let mock = self::mock(Behavior::default()).await;
+    let text = format!(
+        "[cache]\nenabled = true\nsampled = true\n{}",
+        provider(&mock)
+    );
+    let gateway = TestGateway::start(&text, &[]).await;
+    let (_, first, _) = chat_call(&gateway, &body, &[]).await;
+    let (_, second, _) = chat_call(&gateway, &body, &[]).await;
+    assert_eq!((first.as_str(), second.as_str()), ("MISS", "HIT"));
+}
+
+#[tokio::test]
+async fn identical_concurrent_requests_make_one_upstream_call() {
+    let mock = mock(Behavior::latency(300)).await;
+    let text = format!("[cache]\nenabled = true\n{}", provider(&mock));
+    let gateway = TestGateway::start(&text, &[]).await;
+    let body = chat("stampede");
+    let calls: Vec<_> = (0..10)
+        .map(|i| {
+            let url = gateway.url("/v1/chat/completions");
+            let body = if i % 2 == 0 {
+                body.clone()
+            } else {
+                with(body.clone(), json!({"stream": true}))
+            };
+            tokio::spawn(async move {
+                let response = client()
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                let cache = header(response.headers(), "x-switchyard-cache").to_owned();
+                (
+                    response.status().as_u16(),
+                    cache,
+                    response.text().await.unwrap(),
+                )
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for call in calls {
+        let (status, cache, _) = call.await.unwrap();
+        assert_eq!(status, 200);
+        statuses.push(cache);
+    }
+    assert_eq!(mock.calls(), 1, "exactly one upstream call");
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "MISS").count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|s| *s == "HIT").count(), 9);
+    let stats = admin(&gateway).await;
+    assert_eq!(stats["cache"]["coalesced"], 9);
+    assert_eq!(stats["cache"]["in_flight_fills"], 0);
+}
+
+#[tokio::test]
+async fn errors_and_truncated_streams_are_never_stored() {
+    let (mock, gateway) = setup("").await;
+    let body = chat("fragile");
+    mock.set_behavior(Behavior::status(500));
+    let (status, cache, _) = chat_call(&gateway, &body, &[]).await;
+    assert_eq!((status, cache.as_str()), (502, "MISS"));
+    mock.set_behavior(Behavior::reset_after_chunks(2));
+    let response = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(with(body.clone(), json!({"stream": true})).to_string())
+        .send()
+        .await
+        .unwrap();
+    let data = sse_data(&response.text().await.unwrap());
+    assert!(data.last().unwrap().contains("error"), "{data:?}");
+    mock.set_behavior(Behavior::default());
+    let (status, cache, _) = chat_call(&gateway, &body, &[]).await;
+    assert_eq!(
+        (status, cache.as_str()),
+        (200, "MISS"),
+        "nothing was stored"
+    );
+    let (_, cache, _) = chat_call(&gateway, &body, &[]).await;
+    assert_eq!(cache, "HIT");
+    let stats = admin(&gateway).await;
+    assert_eq!(stats["cache"]["stores"], 1);
+    assert_eq!(stats["cache"]["in_flight_fills"], 0);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_stores_nothing_and_blocks_no_one() {
+    let mock = mock(Behavior {
+        chunk_delay_ms: 50,
+        ..Behavior::default()
+    })
+    .await;
+    let text = format!("[cache]\nenabled = true\n{}", provider(&mock));
+    let gateway = TestGateway::start(&text, &[]).await;
+    let body = chat("a long answer that the client will not wait for");
+    let mut response = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(with(body.clone(), json!({"stream": true})).to_string())
+        .send()
+        .await
+        .unwrap();
+    let _first = response.chunk().await.unwrap();
+    drop(response);
+    // The fill is released once the gateway sees the client gone.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let stats = admin(&gateway).await;
+            if stats["cache"]["in_flight_fills"] == 0 {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the fill was released");
+    mock.set_behavior(Behavior::default());
+    let (_, cache, _) = chat_call(&gateway, &body, &[]).await;
+    assert_eq!(cache, "MISS");
+}
+
+#[tokio::test]
+async fn flushing_empties_the_cache() {
+    let (mock, gateway) = setup("").await;
+    let body = chat("flush me");
+    chat_call(&gateway, &body, &[]).await;
+    let flushed: Value = client()
+        .delete(gateway.url("/admin/cache?route=mock-a"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(|text| serde_json::from_str(&text).unwrap())
+        .unwrap();
+    assert_eq!(flushed["flushed"]["memory"], 1);
+    let (_, cache, _) = chat_call(&gateway, &body, &[]).await;
+    assert_eq!(cache, "MISS");
+    let response = client()
+        .delete(gateway.url("/admin/cache"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (_, cache, _) = chat_call(&gateway, &body, &[]).await;
+    assert_eq!(cache, "MISS");
+    assert_eq!(mock.calls(), 3);
+    let bad = client()
+        .delete(gateway.url("/admin/cache?model=x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}
+
+#[tokio::test]
+async fn hits_leave_request_events_and_count_against_rate_limits() {
+    let (mock, gateway) = setup(
+        "[[rate_limits.limits]]\nname = \"two\"\nscope = \"key\"\nrequests = 2\nper = \"1h\"\n",
+    )
+    .await;
+    let body = chat("limited");
+    let (_, first, _) = chat_call(&gateway, &body, &[]).await;
+    let (_, second, _) = chat_call(&gateway, &body, &[]).await;
+    assert_eq!((first.as_str(), second.as_str()), ("MISS", "HIT"));
+    let (status, _, error) = chat_call(&gateway, &body, &[]).await;
+    assert_eq!(status, 429, "a hit counts against the limit: {error}");
+    assert_eq!(mock.calls(), 1);
+
+    // The request log is written at the next flush (1 s).
+    let log = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let log: Value = client()
+                .get(gateway.url("/admin/requests?limit=10"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .map(|text| serde_json::from_str(&text).unwrap())
+                .unwrap();
+            if log["data"].as_array().is_some_and(|rows| rows.len() >= 3) {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("three logged requests");
+    let text = log.to_string();
+    assert!(text.contains("\"cache\":\"hit\""), "{text}");
+    assert!(text.contains("\"cache\":\"miss\""), "{text}");
+}
+
+#[tokio::test]
+async fn embeddings_are_cached_too() {
+    let (mock, gateway) = setup("").await;
+    let body = json!({"model": "mock-a", "input": ["one", "two"]});
+    let url = gateway.url("/v1/embeddings");
+    let (_, headers, first) = post_json(&url, &body, &[]).await;
+    assert_eq!(header(&headers, "x-switchyard-cache"), "MISS");
+    let (_, headers, second) = post_json(&url, &body, &[]).await;
+    assert_eq!(header(&headers, "x-switchyard-cache"), "HIT");
+    assert_eq!(first, second);
+    assert_eq!(mock.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_route_can_turn_its_cache_off() {
+    let mock = mock(Behavior::default()).await;
+    let text = format!(
+        "[cache]\nenabled = true\n{}\n[[routes]]\nmodel = \"fresh\"\ntargets = [{{ provider = \"alpha\", model = \"mock-a\" }}]\n[routes.cache]\nenabled = false\n",
+        provider(&mock)
+    );
+    let gateway = TestGateway::start(&text, &[]).await;
+    let body = json!({"model": "fresh", "messages": [{"role": "user", "content": "hi"}]});
+    for _ in 0..2 {
+        let (_, cache, _) = chat_call(&gateway, &body, &[("x-switchyard-cache", "nonsense")]).await;
+        assert_eq!(
+            cache, "BYPASS",
+            "a bad header does not matter where the cache is off"
+        );
+    }
+    assert_eq!(mock.calls(), 2);
+}
+
+#[tokio::test]
+async fn two_gateways_share_answers_through_redis() {
+    let mock = mock(Behavior::default()).await;
+    let text = format!(
+        "[storage]\nredis_url = \"{REDIS}\"\n[cache]\nenabled = true\n{}",
+        provider(&mock)
+    );
+    let first = TestGateway::start(&text, &[]).await;
+    let second = TestGateway::start(&text, &[]).await;
+    let body = chat(&format!("shared {}", nonce()));
+    let (_, cache, answer) = chat_call(&first, &body, &[]).await;
+    assert_eq!(cache, "MISS");
+    let cache_of_first = first.state.cache.clone().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while cache_of_first.pending_writes() > 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let (_, cache, shared) = chat_call(&second, &body, &[]).await;
+    assert_eq!(cache, "HIT", "the other instance's miss is this one's hit");
+    assert_eq!(shared, answer);
+    assert_eq!(mock.calls(), 1);
+    let stats = admin(&second).await;
+    assert_eq!(stats["cache"]["shared"]["hits"], 1);
+    // Now in the second one's memory too: the next hit does not ask Redis.
+    let (_, cache, _) = chat_call(&second, &body, &[]).await;
+    assert_eq!(cache, "HIT");
+    assert_eq!(admin(&second).await["cache"]["shared"]["hits"], 1);
+
+    // A route's entries are flushed from Redis as well.
+    let flushed: Value = client()
+        .delete(first.url("/admin/cache?route=mock-a"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(|text| serde_json::from_str(&text).unwrap())
+        .unwrap();
+    assert!(
+        flushed["flushed"]["shared"].as_u64().unwrap() >= 1,
+        "{flushed}"
+    );
+    let third = TestGateway::start(&text, &[]).await;
+    let (_, cache, _) = chat_call(&third, &body, &[]).await;
+    assert_eq!(cache, "MISS");
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_a_miss_not_an_error() {
+    let mock = mock(Behavior::default()).await;
+    let text = format!(
+        "[storage]\nredis_url = \"redis://127.0.0.1:1/0\"\n[cache]\nenabled = true\n{}",
+        provider(&mock)
+    );
+    let gateway = TestGateway::start(&text, &[]).await;
+    let body = chat("no redis");
+    let (status, cache, _) = chat_call(&gateway, &body, &[]).await;
+    assert_eq!((status, cache.as_str()), (200, "MISS"));
+    let (status, cache, _) = chat_call(&gateway, &body, &[]).await;
+    assert_eq!(
+        (status, cache.as_str()),
+        (200, "HIT"),
+        "memory still serves"
+    );
+    let stats = admin(&gateway).await;
+    assert!(stats["cache"]["shared"]["errors"].as_u64().unwrap() >= 1);
+}
