@@ -125,6 +125,7 @@ pub async fn run(options: &LoadOptions, children: &mut Children) -> Result<Chaos
         warmup: options.warmup,
         phases: vec![options.chaos_phase; Phase::ALL.len()],
         request_timeout: options.request_timeout,
+        unique_bodies: false,
     };
     let origin = Instant::now();
     let schedule = Schedule::new(origin + plan.warmup, &plan.phases);

@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
 use super::error::LoadError;
-use super::options::LimitStore;
+use super::options::{CacheMode, LimitStore};
 
 /// How many lines of a child's output are kept for error messages.
 const KEPT_LINES: usize = 20;
@@ -259,7 +259,12 @@ impl Drop for ConfigFile {
 /// every `mock-*` model, and no master key (the gateway only listens on loopback). With
 /// `otlp`, the gateway exports its traces to the mock too; with `limits`, every request
 /// passes three rate limits that never refuse (fresh names per run, so Redis keys are new).
-pub fn gateway_config(mock: SocketAddr, otlp: bool, limits: Option<LimitStore>) -> String {
+pub fn gateway_config(
+    mock: SocketAddr,
+    otlp: bool,
+    limits: Option<LimitStore>,
+    cache: Option<CacheMode>,
+) -> String {
     let mut config = format!(
         "# Written by switchyard-load for one run and removed when it ends.\n\
          [[providers]]\n\
@@ -281,6 +286,9 @@ pub fn gateway_config(mock: SocketAddr, otlp: bool, limits: Option<LimitStore>) 
              [[rate_limits.limits]]\nname = \"load-tpm-{run}\"\nscope = \"key\"\ntokens = 1000000000000\nper = \"1m\"\n\
              [[rate_limits.limits]]\nname = \"load-concurrency-{run}\"\nscope = \"global\"\nconcurrent = 1000000\n"
         ));
+    }
+    if cache.is_some() {
+        config.push_str("[cache]\nenabled = true\n");
     }
     config
 }
@@ -304,16 +312,17 @@ mod tests {
     #[test]
     fn the_gateway_config_points_at_the_mock() {
         let mock = SocketAddr::from(([127, 0, 0, 1], 4321));
-        let config = gateway_config(mock, false, None);
+        let config = gateway_config(mock, false, None, None);
         assert!(config.contains("base_url = \"http://127.0.0.1:4321/v1\""));
         assert!(config.contains("models = [\"mock-*\"]"));
         assert!(config.contains("kind = \"openai\""));
         assert!(!config.contains("[telemetry]"));
-        let config = gateway_config(mock, true, None);
+        let config = gateway_config(mock, true, None, None);
         assert!(config.ends_with("[telemetry]\notlp_endpoint = \"http://127.0.0.1:4321\"\n"));
-        let config = gateway_config(mock, false, Some(LimitStore::Redis));
+        let config = gateway_config(mock, false, Some(LimitStore::Redis), Some(CacheMode::Hit));
         assert!(config.contains("redis_url"));
         assert_eq!(config.matches("[[rate_limits.limits]]").count(), 3);
+        assert!(config.contains("[cache]\nenabled = true\n"));
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub struct LoadPlan {
     pub phases: Vec<Duration>,
     /// Longest a connect or a request may take before it counts as an error.
     pub request_timeout: Duration,
+    /// Make every request's body unique: a counter goes at the start of the first
+    /// `"content":"` string (so a response cache misses every time).
+    pub unique_bodies: bool,
 }
 
 impl LoadPlan {
@@ -318,6 +321,9 @@ struct RequestTemplate {
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
+    /// Where a unique counter goes in the body, when bodies are unique.
+    unique_at: Option<usize>,
+    sent: std::sync::atomic::AtomicU64,
 }
 
 impl RequestTemplate {
@@ -339,16 +345,44 @@ impl RequestTemplate {
                 "application/json"
             }),
         );
+        let unique_at = if plan.unique_bodies {
+            let marker = b"\"content\":\"";
+            let at = plan
+                .body
+                .windows(marker.len())
+                .position(|window| window == marker)
+                .ok_or_else(|| {
+                    LoadError::Generator(
+                        "unique bodies need a \"content\":\"...\" string in the body".to_owned(),
+                    )
+                })?;
+            Some(at + marker.len())
+        } else {
+            None
+        };
         Ok(Self {
             uri,
             headers,
             body: plan.body.clone(),
+            unique_at,
+            sent: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     fn request(&self) -> Request<Full<Bytes>> {
         // Full has an exact size, so hyper writes Content-Length from it.
-        let mut request = Request::new(Full::new(self.body.clone()));
+        let body = match self.unique_at {
+            None => self.body.clone(),
+            Some(at) => {
+                let n = self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut body = Vec::with_capacity(self.body.len() + 24);
+                body.extend_from_slice(&self.body[..at]);
+                body.extend_from_slice(format!("#{n} ").as_bytes());
+                body.extend_from_slice(&self.body[at..]);
+                Bytes::from(body)
+            }
+        };
+        let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = self.headers.clone();
@@ -633,6 +667,7 @@ mod tests {
             warmup: Duration::from_millis(50),
             phases: vec![Duration::from_millis(200)],
             request_timeout: Duration::from_secs(5),
+            unique_bodies: false,
         }
     }
 
@@ -641,6 +676,39 @@ mod tests {
         let mut outcomes = outcomes.unwrap();
         assert_eq!(outcomes.len(), 1);
         outcomes.pop().unwrap()
+    }
+
+    #[test]
+    fn unique_bodies_differ_by_a_counter_in_the_first_content() {
+        let target = SocketAddr::from(([127, 0, 0, 1], 9));
+        let mut plan = plan(target, "/v1/chat/completions", false);
+        plan.body = Bytes::from_static(br#"{"messages":[{"role":"user","content":"hi"}]}"#);
+        let body = |request: Request<Full<Bytes>>| {
+            let full = request.into_body();
+            let bytes =
+                futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(full))
+                    .unwrap()
+                    .unwrap()
+                    .to_bytes();
+            String::from_utf8(bytes.to_vec()).unwrap()
+        };
+        let same = RequestTemplate::new(&plan).unwrap();
+        assert_eq!(body(same.request()), body(same.request()));
+        plan.unique_bodies = true;
+        let unique = RequestTemplate::new(&plan).unwrap();
+        assert_eq!(
+            body(unique.request()),
+            r##"{"messages":[{"role":"user","content":"#0 hi"}]}"##
+        );
+        assert_eq!(
+            body(unique.request()),
+            r##"{"messages":[{"role":"user","content":"#1 hi"}]}"##
+        );
+        plan.body = Bytes::from_static(b"{}");
+        assert!(
+            RequestTemplate::new(&plan).is_err(),
+            "nowhere to put the counter"
+        );
     }
 
     #[test]

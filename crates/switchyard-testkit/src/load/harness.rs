@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use super::child::{ChildProcess, ConfigFile, gateway_config};
 use super::error::LoadError;
 use super::generator::{LoadOutcome, LoadPlan, start_on_own_runtime};
-use super::options::LoadOptions;
+use super::options::{CacheMode, LoadOptions};
 use super::procfs::{CpuSample, MachineFacts, Process, read_status_bytes};
 use super::report::{
     LatencySummary, ProcessFacts, Report, Route, ScenarioResult, Settings, compare_with_direct,
@@ -99,6 +99,7 @@ pub async fn run(options: &LoadOptions, children: &mut Children) -> Result<Repor
             mock_address,
             options.otlp,
             options.limits,
+            options.cache,
         ))?);
         let gateway = start_gateway(options, config).await?;
         progress(format_args!(
@@ -142,6 +143,7 @@ pub async fn run(options: &LoadOptions, children: &mut Children) -> Result<Repor
                 warmup: options.warmup,
                 phases: vec![options.duration],
                 request_timeout: options.request_timeout,
+                unique_bodies: options.cache == Some(CacheMode::Miss),
             };
             let measures_gateway = gateway_pid.filter(|_| route == Route::ViaGateway);
             let measured =
@@ -193,6 +195,7 @@ pub async fn run(options: &LoadOptions, children: &mut Children) -> Result<Repor
             direct_only: options.direct_only,
             mock_latency_ms: options.mock_latency_ms,
             body_file: options.body.as_ref().map(|path| path.display().to_string()),
+            cache: options.cache,
         },
         mock,
         gateway,

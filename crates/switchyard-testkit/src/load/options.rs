@@ -103,6 +103,12 @@ pub struct LoadOptions {
     #[arg(long, value_enum, value_name = "STORE", conflicts_with = "direct_only")]
     pub limits: Option<LimitStore>,
 
+    /// Turn the response cache on, to measure what it adds: `hit` sends one request over and
+    /// over (every request after the first is a hit); `miss` makes every request's prompt
+    /// unique (every request is a miss that is stored), for the direct runs too.
+    #[arg(long, value_enum, value_name = "MODE", conflicts_with = "direct_only")]
+    pub cache: Option<CacheMode>,
+
     /// Also write every figure as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -168,6 +174,16 @@ impl ChaosFault {
             ChaosFault::Refuse => "refuse",
         }
     }
+}
+
+/// What the response cache sees during a load run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheMode {
+    /// Every request is the same: hits after the first.
+    Hit,
+    /// Every request is different: misses, each stored.
+    Miss,
 }
 
 /// Where the gateway counts rate limits during a load run.

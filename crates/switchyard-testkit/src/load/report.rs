@@ -150,6 +150,8 @@ pub struct Settings {
     pub mock_latency_ms: Option<u64>,
     /// The body file, or `None` for the built-in body.
     pub body_file: Option<String>,
+    /// The response cache mode (`--cache`), when it was on.
+    pub cache: Option<super::options::CacheMode>,
 }
 
 /// A child process as the report describes it.
@@ -236,6 +238,21 @@ impl Report {
             None => {
                 let _ = writeln!(out, "- gateway: not started (--direct-only)");
             }
+        }
+        match self.settings.cache {
+            Some(super::options::CacheMode::Hit) => {
+                let _ = writeln!(
+                    out,
+                    "- cache: on, one request repeated (hits after the first)"
+                );
+            }
+            Some(super::options::CacheMode::Miss) => {
+                let _ = writeln!(
+                    out,
+                    "- cache: on, every prompt unique (every request a stored miss)"
+                );
+            }
+            None => {}
         }
         if let Some(exports) = self.trace_exports {
             let _ = writeln!(
@@ -758,6 +775,7 @@ mod tests {
                 direct_only: false,
                 mock_latency_ms: None,
                 body_file: None,
+                cache: None,
             },
             mock: gateway(4_000_000),
             gateway: Some(gateway(6_000_000)),
