@@ -1,2 +1,1009 @@
-//! Response cache policy benchmark (being written).
-fn main() {}
+//! Response cache policy benchmark: the hit rate of the gateway's cache policy next to plain
+//! LRU and an offline optimum estimate (Belady), replayed over the same request traces at the
+//! same byte budgets, and what one lookup and one insert cost next to the LRU's.
+//!
+//! `cargo bench -p switchyard --bench cache` (about two minutes on two cores);
+//! `CACHE_BENCH_QUICK=1` shrinks the traces tenfold for a smoke run.
+//!
+//! - traces: seeded, so every run replays the same requests. A universe of distinct
+//!   requests, each with an answer size drawn once (log-normal, median 2 KiB, 500 B to
+//!   16 KiB); Zipf-distributed keys at several skews; a scan-heavy trace (Zipf 0.99 broken
+//!   by long runs of keys seen once, the pattern that flushes an LRU); and Zipf 0.99 with
+//!   every answer the same size, where the Belady figure is the exact optimum.
+//! - budgets: 1 %, 5 % and 10 % of the bytes of the distinct answers in the trace, and the
+//!   gateway's default of 50 MB.
+//! - policies: each behind [`Policy`]; on a miss the replay inserts the answer. The policy
+//!   under test is built in exactly one place, [`switchyard_policy`].
+//! - the bench counts the answer bytes each policy really keeps alive (every answer carries
+//!   a drop guard), so a policy that overshoots its budget shows it in the table instead of
+//!   being credited with the hits the extra bytes buy.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+use moka::sync::Cache;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The gateway's default response cache budget.
+const DEFAULT_BUDGET_BYTES: u64 = 50 * 1_000_000;
+
+/// The hit rate the original plan asked of the cache on hot data.
+const TARGET_HIT_RATE: f64 = 0.85;
+
+/// The next-use index of a request whose key never comes back.
+const NEVER: u32 = u32::MAX;
+
+/// How big a run is.
+struct Scale {
+    /// Distinct requests that the Zipf traces draw from.
+    universe: usize,
+    /// Requests in each trace.
+    requests: usize,
+    /// In the scan-heavy trace: Zipf requests between two scans.
+    scan_every: usize,
+    /// In the scan-heavy trace: keys in one scan, each seen exactly once.
+    scan_length: usize,
+    /// Repetitions of each timing; the median is reported.
+    rounds: usize,
+}
+
+impl Scale {
+    fn from_environment() -> Self {
+        if std::env::var_os("CACHE_BENCH_QUICK").is_some_and(|value| value != "0") {
+            Self {
+                universe: 10_000,
+                requests: 100_000,
+                scan_every: 4_000,
+                scan_length: 1_000,
+                rounds: 3,
+            }
+        } else {
+            Self {
+                universe: 100_000,
+                requests: 1_000_000,
+                scan_every: 40_000,
+                scan_length: 10_000,
+                rounds: 5,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Traces
+// ---------------------------------------------------------------------------------------------
+
+/// The size of one cached chat answer: log-normal around a 2 KiB median, clamped to what a
+/// gateway sees in practice (a one-line answer with its JSON envelope up to a long one).
+fn answer_size(rng: &mut fastrand::Rng) -> u32 {
+    const MEDIAN: f64 = 2_048.0;
+    const SIGMA: f64 = 0.75;
+    // Box-Muller; `1 - f64()` lies in (0, 1], so the logarithm is finite.
+    let radius = (-2.0 * (1.0 - rng.f64()).ln()).sqrt();
+    let normal = radius * (std::f64::consts::TAU * rng.f64()).cos();
+    (MEDIAN * (SIGMA * normal).exp())
+        .round()
+        .clamp(500.0, 16_384.0) as u32
+}
+
+/// Exact inverse-CDF sampling of Zipf ranks: rank `r` (0-based) has weight `1 / (r + 1)^s`.
+struct Zipf {
+    /// `cumulative[r]` is the probability of drawing a rank of at most `r`.
+    cumulative: Vec<f64>,
+}
+
+impl Zipf {
+    fn new(ranks: usize, skew: f64) -> Self {
+        let mut total = 0.0;
+        let mut cumulative: Vec<f64> = (0..ranks)
+            .map(|rank| {
+                total += 1.0 / ((rank + 1) as f64).powf(skew);
+                total
+            })
+            .collect();
+        for value in &mut cumulative {
+            *value /= total;
+        }
+        Self { cumulative }
+    }
+
+    /// The smallest rank whose cumulative probability exceeds a uniform draw.
+    fn sample(&self, rng: &mut fastrand::Rng) -> usize {
+        let draw = rng.f64();
+        // Rounding can leave the last cumulative value a hair under 1.
+        self.cumulative
+            .partition_point(|&probability| probability <= draw)
+            .min(self.cumulative.len() - 1)
+    }
+}
+
+/// A request trace: which key each request asks for, and what each key's answer weighs.
+struct Trace {
+    name: String,
+    /// The key of each request, in order.
+    requests: Vec<u32>,
+    /// The answer size of every key, indexed by key.
+    sizes: Vec<u32>,
+    /// For each request, the index of the next request for the same key, or [`NEVER`].
+    next_use: Vec<u32>,
+    /// Bytes of the distinct answers the trace asks for: what an unbounded cache would hold.
+    unique_bytes: u64,
+    /// Distinct keys the trace asks for.
+    distinct: usize,
+}
+
+impl Trace {
+    fn new(name: String, requests: Vec<u32>, sizes: Vec<u32>) -> Self {
+        let mut seen_at = vec![NEVER; sizes.len()];
+        let mut next_use = vec![NEVER; requests.len()];
+        for (position, &key) in requests.iter().enumerate().rev() {
+            next_use[position] = seen_at[key as usize];
+            seen_at[key as usize] = u32::try_from(position).unwrap();
+        }
+        let mut distinct = 0;
+        let mut unique_bytes = 0;
+        for (key, &first) in seen_at.iter().enumerate() {
+            if first != NEVER {
+                distinct += 1;
+                unique_bytes += u64::from(sizes[key]);
+            }
+        }
+        Self {
+            name,
+            requests,
+            sizes,
+            next_use,
+            unique_bytes,
+            distinct,
+        }
+    }
+
+    /// The hit rate of a cache that never evicts: every request but a key's first is a hit.
+    fn ceiling(&self) -> f64 {
+        1.0 - self.distinct as f64 / self.requests.len() as f64
+    }
+}
+
+/// The key universe: an answer size per key, and a shuffled rank-to-key map so that the hot
+/// keys are neither all small nor all large.
+struct Universe {
+    sizes: Vec<u32>,
+    key_of_rank: Vec<u32>,
+}
+
+impl Universe {
+    fn new(scale: &Scale, rng: &mut fastrand::Rng) -> Self {
+        let sizes = (0..scale.universe).map(|_| answer_size(rng)).collect();
+        let mut key_of_rank: Vec<u32> = (0..u32::try_from(scale.universe).unwrap()).collect();
+        rng.shuffle(&mut key_of_rank);
+        Self { sizes, key_of_rank }
+    }
+
+    fn zipf(&self, scale: &Scale, skew: f64, seed: u64) -> Trace {
+        let zipf = Zipf::new(self.key_of_rank.len(), skew);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let requests = (0..scale.requests)
+            .map(|_| self.key_of_rank[zipf.sample(&mut rng)])
+            .collect();
+        Trace::new(format!("zipf {skew}"), requests, self.sizes.clone())
+    }
+
+    /// Zipf 0.99 with a scan of `scan_length` fresh keys after every `scan_every` requests.
+    fn scan_heavy(&self, scale: &Scale, seed: u64) -> Trace {
+        let zipf = Zipf::new(self.key_of_rank.len(), 0.99);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut sizes = self.sizes.clone();
+        let mut requests = Vec::with_capacity(scale.requests);
+        while requests.len() < scale.requests {
+            for _ in 0..scale.scan_every.min(scale.requests - requests.len()) {
+                requests.push(self.key_of_rank[zipf.sample(&mut rng)]);
+            }
+            for _ in 0..scale.scan_length.min(scale.requests - requests.len()) {
+                requests.push(u32::try_from(sizes.len()).unwrap());
+                sizes.push(answer_size(&mut rng));
+            }
+        }
+        let name = format!(
+            "scan: zipf 0.99 + {}-key scan every {}",
+            scale.scan_length, scale.scan_every
+        );
+        Trace::new(name, requests, sizes)
+    }
+
+    /// Zipf 0.99 where every answer has the universe's mean size: the Belady figure is exact.
+    fn uniform_size(&self, scale: &Scale, seed: u64) -> Trace {
+        let mut trace = self.zipf(scale, 0.99, seed);
+        let total: u64 = self.sizes.iter().copied().map(u64::from).sum();
+        let mean = u32::try_from(total / self.sizes.len() as u64).unwrap();
+        trace.sizes.iter_mut().for_each(|size| *size = mean);
+        Trace::new(
+            format!("zipf 0.99, every answer {mean} B"),
+            trace.requests,
+            trace.sizes,
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Answers and the ledger of live answer bytes
+// ---------------------------------------------------------------------------------------------
+
+/// How many answer bytes are alive: every [`Answer`] adds its size on creation and takes it
+/// back when the last reference goes, whichever cache held it.
+#[derive(Default)]
+struct Ledger {
+    live_bytes: AtomicU64,
+}
+
+impl Ledger {
+    fn live_bytes(&self) -> u64 {
+        self.live_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// A cached answer as the caches hold it: its body size stands in for the body, and the
+/// drop guard tells the bench when the cache has really let go of it.
+struct Answer {
+    /// The body length, as `Bytes::len` would give it.
+    bytes: usize,
+    ledger: Arc<Ledger>,
+}
+
+impl Answer {
+    fn new(bytes: u32, ledger: &Arc<Ledger>) -> Arc<Self> {
+        ledger
+            .live_bytes
+            .fetch_add(u64::from(bytes), Ordering::Relaxed);
+        Arc::new(Self {
+            bytes: bytes as usize,
+            ledger: Arc::clone(ledger),
+        })
+    }
+
+    /// The weight a byte-bounded cache charges for this answer.
+    fn weight(&self) -> u32 {
+        u32::try_from(self.bytes).unwrap_or(u32::MAX)
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.ledger
+            .live_bytes
+            .fetch_sub(self.bytes as u64, Ordering::Relaxed);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policies
+// ---------------------------------------------------------------------------------------------
+
+/// One cache policy, replayed one request at a time: a `get` for every request in trace
+/// order, and an `insert` right after each miss.
+trait Policy {
+    /// The cached answer's size if `key` is cached.
+    fn get(&mut self, key: u64) -> Option<u32>;
+
+    /// Offer the answer to `key` after a miss; the policy may decline it.
+    fn insert(&mut self, key: u64, answer: Arc<Answer>);
+
+    /// The bytes the policy believes it holds, when it keeps its own count apart from the
+    /// answers it really holds.
+    fn accounted_bytes(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// THE POLICY UNDER TEST: the response cache exactly as the gateway builds it, a byte budget
+/// and a weigher charging each answer its body size. moka 0.12's policy is TinyLFU (an LRU
+/// main space behind a frequency-sketch admission filter; its roadmap lists the window of
+/// W-TinyLFU as not yet done), with eviction and admission applied in batches by its own
+/// housekeeping. To measure the gateway's own cache type instead, change this function and
+/// [`Switchyard`]'s field type.
+fn switchyard_policy(budget_bytes: u64) -> Cache<u64, Arc<Answer>> {
+    Cache::builder()
+        .max_capacity(budget_bytes)
+        .weigher(|_key: &u64, answer: &Arc<Answer>| answer.weight())
+        .build()
+}
+
+/// The policy under test behind [`Policy`].
+struct Switchyard {
+    cache: Cache<u64, Arc<Answer>>,
+    /// Run moka's pending admissions and evictions after every insert, so that the budget
+    /// holds at every step; off, moka runs them itself every 64 reads or writes, as it does
+    /// in the gateway.
+    strict: bool,
+}
+
+impl Policy for Switchyard {
+    fn get(&mut self, key: u64) -> Option<u32> {
+        self.cache.get(&key).map(|answer| answer.weight())
+    }
+
+    fn insert(&mut self, key: u64, answer: Arc<Answer>) {
+        self.cache.insert(key, answer);
+        if self.strict {
+            self.cache.run_pending_tasks();
+        }
+    }
+
+    fn accounted_bytes(&self) -> Option<u64> {
+        Some(self.cache.weighted_size())
+    }
+}
+
+/// Plain LRU made byte-bounded: evict from the cold end until the new answer fits.
+struct ByteLru {
+    cache: LruCache<u64, Arc<Answer>>,
+    budget: u64,
+    /// Bytes of the answers in `cache`.
+    used: u64,
+}
+
+impl ByteLru {
+    fn new(budget: u64) -> Self {
+        Self {
+            cache: LruCache::unbounded(),
+            budget,
+            used: 0,
+        }
+    }
+}
+
+impl Policy for ByteLru {
+    fn get(&mut self, key: u64) -> Option<u32> {
+        // Clone the answer out, as a server handing it to a response must; moka's `get`
+        // clones too, so both pay the same reference count traffic.
+        self.cache.get(&key).cloned().map(|answer| answer.weight())
+    }
+
+    fn insert(&mut self, key: u64, answer: Arc<Answer>) {
+        let bytes = u64::from(answer.weight());
+        if bytes > self.budget {
+            return;
+        }
+        while self.used + bytes > self.budget {
+            let (_, evicted) = self.cache.pop_lru().expect("used bytes are cached bytes");
+            self.used -= u64::from(evicted.weight());
+        }
+        self.used += bytes;
+        if let Some(replaced) = self.cache.put(key, answer) {
+            self.used -= u64::from(replaced.weight());
+        }
+    }
+}
+
+/// The offline reference: size-aware Belady. On a miss it makes room by evicting the cached
+/// answers whose next use lies farthest in the future, and it bypasses the new answer when
+/// it is never asked for again or when room could only be made by evicting answers needed
+/// sooner than it. With equal sizes this is the optimum; with mixed sizes the optimum is
+/// NP-hard and this is the standard heuristic estimate of it, not a proven bound.
+struct Belady<'trace> {
+    /// The trace's next-use table; the policy counts `get`s to know where the replay is.
+    next_use: &'trace [u32],
+    /// Requests seen so far.
+    position: usize,
+    /// Per key: the next use and the answer, while cached.
+    cached: Vec<Option<(u32, Arc<Answer>)>>,
+    /// The cached keys ordered by next use, farthest last.
+    by_next_use: BTreeSet<(u32, u32)>,
+    budget: u64,
+    used: u64,
+    /// Reused between misses: the eviction candidates of the current miss.
+    victims: Vec<(u32, u32)>,
+}
+
+impl<'trace> Belady<'trace> {
+    fn new(trace: &'trace Trace, budget: u64) -> Self {
+        Self {
+            next_use: &trace.next_use,
+            position: 0,
+            cached: vec![None; trace.sizes.len()],
+            by_next_use: BTreeSet::new(),
+            budget,
+            used: 0,
+            victims: Vec::new(),
+        }
+    }
+
+    fn evict(&mut self, key: u32) {
+        if let Some((_, answer)) = self.cached[key as usize].take() {
+            self.used -= u64::from(answer.weight());
+        }
+    }
+}
+
+impl Policy for Belady<'_> {
+    fn get(&mut self, key: u64) -> Option<u32> {
+        let next = self.next_use[self.position];
+        self.position += 1;
+        let key = u32::try_from(key).unwrap();
+        let (previous, answer) = self.cached[key as usize].as_ref()?;
+        let (previous, bytes) = (*previous, answer.weight());
+        self.by_next_use.remove(&(previous, key));
+        if next == NEVER {
+            // Never asked for again: holding it can only cost.
+            self.evict(key);
+        } else {
+            self.by_next_use.insert((next, key));
+            if let Some((slot, _)) = &mut self.cached[key as usize] {
+                *slot = next;
+            }
+        }
+        Some(bytes)
+    }
+
+    fn insert(&mut self, key: u64, answer: Arc<Answer>) {
+        let next = self.next_use[self.position - 1];
+        let bytes = u64::from(answer.weight());
+        if next == NEVER || bytes > self.budget {
+            return;
+        }
+        let needed = (self.used + bytes).saturating_sub(self.budget);
+        let mut freed = 0;
+        self.victims.clear();
+        for &(victim_next, victim) in self.by_next_use.iter().rev() {
+            if freed >= needed || victim_next < next {
+                break;
+            }
+            freed += self.cached[victim as usize]
+                .as_ref()
+                .map_or(0, |(_, cached)| u64::from(cached.weight()));
+            self.victims.push((victim_next, victim));
+        }
+        if freed < needed {
+            // Only answers needed before this one could make room: bypass it.
+            return;
+        }
+        for index in 0..self.victims.len() {
+            let (victim_next, victim) = self.victims[index];
+            self.by_next_use.remove(&(victim_next, victim));
+            self.evict(victim);
+        }
+        let key = u32::try_from(key).unwrap();
+        self.by_next_use.insert((next, key));
+        self.cached[key as usize] = Some((next, answer));
+        self.used += bytes;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replay
+// ---------------------------------------------------------------------------------------------
+
+/// What one policy did with one trace at one budget.
+#[derive(Clone, Copy, Default)]
+struct Outcome {
+    hits: u64,
+    hit_bytes: u64,
+    requests: u64,
+    requested_bytes: u64,
+    /// The most answer bytes alive at any point, after a `get` or an `insert`.
+    max_live_bytes: u64,
+    /// The answer bytes alive after each request, summed over the requests.
+    live_byte_requests: u128,
+    /// The most bytes the policy's own count showed, where it keeps one.
+    max_accounted_bytes: u64,
+}
+
+impl Outcome {
+    fn hit_rate(&self) -> f64 {
+        self.hits as f64 / self.requests as f64
+    }
+
+    fn byte_hit_rate(&self) -> f64 {
+        self.hit_bytes as f64 / self.requested_bytes as f64
+    }
+
+    fn mean_live_bytes(&self) -> u64 {
+        u64::try_from(self.live_byte_requests / u128::from(self.requests.max(1))).unwrap()
+    }
+}
+
+fn replay(policy: &mut dyn Policy, trace: &Trace) -> Outcome {
+    let ledger = Arc::new(Ledger::default());
+    let mut outcome = Outcome::default();
+    for &key in &trace.requests {
+        let bytes = trace.sizes[key as usize];
+        outcome.requests += 1;
+        outcome.requested_bytes += u64::from(bytes);
+        match policy.get(u64::from(key)) {
+            Some(found) => {
+                assert_eq!(
+                    found, bytes,
+                    "a hit must return the answer cached for its key"
+                );
+                outcome.hits += 1;
+                outcome.hit_bytes += u64::from(bytes);
+            }
+            None => policy.insert(u64::from(key), Answer::new(bytes, &ledger)),
+        }
+        let live = ledger.live_bytes();
+        outcome.max_live_bytes = outcome.max_live_bytes.max(live);
+        outcome.live_byte_requests += u128::from(live);
+        if let Some(accounted) = policy.accounted_bytes() {
+            outcome.max_accounted_bytes = outcome.max_accounted_bytes.max(accounted);
+        }
+    }
+    outcome
+}
+
+/// One trace at one budget, every policy.
+struct Cell {
+    trace: usize,
+    budget: u64,
+    switchyard: Outcome,
+    strict: Outcome,
+    lru: Outcome,
+    belady: Outcome,
+}
+
+fn run_cell(traces: &[Trace], trace: usize, budget: u64) -> Cell {
+    let replayed = &traces[trace];
+    let switchyard = replay(
+        &mut Switchyard {
+            cache: switchyard_policy(budget),
+            strict: false,
+        },
+        replayed,
+    );
+    let strict = replay(
+        &mut Switchyard {
+            cache: switchyard_policy(budget),
+            strict: true,
+        },
+        replayed,
+    );
+    let lru = replay(&mut ByteLru::new(budget), replayed);
+    let belady = replay(&mut Belady::new(replayed, budget), replayed);
+    for (name, outcome) in [("LRU", &lru), ("Belady", &belady)] {
+        assert!(
+            outcome.max_live_bytes <= budget,
+            "{name} held {} bytes over a budget of {budget}",
+            outcome.max_live_bytes
+        );
+    }
+    Cell {
+        trace,
+        budget,
+        switchyard,
+        strict,
+        lru,
+        belady,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cost
+// ---------------------------------------------------------------------------------------------
+
+/// Nanoseconds per `get` and per `insert`: the first half of the trace warms the cache
+/// untimed, the second half is timed in blocks of 64 requests, the gets of a block first and
+/// then the inserts of its misses, with the answers built outside the timed part.
+fn time_operations(policy: &mut dyn Policy, trace: &Trace) -> (f64, f64) {
+    let ledger = Arc::new(Ledger::default());
+    let (warm, timed) = trace.requests.split_at(trace.requests.len() / 2);
+    for &key in warm {
+        if policy.get(u64::from(key)).is_none() {
+            policy.insert(
+                u64::from(key),
+                Answer::new(trace.sizes[key as usize], &ledger),
+            );
+        }
+    }
+    let mut missed = Vec::with_capacity(64);
+    let mut answers = Vec::with_capacity(64);
+    let (mut get_time, mut insert_time) = (Duration::ZERO, Duration::ZERO);
+    let mut inserts = 0usize;
+    for block in timed.chunks(64) {
+        let started = Instant::now();
+        for &key in block {
+            if black_box(policy.get(u64::from(key))).is_none() {
+                missed.push(key);
+            }
+        }
+        get_time += started.elapsed();
+        answers.extend(missed.drain(..).map(|key| {
+            (
+                u64::from(key),
+                Answer::new(trace.sizes[key as usize], &ledger),
+            )
+        }));
+        inserts += answers.len();
+        let started = Instant::now();
+        for (key, answer) in answers.drain(..) {
+            policy.insert(key, answer);
+        }
+        insert_time += started.elapsed();
+    }
+    (
+        get_time.as_nanos() as f64 / timed.len() as f64,
+        insert_time.as_nanos() as f64 / inserts.max(1) as f64,
+    )
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// A cache several request handlers share.
+trait SharedCache: Sync {
+    fn get(&self, key: u64) -> Option<u32>;
+    fn insert(&self, key: u64, answer: Arc<Answer>);
+}
+
+impl SharedCache for Cache<u64, Arc<Answer>> {
+    fn get(&self, key: u64) -> Option<u32> {
+        Cache::get(self, &key).map(|answer| answer.weight())
+    }
+
+    fn insert(&self, key: u64, answer: Arc<Answer>) {
+        Cache::insert(self, key, answer);
+    }
+}
+
+/// The LRU as a gateway would share it: one lock around it. A `get` reorders the list, so
+/// even a lookup needs the lock exclusively.
+impl SharedCache for Mutex<ByteLru> {
+    fn get(&self, key: u64) -> Option<u32> {
+        Policy::get(&mut *self.lock().unwrap(), key)
+    }
+
+    fn insert(&self, key: u64, answer: Arc<Answer>) {
+        Policy::insert(&mut *self.lock().unwrap(), key, answer);
+    }
+}
+
+/// The answer bytes alive while handlers served, sampled by each after each request.
+#[derive(Clone, Copy, Default)]
+struct LiveBytes {
+    peak: u64,
+    sum: u128,
+    samples: u64,
+}
+
+impl LiveBytes {
+    fn mean(&self) -> u64 {
+        u64::try_from(self.sum / u128::from(self.samples.max(1))).unwrap()
+    }
+
+    fn merge(self, other: Self) -> Self {
+        Self {
+            peak: self.peak.max(other.peak),
+            sum: self.sum + other.sum,
+            samples: self.samples + other.samples,
+        }
+    }
+}
+
+/// `threads` handlers share `cache`, each serving `per_thread` requests of the trace from an
+/// offset of its own: a `get`, and on a miss building the answer and inserting it. Returns
+/// the nanoseconds of wall time per request and, when `sample`, the live answer bytes.
+fn serve_shared(
+    cache: &dyn SharedCache,
+    trace: &Trace,
+    ledger: &Arc<Ledger>,
+    threads: usize,
+    sample: bool,
+) -> (f64, LiveBytes) {
+    let per_thread = trace.requests.len() / 2;
+    let barrier = Barrier::new(threads + 1);
+    let requests = &trace.requests;
+    let (elapsed, live) = std::thread::scope(|scope| {
+        let handlers: Vec<_> = (0..threads)
+            .map(|thread| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let offset = thread * requests.len() / threads;
+                    let mut live = LiveBytes::default();
+                    barrier.wait();
+                    for index in 0..per_thread {
+                        let key = requests[(offset + index) % requests.len()];
+                        if black_box(cache.get(u64::from(key))).is_none() {
+                            cache.insert(
+                                u64::from(key),
+                                Answer::new(trace.sizes[key as usize], ledger),
+                            );
+                        }
+                        if sample {
+                            let bytes = ledger.live_bytes();
+                            live.peak = live.peak.max(bytes);
+                            live.sum += u128::from(bytes);
+                            live.samples += 1;
+                        }
+                    }
+                    barrier.wait();
+                    live
+                })
+            })
+            .collect();
+        barrier.wait();
+        let started = Instant::now();
+        barrier.wait();
+        let elapsed = started.elapsed();
+        let live = handlers
+            .into_iter()
+            .map(|handler| handler.join().unwrap())
+            .fold(LiveBytes::default(), LiveBytes::merge);
+        (elapsed, live)
+    });
+    (
+        elapsed.as_nanos() as f64 / (threads * per_thread) as f64,
+        live,
+    )
+}
+
+/// Warm `cache` with the whole trace, then the median of `rounds` timed rounds and the live
+/// answer bytes of one more, sampled round.
+fn shared_figures(
+    cache: &dyn SharedCache,
+    trace: &Trace,
+    threads: usize,
+    rounds: usize,
+) -> (f64, LiveBytes) {
+    let ledger = Arc::new(Ledger::default());
+    for &key in &trace.requests {
+        if cache.get(u64::from(key)).is_none() {
+            cache.insert(
+                u64::from(key),
+                Answer::new(trace.sizes[key as usize], &ledger),
+            );
+        }
+    }
+    let nanoseconds = median(
+        (0..rounds)
+            .map(|_| serve_shared(cache, trace, &ledger, threads, false).0)
+            .collect(),
+    );
+    let (_, live) = serve_shared(cache, trace, &ledger, threads, true);
+    (nanoseconds, live)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------------------
+
+fn megabytes(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+fn percent(value: f64) -> String {
+    format!("{:.1}", value * 100.0)
+}
+
+/// Hit rate with the byte hit rate in brackets.
+fn rates(outcome: &Outcome) -> String {
+    format!(
+        "{} ({})",
+        percent(outcome.hit_rate()),
+        percent(outcome.byte_hit_rate())
+    )
+}
+
+/// Bytes as a percentage of the budget.
+fn of_budget(bytes: u64, budget: u64) -> String {
+    format!("{:.1}", bytes as f64 / budget as f64 * 100.0)
+}
+
+fn main() {
+    let scale = Scale::from_environment();
+    let started = Instant::now();
+    let mut rng = fastrand::Rng::with_seed(0x5717_c4ad);
+    let universe = Universe::new(&scale, &mut rng);
+    let mut traces: Vec<Trace> = [0.6, 0.8, 0.99, 1.2]
+        .into_iter()
+        .zip(1..)
+        .map(|(skew, seed)| universe.zipf(&scale, skew, seed))
+        .collect();
+    traces.push(universe.scan_heavy(&scale, 5));
+    traces.push(universe.uniform_size(&scale, 3));
+    // The trace the cost figures use: Zipf 0.99.
+    let hot = 2;
+
+    println!(
+        "# Response cache policies: {} requests per trace over {} distinct requests\n",
+        scale.requests, scale.universe
+    );
+    println!(
+        "| trace | distinct keys | distinct answer bytes (MB) | hit rate of an unbounded cache |"
+    );
+    println!("|---|---:|---:|---:|");
+    for trace in &traces {
+        println!(
+            "| {} | {} | {:.1} | {} |",
+            trace.name,
+            trace.distinct,
+            megabytes(trace.unique_bytes),
+            percent(trace.ceiling())
+        );
+    }
+
+    // Every trace at every budget, one after the other: moka's memory figures are only its
+    // own while no other thread uses a moka cache (see the shared figures below).
+    let mut cells = Vec::new();
+    for (index, trace) in traces.iter().enumerate() {
+        let mut budgets: Vec<u64> = [0.01, 0.05, 0.10]
+            .into_iter()
+            .map(|share| (trace.unique_bytes as f64 * share) as u64)
+            .chain([DEFAULT_BUDGET_BYTES])
+            .collect();
+        budgets.sort_unstable();
+        for budget in budgets {
+            cells.push(run_cell(&traces, index, budget));
+        }
+    }
+
+    println!("\n## Hit rate, % of requests (% of bytes in brackets)\n");
+    println!(
+        "switchyard: `switchyard_policy`, moka 0.12 TinyLFU with its own housekeeping, as the \
+         gateway runs it. strict: the same with `run_pending_tasks()` after every insert, so the \
+         budget holds at every step. Belady: size-aware, farthest next use, with bypass; exact \
+         on the uniform-size trace, an estimate of the optimum on the others.\n"
+    );
+    println!(
+        "| trace | budget MB | % of distinct bytes | switchyard | strict | LRU | \
+         Belady (size-aware, farthest-next-use) | switchyard % of Belady | switchyard × LRU |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for cell in &cells {
+        let trace = &traces[cell.trace];
+        println!(
+            "| {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {:.2} |",
+            trace.name,
+            megabytes(cell.budget),
+            cell.budget as f64 / trace.unique_bytes as f64 * 100.0,
+            rates(&cell.switchyard),
+            rates(&cell.strict),
+            rates(&cell.lru),
+            rates(&cell.belady),
+            percent(cell.switchyard.hit_rate() / cell.belady.hit_rate()),
+            cell.switchyard.hit_rate() / cell.lru.hit_rate(),
+        );
+    }
+
+    println!("\n## moka against its budget, one thread: bytes as % of the budget\n");
+    println!(
+        "weighted: the peak of moka's own `weighted_size()`. live: the answer bytes moka still \
+         holds, counted by a drop guard in each answer: entries inserted but not yet admitted \
+         or rejected, and entries removed but not yet freed (moka frees them through \
+         crossbeam-epoch). Sampled after every get and insert; LRU and Belady never exceed \
+         100 (the bench asserts it).\n"
+    );
+    println!(
+        "| trace | budget MB | weighted peak | live peak | live mean | strict live peak | \
+         strict live mean |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for cell in &cells {
+        println!(
+            "| {} | {:.1} | {} | {} | {} | {} | {} |",
+            traces[cell.trace].name,
+            megabytes(cell.budget),
+            of_budget(cell.switchyard.max_accounted_bytes, cell.budget),
+            of_budget(cell.switchyard.max_live_bytes, cell.budget),
+            of_budget(cell.switchyard.mean_live_bytes(), cell.budget),
+            of_budget(cell.strict.max_live_bytes, cell.budget),
+            of_budget(cell.strict.mean_live_bytes(), cell.budget),
+        );
+    }
+
+    // Cost, on the hot trace at the default budget.
+    let trace = &traces[hot];
+    let budget = DEFAULT_BUDGET_BYTES;
+    let mut lru_get = Vec::new();
+    let mut lru_insert = Vec::new();
+    let mut moka_get = Vec::new();
+    let mut moka_insert = Vec::new();
+    for _ in 0..scale.rounds {
+        let (get, insert) = time_operations(&mut ByteLru::new(budget), trace);
+        lru_get.push(get);
+        lru_insert.push(insert);
+        let (get, insert) = time_operations(
+            &mut Switchyard {
+                cache: switchyard_policy(budget),
+                strict: false,
+            },
+            trace,
+        );
+        moka_get.push(get);
+        moka_insert.push(insert);
+    }
+    let (lru_get, lru_insert) = (median(lru_get), median(lru_insert));
+    let (moka_get, moka_insert) = (median(moka_get), median(moka_insert));
+    println!(
+        "\n## Cost per operation, one thread ({}, {:.0} MB; ns, median of {})\n",
+        trace.name,
+        megabytes(budget),
+        scale.rounds
+    );
+    println!(
+        "moka's figures include its housekeeping, which runs inline on the calling thread every \
+         64 reads or writes.\n"
+    );
+    println!("| what | get | × LRU | insert after a miss | × LRU |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| baseline: byte-bounded `lru::LruCache` | {lru_get:.0} | 1.0 | {lru_insert:.0} | 1.0 |"
+    );
+    println!(
+        "| switchyard (moka) | {moka_get:.0} | {:.1} | {moka_insert:.0} | {:.1} |",
+        moka_get / lru_get,
+        moka_insert / lru_insert
+    );
+
+    let mut shared = Vec::new();
+    for threads in [1, 2] {
+        let lru = Mutex::new(ByteLru::new(budget));
+        let (lru, _) = shared_figures(&lru, trace, threads, scale.rounds);
+        let (moka, live) = shared_figures(&switchyard_policy(budget), trace, threads, scale.rounds);
+        shared.push((threads, lru, moka, live));
+    }
+    println!(
+        "\n## Shared cache ({}, {:.0} MB; ns of wall time per request, median of {})\n",
+        trace.name,
+        megabytes(budget),
+        scale.rounds
+    );
+    println!(
+        "Each request is a get and, on a miss, building the answer and inserting it. The machine \
+         has {} cores. moka live: the answer bytes moka held, as % of the budget, in one more \
+         round sampled by every handler after every request.\n",
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    println!(
+        "| threads | baseline: `Mutex<LruCache>` | switchyard (moka) | moka × LRU | moka live \
+         peak | moka live mean |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (threads, lru, moka, live) in &shared {
+        println!(
+            "| {threads} | {lru:.0} | {moka:.0} | {:.2} | {} | {} |",
+            moka / lru,
+            of_budget(live.peak, budget),
+            of_budget(live.mean(), budget)
+        );
+    }
+
+    // The summary: where the policy under test meets the plan's target.
+    println!();
+    let mut passed = false;
+    for (index, trace) in traces.iter().enumerate() {
+        // Cells are in budget order: the first passing cell is the smallest passing budget.
+        let Some(cell) = cells
+            .iter()
+            .find(|cell| cell.trace == index && cell.switchyard.hit_rate() >= TARGET_HIT_RATE)
+        else {
+            continue;
+        };
+        passed = true;
+        println!(
+            "Summary: switchyard passes {}% hits under `{}` from {:.1} MB ({:.1} % of its \
+             distinct bytes): {}% hits, {:.2} × LRU ({}%), {}% of Belady ({}%).",
+            percent(TARGET_HIT_RATE),
+            trace.name,
+            megabytes(cell.budget),
+            cell.budget as f64 / trace.unique_bytes as f64 * 100.0,
+            percent(cell.switchyard.hit_rate()),
+            cell.switchyard.hit_rate() / cell.lru.hit_rate(),
+            percent(cell.lru.hit_rate()),
+            percent(cell.switchyard.hit_rate() / cell.belady.hit_rate()),
+            percent(cell.belady.hit_rate()),
+        );
+    }
+    if !passed {
+        println!(
+            "Summary: switchyard reaches {}% hits under no trace and budget measured here.",
+            percent(TARGET_HIT_RATE)
+        );
+    }
+    println!("\nWhole run: {:.0} s.", started.elapsed().as_secs_f64());
+}
