@@ -685,15 +685,25 @@ impl LiveBytes {
     }
 }
 
-/// `threads` handlers share `cache`, each serving `per_thread` requests of the trace from an
-/// offset of its own: a `get`, and on a miss building the answer and inserting it. Returns
-/// the nanoseconds of wall time per request and, when `sample`, the live answer bytes.
+/// What the handlers of a shared run do with each request of the trace.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// Only the `get`: the cache stays as the warm-up left it.
+    Lookups,
+    /// The `get` and, on a miss, building the answer and inserting it.
+    Requests,
+    /// As `Requests`, each handler sampling the live answer bytes after every request.
+    SampledRequests,
+}
+
+/// `threads` handlers share `cache`, each serving half the trace from an offset of its own.
+/// Returns the nanoseconds of wall time per request and the sampled live answer bytes.
 fn serve_shared(
     cache: &dyn SharedCache,
     trace: &Trace,
     ledger: &Arc<Ledger>,
     threads: usize,
-    sample: bool,
+    load: Load,
 ) -> (f64, LiveBytes) {
     let per_thread = trace.requests.len() / 2;
     let barrier = Barrier::new(threads + 1);
@@ -708,13 +718,13 @@ fn serve_shared(
                     barrier.wait();
                     for index in 0..per_thread {
                         let key = requests[(offset + index) % requests.len()];
-                        if black_box(cache.get(u64::from(key))).is_none() {
+                        if black_box(cache.get(u64::from(key))).is_none() && load != Load::Lookups {
                             cache.insert(
                                 u64::from(key),
                                 Answer::new(trace.sizes[key as usize], ledger),
                             );
                         }
-                        if sample {
+                        if load == Load::SampledRequests {
                             let bytes = ledger.live_bytes();
                             live.peak = live.peak.max(bytes);
                             live.sum += u128::from(bytes);
@@ -742,14 +752,24 @@ fn serve_shared(
     )
 }
 
-/// Warm `cache` with the whole trace, then the median of `rounds` timed rounds and the live
-/// answer bytes of one more, sampled round.
+/// What handlers sharing one cache measured.
+struct SharedFigures {
+    /// Nanoseconds of wall time per lookup, median of the rounds.
+    lookup: f64,
+    /// Nanoseconds of wall time per request, median of the rounds.
+    request: f64,
+    /// The live answer bytes during one more round of requests.
+    live: LiveBytes,
+}
+
+/// Warm `cache` with the whole trace, then time `rounds` rounds of lookups, `rounds` rounds
+/// of requests, and sample the live answer bytes during one more round of requests.
 fn shared_figures(
     cache: &dyn SharedCache,
     trace: &Trace,
     threads: usize,
     rounds: usize,
-) -> (f64, LiveBytes) {
+) -> SharedFigures {
     let ledger = Arc::new(Ledger::default());
     for &key in &trace.requests {
         if cache.get(u64::from(key)).is_none() {
@@ -759,13 +779,21 @@ fn shared_figures(
             );
         }
     }
-    let nanoseconds = median(
-        (0..rounds)
-            .map(|_| serve_shared(cache, trace, &ledger, threads, false).0)
-            .collect(),
-    );
-    let (_, live) = serve_shared(cache, trace, &ledger, threads, true);
-    (nanoseconds, live)
+    let timed = |load| {
+        median(
+            (0..rounds)
+                .map(|_| serve_shared(cache, trace, &ledger, threads, load).0)
+                .collect(),
+        )
+    };
+    let lookup = timed(Load::Lookups);
+    let request = timed(Load::Requests);
+    let (_, live) = serve_shared(cache, trace, &ledger, threads, Load::SampledRequests);
+    SharedFigures {
+        lookup,
+        request,
+        live,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -942,34 +970,46 @@ fn main() {
 
     let mut shared = Vec::new();
     for threads in [1, 2] {
-        let lru = Mutex::new(ByteLru::new(budget));
-        let (lru, _) = shared_figures(&lru, trace, threads, scale.rounds);
-        let (moka, live) = shared_figures(&switchyard_policy(budget), trace, threads, scale.rounds);
-        shared.push((threads, lru, moka, live));
+        let lru = shared_figures(
+            &Mutex::new(ByteLru::new(budget)),
+            trace,
+            threads,
+            scale.rounds,
+        );
+        let moka = shared_figures(&switchyard_policy(budget), trace, threads, scale.rounds);
+        shared.push((threads, lru, moka));
     }
     println!(
-        "\n## Shared cache ({}, {:.0} MB; ns of wall time per request, median of {})\n",
+        "\n## Shared cache ({}, {:.0} MB; ns of wall time per operation, median of {})\n",
         trace.name,
         megabytes(budget),
         scale.rounds
     );
     println!(
-        "Each request is a get and, on a miss, building the answer and inserting it. The machine \
-         has {} cores. moka live: the answer bytes moka held, as % of the budget, in one more \
-         round sampled by every handler after every request.\n",
+        "Each handler thread serves half the trace from its own offset, on a cache warmed with \
+         the whole trace. lookup: a get. request: a get and, on a miss, building the answer and \
+         inserting it. Wall time per operation halves when two threads scale perfectly; the \
+         machine has {} cores. moka live: the answer bytes moka held, as % of the budget, over \
+         one more round of requests sampled by every handler after every request.\n",
         std::thread::available_parallelism().map_or(0, usize::from)
     );
     println!(
-        "| threads | baseline: `Mutex<LruCache>` | switchyard (moka) | moka × LRU | moka live \
+        "| threads | lookup: `Mutex<LruCache>` (baseline) | lookup: switchyard (moka) | × LRU | \
+         request: `Mutex<LruCache>` (baseline) | request: switchyard (moka) | × LRU | moka live \
          peak | moka live mean |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
-    for (threads, lru, moka, live) in &shared {
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (threads, lru, moka) in &shared {
         println!(
-            "| {threads} | {lru:.0} | {moka:.0} | {:.2} | {} | {} |",
-            moka / lru,
-            of_budget(live.peak, budget),
-            of_budget(live.mean(), budget)
+            "| {threads} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.1} | {} | {} |",
+            lru.lookup,
+            moka.lookup,
+            moka.lookup / lru.lookup,
+            lru.request,
+            moka.request,
+            moka.request / lru.request,
+            of_budget(moka.live.peak, budget),
+            of_budget(moka.live.mean(), budget)
         );
     }
 
@@ -992,6 +1032,22 @@ fn main() {
             trace.name,
             megabytes(cell.budget),
             cell.budget as f64 / trace.unique_bytes as f64 * 100.0,
+            percent(cell.switchyard.hit_rate()),
+            cell.switchyard.hit_rate() / cell.lru.hit_rate(),
+            percent(cell.lru.hit_rate()),
+            percent(cell.switchyard.hit_rate() / cell.belady.hit_rate()),
+            percent(cell.belady.hit_rate()),
+        );
+    }
+    if let Some(cell) = cells
+        .iter()
+        .find(|cell| cell.trace == hot && cell.budget == DEFAULT_BUDGET_BYTES)
+    {
+        println!(
+            "Summary: at the default {:.0} MB under `{}`: switchyard {}% hits, {:.2} × LRU \
+             ({}%), {}% of Belady ({}%).",
+            megabytes(DEFAULT_BUDGET_BYTES),
+            traces[hot].name,
             percent(cell.switchyard.hit_rate()),
             cell.switchyard.hit_rate() / cell.lru.hit_rate(),
             percent(cell.lru.hit_rate()),
