@@ -63,6 +63,13 @@ api_key_env = "SDK_TEST_GEMINI_KEY"
 model = "smart"
 targets = [ {{ provider = "openai", model = "mock-large" }} ]
 
+# Only `cached` caches answers.
+[[routes]]
+model = "cached"
+targets = [ {{ provider = "openai", model = "mock-cached" }} ]
+[routes.cache]
+enabled = true
+
 # Only `limited` is rate limited, so that the other tests never meet the limit.
 [[routes]]
 model = "limited"

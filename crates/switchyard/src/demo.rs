@@ -13,7 +13,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use switchyard_core::config::{self, RawConfig, RawProvider, RawRoute, RawTarget};
+use switchyard_core::config::{
+    self, RawConfig, RawProvider, RawRoute, RawRouteCache, RawTarget,
+};
 use switchyard_testkit::mock::{Behavior, MockHandle, MockProvider};
 
 use crate::app::AppState;
@@ -91,6 +93,9 @@ const ROUTES: &[DemoRoute] = &[
         ],
     ),
 ];
+
+/// The route whose answers the demo caches (for 30 s).
+const CACHED_ROUTE: &str = "fast";
 
 /// Runs the demo until Ctrl-C.
 pub async fn run(args: DemoArgs) -> Result<(), String> {
@@ -173,6 +178,12 @@ fn demo_config(mocks: &[MockHandle]) -> RawConfig {
                     ..RawTarget::default()
                 })
                 .collect(),
+            // One route caches, so that hits and misses show up in the demo's analytics.
+            cache: (*name == CACHED_ROUTE).then(|| RawRouteCache {
+                enabled: Some(true),
+                ttl: Some(Duration::from_secs(30)),
+                sampled: None,
+            }),
             ..RawRoute::default()
         })
         .collect();
@@ -197,6 +208,8 @@ fn banner(base: &str, auth: bool) -> String {
          \x20 steady (Anthropic format) slower, reliable\n\
          \x20 flaky  (Gemini format)    fails 1 request in 4; route `demo` fails over from it\n\
          Routes: demo, fast, smart, quickest (least-latency). Background traffic is running.\n\
+         Route `fast` caches answers for 30 s: send the same request twice and look for\n\
+         `x-switchyard-cache: HIT`.\n\
          \n\
          Try:\n\
          \x20 curl {base}/v1/chat/completions{auth_header} -H 'content-type: application/json' \\\n\
@@ -205,6 +218,7 @@ fn banner(base: &str, auth: bool) -> String {
          \x20   -d '{{\"model\":\"smart\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Stream to me\"}}]}}'\n\
          \x20 curl {base}/v1/models{auth_header}\n\
          \x20 curl {base}/admin/providers{auth_header}   # breakers, latency, errors per provider\n\
+         \x20 curl {base}/admin/cache{auth_header}       # cache entries, hits, misses\n\
          Or point any OpenAI SDK at base_url={base}/v1.\n\
          Press Ctrl-C to stop."
     )
@@ -235,7 +249,8 @@ async fn traffic(base: String, master_key: Option<String>) {
     for round in 0u64.. {
         interval.tick().await;
         let (route, _, _) = ROUTES[(round % ROUTES.len() as u64) as usize];
-        let prompt = prompts[(round % prompts.len() as u64) as usize];
+        // Each route sees every prompt in turn, so cached answers come round again.
+        let prompt = prompts[((round / ROUTES.len() as u64) % prompts.len() as u64) as usize];
         let body = serde_json::json!({
             "model": route,
             "stream": round % 3 == 0,

@@ -343,6 +343,14 @@ async fn demo_serves_without_any_keys() {
             "{route}: {text}"
         );
     }
+    // The `fast` route caches: the same request again is a hit.
+    let response = client()
+        .post(format!("{address}/v1/chat/completions"))
+        .body(r#"{"model":"fast","messages":[{"role":"user","content":"hello demo"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-switchyard-cache"], "HIT");
     child.kill().await.unwrap();
 }
 
