@@ -83,6 +83,112 @@ impl Scale {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The gateway's cache type: memory held against its byte budget
+// ---------------------------------------------------------------------------------------------
+
+/// The process's resident memory in bytes (Linux), or 0.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Fills `switchyard::cache::ResponseCache` at its default 50 MB budget through its own
+/// lookup → fill → store path with answers of the traces' sizes, until it has evicted for a
+/// while, and compares the process's resident growth with the bytes the cache counts
+/// against its budget (its weigher: the answer plus its names plus a fixed overhead).
+fn gateway_cache_memory(scale: &Scale) {
+    use prometheus_client::registry::Registry;
+    use switchyard::cache::{CacheMetrics, Lookup, ResponseCache};
+    use switchyard_core::cache::{CacheKey, Entry, Plan};
+    use switchyard_core::config::CacheConfig;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = CacheConfig::default();
+    let before = resident_bytes();
+    let (entries, weighted, stored_bytes, after) = runtime.block_on(async {
+        let cache = ResponseCache::new(
+            &config,
+            None,
+            CacheMetrics::register(&mut Registry::default()),
+        )
+        .unwrap();
+        let plan = Plan {
+            lookup: true,
+            store: true,
+            ttl: Duration::from_secs(3600),
+            max_age: None,
+        };
+        let mut rng = fastrand::Rng::with_seed(11);
+        let now = 1_800_000_000_000;
+        let mut stored_bytes = 0u64;
+        // Enough answers to fill the budget about twice over.
+        let count = (scale.universe as u64 * 2).max(2 * config.max_bytes / 2_048) as usize;
+        for i in 0..count {
+            let body = format!(r#"{{"messages":[{{"role":"user","content":"question {i}"}}]}}"#);
+            let key = CacheKey::new(
+                "/v1/chat/completions",
+                "key:master",
+                "gpt-4o",
+                body.as_bytes(),
+            )
+            .unwrap();
+            if let Lookup::Lead(fill) = cache.lookup(&key, &plan, now).await {
+                let size = answer_size(&mut rng) as usize;
+                stored_bytes += size as u64;
+                fill.store(
+                    Entry {
+                        body: bytes::Bytes::from(vec![b'x'; size]),
+                        pieces: Vec::new(),
+                        usage: Default::default(),
+                        provider: "openai".into(),
+                        model: "gpt-4o-2024-08-06".into(),
+                        route: String::new(),
+                        scope: String::new(),
+                        stored_unix_ms: 0,
+                        expires_unix_ms: 0,
+                    },
+                    now,
+                );
+            }
+        }
+        cache.sweep();
+        let snapshot = cache.snapshot();
+        (
+            snapshot.entries,
+            snapshot.bytes,
+            stored_bytes,
+            resident_bytes(),
+        )
+    });
+    let grown = after.saturating_sub(before);
+    println!(
+        "## The gateway's cache type at its default budget
+"
+    );
+    println!(
+        "`ResponseCache` with `[cache]` defaults ({:.0} MB), filled through lookup → fill → store \
+         with {:.0} MB of answers (sizes as in the traces), so that it evicted most of them.\n",
+        megabytes(config.max_bytes),
+        megabytes(stored_bytes)
+    );
+    println!(
+        "| entries held | bytes counted (weigher) | process RSS growth | RSS growth ÷ counted |"
+    );
+    println!("|---:|---:|---:|---:|");
+    println!(
+        "| {entries} | {:.1} MB | {:.1} MB | {:.2} |\n",
+        megabytes(weighted),
+        megabytes(grown),
+        grown as f64 / weighted.max(1) as f64
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Traces
 // ---------------------------------------------------------------------------------------------
 
@@ -332,16 +438,20 @@ trait Policy {
 /// W-TinyLFU as not yet done), with eviction and admission applied in batches by its own
 /// housekeeping. To measure the gateway's own cache type instead, change this function and
 /// [`Switchyard`]'s field type.
-fn switchyard_policy(budget_bytes: u64) -> Cache<u64, Arc<Answer>> {
+fn switchyard_policy(budget_bytes: u64) -> Moka {
     Cache::builder()
         .max_capacity(budget_bytes)
         .weigher(|_key: &u64, answer: &Arc<Answer>| answer.weight())
-        .build()
+        // As the gateway builds it: its keys are digests, so a fast hasher is enough.
+        .build_with_hasher(foldhash::fast::RandomState::default())
 }
+
+/// The moka cache as the gateway configures it.
+type Moka = Cache<u64, Arc<Answer>, foldhash::fast::RandomState>;
 
 /// The policy under test behind [`Policy`].
 struct Switchyard {
-    cache: Cache<u64, Arc<Answer>>,
+    cache: Moka,
     /// Run moka's pending admissions and evictions after every insert, so that the budget
     /// holds at every step; off, moka runs them itself every 64 reads or writes, as it does
     /// in the gateway.
@@ -727,7 +837,7 @@ trait SharedCache: Sync {
     fn insert(&self, key: u64, answer: Arc<Answer>);
 }
 
-impl SharedCache for Cache<u64, Arc<Answer>> {
+impl SharedCache for Moka {
     fn get(&self, key: u64) -> Option<u32> {
         Cache::get(self, &key).map(|answer| answer.weight())
     }
@@ -911,6 +1021,8 @@ fn of_budget(bytes: u64, budget: u64) -> String {
 fn main() {
     let scale = Scale::from_environment();
     let started = Instant::now();
+    // First, while the process is small: what the gateway's own cache type really holds.
+    gateway_cache_memory(&scale);
     let mut rng = fastrand::Rng::with_seed(0x5717_c4ad);
     let universe = Universe::new(&scale, &mut rng);
     let mut traces: Vec<Trace> = [0.6, 0.8, 0.99, 1.2]

@@ -13,9 +13,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use switchyard_core::config::{
-    self, RawConfig, RawProvider, RawRoute, RawRouteCache, RawTarget,
-};
+use switchyard_core::config::{self, RawConfig, RawProvider, RawRoute, RawRouteCache, RawTarget};
 use switchyard_testkit::mock::{Behavior, MockHandle, MockProvider};
 
 use crate::app::AppState;

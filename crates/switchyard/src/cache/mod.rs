@@ -1,4 +1,4 @@
-//! The response cache: answers kept in memory (moka's W-TinyLFU, byte-weighted, with a
+//! The response cache: answers kept in memory (moka's TinyLFU, byte-weighted, with a
 //! TTL per entry), optionally behind them a shared tier in Redis, and single-flight for
 //! identical misses.
 //!
@@ -153,7 +153,7 @@ impl CacheMetrics {
 
 /// The response cache of one instance.
 pub struct ResponseCache {
-    memory: moka::sync::Cache<[u8; 32], Arc<Entry>>,
+    memory: moka::sync::Cache<[u8; 32], Arc<Entry>, foldhash::fast::RandomState>,
     shared: Option<SharedCache>,
     flights: Mutex<HashMap<[u8; 32], watch::Receiver<Flight>>>,
     metrics: CacheMetrics,
@@ -190,7 +190,8 @@ impl ResponseCache {
                 };
                 evictions.get_or_create(&CauseLabels { cause }).inc();
             })
-            .build();
+            // The key is already a SHA-256 digest: the fastest good hasher will do.
+            .build_with_hasher(foldhash::fast::RandomState::default());
         let shared = match redis_url {
             Some(url) if config.redis => Some(SharedCache::new(url, config.redis_timeout)?),
             _ => None,
