@@ -26,6 +26,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod pricing;
 pub mod health;
 pub mod provider;
 pub mod ratelimit;

@@ -20,7 +20,7 @@ pub use cache::{CacheConfig, CachePolicy, CacheScope};
 pub use limits::{FailMode, LimitConfig, RateLimitConfig};
 pub use presets::{PRESETS, Preset, kind_names, preset};
 pub use raw::{
-    RawAnalytics, RawBreaker, RawCache, RawConfig, RawHealthCheck, RawLimit, RawProvider,
+    RawAnalytics, RawBreaker, RawCache, RawPrice, RawConfig, RawHealthCheck, RawLimit, RawProvider,
     RawRateLimits, RawRoute, RawRouteCache, RawRouting, RawServer, RawStorage, RawTarget,
     RawTelemetry, RawTimeouts, RawUpstream,
 };
@@ -119,6 +119,8 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     /// The response cache.
     pub cache: CacheConfig,
+    /// What each provider's models cost: the catalog, `[[prices]]` and targets' prices.
+    pub pricing: crate::pricing::Pricing,
 }
 
 /// The environment variable naming the data directory.
@@ -441,6 +443,7 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
     }
 
     let rate_limits = limits::validate(&raw.rate_limits, &providers)?;
+    let pricing = validate_prices(&raw.prices, &providers, &routes)?;
     Ok(Config {
         server,
         upstream,
@@ -452,7 +455,91 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         telemetry,
         rate_limits,
         cache: cache_config,
+        pricing,
     })
+}
+
+/// The price table: the built-in catalog, then each target's `input_price` /
+/// `output_price`, then `[[prices]]` (which win).
+fn validate_prices(
+    raw: &[RawPrice],
+    providers: &[Arc<Provider>],
+    routes: &[Route],
+) -> Result<crate::pricing::Pricing, ConfigError> {
+    use crate::pricing::{Catalog, ModelPrice, Pricing};
+    let catalog = Catalog::builtin().map_err(|message| ConfigError::new("prices", message))?;
+    let mut pricing = Pricing::new(
+        catalog,
+        providers.iter().map(|p| (p.name.as_str(), p.kind.as_str())),
+    );
+    for route in routes {
+        for target in &route.targets {
+            if let Some(price) = target.price
+                && !pricing.is_configured(&target.provider.name, &target.model)
+            {
+                pricing.configure(
+                    &target.provider.name,
+                    &target.model,
+                    ModelPrice {
+                        input: price.input_per_million,
+                        output: price.output_per_million,
+                        cached_input: None,
+                        cache_write: None,
+                        reasoning: None,
+                        as_of: "config".to_owned(),
+                    },
+                );
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (index, price) in raw.iter().enumerate() {
+        let key = format!("prices[{index}]");
+        if !providers.iter().any(|p| p.name == price.provider) {
+            return Err(ConfigError::new(
+                format!("{key}.provider"),
+                format!("unknown provider `{}`", price.provider),
+            ));
+        }
+        if price.model.trim().is_empty() {
+            return Err(ConfigError::new(format!("{key}.model"), "must not be empty"));
+        }
+        if !seen.insert((price.provider.as_str(), price.model.as_str())) {
+            return Err(ConfigError::new(
+                key,
+                format!("{}/{} is priced twice", price.provider, price.model),
+            ));
+        }
+        for (name, value) in [
+            ("input", Some(price.input)),
+            ("output", price.output),
+            ("cached_input", price.cached_input),
+            ("cache_write", price.cache_write),
+            ("reasoning", price.reasoning),
+        ] {
+            if let Some(value) = value
+                && !(value.is_finite() && value >= 0.0)
+            {
+                return Err(ConfigError::new(
+                    format!("{key}.{name}"),
+                    "must be a non-negative number (USD per million tokens)",
+                ));
+            }
+        }
+        pricing.configure(
+            &price.provider,
+            &price.model,
+            ModelPrice {
+                input: price.input,
+                output: price.output.unwrap_or(0.0),
+                cached_input: price.cached_input,
+                cache_write: price.cache_write,
+                reasoning: price.reasoning,
+                as_of: "config".to_owned(),
+            },
+        );
+    }
+    Ok(pricing)
 }
 
 fn validate_storage(raw: &RawStorage, env: &dyn Env) -> Result<StorageConfig, ConfigError> {

@@ -42,6 +42,29 @@ pub struct RawConfig {
     /// The response cache.
     #[serde(default)]
     pub cache: RawCache,
+    /// Prices that add to or override the built-in catalog, per provider and model.
+    #[serde(default)]
+    pub prices: Vec<RawPrice>,
+}
+
+/// `[[prices]]`: what a model costs at one configured provider, in USD per million tokens.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    /// A configured provider's name.
+    pub provider: String,
+    /// The upstream model id.
+    pub model: String,
+    /// Prompt tokens.
+    pub input: f64,
+    /// Completion tokens. Default 0 (embeddings).
+    pub output: Option<f64>,
+    /// Prompt tokens read from the provider's cache. Default: the input price.
+    pub cached_input: Option<f64>,
+    /// Prompt tokens written to the provider's cache. Default: the input price.
+    pub cache_write: Option<f64>,
+    /// Reasoning tokens, when priced apart from output.
+    pub reasoning: Option<f64>,
 }
 
 /// `[cache]`, the response cache.
