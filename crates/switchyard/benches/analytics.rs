@@ -346,6 +346,7 @@ fn memory(dir: &Path, quick: bool) {
                     ..TokenUsage::default()
                 },
                 cost_usd: Some(0.0004),
+                saved_usd: None,
                 latency_us: 200_000 + fastrand::u64(..1_000_000),
                 ttft_us: Some(50_000 + fastrand::u64(..200_000)),
                 upstream_us: Some(190_000),

@@ -382,42 +382,45 @@ async fn two_processes_share_one_limit_through_redis() {
     ];
     let (mut first, first_address) = start(&args, &[]).await;
     let (mut second, second_address) = start(&args, &[]).await;
-    let mut tasks = Vec::new();
-    for i in 0..(3 * LIMIT) {
-        let address = if i % 2 == 0 {
-            first_address.clone()
-        } else {
-            second_address.clone()
-        };
-        tasks.push(tokio::spawn(async move {
-            let response = client()
-                .post(format!("{address}/v1/chat/completions"))
-                .body(r#"{"model":"mock-a","messages":[{"role":"user","content":"hi"}]}"#)
-                .send()
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            let body = response.text().await.unwrap();
-            (address, status, body)
-        }));
-    }
-    let mut admitted = 0;
-    let mut per_process = std::collections::HashMap::new();
-    for task in tasks {
-        let (address, status, body) = task.await.unwrap();
+    let send = |address: String| async move {
+        let response = client()
+            .post(format!("{address}/v1/chat/completions"))
+            .body(r#"{"model":"mock-a","messages":[{"role":"user","content":"hi"}]}"#)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
         assert!(status == 200 || status == 429, "{status}: {body}");
-        if status == 200 {
+        status == 200
+    };
+    // First each process in turn, so that both are known to count against the one limit
+    // (however the scheduler favours one of them under a burst)...
+    const EACH: usize = 10;
+    for address in [&first_address, &second_address] {
+        for _ in 0..EACH {
+            assert!(send(address.clone()).await, "under the limit");
+        }
+    }
+    // ...then a concurrent burst at both: exactly what is left of the limit gets through.
+    let tasks: Vec<_> = (0..(2 * LIMIT))
+        .map(|i| {
+            let address = if i % 2 == 0 {
+                first_address.clone()
+            } else {
+                second_address.clone()
+            };
+            tokio::spawn(send(address))
+        })
+        .collect();
+    let mut admitted = 2 * EACH;
+    for task in tasks {
+        if task.await.unwrap() {
             admitted += 1;
-            *per_process.entry(address).or_insert(0) += 1;
         }
     }
     // Tolerance: none. One script per admission, atomic in Redis.
-    assert_eq!(admitted, LIMIT, "{per_process:?}");
-    assert_eq!(
-        per_process.len(),
-        2,
-        "both processes served: {per_process:?}"
-    );
+    assert_eq!(admitted, LIMIT);
     assert_eq!(mock.calls(), LIMIT as u64);
     first.kill().await.unwrap();
     second.kill().await.unwrap();

@@ -147,6 +147,7 @@ fn event(i: u64, time_ms: u64, latency_ms: u64) -> RequestEvent {
             ..TokenUsage::default()
         },
         cost_usd: Some(0.001),
+        saved_usd: None,
         latency_us: latency_ms * 1_000,
         ttft_us: None,
         upstream_us: None,
@@ -256,7 +257,7 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 3]);
     let tables: Vec<String> = db
         .admin
         .query(
@@ -687,6 +688,7 @@ async fn the_request_log_pages_with_filters_and_a_cursor() {
             e.ttft_us = e.stream.then_some(i * 100);
             e.upstream_us = Some(i * 900);
             e.cost_usd = (i % 3 != 1).then_some(0.25 * i as f64);
+            e.saved_usd = (i % 3 == 0).then_some(0.125 * i as f64);
             e.usage.cached_input = i;
             e.usage.reasoning = 2 * i;
             e.attempts = 1 + (i % 3) as u32;
@@ -767,6 +769,7 @@ async fn the_request_log_pages_with_filters_and_a_cursor() {
             attempts: 1,
             cache: "none".to_owned(),
             stages: vec![("auth".to_owned(), 21), ("upstream".to_owned(), 210)],
+            saved_usd: Some(2.625),
         }
     );
 

@@ -47,8 +47,11 @@ pub struct RequestEvent {
     /// Token usage, normalised.
     #[serde(skip)]
     pub usage: TokenUsage,
-    /// Cost in USD; `None` until the pricing catalog knows the model.
+    /// Cost in USD: 0 for a cache hit; `None` when the model's price is unknown (never a
+    /// silent zero).
     pub cost_usd: Option<f64>,
+    /// What a cache hit saved: the stored answer's cost at its provider's price.
+    pub saved_usd: Option<f64>,
     /// Whole request, first byte in to last byte out, in microseconds.
     pub latency_us: u64,
     /// Time to the first generated token of a stream, in microseconds.
@@ -97,6 +100,7 @@ mod tests {
             error_class: None,
             usage: TokenUsage::default(),
             cost_usd: None,
+            saved_usd: None,
             latency_us: 0,
             ttft_us: None,
             upstream_us: None,

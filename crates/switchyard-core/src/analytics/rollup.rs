@@ -599,6 +599,7 @@ mod tests {
                 ..TokenUsage::default()
             },
             cost_usd: Some(0.001),
+            saved_usd: None,
             latency_us: latency_ms * 1_000,
             ttft_us: None,
             upstream_us: None,

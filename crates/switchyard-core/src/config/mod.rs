@@ -20,7 +20,7 @@ pub use cache::{CacheConfig, CachePolicy, CacheScope};
 pub use limits::{FailMode, LimitConfig, RateLimitConfig};
 pub use presets::{PRESETS, Preset, kind_names, preset};
 pub use raw::{
-    RawAnalytics, RawBreaker, RawCache, RawPrice, RawConfig, RawHealthCheck, RawLimit, RawProvider,
+    RawAnalytics, RawBreaker, RawCache, RawConfig, RawHealthCheck, RawLimit, RawPrice, RawProvider,
     RawRateLimits, RawRoute, RawRouteCache, RawRouting, RawServer, RawStorage, RawTarget,
     RawTelemetry, RawTimeouts, RawUpstream,
 };
@@ -502,7 +502,10 @@ fn validate_prices(
             ));
         }
         if price.model.trim().is_empty() {
-            return Err(ConfigError::new(format!("{key}.model"), "must not be empty"));
+            return Err(ConfigError::new(
+                format!("{key}.model"),
+                "must not be empty",
+            ));
         }
         if !seen.insert((price.provider.as_str(), price.model.as_str())) {
             return Err(ConfigError::new(

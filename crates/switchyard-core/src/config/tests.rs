@@ -660,3 +660,70 @@ fn cache_errors_name_the_key() {
     .unwrap();
     assert!(with_redis.cache.redis, "Redis is used when configured");
 }
+
+#[test]
+fn prices_come_from_the_catalog_targets_and_the_config_in_that_order() {
+    let usage = crate::wire::TokenUsage {
+        input: 1_000_000,
+        output: 1_000_000,
+        ..Default::default()
+    };
+    let config = load(GOOD, &keys(&[])).unwrap();
+    assert_eq!(config.pricing.cost("openai", "gpt-4o", &usage), Some(12.5));
+    assert_eq!(config.pricing.cost("openai", "gpt-made-up", &usage), None);
+
+    let text = GOOD.replace(
+        "{ provider = \"openai\", model = \"gpt-4o\" }",
+        "{ provider = \"openai\", model = \"gpt-4o\", input_price = 1.0, output_price = 1.0 }",
+    );
+    let config = load(&text, &keys(&[])).unwrap();
+    assert_eq!(
+        config.pricing.cost("openai", "gpt-4o", &usage),
+        Some(2.0),
+        "target price"
+    );
+
+    let text = format!(
+        "{text}\n[[prices]]\nprovider = \"openai\"\nmodel = \"gpt-4o\"\ninput = 3.0\noutput = 4.0\n\
+         [[prices]]\nprovider = \"claude\"\nmodel = \"claude-next\"\ninput = 5.0\noutput = 6.0\ncached_input = 0.5\n"
+    );
+    let config = load(&text, &keys(&[])).unwrap();
+    assert_eq!(
+        config.pricing.cost("openai", "gpt-4o", &usage),
+        Some(7.0),
+        "[[prices]] win"
+    );
+    assert_eq!(
+        config.pricing.cost("claude", "claude-next", &usage),
+        Some(11.0)
+    );
+}
+
+#[test]
+fn price_errors_name_the_key() {
+    for (extra, key) in [
+        (
+            "[[prices]]\nprovider = \"nobody\"\nmodel = \"m\"\ninput = 1.0\n",
+            "prices[0].provider",
+        ),
+        (
+            "[[prices]]\nprovider = \"openai\"\nmodel = \" \"\ninput = 1.0\n",
+            "prices[0].model",
+        ),
+        (
+            "[[prices]]\nprovider = \"openai\"\nmodel = \"m\"\ninput = -1.0\n",
+            "prices[0].input",
+        ),
+        (
+            "[[prices]]\nprovider = \"openai\"\nmodel = \"m\"\ninput = 1.0\ncache_write = nan\n",
+            "prices[0].cache_write",
+        ),
+        (
+            "[[prices]]\nprovider = \"openai\"\nmodel = \"m\"\ninput = 1.0\n[[prices]]\nprovider = \"openai\"\nmodel = \"m\"\ninput = 2.0\n",
+            "prices[1]",
+        ),
+    ] {
+        let error = load(&format!("{GOOD}\n{extra}"), &keys(&[])).unwrap_err();
+        assert_eq!(error.key, key, "{extra}");
+    }
+}

@@ -134,7 +134,10 @@ impl Catalog {
                 }
             }
             if !is_date(&entry.as_of) {
-                return Err(format!("price catalog: {name}: as_of `{}` is not YYYY-MM-DD", entry.as_of));
+                return Err(format!(
+                    "price catalog: {name}: as_of `{}` is not YYYY-MM-DD",
+                    entry.as_of
+                ));
             }
             if let Some(kind) = entry.kind.as_deref()
                 && !matches!(kind, "chat" | "embedding")
@@ -152,7 +155,10 @@ impl Catalog {
             let family = catalog.families.entry(entry.provider.clone()).or_default();
             for model in std::iter::once(&entry.model).chain(&entry.aliases) {
                 if family.insert(model.clone(), Arc::clone(&price)).is_some() {
-                    return Err(format!("price catalog: {}/{model} is priced twice", entry.provider));
+                    return Err(format!(
+                        "price catalog: {}/{model} is priced twice",
+                        entry.provider
+                    ));
                 }
             }
         }
@@ -229,7 +235,10 @@ pub enum Source {
 
 impl Pricing {
     /// Pricing over `catalog` for providers `(name, kind)`.
-    pub fn new<'p>(catalog: Catalog, providers: impl IntoIterator<Item = (&'p str, &'p str)>) -> Self {
+    pub fn new<'p>(
+        catalog: Catalog,
+        providers: impl IntoIterator<Item = (&'p str, &'p str)>,
+    ) -> Self {
         let mut pricing = Pricing {
             catalog,
             ..Pricing::default()
@@ -275,7 +284,8 @@ impl Pricing {
 
     /// The cost of `usage` by `model` at `provider`; `None` when the price is unknown.
     pub fn cost(&self, provider: &str, model: &str, usage: &TokenUsage) -> Option<f64> {
-        self.price(provider, model).map(|(price, _)| price.cost(usage))
+        self.price(provider, model)
+            .map(|(price, _)| price.cost(usage))
     }
 
     /// The catalog.

@@ -29,20 +29,34 @@ fn the_builtin_catalog_covers_every_family() {
         "deepinfra",
     ] {
         assert!(
-            catalog.families.get(family).is_some_and(|models| !models.is_empty()),
+            catalog
+                .families
+                .get(family)
+                .is_some_and(|models| !models.is_empty()),
             "{family}"
         );
     }
     assert!(catalog.len() >= 80, "{}", catalog.len());
     let gpt = catalog.get("openai", "gpt-4o").unwrap();
-    assert_eq!((gpt.input, gpt.output, gpt.cached_input), (2.5, 10.0, Some(1.25)));
+    assert_eq!(
+        (gpt.input, gpt.output, gpt.cached_input),
+        (2.5, 10.0, Some(1.25))
+    );
     let sonnet = catalog.get("anthropic", "claude-sonnet-4-5").unwrap();
     assert_eq!(
-        (sonnet.input, sonnet.output, sonnet.cached_input, sonnet.cache_write),
+        (
+            sonnet.input,
+            sonnet.output,
+            sonnet.cached_input,
+            sonnet.cache_write
+        ),
         (3.0, 15.0, Some(0.3), Some(3.75))
     );
     // A dated snapshot id is an alias of the same price.
-    assert_eq!(catalog.get("anthropic", "claude-sonnet-4-5-20250929"), Some(sonnet));
+    assert_eq!(
+        catalog.get("anthropic", "claude-sonnet-4-5-20250929"),
+        Some(sonnet)
+    );
     // No guessing: a model the catalog does not list has no price.
     assert!(catalog.get("openai", "gpt-4o-2024-05-13").is_none());
     assert!(catalog.get("openai", "no-such-model").is_none());
@@ -66,14 +80,21 @@ fn cached_and_written_prompt_tokens_are_billed_at_their_own_rates() {
         reasoning: 0,
     };
     // 100 fresh × 3 + 1000 read × 0.3 + 2000 written × 3.75 + 50 out × 15, per million.
-    assert!(close(price.cost(&usage), 0.008_85), "{}", price.cost(&usage));
+    assert!(
+        close(price.cost(&usage), 0.008_85),
+        "{}",
+        price.cost(&usage)
+    );
     // Without cache prices, cache tokens are billed as input.
     let plain = ModelPrice {
         cached_input: None,
         cache_write: None,
         ..price.clone()
     };
-    assert!(close(plain.cost(&usage), (3_100.0 * 3.0 + 50.0 * 15.0) / 1e6));
+    assert!(close(
+        plain.cost(&usage),
+        (3_100.0 * 3.0 + 50.0 * 15.0) / 1e6
+    ));
 }
 
 #[test]
@@ -117,7 +138,10 @@ fn configured_prices_win_local_servers_are_free_and_resellers_are_unknown() {
         ..TokenUsage::default()
     };
     assert_eq!(pricing.cost("openai", "gpt-4o", &usage), Some(12.5));
-    assert_eq!(pricing.price("my-azure", "gpt-4o").unwrap().1, Source::Catalog);
+    assert_eq!(
+        pricing.price("my-azure", "gpt-4o").unwrap().1,
+        Source::Catalog
+    );
     assert_eq!(pricing.cost("llama", "llama3.2", &usage), Some(0.0));
     assert_eq!(pricing.cost("router", "openai/gpt-4o", &usage), None);
     assert_eq!(pricing.cost("openai", "gpt-unknown", &usage), None);
@@ -135,7 +159,11 @@ fn configured_prices_win_local_servers_are_free_and_resellers_are_unknown() {
     );
     assert_eq!(pricing.cost("openai", "gpt-4o", &usage), Some(3.0));
     assert_eq!(pricing.price("openai", "gpt-4o").unwrap().1, Source::Config);
-    assert_eq!(pricing.cost("my-azure", "gpt-4o", &usage), Some(12.5), "per provider");
+    assert_eq!(
+        pricing.cost("my-azure", "gpt-4o", &usage),
+        Some(12.5),
+        "per provider"
+    );
 }
 
 #[test]
@@ -149,8 +177,14 @@ fn bad_catalogs_are_refused() {
     assert!(Catalog::parse(&entry("cached_input = -1.0\n")).is_err());
     assert!(Catalog::parse(&entry("").replace("2026-01-01", "Jan 2026")).is_err());
     assert!(Catalog::parse(&entry("kind = \"image\"\n")).is_err());
-    assert!(Catalog::parse(&format!("{}\n{}", entry(""), entry(""))).is_err(), "twice");
-    assert!(Catalog::parse(&entry("aliases = [\"m\"]\n")).is_err(), "alias = id");
+    assert!(
+        Catalog::parse(&format!("{}\n{}", entry(""), entry(""))).is_err(),
+        "twice"
+    );
+    assert!(
+        Catalog::parse(&entry("aliases = [\"m\"]\n")).is_err(),
+        "alias = id"
+    );
 }
 
 // Golden tests: a provider's real answer shape → the adapter's normalised usage → cost at
@@ -207,11 +241,17 @@ fn golden_openai_cached_tokens_json_and_stream() {
         "usage": usage_json
     });
     let provider = provider("openai");
-    let completion =
-        provider::chat_response(&call(&provider, "gpt-4o"), &request(false), body.to_string().as_bytes())
-            .unwrap();
+    let completion = provider::chat_response(
+        &call(&provider, "gpt-4o"),
+        &request(false),
+        body.to_string().as_bytes(),
+    )
+    .unwrap();
     let usage = completion.usage;
-    assert_eq!((usage.input, usage.cached_input, usage.output), (2_000, 1_536, 300));
+    assert_eq!(
+        (usage.input, usage.cached_input, usage.output),
+        (2_000, 1_536, 300)
+    );
     // 464 fresh × 2.50 + 1536 cached × 1.25 + 300 × 10.00, per million.
     let expected = (464.0 * 2.5 + 1_536.0 * 1.25 + 300.0 * 10.0) / 1e6;
     assert!(close(price.cost(&usage), expected));
@@ -220,11 +260,20 @@ fn golden_openai_cached_tokens_json_and_stream() {
         "openai",
         "gpt-4o",
         &[
-            ("message", json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]})),
-            ("message", json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[],"usage":usage_json})),
+            (
+                "message",
+                json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}),
+            ),
+            (
+                "message",
+                json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[],"usage":usage_json}),
+            ),
         ],
     );
-    assert_eq!(stream, usage, "a stream is priced like the same answer in JSON");
+    assert_eq!(
+        stream, usage,
+        "a stream is priced like the same answer in JSON"
+    );
 }
 
 #[test]
@@ -245,7 +294,12 @@ fn golden_anthropic_cache_reads_and_writes_json_and_stream() {
     .unwrap();
     let usage = completion.usage;
     assert_eq!(
-        (usage.input, usage.cached_input, usage.cache_write, usage.output),
+        (
+            usage.input,
+            usage.cached_input,
+            usage.cache_write,
+            usage.output
+        ),
         (3_100, 1_000, 2_000, 50)
     );
     // 100 × 3 + 1000 read × 0.30 + 2000 written × 3.75 + 50 × 15.
@@ -255,12 +309,27 @@ fn golden_anthropic_cache_reads_and_writes_json_and_stream() {
         "anthropic",
         "claude-sonnet-4-5",
         &[
-            ("message_start", json!({"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,
-                "usage":{"input_tokens":100,"output_tokens":1,"cache_creation_input_tokens":2_000,"cache_read_input_tokens":1_000}}})),
-            ("content_block_start", json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}})),
-            ("content_block_delta", json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"ok"}})),
-            ("content_block_stop", json!({"type":"content_block_stop","index":0})),
-            ("message_delta", json!({"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":50}})),
+            (
+                "message_start",
+                json!({"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,
+                "usage":{"input_tokens":100,"output_tokens":1,"cache_creation_input_tokens":2_000,"cache_read_input_tokens":1_000}}}),
+            ),
+            (
+                "content_block_start",
+                json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"ok"}}),
+            ),
+            (
+                "content_block_stop",
+                json!({"type":"content_block_stop","index":0}),
+            ),
+            (
+                "message_delta",
+                json!({"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":50}}),
+            ),
             ("message_stop", json!({"type":"message_stop"})),
         ],
     );
@@ -286,7 +355,12 @@ fn golden_gemini_thoughts_are_billed_as_output() {
     .unwrap();
     let usage = completion.usage;
     assert_eq!(
-        (usage.input, usage.cached_input, usage.output, usage.reasoning),
+        (
+            usage.input,
+            usage.cached_input,
+            usage.output,
+            usage.reasoning
+        ),
         (1_000, 600, 200, 160)
     );
     let cached = price.cached_input.unwrap();

@@ -150,6 +150,12 @@ pub struct Metrics {
     pub analytics_store_failures: Gauge,
     /// See `analytics_memory`.
     pub analytics_lost: Gauge,
+    /// Spend in USD, by route, provider and model.
+    cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    /// What cache hits saved, in USD.
+    saved: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    /// Requests with tokens whose price is unknown.
+    cost_unknown: Family<ModelLabels, Counter>,
     /// The rate limiter's series.
     pub rate_limits: crate::ratelimit::RateLimitMetrics,
     /// The response cache's series.
@@ -269,9 +275,30 @@ impl Metrics {
             "switchyard_analytics_lost",
             "Analytics entries dropped since start because the store failed for too long",
         );
+        let cost = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "switchyard_cost_usd",
+            "Spend in USD at the providers' prices (cache hits cost 0)",
+            cost.clone(),
+        );
+        let saved = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "switchyard_cache_saved_usd",
+            "What cache hits saved in USD: their stored answers' cost",
+            saved.clone(),
+        );
+        let cost_unknown = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "switchyard_cost_unknown_requests",
+            "Requests that used tokens of a model without a known price (add it under [[prices]])",
+            cost_unknown.clone(),
+        );
         let rate_limits = crate::ratelimit::RateLimitMetrics::register(&mut registry);
         let cache = crate::cache::CacheMetrics::register(&mut registry);
         Metrics {
+            cost,
+            saved,
+            cost_unknown,
             rate_limits,
             cache,
             registry,
@@ -341,6 +368,9 @@ struct Series {
     errors: HashMap<String, Counter>,
     ttft: Histogram,
     tokens: [Counter; 4],
+    cost: Counter<f64, AtomicU64>,
+    saved: Counter<f64, AtomicU64>,
+    cost_unknown: Counter,
 }
 
 /// Token kinds, in the order of `Series::tokens`.
@@ -360,6 +390,9 @@ impl Series {
             by_status: HashMap::new(),
             errors: HashMap::new(),
             ttft: metrics.ttft.get_or_create(&model_labels).clone(),
+            cost: metrics.cost.get_or_create(&model_labels).clone(),
+            saved: metrics.saved.get_or_create(&model_labels).clone(),
+            cost_unknown: metrics.cost_unknown.get_or_create(&model_labels).clone(),
             tokens: TOKEN_TYPES.map(|kind| {
                 metrics
                     .tokens
@@ -421,6 +454,20 @@ impl Series {
             if count > 0 {
                 counter.inc_by(count);
             }
+        }
+        match event.cost_usd {
+            Some(cost) if cost > 0.0 => {
+                self.cost.inc_by(cost);
+            }
+            Some(_) => {}
+            None => {
+                if usage.input + usage.output > 0 {
+                    self.cost_unknown.inc();
+                }
+            }
+        }
+        if let Some(saved) = event.saved_usd {
+            self.saved.inc_by(saved);
         }
         metrics.events.inc();
     }

@@ -140,6 +140,13 @@ ALTER TABLE switchyard_rollups RENAME COLUMN keyed TO cube;
 ALTER TABLE switchyard_rollups ALTER COLUMN cube TYPE SMALLINT USING cube::int::smallint;
 ",
     ),
+    // What a cache hit saved.
+    (
+        3,
+        "
+ALTER TABLE switchyard_requests ADD COLUMN IF NOT EXISTS saved_usd DOUBLE PRECISION;
+",
+    ),
 ];
 
 /// The migration after which the by-key cells are derived from the keyed ones.
@@ -177,24 +184,25 @@ const VALUE_COLUMNS: [&str; 12] = [
 /// The request log's columns as [`LoggedRequest`] reads them (after `id`).
 const REQUEST_COLUMNS: &str = "id, time_ms, request_id, instance, key, endpoint, route, \
      provider, model, stream, status, error_class, tokens_in, tokens_out, tokens_cached, \
-     tokens_reasoning, cost_usd, latency_us, ttft_us, upstream_us, attempts, cache, stages";
+     tokens_reasoning, cost_usd, latency_us, ttft_us, upstream_us, attempts, cache, stages, \
+     saved_usd";
 
 /// Appends a request log chunk: one array per column, unnested into rows (one statement
 /// and one round trip per chunk, whatever its length).
 const INSERT_REQUESTS: &str = "INSERT INTO switchyard_requests (time_ms, request_id, \
      instance, key, endpoint, route, provider, model, stream, status, error_class, tokens_in, \
      tokens_out, tokens_cached, tokens_reasoning, cost_usd, latency_us, ttft_us, upstream_us, \
-     attempts, cache, stages) \
+     attempts, cache, stages, saved_usd) \
      SELECT time_ms, request_id, $1::text, key, endpoint, route, provider, model, stream, \
      status, error_class, tokens_in, tokens_out, tokens_cached, tokens_reasoning, cost_usd, \
-     latency_us, ttft_us, upstream_us, attempts, cache, stages \
+     latency_us, ttft_us, upstream_us, attempts, cache, stages, saved_usd \
      FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
      $8::text[], $9::bool[], $10::int4[], $11::text[], $12::int8[], $13::int8[], $14::int8[], \
      $15::int8[], $16::float8[], $17::int8[], $18::int8[], $19::int8[], $20::int8[], \
-     $21::text[], $22::text[]) \
+     $21::text[], $22::text[], $23::float8[]) \
      AS r(time_ms, request_id, key, endpoint, route, provider, model, stream, status, \
      error_class, tokens_in, tokens_out, tokens_cached, tokens_reasoning, cost_usd, latency_us, \
-     ttft_us, upstream_us, attempts, cache, stages)";
+     ttft_us, upstream_us, attempts, cache, stages, saved_usd)";
 
 /// The request log's estimated size: exact row count × the average stored row size
 /// (`pg_column_size` of the row: tuple header and data, TOAST-compressed as stored) over the
@@ -944,6 +952,7 @@ struct RequestColumns<'a> {
     attempts: Vec<i64>,
     cache: Vec<&'a str>,
     stages: Vec<String>,
+    saved_usd: Vec<Option<f64>>,
 }
 
 impl<'a> RequestColumns<'a> {
@@ -973,10 +982,11 @@ impl<'a> RequestColumns<'a> {
             attempts: events.iter().map(|e| i64::from(e.attempts)).collect(),
             cache: events.iter().map(|e| e.cache).collect(),
             stages: events.iter().map(|e| stages_json(&e.stages)).collect(),
+            saved_usd: events.iter().map(|e| e.saved_usd).collect(),
         }
     }
 
-    fn params<'p>(&'p self, instance: &'p &str) -> [&'p (dyn ToSql + Sync); 22] {
+    fn params<'p>(&'p self, instance: &'p &str) -> [&'p (dyn ToSql + Sync); 23] {
         [
             instance,
             &self.time_ms,
@@ -1000,6 +1010,7 @@ impl<'a> RequestColumns<'a> {
             &self.attempts,
             &self.cache,
             &self.stages,
+            &self.saved_usd,
         ]
     }
 }
@@ -1051,6 +1062,7 @@ fn read_request(row: &Row) -> Result<(i64, LoggedRequest), tokio_postgres::Error
         attempts: u32::try_from(row.try_get::<_, i64>(20)?).unwrap_or(u32::MAX),
         cache: row.try_get(21)?,
         stages: stages_from_json(row.try_get(22)?),
+        saved_usd: row.try_get(23)?,
     };
     Ok((id, logged))
 }

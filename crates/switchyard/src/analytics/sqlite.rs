@@ -88,7 +88,8 @@ CREATE TABLE IF NOT EXISTS requests (
     upstream_us INTEGER,
     attempts INTEGER NOT NULL,
     cache TEXT NOT NULL,
-    stages TEXT NOT NULL
+    stages TEXT NOT NULL,
+    saved_usd REAL
 );
 CREATE INDEX IF NOT EXISTS requests_by_time ON requests (time_ms, id);
 ";
@@ -136,6 +137,23 @@ fn open(path: Option<&Path>, schema: &str, cache_kib: i64) -> Result<Connection,
 /// Brings a rollup table written before the by-key cube up to date, in one transaction: the
 /// `keyed` column becomes `cube` (its 0 and 1 are the keyless and keyed codes), and the
 /// by-key cells are derived from the keyed ones. Nothing to do on a current table.
+/// Adds the columns a request log from an earlier version lacks (`saved_usd`).
+fn migrate_requests(connection: &Connection) -> Result<(), StoreError> {
+    let has: i64 = connection
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('requests') WHERE name = 'saved_usd'",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(sql_error("reading the request log schema"))?;
+    if has == 0 {
+        connection
+            .execute_batch("ALTER TABLE requests ADD COLUMN saved_usd REAL;")
+            .map_err(sql_error("adding requests.saved_usd"))?;
+    }
+    Ok(())
+}
+
 fn migrate_rollups(connection: &mut Connection) -> Result<(), StoreError> {
     let old: i64 = connection
         .query_row(
@@ -246,6 +264,7 @@ impl SqliteStore {
         let mut analytics = open(analytics_path.as_deref(), ANALYTICS_SCHEMA, CACHE_KIB)?;
         migrate_rollups(&mut analytics)?;
         let requests = open(requests_path.as_deref(), REQUESTS_SCHEMA, LOG_CACHE_KIB)?;
+        migrate_requests(&requests)?;
         Ok(SqliteStore {
             analytics: Mutex::new(analytics),
             analytics_read: reader(analytics_path.as_deref())?,
@@ -328,9 +347,9 @@ impl SqliteStore {
                         "INSERT INTO requests (time_ms, request_id, instance, key, endpoint, \
                          route, provider, model, stream, status, error_class, tokens_in, \
                          tokens_out, tokens_cached, tokens_reasoning, cost_usd, latency_us, \
-                         ttft_us, upstream_us, attempts, cache, stages) VALUES \
+                         ttft_us, upstream_us, attempts, cache, stages, saved_usd) VALUES \
                          (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-                          ?17, ?18, ?19, ?20, ?21, ?22)",
+                          ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
                     )
                     .map_err(sql_error("preparing a request log write"))?;
                 for event in &batch.requests {
@@ -358,6 +377,7 @@ impl SqliteStore {
                             event.attempts,
                             event.cache,
                             stages_json(&event.stages),
+                            event.saved_usd,
                         ])
                         .map_err(sql_error("writing the request log"))?;
                 }
@@ -471,7 +491,7 @@ impl SqliteStore {
             "SELECT id, time_ms, request_id, instance, key, endpoint, route, provider, model, \
              stream, status, error_class, tokens_in, tokens_out, tokens_cached, \
              tokens_reasoning, cost_usd, latency_us, ttft_us, upstream_us, attempts, cache, \
-             stages FROM requests WHERE true",
+             stages, saved_usd FROM requests WHERE true",
         );
         let (tail, params) = query.sql_tail();
         sql.push_str(&number_placeholders(&tail, '?'));
@@ -514,6 +534,7 @@ impl SqliteStore {
                     attempts: row.get(20)?,
                     cache: row.get(21)?,
                     stages: stages_from_json(&row.get::<_, String>(22)?),
+                    saved_usd: row.get(23)?,
                 };
                 Ok((id, logged))
             })
@@ -734,6 +755,7 @@ mod tests {
                 ..TokenUsage::default()
             },
             cost_usd: None,
+            saved_usd: None,
             latency_us: latency_ms * 1_000,
             ttft_us: None,
             upstream_us: Some(latency_ms * 900),
@@ -844,6 +866,48 @@ mod tests {
         assert_eq!(answer["totals"]["requests"], 5);
         assert_eq!(answer["series"][0]["group"]["provider"], "a");
         assert_eq!(answer["series"][1]["totals"]["requests"], 2);
+    }
+
+    #[test]
+    fn a_request_log_from_before_savings_gains_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open(Some(dir.path())).unwrap();
+            store
+                .write(
+                    "one",
+                    &Batch {
+                        rollups: vec![],
+                        requests: vec![event(T0, "a", 200, 10)],
+                    },
+                )
+                .unwrap();
+            // Back to the layout of a log written before `saved_usd`.
+            lock(&store.requests)
+                .execute_batch("ALTER TABLE requests DROP COLUMN saved_usd;")
+                .unwrap();
+        }
+        for _ in 0..2 {
+            let store = SqliteStore::open(Some(dir.path())).unwrap();
+            let mut hit = event(T0 + 1_000, "a", 200, 1);
+            hit.cache = "hit";
+            hit.cost_usd = Some(0.0);
+            hit.saved_usd = Some(0.0125);
+            store
+                .write(
+                    "one",
+                    &Batch {
+                        rollups: vec![],
+                        requests: vec![hit],
+                    },
+                )
+                .unwrap();
+            let page = store.requests(&RequestsQuery::default()).unwrap();
+            for row in &page.data {
+                let expected = (row.time_ms != T0).then_some(0.0125);
+                assert_eq!(row.saved_usd, expected, "the old row has none");
+            }
+        }
     }
 
     #[test]

@@ -363,6 +363,8 @@ pub struct LoggedRequest {
     pub tokens_reasoning: u64,
     /// Cost, USD, when known.
     pub cost_usd: Option<f64>,
+    /// What a cache hit saved, USD.
+    pub saved_usd: Option<f64>,
     /// Whole request, microseconds.
     pub latency_us: u64,
     /// Time to first token, microseconds.

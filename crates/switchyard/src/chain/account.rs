@@ -18,6 +18,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use switchyard_core::analytics::RequestEvent;
+use switchyard_core::cache::CacheStatus;
 use switchyard_core::wire::TokenUsage;
 
 use crate::analytics::EventSink;
@@ -97,6 +98,7 @@ pub async fn account(State(app): State<AppState>, mut request: Request, next: Ne
     let (parts, body) = response.into_parts();
     let mut pending = PendingEvent {
         sink: app.events.clone(),
+        app: app.clone(),
         draft,
         started,
         time_unix_ms,
@@ -127,6 +129,8 @@ fn is_accounted(path: &str) -> bool {
 /// The event of a request whose body is still being sent.
 struct PendingEvent {
     sink: EventSink,
+    /// For the prices.
+    app: AppState,
     draft: DraftHandle,
     started: Instant,
     time_unix_ms: u64,
@@ -162,6 +166,7 @@ impl PendingEvent {
                 .take()
                 .or_else(|| self.error_class.map(str::to_owned))
         };
+        let (cost_usd, saved_usd) = price(&self.app.config.pricing, &draft);
         self.sink.emit(RequestEvent {
             time_unix_ms: self.time_unix_ms,
             request_id: std::mem::take(&mut self.request_id),
@@ -174,7 +179,8 @@ impl PendingEvent {
             status: self.status,
             error_class,
             usage: draft.usage,
-            cost_usd: None,
+            cost_usd,
+            saved_usd,
             latency_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             ttft_us: draft.ttft_us,
             upstream_us: draft.upstream_us,
@@ -184,6 +190,25 @@ impl PendingEvent {
             stages: draft.stages,
         });
     }
+}
+
+/// The request's cost and, for a cache hit, what it saved: a hit costs nothing and saves
+/// what its stored answer cost; a request that used no tokens costs nothing; otherwise the
+/// usage at the price of the provider and model that answered, `None` when that price is
+/// unknown (counted as such by analytics, never taken as zero).
+fn price(pricing: &switchyard_core::pricing::Pricing, draft: &Draft) -> (Option<f64>, Option<f64>) {
+    let usage = &draft.usage;
+    let cost = match (&draft.provider, &draft.model) {
+        (Some(provider), Some(model)) => pricing.cost(provider, model, usage),
+        _ => None,
+    };
+    if draft.cache == Some(CacheStatus::Hit.as_event()) {
+        return (Some(0.0), cost);
+    }
+    if usage.input == 0 && usage.output == 0 {
+        return (Some(0.0), None);
+    }
+    (cost, None)
 }
 
 impl Drop for PendingEvent {

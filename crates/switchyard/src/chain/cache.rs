@@ -163,9 +163,15 @@ pub fn stream_hit(
 }
 
 fn finish_hit(context: &RequestContext, entry: &Entry, response: &mut Response, stream: bool) {
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         header::AGE,
         HeaderValue::from(entry.age_ms(unix_ms()) / 1000),
+    );
+    // A hit costs nothing; what it saved is in its request event.
+    headers.insert(
+        http::HeaderName::from_static(crate::handlers::COST_HEADER),
+        HeaderValue::from_static("0"),
     );
     let usage = entry.usage;
     let ttft = u64::try_from(context.timings.started.elapsed().as_micros()).unwrap_or(u64::MAX);

@@ -262,6 +262,13 @@ where
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
+            let cost =
+                app.config
+                    .pricing
+                    .cost(&served.target.provider.name, &served.target.model, &usage);
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(COST_HEADER), cost_header(cost));
             annotate(
                 &mut response,
                 context,
@@ -273,6 +280,23 @@ where
             context.timings.record(Stage::Upstream, upstream);
             Ok(failure_response(context, failed))
         }
+    }
+}
+
+/// What a non-streamed answer cost (USD), or `unknown` when the model has no price. (A
+/// stream's headers leave before its usage is known: its cost is in the request event.)
+pub const COST_HEADER: &str = "x-switchyard-cost-usd";
+
+/// The [`COST_HEADER`] value for `cost`.
+pub fn cost_header(cost: Option<f64>) -> HeaderValue {
+    match cost {
+        Some(cost) => {
+            let text = format!("{cost:.10}");
+            let text = text.trim_end_matches('0').trim_end_matches('.');
+            HeaderValue::from_str(if text.is_empty() { "0" } else { text })
+                .unwrap_or(HeaderValue::from_static("0"))
+        }
+        None => HeaderValue::from_static("unknown"),
     }
 }
 
