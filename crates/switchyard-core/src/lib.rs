@@ -27,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod keys;
 pub mod pricing;
 pub mod provider;
 pub mod ratelimit;

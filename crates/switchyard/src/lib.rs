@@ -34,6 +34,7 @@ pub mod error;
 pub mod failover;
 pub mod handlers;
 pub mod health_check;
+pub mod keys;
 pub mod ratelimit;
 pub mod server;
 pub mod telemetry;

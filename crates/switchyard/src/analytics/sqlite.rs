@@ -134,9 +134,6 @@ fn open(path: Option<&Path>, schema: &str, cache_kib: i64) -> Result<Connection,
     Ok(connection)
 }
 
-/// Brings a rollup table written before the by-key cube up to date, in one transaction: the
-/// `keyed` column becomes `cube` (its 0 and 1 are the keyless and keyed codes), and the
-/// by-key cells are derived from the keyed ones. Nothing to do on a current table.
 /// Adds the columns a request log from an earlier version lacks (`saved_usd`).
 fn migrate_requests(connection: &Connection) -> Result<(), StoreError> {
     let has: i64 = connection
@@ -154,6 +151,9 @@ fn migrate_requests(connection: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Brings a rollup table written before the by-key cube up to date, in one transaction: the
+/// `keyed` column becomes `cube` (its 0 and 1 are the keyless and keyed codes), and the
+/// by-key cells are derived from the keyed ones. Nothing to do on a current table.
 fn migrate_rollups(connection: &mut Connection) -> Result<(), StoreError> {
     let old: i64 = connection
         .query_row(
