@@ -203,11 +203,17 @@ mod tests {
         assert!(secret.starts_with("sk-sy-"));
         assert_eq!(secret.len(), 6 + 43);
         assert_ne!(secret_from(&[8; 32]), secret);
-        assert_eq!(hash_secret(secret.as_bytes()), hash_secret(secret.as_bytes()));
+        assert_eq!(
+            hash_secret(secret.as_bytes()),
+            hash_secret(secret.as_bytes())
+        );
         assert_ne!(hash_secret(b"sk-sy-a"), hash_secret(b"sk-sy-b"));
         let shown = display_prefix(&secret);
         assert!(shown.starts_with("sk-sy-") && shown.contains('…'));
-        assert!(shown.chars().count() < 20, "shows little of the secret: {shown}");
+        assert!(
+            shown.chars().count() < 20,
+            "shows little of the secret: {shown}"
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@ use crate::analytics::store::Store;
 use crate::analytics::{self, Analytics, EventSink, Metrics};
 use crate::cache::ResponseCache;
 use crate::chain::{account, auth, request_id};
-use crate::handlers::{admin, analytics as analytics_api, chat, embeddings, meta};
+use crate::handlers::{
+    admin, analytics as analytics_api, chat, embeddings, keys as keys_api, meta,
+};
 use crate::ratelimit::RateLimiter;
 use crate::tracker::{TokioClock, Tracker};
 use crate::transport::Transport;
@@ -63,6 +65,8 @@ pub struct AppInner {
     pub limiter: Arc<RateLimiter>,
     /// The response cache, when any route caches.
     pub cache: Option<Arc<ResponseCache>>,
+    /// Virtual keys.
+    pub keys: Arc<crate::keys::Keys>,
 }
 
 impl AppState {
@@ -107,6 +111,8 @@ impl AppState {
         } else {
             None
         };
+        let keys = crate::keys::Keys::open(config.storage.data_dir.as_deref())
+            .map_err(|error| error.to_string())?;
         let tracker = Tracker::new(&config, clock);
         let (events, event_receiver) = analytics::channel();
         Ok(AppState(Arc::new(AppInner {
@@ -119,6 +125,7 @@ impl AppState {
             metrics,
             limiter,
             cache,
+            keys,
             analytics,
             connections: AtomicI64::new(0),
             models_body,
@@ -152,6 +159,14 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/requests", get(analytics_api::requests))
         .route("/admin/ratelimits", get(admin::ratelimits))
         .route("/admin/cache", get(admin::cache).delete(admin::flush_cache))
+        .route("/admin/keys", get(keys_api::list).post(keys_api::create))
+        .route(
+            "/admin/keys/{id}",
+            get(keys_api::show)
+                .patch(keys_api::update)
+                .delete(keys_api::revoke),
+        )
+        .route("/admin/keys/{id}/rotate", post(keys_api::rotate))
         .route("/admin/providers/{name}/drain", post(admin::drain))
         .route("/admin/providers/{name}/enable", post(admin::enable))
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));

@@ -15,38 +15,53 @@ use crate::timing::Timings;
 pub struct PeerAddr(pub std::net::SocketAddr);
 
 /// Who is calling.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Principal {
     /// No client auth is configured (loopback-only gateway).
     Anonymous,
     /// The client presented the master key.
     MasterKey,
+    /// The client presented a virtual key.
+    Key(std::sync::Arc<switchyard_core::keys::VirtualKey>),
 }
 
 impl Principal {
-    /// A stable label for logs and analytics.
-    pub fn label(&self) -> &'static str {
+    /// A stable label for logs, analytics and per-key limits: `anonymous`, `master`, or the
+    /// virtual key's id.
+    pub fn label(&self) -> &str {
         match self {
             Principal::Anonymous => "anonymous",
             Principal::MasterKey => "master",
+            Principal::Key(key) => &key.id,
         }
     }
 
-    /// The tenant scope of cached answers under `scope` (teams come with virtual keys; until
-    /// then a team scope is the key's own).
+    /// The tenant scope of cached answers under `scope`: the key's own, or its team's (a key
+    /// without a team keeps its own), or everyone's.
     pub fn cache_scope(&self, scope: switchyard_core::config::CacheScope) -> String {
-        match scope {
-            switchyard_core::config::CacheScope::Global => "global".to_owned(),
-            switchyard_core::config::CacheScope::Key
-            | switchyard_core::config::CacheScope::Team => {
-                format!("key:{}", self.label())
+        use switchyard_core::config::CacheScope;
+        match (scope, self) {
+            (CacheScope::Global, _) => "global".to_owned(),
+            (CacheScope::Team, Principal::Key(key)) if key.settings.team.is_some() => {
+                format!("team:{}", key.settings.team.as_deref().unwrap_or_default())
+            }
+            _ => format!("key:{}", self.label()),
+        }
+    }
+
+    /// The priority class for load shedding: a virtual key's own, else normal.
+    pub fn priority(&self) -> switchyard_core::ratelimit::shed::Priority {
+        match self {
+            Principal::Key(key) => key.settings.priority.priority(),
+            Principal::Anonymous | Principal::MasterKey => {
+                switchyard_core::ratelimit::shed::Priority::Normal
             }
         }
     }
 
-    /// The priority class for load shedding (virtual keys will carry their own).
-    pub fn priority(&self) -> switchyard_core::ratelimit::shed::Priority {
-        switchyard_core::ratelimit::shed::Priority::Normal
+    /// Whether it may call the admin API and `/metrics` (virtual keys may not).
+    pub fn is_admin(&self) -> bool {
+        !matches!(self, Principal::Key(_))
     }
 }
 

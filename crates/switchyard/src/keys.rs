@@ -189,7 +189,9 @@ impl Keys {
     /// (`null` clears an optional one).
     pub fn update(&self, id: &str, patch: &Value) -> Result<Arc<VirtualKey>, KeyError> {
         let Value::Object(patch) = patch else {
-            return Err(KeyError::Invalid("the body must be a JSON object".to_owned()));
+            return Err(KeyError::Invalid(
+                "the body must be a JSON object".to_owned(),
+            ));
         };
         let current = self.get(id)?;
         if current.revoked_at_ms.is_some() {
@@ -259,7 +261,10 @@ impl Keys {
         change: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(), KeyError>,
     ) -> Result<(), KeyError> {
         {
-            let mut connection = self.connection.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut connection = self
+                .connection
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let tx = connection
                 .transaction()
                 .map_err(store_error("starting a key write"))?;
@@ -273,7 +278,10 @@ impl Keys {
 
     /// Reloads the index if the store changed since the last load; returns whether it did.
     pub fn reload(&self) -> Result<bool, KeyError> {
-        let connection = self.connection.lock().unwrap_or_else(PoisonError::into_inner);
+        let connection = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let version: i64 = connection
             .query_row("SELECT version FROM keys_version", [], |row| row.get(0))
             .optional()
@@ -383,8 +391,14 @@ mod tests {
         assert!(secret.starts_with("sk-sy-"));
         assert!(key.id.starts_with("key_"));
         let now = now_ms();
-        assert_eq!(keys.authenticate(secret.as_bytes(), now).unwrap().id, key.id);
-        assert_eq!(keys.authenticate(b"sk-sy-wrong", now).unwrap_err(), Refused::Unknown);
+        assert_eq!(
+            keys.authenticate(secret.as_bytes(), now).unwrap().id,
+            key.id
+        );
+        assert_eq!(
+            keys.authenticate(b"sk-sy-wrong", now).unwrap_err(),
+            Refused::Unknown
+        );
         // Only the hash is stored.
         let stored: Vec<u8> = keys
             .connection
@@ -397,9 +411,14 @@ mod tests {
             .connection
             .lock()
             .unwrap()
-            .query_row("SELECT id || prefix || settings FROM keys", [], |row| row.get(0))
+            .query_row("SELECT id || prefix || settings FROM keys", [], |row| {
+                row.get(0)
+            })
             .unwrap();
-        assert!(!everything.contains(&secret[10..]), "no secret in the store");
+        assert!(
+            !everything.contains(&secret[10..]),
+            "no secret in the store"
+        );
     }
 
     #[test]
@@ -408,7 +427,10 @@ mod tests {
         let now = now_ms();
         let (key, secret) = keys.create(settings("a")).unwrap();
         let (_, rotated) = keys.rotate(&key.id).unwrap();
-        assert_eq!(keys.authenticate(secret.as_bytes(), now).unwrap_err(), Refused::Unknown);
+        assert_eq!(
+            keys.authenticate(secret.as_bytes(), now).unwrap_err(),
+            Refused::Unknown
+        );
         assert!(keys.authenticate(rotated.as_bytes(), now).is_ok());
         keys.update(&key.id, &json!({"enabled": false})).unwrap();
         assert_eq!(
@@ -421,11 +443,15 @@ mod tests {
             keys.authenticate(rotated.as_bytes(), now).unwrap_err(),
             Refused::Unusable(Unusable::Expired)
         );
-        keys.update(&key.id, &json!({"expires_at_ms": null})).unwrap();
+        keys.update(&key.id, &json!({"expires_at_ms": null}))
+            .unwrap();
         assert!(keys.authenticate(rotated.as_bytes(), now).is_ok());
         let revoked = keys.revoke(&key.id).unwrap();
         assert!(revoked.revoked_at_ms.is_some());
-        assert_eq!(keys.authenticate(rotated.as_bytes(), now).unwrap_err(), Refused::Unknown);
+        assert_eq!(
+            keys.authenticate(rotated.as_bytes(), now).unwrap_err(),
+            Refused::Unknown
+        );
         assert!(keys.rotate(&key.id).is_err(), "a revoked key stays revoked");
         assert_eq!(keys.list().len(), 1, "still listed");
     }
@@ -433,12 +459,27 @@ mod tests {
     #[test]
     fn bad_settings_and_unknown_ids_are_errors() {
         let keys = Keys::open(None).unwrap();
-        assert!(matches!(keys.create(settings(" ")), Err(KeyError::Invalid(_))));
+        assert!(matches!(
+            keys.create(settings(" ")),
+            Err(KeyError::Invalid(_))
+        ));
         let (key, _) = keys.create(settings("a")).unwrap();
-        assert!(matches!(keys.update(&key.id, &json!({"bogus": 1})), Err(KeyError::Invalid(_))));
-        assert!(matches!(keys.update(&key.id, &json!({"rpm": 0})), Err(KeyError::Invalid(_))));
-        assert!(matches!(keys.update(&key.id, &json!([1])), Err(KeyError::Invalid(_))));
-        assert!(matches!(keys.revoke("key_nope"), Err(KeyError::NotFound(_))));
+        assert!(matches!(
+            keys.update(&key.id, &json!({"bogus": 1})),
+            Err(KeyError::Invalid(_))
+        ));
+        assert!(matches!(
+            keys.update(&key.id, &json!({"rpm": 0})),
+            Err(KeyError::Invalid(_))
+        ));
+        assert!(matches!(
+            keys.update(&key.id, &json!([1])),
+            Err(KeyError::Invalid(_))
+        ));
+        assert!(matches!(
+            keys.revoke("key_nope"),
+            Err(KeyError::NotFound(_))
+        ));
     }
 
     #[test]
@@ -448,7 +489,10 @@ mod tests {
         let cli = Keys::open(Some(dir.path())).unwrap();
         let (key, secret) = cli.create(settings("from the cli")).unwrap();
         let now = now_ms();
-        assert!(gateway.authenticate(secret.as_bytes(), now).is_err(), "not yet polled");
+        assert!(
+            gateway.authenticate(secret.as_bytes(), now).is_err(),
+            "not yet polled"
+        );
         assert!(gateway.reload().unwrap());
         assert!(gateway.authenticate(secret.as_bytes(), now).is_ok());
         assert!(!gateway.reload().unwrap(), "nothing new");

@@ -33,6 +33,7 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
     crate::health_check::spawn_all(&state);
     spawn_limiter_sweep(&state);
     spawn_cache_sweep(&state);
+    spawn_key_reload(&state);
     let receiver = state
         .event_receiver
         .lock()
@@ -165,6 +166,28 @@ fn spawn_cache_sweep(state: &AppState) {
                 return;
             };
             cache.sweep();
+        }
+    });
+}
+
+/// Reloads the virtual keys when another process (the CLI, another instance) changed them,
+/// checking every `keys::POLL`, so a revoked key stops working here within that time.
+fn spawn_key_reload(state: &AppState) {
+    let keys = Arc::downgrade(&state.keys);
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(crate::keys::POLL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let Some(keys) = keys.upgrade() else {
+                return;
+            };
+            match tokio::task::spawn_blocking(move || keys.reload()).await {
+                Ok(Ok(true)) => tracing::debug!("virtual keys reloaded"),
+                Ok(Ok(false)) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "could not reload the virtual keys"),
+                Err(error) => tracing::warn!(%error, "the key reload task failed"),
+            }
         }
     });
 }

@@ -29,8 +29,8 @@ use crate::error::ErrorClass;
 /// What the inner stages know about a request, filled in as it goes.
 #[derive(Debug, Default)]
 pub struct Draft {
-    /// Who called.
-    pub principal: &'static str,
+    /// Who called (see `Principal::label`).
+    pub principal: String,
     /// The route that served it.
     pub route: Option<String>,
     /// The provider that answered or was last tried.
@@ -85,7 +85,7 @@ pub async fn account(State(app): State<AppState>, mut request: Request, next: Ne
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let draft: DraftHandle = Arc::new(Mutex::new(Draft {
-        principal: "anonymous",
+        principal: "anonymous".to_owned(),
         ..Draft::default()
     }));
     let endpoint = request.uri().path().to_owned();
@@ -170,7 +170,7 @@ impl PendingEvent {
         self.sink.emit(RequestEvent {
             time_unix_ms: self.time_unix_ms,
             request_id: std::mem::take(&mut self.request_id),
-            principal: draft.principal.to_owned(),
+            principal: draft.principal,
             endpoint: std::mem::take(&mut self.endpoint),
             route: draft.route,
             provider: draft.provider,

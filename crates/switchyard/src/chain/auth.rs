@@ -1,10 +1,13 @@
 //! Stage 1: client authentication.
 //!
-//! With a master key configured, every `/v1/*` request must present it, as
+//! A client presents the master key or a virtual key (`sk-sy-…`), as
 //! `Authorization: Bearer <key>` (OpenAI SDKs) or `x-api-key` (Anthropic-style clients). The
-//! comparison is constant-time. A missing or wrong key gets a 401 here, before anything else
-//! runs, so nothing reaches a provider. The client's key is never forwarded upstream: adapters
-//! build upstream headers from the provider's own key.
+//! master key is compared in constant time; a virtual key is found in memory by the SHA-256
+//! of what was presented (see [`crate::keys`]). With a master key configured, every
+//! `/v1/*` request must present a working key: a missing, wrong, revoked, disabled or expired
+//! one gets a 401 here, before anything else runs, so nothing reaches a provider. Virtual
+//! keys may not call the admin API or `/metrics` (403). The client's key is never forwarded
+//! upstream: adapters build upstream headers from the provider's own key.
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -28,9 +31,25 @@ pub async fn authenticate(
         Some(context) => Stage::Auth.span(&context.span),
         None => tracing::Span::none(),
     };
-    let outcome = span.in_scope(|| match &app.config.server.master_key {
-        None => Ok(Principal::Anonymous),
-        Some(master) => check(presented_key(request.headers()), master.expose()),
+    let admin_path = is_admin_path(request.uri().path());
+    let outcome = span.in_scope(|| {
+        let presented = presented_key(request.headers());
+        let principal = match presented {
+            Some(key) if crate::keys::Keys::is_virtual(key) => virtual_key(&app, key),
+            _ => match &app.config.server.master_key {
+                None => Ok(Principal::Anonymous),
+                Some(master) => check(presented, master.expose()),
+            },
+        }?;
+        if admin_path && !principal.is_admin() {
+            return Err(GatewayError::new(
+                ErrorKind::PermissionDenied,
+                Origin::Client,
+                "Virtual keys cannot call the admin API or /metrics; use the master key",
+            )
+            .with_code("admin_only"));
+        }
+        Ok(principal)
     });
     drop(span);
     let Some(context) = request.extensions_mut().get_mut::<RequestContext>() else {
@@ -39,12 +58,60 @@ pub async fn authenticate(
     context.timings.lap(Stage::Auth, started);
     match outcome {
         Ok(principal) => {
-            let label = principal.label();
+            let label = principal.label().to_owned();
             context.record(|draft| draft.principal = label);
             context.principal = principal;
             next.run(request).await
         }
         Err(error) => ApiError(error).into_response(),
+    }
+}
+
+fn is_admin_path(path: &str) -> bool {
+    path.starts_with("/admin/") || path == "/admin" || path == "/metrics"
+}
+
+fn virtual_key(app: &AppState, presented: &[u8]) -> Result<Principal, GatewayError> {
+    use crate::keys::Refused;
+    use switchyard_core::keys::Unusable;
+    match app.keys.authenticate(presented, crate::cache::unix_ms()) {
+        Ok(key) => Ok(Principal::Key(key)),
+        Err(refused) => {
+            let (message, code) = match refused {
+                Refused::Unknown => ("Incorrect API key provided", "invalid_api_key"),
+                Refused::Unusable(Unusable::Revoked) => {
+                    ("This API key has been revoked", "key_revoked")
+                }
+                Refused::Unusable(Unusable::Disabled) => {
+                    ("This API key is disabled", "key_disabled")
+                }
+                Refused::Unusable(Unusable::Expired) => ("This API key has expired", "key_expired"),
+            };
+            Err(
+                GatewayError::new(ErrorKind::Authentication, Origin::Client, message)
+                    .with_code(code),
+            )
+        }
+    }
+}
+
+/// Refuses a virtual key that may not call `route` (nor the model name it asked for): 403.
+pub fn authorize_model(
+    principal: &Principal,
+    requested: &str,
+    route: &str,
+) -> Result<(), GatewayError> {
+    match principal {
+        Principal::Key(key) if !key.allows(route) && !key.allows(requested) => {
+            Err(GatewayError::new(
+                ErrorKind::PermissionDenied,
+                Origin::Client,
+                format!("This API key may not use the model `{requested}`"),
+            )
+            .with_param("model")
+            .with_code("model_not_allowed"))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -68,6 +68,11 @@ async fn handle(
         .in_scope(|| app.router.resolve(&request.model))?;
     let plan = super::plan(app, &resolution);
     context.timings.lap(Stage::Route, started);
+    crate::chain::auth::authorize_model(
+        &context.principal,
+        &request.model,
+        resolution.route_name(),
+    )?;
     let facts = RequestFacts {
         stream: request.stream,
         input_tokens: super::estimate_input_tokens(&body),

@@ -46,6 +46,11 @@ async fn handle(
         .in_scope(|| app.router.resolve(&request.model))?;
     let plan = super::plan(app, &resolution);
     context.timings.lap(Stage::Route, started);
+    crate::chain::auth::authorize_model(
+        &context.principal,
+        &request.model,
+        resolution.route_name(),
+    )?;
     let facts = RequestFacts {
         stream: false,
         input_tokens: super::estimate_input_tokens(&body),

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod analytics;
 pub mod chat;
 pub mod embeddings;
+pub mod keys;
 pub mod meta;
 
 use axum::body::Body;
