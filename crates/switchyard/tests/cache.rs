@@ -582,3 +582,47 @@ async fn an_unreachable_redis_is_a_miss_not_an_error() {
     let stats = admin(&gateway).await;
     assert!(stats["cache"]["shared"]["errors"].as_u64().unwrap() >= 1);
 }
+
+#[tokio::test]
+async fn a_long_streamed_answer_is_stored_as_its_text_not_its_chunks() {
+    // ~48 KB of text streamed word by word: well over 1 MB of chunk JSON, far under the
+    // 1 MB entry cap as an answer.
+    let text = "lorem ipsum dolor sit amet ".repeat(1_800);
+    let mock = mock(Behavior::answer(text.trim_end())).await;
+    let body = chat("a long story");
+    let gateway = TestGateway::start(
+        &format!("[cache]\nenabled = true\n{}", provider(&mock)),
+        &[],
+    )
+    .await;
+    let (cache, data) = stream_call(&gateway, &body).await;
+    assert_eq!(cache, "MISS");
+    let chunk_bytes: usize = data.iter().map(String::len).sum();
+    assert!(chunk_bytes > 1024 * 1024, "{chunk_bytes}");
+    let (status, cache, answer) = chat_call(&gateway, &body, &[]).await;
+    assert_eq!((status, cache.as_str()), (200, "HIT"));
+    assert_eq!(
+        answer["choices"][0]["message"]["content"].as_str().unwrap(),
+        text.trim_end()
+    );
+    assert_eq!(mock.calls(), 1);
+}
+
+#[tokio::test]
+async fn hits_do_not_use_up_token_limits() {
+    // Each answer is ~200 tokens; the limit would allow four such answers, not eight.
+    let mock = mock(Behavior::answer("word ".repeat(200).trim_end())).await;
+    let text = format!(
+        "[cache]\nenabled = true\n[[rate_limits.limits]]\nname = \"tpm\"\nscope = \"key\"\ntokens = 1000\nper = \"1h\"\n{}",
+        provider(&mock)
+    );
+    let gateway = TestGateway::start(&text, &[]).await;
+    let body = with(chat("tokens"), json!({"max_tokens": 250}));
+    for round in 0..8 {
+        let (status, cache, answer) = chat_call(&gateway, &body, &[]).await;
+        assert_eq!(status, 200, "round {round}: {answer}");
+        assert_eq!(cache, if round == 0 { "MISS" } else { "HIT" });
+        assert!(answer["usage"]["completion_tokens"].as_u64().unwrap() >= 200);
+    }
+    assert_eq!(mock.calls(), 1);
+}

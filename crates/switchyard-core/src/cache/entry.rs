@@ -171,7 +171,9 @@ pub struct StreamRecorder {
 }
 
 impl StreamRecorder {
-    /// A recorder that gives up past `max_bytes` of chunk data.
+    /// A recorder that gives up once the answer it assembles (text, refusal, tool calls and
+    /// the piece lengths: what the cache would hold, not the chunks' JSON, which is many times
+    /// larger) passes `max_bytes`.
     pub fn new(max_bytes: usize) -> Self {
         StreamRecorder {
             id: String::new(),
@@ -195,13 +197,9 @@ impl StreamRecorder {
         if self.failed {
             return;
         }
-        self.bytes += chunk.len();
         let Ok(chunk) = serde_json::from_slice::<ChatCompletionChunk>(chunk) else {
             return self.give_up();
         };
-        if self.bytes > self.max_bytes {
-            return self.give_up();
-        }
         if self.id.is_empty() {
             self.id = chunk.id;
             self.created = chunk.created;
@@ -209,6 +207,10 @@ impl StreamRecorder {
         }
         for choice in chunk.choices {
             if choice.logprobs.as_ref().is_some_and(|l| !l.is_null()) {
+                return self.give_up();
+            }
+            self.bytes += assembled_size(&choice.delta);
+            if self.bytes > self.max_bytes {
                 return self.give_up();
             }
             let so_far = self.choices.entry(choice.index).or_default();
@@ -257,7 +259,28 @@ impl StreamRecorder {
             }
         }
     }
+}
 
+/// What one delta adds to the assembled answer, in bytes.
+fn assembled_size(delta: &Delta) -> usize {
+    let text = delta.content.as_ref().map_or(0, |c| c.len() + 4)
+        + delta.refusal.as_ref().map_or(0, String::len);
+    let calls: usize = delta
+        .tool_calls
+        .iter()
+        .flatten()
+        .map(|call| {
+            call.id.as_ref().map_or(0, String::len)
+                + call.function.as_ref().map_or(0, |f| {
+                    f.name.as_ref().map_or(0, String::len)
+                        + f.arguments.as_ref().map_or(0, String::len)
+                })
+        })
+        .sum();
+    text + calls
+}
+
+impl StreamRecorder {
     fn give_up(&mut self) {
         self.failed = true;
         self.choices.clear();
@@ -343,7 +366,9 @@ pub fn replay_chunks(
             choice.index,
             Delta {
                 role: Some("assistant".to_owned()),
-                content: Some(String::new()),
+                // As OpenAI streams it: an empty text to start a text answer, nothing for one
+                // that is only tool calls or a refusal.
+                content: message.content.as_ref().map(|_| String::new()),
                 ..Delta::default()
             },
             None,
@@ -591,13 +616,40 @@ mod tests {
         let mut logprobs = text_stream();
         logprobs.insert(1, chunk(json!([{"index":0,"delta":{"content":"x"},"logprobs":{"content":[]},"finish_reason":null}])));
         assert!(recorded(&logprobs).is_none());
-        let mut small = StreamRecorder::new(100);
+        let mut small = StreamRecorder::new(10);
         for c in text_stream() {
             small.push(&c);
         }
         assert!(!small.is_recording());
         assert!(small.finish(usage()).is_none());
         assert!(recorded(&[]).is_none());
+    }
+
+    #[test]
+    fn the_size_cap_counts_the_answer_not_the_chunks_json() {
+        let mut chunks = vec![chunk(
+            json!([{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]),
+        )];
+        for _ in 0..1_000 {
+            chunks.push(chunk(
+                json!([{"index":0,"delta":{"content":"ab"},"finish_reason":null}]),
+            ));
+        }
+        chunks.push(chunk(
+            json!([{"index":0,"delta":{},"finish_reason":"stop"}]),
+        ));
+        let json_bytes: usize = chunks.iter().map(Vec::len).sum();
+        let mut recorder = StreamRecorder::new(10_000);
+        for c in &chunks {
+            recorder.push(c);
+        }
+        assert!(
+            json_bytes > 10 * 10_000,
+            "the chunks' JSON is far over the cap"
+        );
+        let (body, pieces) = recorder.finish(usage()).unwrap();
+        assert_eq!(pieces.len(), 1_000);
+        assert!(body.len() < 10_000);
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! | `Cache-Control: max-age=N` | only answers at most N s old | yes, for N s |
 //! | `x-switchyard-cache-ttl: N` | yes | yes, for N s (0: not stored) |
 //!
+//! A TTL from the request can shorten the route's TTL, never lengthen it.
+//!
 //! A request that asks for sampling (`temperature` above 0) is not cached unless the route
 //! says `sampled = true`; a request that sets no temperature counts as not sampling.
 
@@ -162,7 +164,13 @@ impl Plan {
         if !policy.enabled || (sampled && !policy.sampled) {
             return Plan::bypass();
         }
-        let ttl = directive.ttl.unwrap_or(policy.ttl).min(MAX_TTL);
+        // A request can shorten its answer's life, not lengthen it past the route's TTL
+        // (with a shared scope, one client would pin answers for everyone).
+        let ttl = directive
+            .ttl
+            .unwrap_or(policy.ttl)
+            .min(policy.ttl)
+            .min(MAX_TTL);
         let max_age = directive.max_age;
         Plan {
             lookup: !directive.no_lookup && max_age != Some(Duration::ZERO),
@@ -264,8 +272,15 @@ mod tests {
     fn ttl_header() {
         assert_eq!(plan(&[(TTL_HEADER, "5")]).ttl, Duration::from_secs(5));
         assert!(!plan(&[(TTL_HEADER, "0")]).store);
-        // Capped at the longest TTL.
-        assert_eq!(plan(&[(TTL_HEADER, "999999999")]).ttl, MAX_TTL);
+        // Capped at the route's TTL.
+        assert_eq!(
+            plan(&[(TTL_HEADER, "999999999")]).ttl,
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            plan(&[("cache-control", "max-age=3600")]).ttl,
+            Duration::from_secs(600)
+        );
     }
 
     #[test]

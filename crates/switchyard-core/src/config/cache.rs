@@ -150,6 +150,17 @@ pub fn validate(raw: &RawCache, redis_configured: bool) -> Result<CacheConfig, C
         Some(value) => Ok(value),
         None => Ok(default),
     };
+    let redis_timeout = positive(
+        "cache.redis_timeout",
+        raw.redis_timeout,
+        defaults.redis_timeout,
+    )?;
+    if redis_timeout > Duration::from_secs(10) {
+        return Err(ConfigError::new(
+            "cache.redis_timeout",
+            "must be at most 10s",
+        ));
+    }
     Ok(CacheConfig {
         default,
         any_enabled: default.enabled,
@@ -157,11 +168,7 @@ pub fn validate(raw: &RawCache, redis_configured: bool) -> Result<CacheConfig, C
         max_entry_bytes,
         scope,
         redis,
-        redis_timeout: positive(
-            "cache.redis_timeout",
-            raw.redis_timeout,
-            defaults.redis_timeout,
-        )?,
+        redis_timeout,
         lock_timeout: positive(
             "cache.lock_timeout",
             raw.lock_timeout,

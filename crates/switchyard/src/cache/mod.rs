@@ -164,9 +164,6 @@ pub struct ResponseCache {
     pending_writes: Arc<AtomicU64>,
 }
 
-/// Waiters give up after this many leaders failed in a row, and go upstream on their own.
-const MAX_FOLLOW_ROUNDS: usize = 3;
-
 impl ResponseCache {
     /// The cache for `config`, with Redis behind it when `redis_url` is given and
     /// `cache.redis` is on. Must be called inside the tokio runtime when Redis is used.
@@ -239,44 +236,49 @@ impl ResponseCache {
             // A refresh: it neither waits for nor blocks anyone.
             return Lookup::Lead(Fill::new(self, key, plan, None));
         }
-        for _ in 0..MAX_FOLLOW_ROUNDS {
-            let joined = {
-                let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
-                match flights.get(&key.digest) {
-                    Some(receiver) => Err(receiver.clone()),
-                    None => {
-                        let (sender, receiver) = watch::channel(Flight::Pending);
-                        flights.insert(key.digest, receiver);
-                        Ok(sender)
-                    }
+        let joined = {
+            let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+            match flights.get(&key.digest) {
+                Some(receiver) => Err(receiver.clone()),
+                None => {
+                    let (sender, receiver) = watch::channel(Flight::Pending);
+                    flights.insert(key.digest, receiver);
+                    Ok(sender)
                 }
-            };
-            let mut waiting = match joined {
-                Ok(sender) => {
-                    let fill = Fill::new(self, key, plan, Some(sender));
-                    if let Some(entry) = self.shared_get(key, now_unix_ms, max_age_ms).await {
-                        fill.finish(Some(Arc::clone(&entry)));
-                        return Lookup::Hit(entry);
-                    }
-                    return Lookup::Lead(fill);
-                }
-                Err(receiver) => receiver,
-            };
-            let wait = waiting.wait_for(|flight| matches!(flight, Flight::Done(_)));
-            match tokio::time::timeout(self.config.lock_timeout, wait).await {
-                Ok(Ok(flight)) => {
-                    if let Flight::Done(Some(entry)) = &*flight {
-                        self.metrics.coalesced.inc();
-                        return Lookup::Hit(Arc::clone(entry));
-                    }
-                    // The leader failed: try to lead (or follow the next leader).
-                }
-                // The leader was dropped without a word: the same.
-                Ok(Err(_)) => {}
-                Err(_) => return Lookup::Miss,
             }
+        };
+        let mut waiting = match joined {
+            Ok(sender) => {
+                let fill = Fill::new(self, key, plan, Some(sender));
+                // A leader that finished between our memory miss and taking the flight.
+                let found = match self.memory_get(key, now_unix_ms, max_age_ms) {
+                    Some(entry) => Some(entry),
+                    None => self.shared_get(key, now_unix_ms, max_age_ms).await,
+                };
+                if let Some(entry) = found {
+                    fill.finish(Some(Arc::clone(&entry)));
+                    return Lookup::Hit(entry);
+                }
+                return Lookup::Lead(fill);
+            }
+            Err(receiver) => receiver,
+        };
+        let wait = waiting.wait_for(|flight| matches!(flight, Flight::Done(_)));
+        match tokio::time::timeout(self.config.lock_timeout, wait).await {
+            Ok(Ok(flight)) => match &*flight {
+                Flight::Done(Some(entry)) => {
+                    self.metrics.coalesced.inc();
+                    Lookup::Hit(Arc::clone(entry))
+                }
+                // The leader failed (an error, a truncated stream, a client gone): every
+                // waiter goes upstream at once, rather than one after another.
+                Flight::Done(None) | Flight::Pending => Lookup::Miss,
+            },
+            // The leader was dropped without a word: the same.
+            Ok(Err(_)) => Lookup::Miss,
+            // Waited long enough: go upstream without storing.
+            Err(_) => Lookup::Miss,
         }
-        Lookup::Miss
     }
 
     fn memory_get(
@@ -286,13 +288,9 @@ impl ResponseCache {
         max_age_ms: Option<u64>,
     ) -> Option<Arc<Entry>> {
         let entry = self.memory.get(&key.digest)?;
-        if entry.is_fresh(now_unix_ms, max_age_ms) {
-            return Some(entry);
-        }
-        if now_unix_ms >= entry.expires_unix_ms {
-            self.memory.invalidate(&key.digest);
-        }
-        None
+        // An expired entry is left to moka's expiry (removing it here could remove a fresh
+        // one a refresh just put in its place).
+        entry.is_fresh(now_unix_ms, max_age_ms).then_some(entry)
     }
 
     async fn shared_get(
@@ -539,6 +537,8 @@ pub struct Fill {
     key: CacheKey,
     ttl: Duration,
     flight: Option<watch::Sender<Flight>>,
+    /// The answer must be a chat completion (so that it can be replayed as a stream).
+    chat: bool,
 }
 
 impl Fill {
@@ -553,7 +553,14 @@ impl Fill {
             key: key.clone(),
             ttl: plan.ttl,
             flight,
+            chat: false,
         }
+    }
+
+    /// Requires the stored answer to be a standard chat completion.
+    pub fn for_chat(mut self) -> Self {
+        self.chat = true;
+        self
     }
 
     /// How long the answer will live.
@@ -573,9 +580,17 @@ impl Fill {
             now_unix_ms.saturating_add(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX));
         entry.route = self.key.route.clone();
         entry.scope = self.key.scope.clone();
+        if self.chat
+            && serde_json::from_slice::<switchyard_core::wire::ChatCompletion>(&entry.body).is_err()
+        {
+            // It could not be replayed to a streaming client: serve it, do not keep it.
+            tracing::debug!(route = %self.key.route, "not caching an answer that is not a standard chat completion");
+            return self.finish(None);
+        }
         let entry = Arc::new(entry);
-        let stored = self.cache.store(&self.key, Arc::clone(&entry));
-        self.finish(stored.then_some(entry));
+        // Waiters get the answer even when it is too large to keep.
+        self.cache.store(&self.key, Arc::clone(&entry));
+        self.finish(Some(entry));
     }
 
     fn finish(mut self, entry: Option<Arc<Entry>>) {

@@ -68,7 +68,7 @@ impl SharedCache {
         let options = redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(ttl_ms));
         let write = connection.set_options::<_, _, ()>(redis_key(key), entry.encode(), options);
         // Writes are off the request path: give them longer than a lookup.
-        tokio::time::timeout(self.timeout * 10, write)
+        tokio::time::timeout(self.timeout.saturating_mul(10), write)
             .await
             .map_err(|_| "SET timed out".to_owned())?
             .map_err(|error| format!("SET: {error}"))
@@ -76,11 +76,24 @@ impl SharedCache {
 
     /// Deletes every cache key, or those of `route`, or of routes starting with `prefix`.
     pub async fn flush(&self, route: Option<&str>, prefix: Option<&str>) -> Result<u64, String> {
-        let pattern = match (route, prefix) {
-            (Some(route), _) => format!("{PREFIX}{}:*", glob_escape(&escape(route))),
-            (None, Some(prefix)) => format!("{PREFIX}{}*", glob_escape(&escape(prefix))),
-            (None, None) => format!("{PREFIX}*"),
-        };
+        let mut patterns = Vec::new();
+        if let Some(route) = route {
+            patterns.push(format!("{PREFIX}{}:*", glob_escape(&escape(route))));
+        }
+        if let Some(prefix) = prefix {
+            patterns.push(format!("{PREFIX}{}*", glob_escape(&escape(prefix))));
+        }
+        if patterns.is_empty() {
+            patterns.push(format!("{PREFIX}*"));
+        }
+        let mut removed = 0;
+        for pattern in patterns {
+            removed += self.flush_matching(&pattern).await?;
+        }
+        Ok(removed)
+    }
+
+    async fn flush_matching(&self, pattern: &str) -> Result<u64, String> {
         let mut connection = self.connection.clone();
         let mut cursor: u64 = 0;
         let mut removed = 0u64;
@@ -88,7 +101,7 @@ impl SharedCache {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(&pattern)
+                .arg(pattern)
                 .arg("COUNT")
                 .arg(FLUSH_BATCH)
                 .query_async(&mut connection)

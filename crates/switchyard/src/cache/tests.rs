@@ -209,27 +209,44 @@ async fn identical_misses_wait_for_the_leader_and_get_its_answer() {
 }
 
 #[tokio::test]
-async fn a_dropped_leader_hands_the_key_to_one_waiter() {
+async fn a_failed_leader_releases_its_waiters_at_once() {
     let cache = cache();
     let key = key("hot");
     let fill = lead(&cache, &key, &plan(60), T0).await;
-    let (c, k) = (Arc::clone(&cache), key.clone());
-    let waiter = tokio::spawn(async move {
-        match c.lookup(&k, &plan(60), T0).await {
-            Lookup::Lead(fill) => {
-                fill.store(answer(7), T0);
-                true
-            }
-            _ => false,
-        }
-    });
+    let waiters: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, k) = (Arc::clone(&cache), key.clone());
+            tokio::spawn(async move { matches!(c.lookup(&k, &plan(60), T0).await, Lookup::Miss) })
+        })
+        .collect();
     tokio::task::yield_now().await;
-    // The leader's request failed (or its client left): dropping the fill wakes the waiter,
-    // which leads the next try instead of waiting out the lock timeout.
+    // The leader's request failed (or its client left): dropping the fill wakes every
+    // waiter, which goes upstream on its own at once, rather than one after another.
     drop(fill);
-    assert!(waiter.await.unwrap(), "the waiter took over");
-    assert!(is_hit(&cache, &key, &plan(60), T0).await);
+    for waiter in waiters {
+        assert!(waiter.await.unwrap(), "a plain miss");
+    }
     assert_eq!(cache.snapshot().in_flight_fills, 0);
+    // The next request leads a new fill.
+    drop(lead(&cache, &key, &plan(60), T0).await);
+}
+
+#[tokio::test]
+async fn waiters_get_an_answer_too_large_to_keep() {
+    let cache = cache_with(CacheConfig {
+        max_entry_bytes: 1_000,
+        lock_timeout: Duration::from_secs(5),
+        ..CacheConfig::default()
+    });
+    let key = key("big");
+    let fill = lead(&cache, &key, &plan(60), T0).await;
+    let (c, k) = (Arc::clone(&cache), key.clone());
+    let waiter = tokio::spawn(async move { is_hit(&c, &k, &plan(60), T0).await });
+    tokio::task::yield_now().await;
+    fill.store(answer(5_000), T0);
+    assert!(waiter.await.unwrap(), "served the leader's answer");
+    assert_eq!(cache.snapshot().too_large, 1);
+    assert_eq!(cache.snapshot().entries, 0, "but not kept");
 }
 
 #[tokio::test(start_paused = true)]

@@ -41,6 +41,8 @@ pub struct Draft {
     pub stream: bool,
     /// Token usage.
     pub usage: TokenUsage,
+    /// A cache hit's stored answer's usage: what it saved.
+    pub saved_usage: TokenUsage,
     /// Time to first token, microseconds.
     pub ttft_us: Option<u64>,
     /// Provider time, microseconds.
@@ -198,13 +200,14 @@ impl PendingEvent {
 /// unknown (counted as such by analytics, never taken as zero).
 fn price(pricing: &switchyard_core::pricing::Pricing, draft: &Draft) -> (Option<f64>, Option<f64>) {
     let usage = &draft.usage;
-    let cost = match (&draft.provider, &draft.model) {
+    let priced = |usage: &TokenUsage| match (&draft.provider, &draft.model) {
         (Some(provider), Some(model)) => pricing.cost(provider, model, usage),
         _ => None,
     };
     if draft.cache == Some(CacheStatus::Hit.as_event()) {
-        return (Some(0.0), cost);
+        return (Some(0.0), priced(&draft.saved_usage));
     }
+    let cost = priced(usage);
     if usage.input == 0 && usage.output == 0 {
         return (Some(0.0), None);
     }

@@ -173,14 +173,13 @@ fn finish_hit(context: &RequestContext, entry: &Entry, response: &mut Response, 
         http::HeaderName::from_static(crate::handlers::COST_HEADER),
         HeaderValue::from_static("0"),
     );
-    let usage = entry.usage;
-    let ttft = u64::try_from(context.timings.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    // No provider tokens were used (token limits settle to nothing, token analytics count
+    // nothing); what the stored answer cost is what the hit saved. No time to first token
+    // either: it would be the cache's, not the provider's.
+    let saved = entry.usage;
     context.record(|draft| {
-        draft.usage = usage;
+        draft.saved_usage = saved;
         draft.stream = stream;
-        if stream {
-            draft.ttft_us = Some(ttft);
-        }
     });
     annotate(
         response,
@@ -195,10 +194,11 @@ fn finish_hit(context: &RequestContext, entry: &Entry, response: &mut Response, 
 }
 
 /// A streamed answer being recorded for the cache: stored when the stream ends cleanly,
-/// dropped (releasing any waiters) when it fails or the client goes away.
+/// dropped (releasing any waiters) when it fails, the client goes away, or the answer turns
+/// out too large to keep.
 pub struct Recording {
     recorder: switchyard_core::cache::StreamRecorder,
-    fill: Fill,
+    fill: Option<Fill>,
     provider: String,
     model: String,
 }
@@ -208,7 +208,7 @@ impl Recording {
     pub fn new(fill: Fill, provider: &str, model: &str) -> Self {
         Recording {
             recorder: switchyard_core::cache::StreamRecorder::new(fill.max_bytes()),
-            fill,
+            fill: Some(fill),
             provider: provider.to_owned(),
             model: model.to_owned(),
         }
@@ -216,13 +216,24 @@ impl Recording {
 
     /// One chunk sent to the client.
     pub fn push(&mut self, chunk: &[u8]) {
+        if self.fill.is_none() {
+            return;
+        }
         self.recorder.push(chunk);
+        if !self.recorder.is_recording() {
+            // Nothing will be stored: let the waiters go now, not when the stream ends.
+            self.fill = None;
+        }
     }
 
-    /// The stream finished cleanly with `usage`: store the answer if it is complete.
-    pub fn finish(self, usage: TokenUsage) {
+    /// The stream finished cleanly with `usage` (`None` when the provider reported none):
+    /// store the answer if it is complete and its usage known.
+    pub fn finish(self, usage: Option<TokenUsage>) {
+        let (Some(fill), Some(usage)) = (self.fill, usage) else {
+            return;
+        };
         if let Some((body, pieces)) = self.recorder.finish(usage) {
-            self.fill.store(
+            fill.store(
                 answer(body, pieces, usage, &self.provider, &self.model),
                 unix_ms(),
             );

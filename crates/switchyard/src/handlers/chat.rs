@@ -107,7 +107,7 @@ async fn handle(
             return cache::stream_hit(context, &entry, request.wants_stream_usage());
         }
         Begin::Hit(entry) => return Ok(cache::json_hit(context, &entry)),
-        Begin::Miss(fill) => fill,
+        Begin::Miss(fill) => fill.map(cache::Fill::for_chat),
     };
 
     if request.stream {
@@ -372,7 +372,7 @@ fn log_stream_end(
     if let Some(recording) = started.recording.take()
         && error.is_none()
     {
-        recording.finish(usage);
+        recording.finish(started.decoder.usage());
     }
     account::update(started.draft.as_ref(), |draft| {
         draft.usage = usage;
