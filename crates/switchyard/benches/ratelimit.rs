@@ -87,6 +87,7 @@ fn subject(key: &str) -> Subject {
         model: "gpt-4o".to_owned(),
         priority: Priority::Normal,
         tokens: 1_200,
+        own: Default::default(),
     }
 }
 

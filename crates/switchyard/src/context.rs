@@ -122,3 +122,65 @@ impl<S: Send + Sync> FromRequestParts<S> for TakenContext {
             .ok_or_else(|| ApiError(GatewayError::internal("request context missing")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use switchyard_core::config::CacheScope;
+    use switchyard_core::keys::{KeySettings, PriorityName, VirtualKey};
+    use switchyard_core::ratelimit::shed::Priority;
+
+    use super::Principal;
+
+    fn key(id: &str, team: Option<&str>) -> Principal {
+        Principal::Key(Arc::new(VirtualKey {
+            id: id.to_owned(),
+            hash: [0; 32],
+            prefix: String::new(),
+            settings: KeySettings {
+                name: id.to_owned(),
+                team: team.map(str::to_owned),
+                priority: PriorityName::Low,
+                enabled: true,
+                ..KeySettings::default()
+            },
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            revoked_at_ms: None,
+        }))
+    }
+
+    #[test]
+    fn cache_scopes_keep_tenants_apart() {
+        let a = key("key_a", Some("red"));
+        let b = key("key_b", Some("red"));
+        let c = key("key_c", None);
+        assert_ne!(
+            a.cache_scope(CacheScope::Key),
+            b.cache_scope(CacheScope::Key)
+        );
+        assert_eq!(
+            a.cache_scope(CacheScope::Team),
+            b.cache_scope(CacheScope::Team)
+        );
+        assert_eq!(
+            c.cache_scope(CacheScope::Team),
+            "key:key_c",
+            "no team: its own"
+        );
+        assert_ne!(
+            Principal::MasterKey.cache_scope(CacheScope::Key),
+            a.cache_scope(CacheScope::Key)
+        );
+        assert_eq!(a.cache_scope(CacheScope::Global), "global");
+    }
+
+    #[test]
+    fn a_key_brings_its_priority_and_no_admin_rights() {
+        assert_eq!(key("k", None).priority(), Priority::Low);
+        assert_eq!(Principal::MasterKey.priority(), Priority::Normal);
+        assert!(!key("k", None).is_admin());
+        assert!(Principal::MasterKey.is_admin());
+    }
+}

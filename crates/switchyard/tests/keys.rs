@@ -283,3 +283,162 @@ async fn until(gateway: &TestGateway, key: &str, status: u16) -> Duration {
     .expect("the second gateway followed");
     started.elapsed()
 }
+
+#[tokio::test]
+async fn a_key_has_its_own_request_and_token_limits() {
+    let (_mock, gateway) = setup().await;
+    let (_, limited) = create(&gateway, json!({"name": "small", "rpm": 2, "tpm": 100_000})).await;
+    let (_, other) = create(&gateway, json!({"name": "other"})).await;
+    for _ in 0..2 {
+        assert_eq!(chat(&gateway, &limited, "mock-a").await.0, 200);
+    }
+    let (status, error) = chat(&gateway, &limited, "mock-a").await;
+    assert_eq!(status, 429, "{error}");
+    assert_eq!(error["error"]["code"], "rate_limit_exceeded");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("key-rpm"),
+        "{error}"
+    );
+    // Other keys and the master key are not held back by it.
+    assert_eq!(chat(&gateway, &other, "mock-a").await.0, 200);
+    assert_eq!(chat(&gateway, MASTER, "mock-a").await.0, 200);
+
+    let (_, tight) = create(&gateway, json!({"name": "tight", "tpm": 100})).await;
+    let (status, error) = call(
+        &gateway,
+        reqwest::Method::POST,
+        "/v1/chat/completions",
+        &tight,
+        Some(json!({"model": "mock-a", "max_tokens": 500, "messages": [{"role": "user", "content": "hi"}]})),
+    )
+    .await;
+    assert_eq!(status, 429, "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too large"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn low_priority_keys_are_shed_first() {
+    let mock = MockProvider::builder()
+        .name("alpha")
+        .behavior(switchyard_testkit::mock::Behavior::latency(400))
+        .spawn()
+        .await
+        .unwrap();
+    let text = format!("[rate_limits]\nmax_in_flight = 10\n{}", config(&mock));
+    let gateway = TestGateway::start(&text, &[("TEST_MASTER", MASTER)]).await;
+    let (_, low) = create(&gateway, json!({"name": "batch", "priority": "low"})).await;
+    let (_, high) = create(&gateway, json!({"name": "interactive", "priority": "high"})).await;
+    // Seven normal requests in flight: at the low class's share (70%), under the others'.
+    let busy: Vec<_> = (0..7)
+        .map(|_| {
+            let url = gateway.url("/v1/chat/completions");
+            tokio::spawn(async move {
+                client()
+                    .post(url)
+                    .bearer_auth(MASTER)
+                    .header("content-type", "application/json")
+                    .body(json!({"model": "mock-a", "messages": [{"role": "user", "content": "slow"}]}).to_string())
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let (_, state) = call(
+                &gateway,
+                reqwest::Method::GET,
+                "/admin/ratelimits",
+                MASTER,
+                None,
+            )
+            .await;
+            if state["in_flight"] == 7 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("seven in flight");
+    let (status, error) = chat(&gateway, &low, "mock-a").await;
+    assert_eq!(status, 503, "{error}");
+    assert_eq!(chat(&gateway, &high, "mock-a").await.0, 200);
+    for task in busy {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    assert_eq!(
+        chat(&gateway, &low, "mock-a").await.0,
+        200,
+        "admitted once the load is gone"
+    );
+}
+
+/// The `x-switchyard-cache` status of a chat for `prompt` with `key`.
+async fn cache_status(gateway: &TestGateway, key: &str, prompt: &str) -> String {
+    let response = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(
+            json!({"model": "mock-a", "messages": [{"role": "user", "content": prompt}]})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    response.headers()["x-switchyard-cache"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn one_key_never_reads_another_keys_cached_answers() {
+    let mock = MockProvider::builder().name("alpha").spawn().await.unwrap();
+    let text = format!("[cache]\nenabled = true\n{}", config(&mock));
+    let gateway = TestGateway::start(&text, &[("TEST_MASTER", MASTER)]).await;
+    let (_, first) = create(&gateway, json!({"name": "tenant-a", "team": "t"})).await;
+    let (_, second) = create(&gateway, json!({"name": "tenant-b", "team": "t"})).await;
+    assert_eq!(cache_status(&gateway, &first, "private").await, "MISS");
+    assert_eq!(cache_status(&gateway, &first, "private").await, "HIT");
+    assert_eq!(
+        cache_status(&gateway, &second, "private").await,
+        "MISS",
+        "another key's answer is not shared"
+    );
+    assert_eq!(mock.calls(), 2);
+
+    // With `scope = "team"`, keys of one team share.
+    let text = format!(
+        "[cache]\nenabled = true\nscope = \"team\"\n{}",
+        config(&mock)
+    );
+    let gateway = TestGateway::start(&text, &[("TEST_MASTER", MASTER)]).await;
+    let (_, first) = create(&gateway, json!({"name": "a", "team": "t"})).await;
+    let (_, second) = create(&gateway, json!({"name": "b", "team": "t"})).await;
+    let (_, outsider) = create(&gateway, json!({"name": "c", "team": "u"})).await;
+    assert_eq!(cache_status(&gateway, &first, "team").await, "MISS");
+    assert_eq!(
+        cache_status(&gateway, &second, "team").await,
+        "HIT",
+        "same team"
+    );
+    assert_eq!(
+        cache_status(&gateway, &outsider, "team").await,
+        "MISS",
+        "another team"
+    );
+}

@@ -384,6 +384,7 @@ fn subject(key: &str, tokens: u64) -> Subject {
         model: "m".to_owned(),
         priority: Priority::Normal,
         tokens,
+        own: Default::default(),
     }
 }
 

@@ -11,8 +11,8 @@ use std::time::Instant;
 use switchyard_core::GatewayError;
 
 use crate::app::AppState;
-use crate::context::RequestContext;
-use crate::ratelimit::{Refusal, Subject};
+use crate::context::{Principal, RequestContext};
+use crate::ratelimit::{OwnLimits, Refusal, Subject};
 use crate::timing::Stage;
 
 /// What the stage needs to know about the request.
@@ -33,7 +33,14 @@ pub async fn admit(
     context: &mut RequestContext,
     ask: Ask<'_>,
 ) -> Result<(), GatewayError> {
-    if !app.limiter.is_active() {
+    let own = match &context.principal {
+        Principal::Key(key) => OwnLimits {
+            rpm: key.settings.rpm,
+            tpm: key.settings.tpm,
+        },
+        Principal::Anonymous | Principal::MasterKey => OwnLimits::default(),
+    };
+    if !app.limiter.is_active() && !own.is_some() {
         return Ok(());
     }
     let started = Instant::now();
@@ -51,6 +58,7 @@ pub async fn admit(
         model: ask.model.to_owned(),
         priority: context.principal.priority(),
         tokens: ask.input_tokens.saturating_add(output),
+        own,
     };
     let outcome = app.limiter.admit(&subject, context.deadline).await;
     context.timings.lap(Stage::RateLimit, started);

@@ -31,7 +31,7 @@ use serde::Serialize;
 use switchyard_core::clock::{Clock, Nanos, nanos};
 use switchyard_core::config::{FailMode, LimitConfig, RateLimitConfig};
 use switchyard_core::ratelimit::shed::{self, Priority};
-use switchyard_core::ratelimit::{Outcome, Policy, Scope, Unit, reset_text};
+use switchyard_core::ratelimit::{Algorithm, Outcome, Policy, Scope, Unit, reset_text};
 use switchyard_core::{ErrorKind, GatewayError, Origin};
 use tokio::time::Instant;
 
@@ -68,6 +68,9 @@ pub struct Subject {
     pub priority: Priority,
     /// Tokens to reserve: the input estimate plus the output limit.
     pub tokens: u64,
+    /// The virtual key's own limits, counted under [`OWN_LIMITS`] (token buckets per minute,
+    /// burst = the amount).
+    pub own: OwnLimits,
 }
 
 /// Prometheus series of the limiter.
@@ -152,14 +155,38 @@ pub enum Refusal {
     StoreUnavailable,
 }
 
-/// A limit a request falls under: the limit's index, the counter, the units to charge.
-type Wanted<'s> = (usize, Cow<'s, str>, u64);
+/// A limit a request falls under: the limit's index, the counter, the units to charge, and
+/// the policy to count them by (the limit's own, or a virtual key's own amount).
+type Wanted<'s> = (usize, Cow<'s, str>, u64, Policy);
+
+/// A virtual key's own limits, per minute (see [`Subject::own`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnLimits {
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    pub tpm: Option<u64>,
+}
+
+impl OwnLimits {
+    /// Whether there is any.
+    pub fn is_some(&self) -> bool {
+        self.rpm.is_some() || self.tpm.is_some()
+    }
+}
+
+/// The period of a virtual key's own limits.
+const OWN_PERIOD: Duration = Duration::from_secs(60);
+
+/// The names of the limits that count a virtual key's own `rpm` and `tpm`.
+pub const OWN_LIMITS: [&str; 2] = ["key-rpm", "key-tpm"];
 
 /// One counter a request was charged to that needs settling (tokens, concurrency; request
 /// counts are final when charged).
 #[derive(Debug, Clone)]
 struct Charge {
     limit: usize,
+    policy: Policy,
     counter: String,
     units: u64,
     /// When it was charged, in the backend's clock (nanoseconds here, microseconds in Redis).
@@ -230,7 +257,10 @@ impl RateHeaders {
 
 /// The limiter.
 pub struct RateLimiter {
+    /// The configured limits, then the two [`OWN_LIMITS`].
     limits: Vec<LimitConfig>,
+    /// How many of `limits` are configured.
+    configured: usize,
     policies: Vec<Policy>,
     fail_mode: FailMode,
     store_timeout: Duration,
@@ -261,12 +291,29 @@ impl RateLimiter {
         clock: Arc<dyn Clock>,
         metrics: RateLimitMetrics,
     ) -> Result<Self, String> {
+        // With Redis, every limit is counted there, virtual keys' own limits included.
         let redis = match redis_url {
-            Some(url) if !config.limits.is_empty() => {
-                Some(RedisStore::new(url, config.store_timeout, lease)?)
-            }
-            _ => None,
+            Some(url) => Some(RedisStore::new(url, config.store_timeout, lease)?),
+            None => None,
         };
+        let mut limits = config.limits.clone();
+        for (name, unit) in OWN_LIMITS.into_iter().zip([Unit::Requests, Unit::Tokens]) {
+            limits.push(LimitConfig {
+                name: name.to_owned(),
+                scope: Scope::Key,
+                unit,
+                // Each key brings its own amount; this one is never used.
+                policy: Policy::TokenBucket {
+                    interval: nanos(OWN_PERIOD),
+                    burst: 1,
+                },
+                amount: 0,
+                period: OWN_PERIOD,
+                only: Vec::new(),
+                queue: Duration::ZERO,
+                max_queued: 0,
+            });
+        }
         let settlements = redis.clone().map(|redis| {
             let (sender, receiver) = tokio::sync::mpsc::channel(SETTLE_QUEUE);
             tokio::spawn(send_settlements(
@@ -279,10 +326,11 @@ impl RateLimiter {
             sender
         });
         Ok(RateLimiter {
-            policies: config.limits.iter().map(|limit| limit.policy).collect(),
-            queued: config.limits.iter().map(|_| AtomicU32::new(0)).collect(),
-            memory: MemoryStore::new(config.limits.len()),
-            limits: config.limits.clone(),
+            policies: limits.iter().map(|limit| limit.policy).collect(),
+            queued: limits.iter().map(|_| AtomicU32::new(0)).collect(),
+            memory: MemoryStore::new(limits.len()),
+            configured: config.limits.len(),
+            limits,
             fail_mode: config.on_store_error,
             store_timeout: config.store_timeout,
             max_in_flight: config.max_in_flight,
@@ -301,7 +349,9 @@ impl RateLimiter {
     /// Connects to Redis and loads the scripts (when Redis is configured), logging a failure:
     /// called once at start-up, before serving. An unreachable Redis does not stop the start.
     pub async fn warm_up(&self) {
-        if let Some(redis) = &self.redis {
+        if let Some(redis) = &self.redis
+            && self.configured > 0
+        {
             match tokio::time::timeout(Duration::from_secs(2), redis.warm_up()).await {
                 Ok(Ok(())) => tracing::info!("rate limits are shared through Redis"),
                 Ok(Err(error)) => tracing::warn!(
@@ -322,12 +372,13 @@ impl RateLimiter {
         self.limits.iter().any(|limit| limit.scope.is_per_call())
     }
 
-    /// Whether requests need to pass through the limiter at all.
+    /// Whether requests need to pass through the limiter at all (a virtual key with limits of
+    /// its own always does).
     pub fn is_active(&self) -> bool {
-        !self.limits.is_empty() || self.max_in_flight.is_some()
+        self.configured > 0 || self.max_in_flight.is_some()
     }
 
-    /// The configured limits.
+    /// The configured limits, then the two [`OWN_LIMITS`].
     pub fn limits(&self) -> &[LimitConfig] {
         &self.limits
     }
@@ -359,12 +410,23 @@ impl RateLimiter {
             .iter()
             .enumerate()
             .filter_map(|(index, limit)| {
+                let policy = match index.checked_sub(self.configured) {
+                    None => self.policies[index],
+                    Some(own) => {
+                        let amount = if own == 0 {
+                            subject.own.rpm
+                        } else {
+                            subject.own.tpm
+                        }?;
+                        Policy::rate(Algorithm::TokenBucket, amount, nanos(OWN_PERIOD), None)?
+                    }
+                };
                 let counter = counter(limit, subject)?;
                 let units = match limit.unit {
                     Unit::Requests | Unit::Concurrent => 1,
                     Unit::Tokens => subject.tokens.max(1),
                 };
-                Some((index, counter, units))
+                Some((index, counter, units, policy))
             })
             .collect();
         if wanted.is_empty() {
@@ -430,7 +492,7 @@ impl RateLimiter {
                 } else {
                     Cow::Borrowed(provider)
                 };
-                (index, counter, units)
+                (index, counter, units, self.policies[index])
             })
             .collect();
         if wanted.is_empty() {
@@ -490,11 +552,12 @@ impl RateLimiter {
                 key: subject.key.clone(),
             })
             .inc();
-        let counter = wanted
+        let (counter, policy) = wanted
             .iter()
             .find(|(index, ..)| *index == limit)
-            .map(|(_, counter, _)| counter.to_string())
-            .unwrap_or_default();
+            .map_or((String::new(), config.policy), |(_, counter, _, policy)| {
+                (counter.to_string(), *policy)
+            });
         {
             let mut offenders = lock(&self.offenders);
             if offenders.len() >= MAX_OFFENDERS {
@@ -512,7 +575,7 @@ impl RateLimiter {
         headers.merge(
             config.unit,
             Figures {
-                limit: config.policy.capacity(),
+                limit: policy.capacity(),
                 remaining: 0,
                 reset: retry_after.unwrap_or(config.period),
             },
@@ -552,14 +615,14 @@ impl RateLimiter {
             {
                 Ok(Ok(Decision::Admitted { limits, now_us })) => {
                     admission.pending.redis = true;
-                    for ((index, counter, units), (remaining, reset_us)) in
+                    for ((index, counter, units, policy), (remaining, reset_us)) in
                         wanted.iter().zip(limits)
                     {
                         let config = &self.limits[*index];
                         admission.headers.merge(
                             config.unit,
                             Figures {
-                                limit: config.policy.capacity(),
+                                limit: policy.capacity(),
                                 remaining,
                                 reset: Duration::from_micros(reset_us),
                             },
@@ -567,6 +630,7 @@ impl RateLimiter {
                         if config.unit != Unit::Requests {
                             admission.pending.charges.push(Charge {
                                 limit: *index,
+                                policy: *policy,
                                 counter: counter.to_string(),
                                 units: *units,
                                 at: now_us,
@@ -581,7 +645,7 @@ impl RateLimiter {
                 })) => {
                     let (limit, units) = wanted
                         .get(index)
-                        .map_or((0, 0), |(limit, _, units)| (*limit, *units));
+                        .map_or((0, 0), |(limit, _, units, _)| (*limit, *units));
                     return Err(Refusal::Limited {
                         limit,
                         retry_after: retry_after_us.map(Duration::from_micros),
@@ -618,8 +682,7 @@ impl RateLimiter {
     ) -> Result<(), Refusal> {
         admission.pending.redis = false;
         let mut headers = RateHeaders::default();
-        for (position, (index, counter, units)) in wanted.iter().enumerate() {
-            let policy = &self.policies[*index];
+        for (position, (index, counter, units, policy)) in wanted.iter().enumerate() {
             match self.memory.acquire(*index, policy, counter, now, *units) {
                 Outcome::Admitted { remaining, reset } => {
                     headers.merge(
@@ -632,15 +695,9 @@ impl RateLimiter {
                     );
                 }
                 Outcome::Refused { retry_after, .. } => {
-                    for (index, counter, units) in &wanted[..position] {
-                        self.memory.release(
-                            *index,
-                            &self.policies[*index],
-                            counter,
-                            now,
-                            now,
-                            *units,
-                        );
+                    for (index, counter, units, policy) in &wanted[..position] {
+                        self.memory
+                            .release(*index, policy, counter, now, now, *units);
                     }
                     return Err(Refusal::Limited {
                         limit: *index,
@@ -654,8 +711,9 @@ impl RateLimiter {
         admission.pending.charges = wanted
             .iter()
             .filter(|(index, ..)| self.limits[*index].unit != Unit::Requests)
-            .map(|(index, counter, units)| Charge {
+            .map(|(index, counter, units, policy)| Charge {
                 limit: *index,
+                policy: *policy,
                 counter: counter.to_string(),
                 units: *units,
                 at: now,
@@ -667,19 +725,19 @@ impl RateLimiter {
     fn checks(&self, wanted: &[Wanted<'_>]) -> Vec<Check> {
         wanted
             .iter()
-            .map(|(index, counter, units)| self.check(*index, counter, *units))
+            .map(|(index, counter, units, policy)| self.check(*index, counter, *units, *policy))
             .collect()
     }
 
-    fn check(&self, index: usize, counter: &str, units: u64) -> Check {
+    fn check(&self, index: usize, counter: &str, units: u64, policy: Policy) -> Check {
         let config = &self.limits[index];
         Check {
             key: format!(
                 "switchyard:rl:{}:{}:{counter}",
                 config.name,
-                RedisStore::kind(&config.policy)
+                RedisStore::kind(&policy)
             ),
-            policy: config.policy,
+            policy,
             units,
             weighted: config.unit == Unit::Tokens,
         }
@@ -766,7 +824,7 @@ impl RateLimiter {
             let nonce = std::mem::take(&mut pending.nonce);
             for (charge, delta) in deltas {
                 let settlement = Settlement {
-                    check: self.check(charge.limit, &charge.counter, charge.units),
+                    check: self.check(charge.limit, &charge.counter, charge.units, charge.policy),
                     delta,
                     at: charge.at,
                     nonce: nonce.clone(),
@@ -787,7 +845,7 @@ impl RateLimiter {
         }
         let now = self.clock.now();
         for (charge, delta) in deltas {
-            let policy = &self.policies[charge.limit];
+            let policy = &charge.policy;
             if delta < 0 {
                 self.memory.release(
                     charge.limit,
@@ -864,8 +922,7 @@ impl RateLimiter {
                 .map(|_| now >= self.redis_down_until.load(Ordering::Relaxed)),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             max_in_flight: self.max_in_flight,
-            limits: self
-                .limits
+            limits: self.limits[..self.configured]
                 .iter()
                 .zip(&self.queued)
                 .map(|(limit, queued)| LimitView {
@@ -894,7 +951,11 @@ impl RateLimiter {
                 units,
             } => {
                 let config = &self.limits[*limit];
+                let own = *limit >= self.configured;
                 let what = match config.unit {
+                    // A virtual key's own limit: its amount is the key's, not the config's.
+                    Unit::Requests if own => "this key's own requests per minute".to_owned(),
+                    Unit::Tokens if own => "this key's own tokens per minute".to_owned(),
                     Unit::Requests => format!(
                         "{} requests per {}",
                         config.amount,
@@ -917,6 +978,11 @@ impl RateLimiter {
                     (None, Unit::Concurrent) => format!(
                         "Rate limit reached on `{}` ({} scope): {what}. Try again when one finishes.",
                         config.name, config.scope
+                    ),
+                    (None, _) if own => format!(
+                        "Request too large for `{}`: it needs {units} {} at once, more than {what} allows. Lower max_tokens or the prompt.",
+                        config.name,
+                        config.unit.as_str(),
                     ),
                     (None, _) => format!(
                         "Request too large for `{}` ({} scope): it needs {units} {} but the limit allows at most {} at once ({what}). Lower max_tokens or the prompt.",

@@ -36,6 +36,7 @@ fn subject(key: &str) -> Subject {
         model: "gpt-4o".to_owned(),
         priority: Priority::Normal,
         tokens: 100,
+        own: Default::default(),
     }
 }
 
