@@ -1,4 +1,4 @@
-//! The `switchyard` command line: `serve` (the default), `demo` and `config check`.
+//! The `switchyard` command line: `serve` (the default), `demo`, `config check` and `keys`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -36,6 +36,9 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Manage virtual keys: in the data directory (a running gateway on it follows within a
+    /// second), or through a running gateway's admin API with --url.
+    Keys(Box<crate::keys_cli::KeysArgs>),
 }
 
 /// `serve` options.
@@ -84,6 +87,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args).await,
         Command::Demo(args) => crate::demo::run(args).await,
+        Command::Keys(args) => crate::keys_cli::run(*args).await,
         Command::Config {
             command: ConfigCommand::Check { file },
         } => {

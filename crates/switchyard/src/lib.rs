@@ -21,6 +21,7 @@
 //! - [`server`]: listener, connections, graceful shutdown.
 //! - [`telemetry`]: the log subscriber, the request path's spans, OTLP trace export and W3C
 //!   trace-context propagation.
+//! - [`keys`]: virtual keys (store, in-memory index); [`keys_cli`]: `switchyard keys`.
 //! - [`cli`]: `serve`, `demo`, `config check`; [`demo`]: simulated providers and traffic.
 
 pub mod analytics;
@@ -35,6 +36,7 @@ pub mod failover;
 pub mod handlers;
 pub mod health_check;
 pub mod keys;
+pub mod keys_cli;
 pub mod ratelimit;
 pub mod server;
 pub mod telemetry;

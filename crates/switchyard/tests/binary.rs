@@ -425,3 +425,112 @@ async fn two_processes_share_one_limit_through_redis() {
     first.kill().await.unwrap();
     second.kill().await.unwrap();
 }
+
+/// `switchyard keys` on the data directory of a running gateway (which follows within a
+/// second), and through its admin API with `--url`.
+#[tokio::test]
+async fn the_keys_command_manages_a_running_gateways_keys() {
+    const MASTER: &str = "sk-master-cli-test";
+    let mock = MockProvider::builder().name("cli").spawn().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let config = write_config(
+        "keys-cli",
+        &format!(
+            "[server]\nmaster_key_env = \"CLI_MASTER\"\n[[providers]]\nname = \"mock\"\nkind = \"openai\"\nbase_url = \"{}/v1\"\nmodels = [\"mock-*\"]\n",
+            mock.base_url()
+        ),
+    );
+    let env = [
+        ("SWITCHYARD_DATA_DIR", data_dir.as_str()),
+        ("CLI_MASTER", MASTER),
+    ];
+    let (ok, created, stderr) = run_to_exit(
+        &[
+            "keys", "create", "--name", "from-cli", "--team", "ops", "--model", "mock-*", "--json",
+        ],
+        &env,
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["team"], "ops");
+
+    let (mut gateway, address) = start(
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &env,
+    )
+    .await;
+    let chat = |key: String| {
+        let address = address.clone();
+        async move {
+            client()
+                .post(format!("{address}/v1/chat/completions"))
+                .bearer_auth(key)
+                .body(r#"{"model":"mock-a","messages":[{"role":"user","content":"hi"}]}"#)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(chat(secret.clone()).await, 200);
+
+    // Text output for people.
+    let (ok, listed, _) = run_to_exit(&["keys", "list"], &env).await;
+    assert!(
+        ok && listed.contains(&id) && listed.contains("from-cli") && listed.contains("active"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&secret[10..]));
+
+    let (ok, _, stderr) = run_to_exit(&["keys", "revoke", &id], &env).await;
+    assert!(ok, "{stderr}");
+    let started = std::time::Instant::now();
+    while chat(secret.clone()).await != 401 {
+        assert!(started.elapsed() < Duration::from_secs(2), "still accepted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Through the admin API.
+    let remote = [("CLI_MASTER", MASTER)];
+    let (ok, listed, stderr) = run_to_exit(
+        &[
+            "keys",
+            "list",
+            "--url",
+            &address,
+            "--admin-key",
+            MASTER,
+            "--json",
+        ],
+        &remote,
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    assert!(
+        listed.contains(&id) && listed.contains("revoked_at_ms"),
+        "{listed}"
+    );
+    let (ok, _, stderr) = run_to_exit(
+        &["keys", "list", "--url", &address, "--admin-key", "wrong"],
+        &remote,
+    )
+    .await;
+    assert!(!ok && stderr.contains("401"), "{stderr}");
+    gateway.kill().await.unwrap();
+}
