@@ -626,3 +626,32 @@ async fn hits_do_not_use_up_token_limits() {
     }
     assert_eq!(mock.calls(), 1);
 }
+
+#[tokio::test]
+async fn a_route_pointed_at_other_models_does_not_reuse_answers() {
+    let mock = mock(Behavior::default()).await;
+    let with_target = |model: &str| {
+        format!(
+            "[storage]\nredis_url = \"{REDIS}\"\n[cache]\nenabled = true\n{}\n[[routes]]\nmodel = \"assistant\"\ntargets = [{{ provider = \"alpha\", model = \"{model}\" }}]\n",
+            provider(&mock)
+        )
+    };
+    let first = TestGateway::start(&with_target("mock-a"), &[]).await;
+    let second = TestGateway::start(&with_target("mock-b"), &[]).await;
+    let body = json!({"model": "assistant", "messages": [{"role": "user", "content": format!("which model {}", nonce())}]});
+    let (_, cache, _) = chat_call(&first, &body, &[]).await;
+    assert_eq!(cache, "MISS");
+    let pending = first.state.cache.clone().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while pending.pending_writes() > 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let (_, cache, answer) = chat_call(&second, &body, &[]).await;
+    assert_eq!(cache, "MISS", "the same route name, other models: {answer}");
+    assert_eq!(answer["model"], "mock-b");
+    let (_, cache, _) = chat_call(&first, &body, &[]).await;
+    assert_eq!(cache, "HIT");
+}

@@ -39,6 +39,8 @@ pub struct Ask<'a> {
     pub endpoint: &'static str,
     /// The route it resolved to.
     pub route: &'a str,
+    /// The route's targets.
+    pub targets: &'a [switchyard_core::config::Target],
     /// Whether it asks for sampling (`temperature` above 0).
     pub sampled: bool,
     /// Whether something about it makes its answer unfit to share (log probabilities).
@@ -73,7 +75,18 @@ pub async fn begin(
     }
     let started = Instant::now();
     let scope = context.principal.cache_scope(app.config.cache.scope);
-    let key = CacheKey::new(ask.endpoint, &scope, ask.route, ask.body)?;
+    // What answers the request is part of the key too: the endpoint, and the targets the
+    // route sends to (so that a route pointed at other models, or another deployment with a
+    // route of the same name sharing the Redis, never serves answers made by other models).
+    let mut namespace = String::with_capacity(64);
+    namespace.push_str(ask.endpoint);
+    for target in ask.targets {
+        namespace.push('\u{1f}');
+        namespace.push_str(&target.provider.name);
+        namespace.push('/');
+        namespace.push_str(&target.model);
+    }
+    let key = CacheKey::new(&namespace, &scope, ask.route, ask.body)?;
     let lookup = cache
         .lookup(&key, &plan, unix_ms())
         .instrument(Stage::Cache.span(&context.span))

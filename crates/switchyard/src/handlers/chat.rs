@@ -96,6 +96,7 @@ async fn handle(
         cache::Ask {
             endpoint: "/v1/chat/completions",
             route: resolution.route_name(),
+            targets: resolution.targets(),
             sampled: is_sampled(request.temperature),
             uncacheable: request.logprobs == Some(true),
             body: &body,

@@ -74,6 +74,7 @@ async fn handle(
         cache::Ask {
             endpoint: "/v1/embeddings",
             route: resolution.route_name(),
+            targets: resolution.targets(),
             sampled: false,
             uncacheable: false,
             body: &body,
