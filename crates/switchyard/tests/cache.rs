@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestGateway, client, post_json, sse_data, stream_text};
+use common::{TestGateway, client, get_text, post_json, sse_data, stream_text};
 use serde_json::{Value, json};
 use switchyard_testkit::mock::{Behavior, MockHandle, MockProvider};
 
@@ -100,6 +100,18 @@ async fn admin(gateway: &TestGateway) -> Value {
         .unwrap()
 }
 
+/// Waits until `gateway`'s cache has sent its pending writes to Redis.
+async fn written_to_redis(gateway: &TestGateway) {
+    let cache = gateway.state.cache.clone().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while cache.pending_writes() > 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the Redis writes finished");
+}
+
 fn nonce() -> String {
     format!("{:016x}", fastrand::u64(..))
 }
@@ -150,14 +162,7 @@ async fn a_repeated_request_is_a_hit_with_the_same_answer() {
     let rate = stats["cache"]["hit_rate"].as_f64().unwrap();
     assert!((rate - 1.0 / 3.0).abs() < 1e-9, "{rate}");
 
-    let metrics = client()
-        .get(gateway.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&gateway.url("/metrics")).await;
     assert!(
         metrics.contains("switchyard_cache_requests_total{result=\"hit\"} 1"),
         "{metrics}"
@@ -524,14 +529,7 @@ async fn two_gateways_share_answers_through_redis() {
     let body = chat(&format!("shared {}", nonce()));
     let (_, cache, answer) = chat_call(&first, &body, &[]).await;
     assert_eq!(cache, "MISS");
-    let cache_of_first = first.state.cache.clone().unwrap();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while cache_of_first.pending_writes() > 0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await
-    .unwrap();
+    written_to_redis(&first).await;
     let (_, cache, shared) = chat_call(&second, &body, &[]).await;
     assert_eq!(cache, "HIT", "the other instance's miss is this one's hit");
     assert_eq!(shared, answer);
@@ -641,14 +639,7 @@ async fn a_route_pointed_at_other_models_does_not_reuse_answers() {
     let body = json!({"model": "assistant", "messages": [{"role": "user", "content": format!("which model {}", nonce())}]});
     let (_, cache, _) = chat_call(&first, &body, &[]).await;
     assert_eq!(cache, "MISS");
-    let pending = first.state.cache.clone().unwrap();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while pending.pending_writes() > 0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await
-    .unwrap();
+    written_to_redis(&first).await;
     let (_, cache, answer) = chat_call(&second, &body, &[]).await;
     assert_eq!(cache, "MISS", "the same route name, other models: {answer}");
     assert_eq!(answer["model"], "mock-b");

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestGateway, client, post_json};
+use common::{TestGateway, client, get_text, post_json};
 use serde_json::{Value, json};
 use switchyard_testkit::mock::{MockHandle, MockProvider};
 
@@ -120,14 +120,7 @@ async fn answers_carry_their_cost_and_hits_record_what_they_saved() {
     let stream_cost = (tokens_in * 2.0 + tokens_out * 8.0) / 1e6;
     assert!((streamed["cost_usd"].as_f64().unwrap() - stream_cost).abs() < 1e-12);
 
-    let metrics = client()
-        .get(gateway.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&gateway.url("/metrics")).await;
     assert!(metrics.contains("switchyard_cost_usd_total{"), "{metrics}");
     assert!(metrics.contains("switchyard_cache_saved_usd_total{"));
 }
@@ -141,14 +134,7 @@ async fn a_model_without_a_price_is_unknown_not_free() {
     assert_eq!(headers["x-switchyard-cost-usd"], "unknown");
     let rows = logged(&gateway, 1).await;
     assert!(rows[0]["cost_usd"].is_null(), "{}", rows[0]);
-    let metrics = client()
-        .get(gateway.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&gateway.url("/metrics")).await;
     assert!(
         metrics.contains("switchyard_cost_unknown_requests_total{route=\"mock-unpriced\",provider=\"alpha\",model=\"mock-unpriced\"} 1"),
         "{metrics}"

@@ -213,6 +213,18 @@ fn call<'a>(provider: &'a Arc<crate::config::Provider>, model: &'a str) -> CallI
     }
 }
 
+/// The normalised usage of a provider's non-streamed answer `body`.
+fn answered(kind: &str, model: &str, body: &serde_json::Value) -> TokenUsage {
+    let provider = provider(kind);
+    provider::chat_response(
+        &call(&provider, model),
+        &request(false),
+        body.to_string().as_bytes(),
+    )
+    .unwrap()
+    .usage
+}
+
 fn streamed(kind: &str, model: &str, events: &[(&str, serde_json::Value)]) -> TokenUsage {
     let provider = provider(kind);
     let call = call(&provider, model);
@@ -240,14 +252,7 @@ fn golden_openai_cached_tokens_json_and_stream() {
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
         "usage": usage_json
     });
-    let provider = provider("openai");
-    let completion = provider::chat_response(
-        &call(&provider, "gpt-4o"),
-        &request(false),
-        body.to_string().as_bytes(),
-    )
-    .unwrap();
-    let usage = completion.usage;
+    let usage = answered("openai", "gpt-4o", &body);
     assert_eq!(
         (usage.input, usage.cached_input, usage.output),
         (2_000, 1_536, 300)
@@ -285,14 +290,7 @@ fn golden_anthropic_cache_reads_and_writes_json_and_stream() {
         "usage": {"input_tokens": 100, "output_tokens": 50,
                   "cache_creation_input_tokens": 2_000, "cache_read_input_tokens": 1_000}
     });
-    let provider = provider("anthropic");
-    let completion = provider::chat_response(
-        &call(&provider, "claude-sonnet-4-5"),
-        &request(false),
-        body.to_string().as_bytes(),
-    )
-    .unwrap();
-    let usage = completion.usage;
+    let usage = answered("anthropic", "claude-sonnet-4-5", &body);
     assert_eq!(
         (
             usage.input,
@@ -346,14 +344,7 @@ fn golden_gemini_thoughts_are_billed_as_output() {
                           "totalTokenCount": 1_200},
         "modelVersion": "gemini-2.5-flash"
     });
-    let provider = provider("gemini");
-    let completion = provider::chat_response(
-        &call(&provider, "gemini-2.5-flash"),
-        &request(false),
-        body.to_string().as_bytes(),
-    )
-    .unwrap();
-    let usage = completion.usage;
+    let usage = answered("gemini", "gemini-2.5-flash", &body);
     assert_eq!(
         (
             usage.input,

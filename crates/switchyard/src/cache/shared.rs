@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use switchyard_core::cache::{CacheKey, Entry};
 
 /// Every cache key starts with this.
@@ -24,18 +24,7 @@ pub struct SharedCache {
 impl SharedCache {
     /// Connects lazily to `url`; operations wait at most `timeout`.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err("the Redis cache must be created inside the tokio runtime".to_owned());
-        }
-        let client = redis::Client::open(url)
-            .map_err(|error| format!("storage.redis_url is not a valid Redis URL: {error}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|error| format!("redis: {error}"))?;
+        let connection = crate::ratelimit::redis::connect_lazily(url, timeout)?;
         Ok(SharedCache {
             connection,
             timeout,

@@ -280,23 +280,29 @@ pub struct RedisStore {
     lease: Duration,
 }
 
+/// A connection to Redis at `url` that connects on first use and again after a failure, so
+/// that an unreachable Redis stops nothing from starting. Commands wait at most `timeout`.
+/// Must be called inside the tokio runtime (the manager spawns its reader task at once).
+pub fn connect_lazily(url: &str, timeout: Duration) -> Result<ConnectionManager, String> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err("a Redis connection must be made inside the tokio runtime".to_owned());
+    }
+    let client = redis::Client::open(url)
+        .map_err(|error| format!("storage.redis_url is not a valid Redis URL: {error}"))?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client, config)
+        .map_err(|error| format!("redis: {error}"))
+}
+
 impl RedisStore {
     /// A store for `url`; it connects lazily, so an unreachable Redis does not stop the
     /// gateway from starting (the configured fail mode applies meanwhile).
     pub fn new(url: &str, timeout: Duration, lease: Duration) -> Result<Self, String> {
-        // The connection manager spawns its reader task at once (it would panic outside one).
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err("the Redis store must be created inside the tokio runtime".to_owned());
-        }
-        let client = redis::Client::open(url)
-            .map_err(|error| format!("storage.redis_url is not a valid Redis URL: {error}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|error| format!("redis: {error}"))?;
+        let connection = connect_lazily(url, timeout)?;
         Ok(RedisStore {
             connection,
             admit: Script::new(ADMIT),

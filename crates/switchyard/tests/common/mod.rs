@@ -81,6 +81,18 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().build().unwrap()
 }
 
+/// GETs `url` and returns the body as text (for `/metrics`).
+pub async fn get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// POSTs JSON and returns status, headers and the parsed body.
 pub async fn post_json(
     url: &str,
