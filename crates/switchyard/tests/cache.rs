@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestGateway, client, get_text, post_json, sse_data, stream_text};
+use common::{TestGateway, client, get_text, header, post_json, sse_data, stream_text};
 use serde_json::{Value, json};
 use switchyard_testkit::mock::{Behavior, MockHandle, MockProvider};
 
@@ -48,14 +48,6 @@ fn with(mut body: Value, extra: Value) -> Value {
         .unwrap()
         .extend(extra.as_object().unwrap().clone());
     body
-}
-
-fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
-    headers
-        .get(name)
-        .unwrap_or_else(|| panic!("no {name} header"))
-        .to_str()
-        .unwrap()
 }
 
 async fn chat_call(

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{TestGateway, client, post_json};
+use common::{TestGateway, client, header, post_json};
 use serde_json::json;
 use switchyard::ratelimit::{RateLimitMetrics, RateLimiter, Subject};
 use switchyard_core::config::{parse_toml, validate};
@@ -43,14 +43,6 @@ fn chat(extra: serde_json::Value) -> serde_json::Value {
     body
 }
 
-fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
-    headers
-        .get(name)
-        .unwrap_or_else(|| panic!("no {name} header"))
-        .to_str()
-        .unwrap()
-}
-
 /// Waits until `count` request events were processed: their admissions are settled by then.
 async fn settled(gateway: &TestGateway, count: u64) {
     let counts = gateway.state.events.counts();
@@ -64,14 +56,7 @@ async fn settled(gateway: &TestGateway, count: u64) {
 }
 
 async fn metrics(gateway: &TestGateway) -> String {
-    client()
-        .get(gateway.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    common::get_text(&gateway.url("/metrics")).await
 }
 
 #[tokio::test]

@@ -81,6 +81,15 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().build().unwrap()
 }
 
+/// A response header's value; panics naming it when it is missing.
+pub fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+}
+
 /// GETs `url` and returns the body as text (for `/metrics`).
 pub async fn get_text(url: &str) -> String {
     client()
