@@ -22,6 +22,7 @@
 //!   events and errors.
 
 pub mod analytics;
+pub mod budget;
 pub mod cache;
 pub mod clock;
 pub mod config;
