@@ -442,3 +442,13 @@ async fn one_key_never_reads_another_keys_cached_answers() {
         "another team"
     );
 }
+
+#[tokio::test]
+async fn a_master_key_that_looks_like_a_virtual_key_still_works() {
+    let mock = MockProvider::builder().name("alpha").spawn().await.unwrap();
+    let master = "sk-sy-chosen-by-the-operator";
+    let gateway = TestGateway::start(&config(&mock), &[("TEST_MASTER", master)]).await;
+    assert_eq!(chat(&gateway, master, "mock-a").await.0, 200);
+    let (status, _) = call(&gateway, reqwest::Method::GET, "/admin/keys", master, None).await;
+    assert_eq!(status, 200);
+}

@@ -34,12 +34,17 @@ pub async fn authenticate(
     let admin_path = is_admin_path(request.uri().path());
     let outcome = span.in_scope(|| {
         let presented = presented_key(request.headers());
-        let principal = match presented {
-            Some(key) if crate::keys::Keys::is_virtual(key) => virtual_key(&app, key),
-            _ => match &app.config.server.master_key {
-                None => Ok(Principal::Anonymous),
-                Some(master) => check(presented, master.expose()),
-            },
+        let master = app.config.server.master_key.as_ref();
+        // The master key first: an operator may well have chosen one that starts like a
+        // virtual key.
+        let is_master = master
+            .zip(presented)
+            .is_some_and(|(master, key)| bool::from(key.ct_eq(master.expose().as_bytes())));
+        let principal = match (presented, master) {
+            _ if is_master => Ok(Principal::MasterKey),
+            (Some(key), _) if crate::keys::Keys::is_virtual(key) => virtual_key(&app, key),
+            (_, None) => Ok(Principal::Anonymous),
+            (_, Some(master)) => check(presented, master.expose()),
         }?;
         if admin_path && !principal.is_admin() {
             return Err(GatewayError::new(
