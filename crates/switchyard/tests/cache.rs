@@ -638,3 +638,30 @@ async fn a_route_pointed_at_other_models_does_not_reuse_answers() {
     let (_, cache, _) = chat_call(&first, &body, &[]).await;
     assert_eq!(cache, "HIT");
 }
+
+#[tokio::test]
+async fn an_answer_from_a_fallback_route_is_not_stored_as_the_asked_routes() {
+    let failing = mock(Behavior::status(503)).await;
+    let backup = MockProvider::builder().name("beta").spawn().await.unwrap();
+    let text = format!(
+        "[cache]\nenabled = true\n[routing]\nmax_attempts = 3\nretry_budget = 1.0\n[routing.breaker]\nconsecutive_failures = 1\ncooldown = \"10s\"\n\
+         [[providers]]\nname = \"alpha\"\nkind = \"openai\"\nbase_url = \"{}/v1\"\nmodels = []\n\
+         [[providers]]\nname = \"beta\"\nkind = \"openai\"\nbase_url = \"{}/v1\"\nmodels = []\n\
+         [[routes]]\nmodel = \"primary\"\nfallbacks = [\"backup\"]\ntargets = [{{ provider = \"alpha\", model = \"mock-a\" }}]\n\
+         [[routes]]\nmodel = \"backup\"\ntargets = [{{ provider = \"beta\", model = \"mock-b\" }}]\n",
+        failing.base_url(),
+        backup.base_url()
+    );
+    let gateway = TestGateway::start(&text, &[]).await;
+    let body = json!({"model": "primary", "messages": [{"role": "user", "content": "degraded"}]});
+    for _ in 0..2 {
+        let (status, cache, answer) = chat_call(&gateway, &body, &[]).await;
+        assert_eq!((status, cache.as_str()), (200, "MISS"), "{answer}");
+        assert_eq!(answer["model"], "mock-b");
+    }
+    assert_eq!(
+        backup.calls(),
+        2,
+        "the fallback's answer was not kept for `primary`"
+    );
+}

@@ -573,6 +573,17 @@ impl Fill {
         usize::try_from(self.cache.config.max_entry_bytes).unwrap_or(usize::MAX)
     }
 
+    /// Hands the answer to the waiters without keeping it: an answer from a fallback route
+    /// serves the requests that waited for it, but is not what the route asked for stands
+    /// for once its own targets are back.
+    pub fn hand_over(self, mut entry: Entry, now_unix_ms: u64) {
+        entry.stored_unix_ms = now_unix_ms;
+        entry.expires_unix_ms = now_unix_ms;
+        entry.route = self.key.route.clone();
+        entry.scope = self.key.scope.clone();
+        self.finish(Some(Arc::new(entry)));
+    }
+
     /// Stores the complete answer and hands it to the waiters.
     pub fn store(self, mut entry: Entry, now_unix_ms: u64) {
         entry.stored_unix_ms = now_unix_ms;

@@ -214,16 +214,20 @@ pub struct Recording {
     fill: Option<Fill>,
     provider: String,
     model: String,
+    /// Served by a fallback route: handed to the waiters, not stored.
+    fallback: bool,
 }
 
 impl Recording {
-    /// Records the stream of `provider`'s `model` for `fill`.
-    pub fn new(fill: Fill, provider: &str, model: &str) -> Self {
+    /// Records the stream of `provider`'s `model` for `fill`; `fallback` when a fallback
+    /// route serves it.
+    pub fn new(fill: Fill, provider: &str, model: &str, fallback: bool) -> Self {
         Recording {
             recorder: switchyard_core::cache::StreamRecorder::new(fill.max_bytes()),
             fill: Some(fill),
             provider: provider.to_owned(),
             model: model.to_owned(),
+            fallback,
         }
     }
 
@@ -246,10 +250,12 @@ impl Recording {
             return;
         };
         if let Some((body, pieces)) = self.recorder.finish(usage) {
-            fill.store(
-                answer(body, pieces, usage, &self.provider, &self.model),
-                unix_ms(),
-            );
+            let answer = answer(body, pieces, usage, &self.provider, &self.model);
+            if self.fallback {
+                fill.hand_over(answer, unix_ms());
+            } else {
+                fill.store(answer, unix_ms());
+            }
         }
     }
 }

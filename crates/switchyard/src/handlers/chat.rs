@@ -256,7 +256,9 @@ async fn stream<'a>(
     started.in_flight = Some(served.in_flight);
     started.draft = context.event.clone();
     started.request_started = context.timings.started;
-    started.recording = fill.map(|fill| Recording::new(fill, &provider_name, &served.target.model));
+    let fallback = plan.first().is_some_and(|asked| asked.name != served.route);
+    started.recording =
+        fill.map(|fill| Recording::new(fill, &provider_name, &served.target.model, fallback));
     let quota = served.quota;
     context.record(|draft| {
         draft.stream = true;

@@ -231,16 +231,19 @@ where
                 .finish(completion.usage.output, false, None);
             let usage = completion.usage;
             if let Some(fill) = fill {
-                fill.store(
-                    crate::chain::cache::answer(
-                        completion.body.clone(),
-                        Vec::new(),
-                        usage,
-                        &served.target.provider.name,
-                        &served.target.model,
-                    ),
-                    crate::cache::unix_ms(),
+                let answer = crate::chain::cache::answer(
+                    completion.body.clone(),
+                    Vec::new(),
+                    usage,
+                    &served.target.provider.name,
+                    &served.target.model,
                 );
+                // A fallback route's answer is not stored as the asked route's.
+                if plan.first().is_some_and(|asked| asked.name == served.route) {
+                    fill.store(answer, crate::cache::unix_ms());
+                } else {
+                    fill.hand_over(answer, crate::cache::unix_ms());
+                }
             }
             let quota = served.quota;
             context.record(|draft| {
