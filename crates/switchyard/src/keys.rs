@@ -193,25 +193,25 @@ impl Keys {
                 "the body must be a JSON object".to_owned(),
             ));
         };
-        let current = self.get(id)?;
-        if current.revoked_at_ms.is_some() {
-            return Err(KeyError::Invalid(format!("key `{id}` is revoked")));
-        }
-        let mut merged = serde_json::to_value(&current.settings)
-            .map_err(|error| KeyError::Store(error.to_string()))?;
-        if let Value::Object(fields) = &mut merged {
-            for (name, value) in patch {
-                fields.insert(name.clone(), value.clone());
-            }
-        }
-        let settings: KeySettings = serde_json::from_value(merged)
-            .map_err(|error| KeyError::Invalid(format!("invalid key settings: {error}")))?;
-        validate(&settings)?;
-        let json = settings_json(&settings)?;
+        let patch = patch.clone();
         self.write(|tx| {
+            // Merged into the row as it is in the store now (another process may have changed
+            // it since this one last loaded), inside the write transaction.
+            let (stored, revoked) = stored_settings(tx, id)?;
+            if revoked {
+                return Err(KeyError::Invalid(format!("key `{id}` is revoked")));
+            }
+            let mut merged: Value = serde_json::from_str(&stored)
+                .map_err(|error| KeyError::Store(format!("key `{id}`: {error}")))?;
+            if let Value::Object(fields) = &mut merged {
+                fields.extend(patch);
+            }
+            let settings: KeySettings = serde_json::from_value(merged)
+                .map_err(|error| KeyError::Invalid(format!("invalid key settings: {error}")))?;
+            validate(&settings)?;
             tx.execute(
                 "UPDATE keys SET settings = ?2, updated_at_ms = ?3 WHERE id = ?1",
-                params![id, json, to_i64(now_ms())],
+                params![id, settings_json(&settings)?, to_i64(now_ms())],
             )
             .map_err(store_error("updating a key"))?;
             Ok(())
@@ -221,9 +221,9 @@ impl Keys {
 
     /// Revokes a key for good.
     pub fn revoke(&self, id: &str) -> Result<Arc<VirtualKey>, KeyError> {
-        self.get(id)?;
         let now = to_i64(now_ms());
         self.write(|tx| {
+            stored_settings(tx, id)?;
             tx.execute(
                 "UPDATE keys SET revoked_at_ms = coalesce(revoked_at_ms, ?2), updated_at_ms = ?2 \
                  WHERE id = ?1",
@@ -237,14 +237,13 @@ impl Keys {
 
     /// Gives a key a new secret (the old one stops working); returns the new secret.
     pub fn rotate(&self, id: &str) -> Result<(Arc<VirtualKey>, String), KeyError> {
-        let current = self.get(id)?;
-        if current.revoked_at_ms.is_some() {
-            return Err(KeyError::Invalid(format!("key `{id}` is revoked")));
-        }
         let secret = secret_from(&random::<32>()?);
         let hash = hash_secret(secret.as_bytes());
         let prefix = display_prefix(&secret);
         self.write(|tx| {
+            if stored_settings(tx, id)?.1 {
+                return Err(KeyError::Invalid(format!("key `{id}` is revoked")));
+            }
             tx.execute(
                 "UPDATE keys SET hash = ?2, prefix = ?3, updated_at_ms = ?4 WHERE id = ?1",
                 params![id, &hash[..], prefix, to_i64(now_ms())],
@@ -265,8 +264,10 @@ impl Keys {
                 .connection
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
+            // IMMEDIATE: the write lock is taken before the row is read, so two writers (this
+            // process and the CLI, say) cannot both read, merge and overwrite.
             let tx = connection
-                .transaction()
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(store_error("starting a key write"))?;
             change(&tx)?;
             tx.execute("UPDATE keys_version SET version = version + 1", [])
@@ -344,6 +345,18 @@ impl Keys {
         *loaded = version;
         Ok(true)
     }
+}
+
+/// A key's stored settings (JSON) and whether it is revoked, read in `tx`.
+fn stored_settings(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<(String, bool), KeyError> {
+    tx.query_row(
+        "SELECT settings, revoked_at_ms IS NOT NULL FROM keys WHERE id = ?1",
+        params![id],
+        |row| Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?)),
+    )
+    .optional()
+    .map_err(store_error("reading a key"))?
+    .ok_or_else(|| KeyError::NotFound(id.to_owned()))
 }
 
 fn validate(settings: &KeySettings) -> Result<(), KeyError> {
@@ -480,6 +493,23 @@ mod tests {
             keys.revoke("key_nope"),
             Err(KeyError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn changes_merge_into_the_stored_row_not_a_stale_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = Keys::open(Some(dir.path())).unwrap();
+        let (key, secret) = gateway.create(settings("shared")).unwrap();
+        let cli = Keys::open(Some(dir.path())).unwrap();
+        cli.update(&key.id, &json!({"enabled": false})).unwrap();
+        // The gateway has not reloaded yet; its change must not undo the CLI's.
+        let patched = gateway.update(&key.id, &json!({"rpm": 5})).unwrap();
+        assert!(!patched.settings.enabled, "still disabled");
+        assert_eq!(patched.settings.rpm, Some(5));
+        assert!(gateway.authenticate(secret.as_bytes(), now_ms()).is_err());
+        cli.revoke(&key.id).unwrap();
+        assert!(gateway.rotate(&key.id).is_err(), "revoked elsewhere");
+        assert!(gateway.update(&key.id, &json!({"enabled": true})).is_err());
     }
 
     #[test]

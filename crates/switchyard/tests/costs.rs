@@ -140,3 +140,42 @@ async fn a_model_without_a_price_is_unknown_not_free() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_stream_abandoned_before_its_usage_has_an_unknown_cost_not_a_free_one() {
+    let mock = MockProvider::builder()
+        .name("alpha")
+        .behavior(switchyard_testkit::mock::Behavior {
+            chunk_delay_ms: 50,
+            ..Default::default()
+        })
+        .spawn()
+        .await
+        .unwrap();
+    let text = format!(
+        "[[providers]]\nname = \"alpha\"\nkind = \"openai\"\nbase_url = \"{}/v1\"\nmodels = [\"mock-*\"]\n\
+         [[prices]]\nprovider = \"alpha\"\nmodel = \"mock-priced\"\ninput = 2.0\noutput = 8.0\n",
+        mock.base_url()
+    );
+    let gateway = TestGateway::start(&text, &[]).await;
+    let mut response = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(
+            json!({"model": "mock-priced", "stream": true,
+                   "messages": [{"role": "user", "content": "a long answer I will not wait for"}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let _first = response.chunk().await.unwrap();
+    drop(response);
+    let rows = logged(&gateway, 1).await;
+    let row = &rows[0];
+    assert_eq!(row["error_class"], "client_closed", "{row}");
+    // OpenAI streams report usage last: what was produced is estimated (so token limits are
+    // settled to it), and the cost is unknown rather than a guess or zero.
+    assert!(row["cost_usd"].is_null(), "{row}");
+    assert!(row["tokens_in"].as_u64().unwrap() > 0, "{row}");
+}

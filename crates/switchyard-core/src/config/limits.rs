@@ -8,6 +8,9 @@ use super::{ConfigError, Provider};
 use crate::clock::nanos;
 use crate::ratelimit::{Algorithm, Policy, Scope, Unit};
 
+/// Names the gateway keeps for virtual keys' own `rpm` and `tpm` limits.
+pub const RESERVED_NAMES: [&str; 2] = ["key-rpm", "key-tpm"];
+
 /// Most entries a window log may hold per counter (its memory is one entry per admission).
 pub const MAX_WINDOW_LOG: u64 = 100_000;
 
@@ -147,6 +150,15 @@ pub(super) fn validate(
     for (index, limit) in raw.limits.iter().enumerate() {
         let key = format!("rate_limits.limits[{index}]");
         let limit = validate_limit(limit, &key, providers)?;
+        if RESERVED_NAMES.contains(&limit.name.as_str()) {
+            return Err(ConfigError::new(
+                format!("{key}.name"),
+                format!(
+                    "`{}` is the name of virtual keys' own limits; choose another",
+                    limit.name
+                ),
+            ));
+        }
         if limits.iter().any(|existing| existing.name == limit.name) {
             return Err(ConfigError::new(
                 format!("{key}.name"),

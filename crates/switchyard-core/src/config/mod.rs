@@ -6,7 +6,7 @@
 //! environment, and the same validation runs on it.
 
 pub mod cache;
-mod limits;
+pub mod limits;
 mod presets;
 mod raw;
 
@@ -470,7 +470,12 @@ fn validate_prices(
     let catalog = Catalog::builtin().map_err(|message| ConfigError::new("prices", message))?;
     let mut pricing = Pricing::new(
         catalog,
-        providers.iter().map(|p| (p.name.as_str(), p.kind.as_str())),
+        providers.iter().map(|p| {
+            let official = preset(&p.kind)
+                .and_then(|preset| preset.base_url)
+                .is_some_and(|url| url.trim_end_matches('/') == p.base_url);
+            (p.name.as_str(), p.kind.as_str(), official)
+        }),
     );
     for route in routes {
         for target in &route.targets {

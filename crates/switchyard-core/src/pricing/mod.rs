@@ -234,19 +234,22 @@ pub enum Source {
 }
 
 impl Pricing {
-    /// Pricing over `catalog` for providers `(name, kind)`.
+    /// Pricing over `catalog` for providers `(name, kind, official)`: `official` when the
+    /// provider is the vendor's own API (its preset base URL; always for Azure). A provider
+    /// of an OpenAI-compatible kind at another URL (vLLM, a proxy) is priced only by the
+    /// config: its models are not at the vendor's list prices.
     pub fn new<'p>(
         catalog: Catalog,
-        providers: impl IntoIterator<Item = (&'p str, &'p str)>,
+        providers: impl IntoIterator<Item = (&'p str, &'p str, bool)>,
     ) -> Self {
         let mut pricing = Pricing {
             catalog,
             ..Pricing::default()
         };
-        for (name, kind) in providers {
+        for (name, kind, official) in providers {
             if kind == "ollama" {
                 pricing.free.push(name.to_owned());
-            } else if let Some(family) = family(kind) {
+            } else if let Some(family) = family(kind).filter(|_| official || kind == "azure") {
                 pricing.families.insert(name.to_owned(), family);
             }
         }

@@ -126,10 +126,11 @@ fn configured_prices_win_local_servers_are_free_and_resellers_are_unknown() {
     let mut pricing = Pricing::new(
         catalog(),
         [
-            ("openai", "openai"),
-            ("my-azure", "azure"),
-            ("llama", "ollama"),
-            ("router", "openrouter"),
+            ("openai", "openai", true),
+            ("my-azure", "azure", false),
+            ("llama", "ollama", false),
+            ("router", "openrouter", true),
+            ("vllm", "openai", false),
         ],
     );
     let usage = TokenUsage {
@@ -145,6 +146,11 @@ fn configured_prices_win_local_servers_are_free_and_resellers_are_unknown() {
     assert_eq!(pricing.cost("llama", "llama3.2", &usage), Some(0.0));
     assert_eq!(pricing.cost("router", "openai/gpt-4o", &usage), None);
     assert_eq!(pricing.cost("openai", "gpt-unknown", &usage), None);
+    assert_eq!(
+        pricing.cost("vllm", "gpt-4o", &usage),
+        None,
+        "a compatible server at its own URL is not priced as OpenAI"
+    );
     pricing.configure(
         "openai",
         "gpt-4o",

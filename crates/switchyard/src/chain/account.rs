@@ -41,6 +41,10 @@ pub struct Draft {
     pub stream: bool,
     /// Token usage.
     pub usage: TokenUsage,
+    /// The provider never reported the usage (a stream cut before its usage chunk): `usage`
+    /// is an estimate of what was produced (token limits settle to it), and the cost is
+    /// unknown rather than computed from a guess.
+    pub usage_estimated: bool,
     /// A cache hit's stored answer's usage: what it saved.
     pub saved_usage: TokenUsage,
     /// Time to first token, microseconds.
@@ -206,6 +210,9 @@ fn price(pricing: &switchyard_core::pricing::Pricing, draft: &Draft) -> (Option<
     };
     if draft.cache == Some(CacheStatus::Hit.as_event()) {
         return (Some(0.0), priced(&draft.saved_usage));
+    }
+    if draft.usage_estimated {
+        return (None, None);
     }
     let cost = priced(usage);
     if usage.input == 0 && usage.output == 0 {

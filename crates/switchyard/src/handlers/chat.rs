@@ -20,7 +20,7 @@ use http::{HeaderValue, header};
 use switchyard_core::cache::policy::is_sampled;
 use switchyard_core::config::Target;
 use switchyard_core::provider::{self, SseEvent, StreamDecoder, StreamItem};
-use switchyard_core::wire::ChatRequest;
+use switchyard_core::wire::{ChatRequest, TokenUsage};
 use switchyard_core::{ErrorKind, GatewayError, Origin};
 use tokio::time::timeout_at;
 use tracing::{Instrument, Span};
@@ -143,18 +143,43 @@ struct StartedStream {
     request_started: Instant,
     /// Whether generated output has been sent yet.
     first_token_sent: bool,
+    /// Chunks with generated output sent so far (about one token each), and the prompt's
+    /// estimate: what the usage is taken to be if the stream ends before reporting it.
+    content_chunks: u64,
+    input_estimate: u64,
     /// The provider call's span, open until the stream ends.
     call_span: Span,
     /// The answer being recorded for the cache, when this request stores it.
     recording: Option<Recording>,
 }
 
+impl StartedStream {
+    /// The usage the provider reported, or, when it reported none (OpenAI sends it last, so
+    /// a stream cut short has none), an estimate of what was produced: `(usage, estimated)`.
+    fn usage(&self) -> (TokenUsage, bool) {
+        match self.decoder.usage() {
+            Some(usage) => (usage, false),
+            None => (
+                TokenUsage {
+                    input: self.input_estimate,
+                    output: self.content_chunks,
+                    ..TokenUsage::default()
+                },
+                true,
+            ),
+        }
+    }
+}
+
 impl Drop for StartedStream {
     fn drop(&mut self) {
         // The client went away mid-stream: account for what was produced so far.
         if self.in_flight.is_some() {
-            let usage = self.decoder.usage().unwrap_or_default();
-            account::update(self.draft.as_ref(), |draft| draft.usage = usage);
+            let (usage, estimated) = self.usage();
+            account::update(self.draft.as_ref(), |draft| {
+                draft.usage = usage;
+                draft.usage_estimated = estimated;
+            });
         }
     }
 }
@@ -212,6 +237,8 @@ async fn stream<'a>(
                     draft: None,
                     request_started: Instant::now(),
                     first_token_sent: false,
+                    content_chunks: 0,
+                    input_estimate: facts.input_tokens,
                     call_span,
                     recording: None,
                 };
@@ -317,6 +344,9 @@ fn sse_body(
         let (mut started, provider, request_id) = state?;
         loop {
             if let Some(item) = started.pending.pop_front() {
+                if matches!(item, StreamItem::Chunk { content: true, .. }) {
+                    started.content_chunks += 1;
+                }
                 if !started.first_token_sent
                     && matches!(item, StreamItem::Chunk { content: true, .. })
                 {
@@ -368,7 +398,7 @@ fn log_stream_end(
     request_id: &str,
     error: Option<&GatewayError>,
 ) {
-    let usage = started.decoder.usage().unwrap_or_default();
+    let (usage, estimated) = started.usage();
     if let Some(in_flight) = started.in_flight.take() {
         in_flight.finish(usage.output, true, error);
     }
@@ -379,6 +409,7 @@ fn log_stream_end(
     }
     account::update(started.draft.as_ref(), |draft| {
         draft.usage = usage;
+        draft.usage_estimated = estimated;
         if let Some(error) = error {
             draft.error_class = Some(error.kind.as_str().to_owned());
         }

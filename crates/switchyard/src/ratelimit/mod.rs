@@ -179,7 +179,7 @@ impl OwnLimits {
 const OWN_PERIOD: Duration = Duration::from_secs(60);
 
 /// The names of the limits that count a virtual key's own `rpm` and `tpm`.
-pub const OWN_LIMITS: [&str; 2] = ["key-rpm", "key-tpm"];
+pub const OWN_LIMITS: [&str; 2] = switchyard_core::config::limits::RESERVED_NAMES;
 
 /// One counter a request was charged to that needs settling (tokens, concurrency; request
 /// counts are final when charged).
@@ -901,9 +901,13 @@ impl RateLimiter {
                 scope: self.limits[*limit].scope.as_str(),
                 counter: counter.clone(),
                 refusals: *refusals,
-                remaining: self
-                    .memory
-                    .peek(*limit, &self.policies[*limit], counter, now)
+                // A key's own limit is counted with the key's amount, not known here.
+                remaining: (*limit < self.configured)
+                    .then(|| {
+                        self.memory
+                            .peek(*limit, &self.policies[*limit], counter, now)
+                    })
+                    .flatten()
                     .map(|(remaining, _)| remaining),
             })
             .collect();
