@@ -22,6 +22,10 @@ pub struct KeysArgs {
     /// ./switchyard-data).
     #[arg(long, global = true, env = "SWITCHYARD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The gateway's config file: its `storage.data_dir`, when it sets one, is the data
+    /// directory (as for the gateway, it wins over SWITCHYARD_DATA_DIR).
+    #[arg(long, short = 'c', global = true, env = "SWITCHYARD_CONFIG")]
+    pub config: Option<PathBuf>,
     /// A running gateway to change them through instead (wins over --data-dir), e.g.
     /// http://127.0.0.1:8080.
     #[arg(long, global = true)]
@@ -127,9 +131,20 @@ pub async fn run(args: KeysArgs) -> Result<(), String> {
 
 /// In the data directory.
 fn local(args: &KeysArgs) -> Result<Value, String> {
-    let dir = args
-        .data_dir
-        .clone()
+    let configured = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|error| format!("could not read {}: {error}", path.display()))?;
+            switchyard_core::config::parse_toml(&text)
+                .map_err(|error| format!("{}: {error}", path.display()))?
+                .storage
+                .data_dir
+                .map(PathBuf::from)
+        }
+        None => None,
+    };
+    let dir = configured
+        .or_else(|| args.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from(switchyard_core::config::DEFAULT_DATA_DIR));
     if dir.as_os_str() == ":memory:" {
         return Err(

@@ -485,6 +485,18 @@ async fn the_keys_command_manages_a_running_gateways_keys() {
     };
     assert_eq!(chat(secret.clone()).await, 200);
 
+    // The data directory can come from the gateway's config file.
+    let with_dir = write_config(
+        "keys-cli-dir",
+        &format!("[storage]\ndata_dir = \"{data_dir}\"\n"),
+    );
+    let (ok, listed, stderr) = run_to_exit(
+        &["keys", "list", "--config", with_dir.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    assert!(ok && listed.contains(&id), "{listed}{stderr}");
+
     // Text output for people.
     let (ok, listed, _) = run_to_exit(&["keys", "list"], &env).await;
     assert!(

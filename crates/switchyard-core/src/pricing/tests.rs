@@ -364,3 +364,22 @@ fn golden_gemini_thoughts_are_billed_as_output() {
     let expected = (400.0 * price.input + 600.0 * cached + 200.0 * price.output) / 1e6;
     assert!(close(price.cost(&usage), expected));
 }
+
+#[test]
+fn golden_deepseek_cache_hits_are_billed_at_the_cache_rate() {
+    let price = price_of("deepseek", "deepseek-chat");
+    let body = json!({
+        "id": "c", "object": "chat.completion", "created": 1, "model": "deepseek-chat",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1_000, "completion_tokens": 10, "total_tokens": 1_010,
+                  "prompt_cache_hit_tokens": 800, "prompt_cache_miss_tokens": 200}
+    });
+    let usage = answered("deepseek", "deepseek-chat", &body);
+    assert_eq!(
+        (usage.input, usage.cached_input, usage.output),
+        (1_000, 800, 10)
+    );
+    let cached = price.cached_input.unwrap();
+    let expected = (200.0 * price.input + 800.0 * cached + 10.0 * price.output) / 1e6;
+    assert!(close(price.cost(&usage), expected));
+}

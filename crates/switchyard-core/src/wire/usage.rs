@@ -25,6 +25,14 @@ pub struct Usage {
     /// Reasoning breakdown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_tokens_details: Option<CompletionTokensDetails>,
+    /// DeepSeek's count of prompt tokens read from its cache (it reports them here rather
+    /// than in `prompt_tokens_details`). Read, never sent.
+    #[serde(
+        default,
+        deserialize_with = "count_or_zero",
+        skip_serializing_if = "is_zero"
+    )]
+    pub prompt_cache_hit_tokens: u64,
 }
 
 /// `usage.prompt_tokens_details`.
@@ -82,7 +90,9 @@ impl TokenUsage {
         TokenUsage {
             input: usage.prompt_tokens,
             output: usage.completion_tokens,
-            cached_input: details.map_or(0, |d| d.cached_tokens),
+            cached_input: details
+                .map_or(0, |d| d.cached_tokens)
+                .max(usage.prompt_cache_hit_tokens),
             cache_write: details.map_or(0, |d| d.cache_creation_tokens),
             reasoning: usage
                 .completion_tokens_details
@@ -104,6 +114,7 @@ impl TokenUsage {
             completion_tokens_details: Some(CompletionTokensDetails {
                 reasoning_tokens: self.reasoning,
             }),
+            prompt_cache_hit_tokens: 0,
         }
     }
 }
