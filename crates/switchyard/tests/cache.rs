@@ -10,7 +10,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestGateway, client, get_text, header, post_json, sse_data, stream_text};
+use common::{
+    TestGateway, client, get_json, get_text, header, logged_requests, post_json, sse_data,
+    stream_text,
+};
 use serde_json::{Value, json};
 use switchyard_testkit::mock::{Behavior, MockHandle, MockProvider};
 
@@ -81,15 +84,7 @@ async fn stream_call(gateway: &TestGateway, body: &Value) -> (String, Vec<String
 }
 
 async fn admin(gateway: &TestGateway) -> Value {
-    client()
-        .get(gateway.url("/admin/cache"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .map(|text| serde_json::from_str(&text).unwrap())
-        .unwrap()
+    get_json(&gateway.url("/admin/cache"), None).await
 }
 
 /// Waits until `gateway`'s cache has sent its pending writes to Redis.
@@ -452,27 +447,8 @@ async fn hits_leave_request_events_and_count_against_rate_limits() {
     assert_eq!(status, 429, "a hit counts against the limit: {error}");
     assert_eq!(mock.calls(), 1);
 
-    // The request log is written at the next flush (1 s).
-    let log = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let log: Value = client()
-                .get(gateway.url("/admin/requests?limit=10"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .map(|text| serde_json::from_str(&text).unwrap())
-                .unwrap();
-            if log["data"].as_array().is_some_and(|rows| rows.len() >= 3) {
-                return log;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("three logged requests");
-    let text = log.to_string();
+    let log = logged_requests(&gateway, None, 3).await;
+    let text = Value::from(log).to_string();
     assert!(text.contains("\"cache\":\"hit\""), "{text}");
     assert!(text.contains("\"cache\":\"miss\""), "{text}");
 }

@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{TestGateway, client, get_text, post_json};
 use serde_json::{Value, json};
 use switchyard_testkit::mock::{MockHandle, MockProvider};
@@ -27,30 +25,8 @@ fn chat(model: &str, prompt: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": prompt}]})
 }
 
-/// The request log's rows (newest first), once `count` are there.
 async fn logged(gateway: &TestGateway, count: usize) -> Vec<Value> {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let page: Value = serde_json::from_str(
-                &client()
-                    .get(gateway.url("/admin/requests?limit=50"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap(),
-            )
-            .unwrap();
-            let rows = page["data"].as_array().cloned().unwrap_or_default();
-            if rows.len() >= count {
-                return rows;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("logged requests")
+    common::logged_requests(gateway, None, count).await
 }
 
 fn expected_cost(usage: &Value) -> f64 {

@@ -224,25 +224,8 @@ async fn requests_are_accounted_to_the_key() {
     let (_mock, gateway) = setup().await;
     let (id, secret) = create(&gateway, json!({"name": "accounted"})).await;
     assert_eq!(chat(&gateway, &secret, "mock-a").await.0, 200);
-    let rows = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let (_, page) = call(
-                &gateway,
-                reqwest::Method::GET,
-                "/admin/requests?limit=5",
-                MASTER,
-                None,
-            )
-            .await;
-            if page["data"].as_array().is_some_and(|rows| !rows.is_empty()) {
-                return page;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap();
-    assert_eq!(rows["data"][0]["key"], id.as_str());
+    let rows = common::logged_requests(&gateway, Some(MASTER), 1).await;
+    assert_eq!(rows[0]["key"], id.as_str());
 }
 
 #[tokio::test]

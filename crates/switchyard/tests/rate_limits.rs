@@ -122,17 +122,7 @@ per = "1h"
         text.contains(r#"error_class="rate_limited"} 1"#),
         "the refusal is in the request events: {text}"
     );
-    let admin: serde_json::Value = serde_json::from_str(
-        &client()
-            .get(gateway.url("/admin/ratelimits"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let admin = common::get_json(&gateway.url("/admin/ratelimits"), None).await;
     assert_eq!(admin["store"], "memory");
     assert_eq!(admin["limits"][0]["name"], "per-key");
     assert_eq!(admin["top_offenders"][0]["key"], "anonymous");

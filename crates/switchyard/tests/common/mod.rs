@@ -102,6 +102,37 @@ pub async fn get_text(url: &str) -> String {
         .unwrap()
 }
 
+/// GETs `url` (with `bearer` as the key, if any) and parses the JSON answer.
+pub async fn get_json(url: &str, bearer: Option<&str>) -> serde_json::Value {
+    let mut request = client().get(url);
+    if let Some(key) = bearer {
+        request = request.bearer_auth(key);
+    }
+    let text = request.send().await.unwrap().text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+}
+
+/// The request log's rows, newest first, once at least `count` are there (it is written at
+/// the analytics flush, every second). `bearer`: the admin key, if the gateway has one.
+pub async fn logged_requests(
+    gateway: &TestGateway,
+    bearer: Option<&str>,
+    count: usize,
+) -> Vec<serde_json::Value> {
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let page = get_json(&gateway.url("/admin/requests?limit=50"), bearer).await;
+            let rows = page["data"].as_array().cloned().unwrap_or_default();
+            if rows.len() >= count {
+                return rows;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the requests reached the log")
+}
+
 /// POSTs JSON and returns status, headers and the parsed body.
 pub async fn post_json(
     url: &str,
