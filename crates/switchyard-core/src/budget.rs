@@ -10,8 +10,113 @@
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan, ZonedDateTime as Zoned};
 
+/// What a budget is counted per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BudgetScope {
+    /// The virtual key (its id; `master` and `anonymous` for the others).
+    Key,
+    /// The key's team (a key with no team is not covered).
+    Team,
+    /// The route the request was sent on (a fallback route counts as itself).
+    Route,
+    /// The upstream model.
+    Model,
+    /// The provider.
+    Provider,
+    /// Everything.
+    Global,
+}
+
+impl BudgetScope {
+    /// Reads the config spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "key" => BudgetScope::Key,
+            "team" => BudgetScope::Team,
+            "route" => BudgetScope::Route,
+            "model" => BudgetScope::Model,
+            "provider" => BudgetScope::Provider,
+            "global" => BudgetScope::Global,
+            _ => return None,
+        })
+    }
+
+    /// The config spelling, also the ledger's column for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetScope::Key => "key",
+            BudgetScope::Team => "team",
+            BudgetScope::Route => "route",
+            BudgetScope::Model => "model",
+            BudgetScope::Provider => "provider",
+            BudgetScope::Global => "global",
+        }
+    }
+}
+
+/// Who and what one attempt is for: the members of each scope it is charged to.
+#[derive(Debug, Clone, Copy)]
+pub struct Members<'a> {
+    /// The principal's label (a key id, `master`, `anonymous`).
+    pub key: &'a str,
+    /// The key's team.
+    pub team: Option<&'a str>,
+    /// The route of the attempt.
+    pub route: &'a str,
+    /// The upstream model.
+    pub model: &'a str,
+    /// The provider.
+    pub provider: &'a str,
+}
+
+impl<'a> Members<'a> {
+    /// The member of `scope`, `None` when the request has none (no team).
+    pub fn of(&self, scope: BudgetScope) -> Option<&'a str> {
+        match scope {
+            BudgetScope::Key => Some(self.key),
+            BudgetScope::Team => self.team,
+            BudgetScope::Route => Some(self.route),
+            BudgetScope::Model => Some(self.model),
+            BudgetScope::Provider => Some(self.provider),
+            BudgetScope::Global => Some("*"),
+        }
+    }
+}
+
+/// Budgets count in nano-dollars (1e-9 USD), integers that add exactly on every store: one
+/// token of the cheapest priced model is still several of them, and an `i64` holds 9.2
+/// billion dollars.
+pub const NANOS_PER_USD: f64 = 1e9;
+
+/// USD to nano-dollars, rounded up (a reservation never rounds below its cost).
+pub fn to_nanos(usd: f64) -> i64 {
+    if usd.is_finite() && usd > 0.0 {
+        (usd * NANOS_PER_USD).ceil().min(i64::MAX as f64) as i64
+    } else {
+        0
+    }
+}
+
+/// Nano-dollars to USD.
+pub fn to_usd(nanos: i64) -> f64 {
+    nanos as f64 / NANOS_PER_USD
+}
+
+/// The shares in `thresholds` that `before → after` (spend in nano-dollars) crossed upward.
+pub fn crossed(thresholds: &[f64], limit: i64, before: i64, after: i64) -> Vec<f64> {
+    thresholds
+        .iter()
+        .copied()
+        .filter(|share| {
+            let mark = (limit as f64 * share).ceil() as i64;
+            before < mark && after >= mark
+        })
+        .collect()
+}
+
 /// How a budget's spend is reset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Period {
     /// From local midnight.
     Daily,
@@ -47,7 +152,7 @@ impl Period {
 }
 
 /// The stretch of time one budget period covers: `[start_ms, end_ms)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Window {
     /// Start (unix ms); 0 for `total`.
     pub start_ms: u64,
@@ -99,90 +204,87 @@ fn millis(zoned: Zoned) -> u64 {
     u64::try_from(zoned.timestamp().as_millisecond()).unwrap_or(0)
 }
 
-/// One budget's spend in its current period.
-#[derive(Debug, Clone, PartialEq)]
+/// One budget's spend in its current period, in nano-dollars.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ledger {
     /// The period the figures belong to.
     pub window: Window,
-    /// Settled spend, USD.
-    pub spent: f64,
-    /// Reservations of requests still running, USD.
-    pub reserved: f64,
+    /// Settled spend.
+    pub spent: i64,
+    /// Reservations of requests still running.
+    pub reserved: i64,
 }
 
-/// Why a reservation was refused.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Why a reservation was refused (nano-dollars).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OverBudget {
-    /// The budget, USD.
-    pub limit: f64,
+    /// The budget.
+    pub limit: i64,
     /// Settled spend so far.
-    pub spent: f64,
+    pub spent: i64,
     /// Held by running requests.
-    pub reserved: f64,
+    pub reserved: i64,
 }
 
 /// A reservation taken from a ledger, to settle when the request ends.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reservation {
-    /// USD held.
-    pub amount: f64,
+    /// Nano-dollars held.
+    pub amount: i64,
     /// The period it was taken in.
     pub window: Window,
 }
 
 impl Ledger {
-    /// An empty ledger for `window`.
-    pub fn new(window: Window) -> Self {
+    /// A ledger for `window` that starts from `spent` (what the durable ledger holds).
+    pub fn new(window: Window, spent: i64) -> Self {
         Ledger {
             window,
-            spent: 0.0,
-            reserved: 0.0,
+            spent,
+            reserved: 0,
         }
     }
 
-    /// Moves to `current` when the period has turned: the spend starts again from zero, and
-    /// what running requests reserved in the old period stays with it.
-    pub fn roll(&mut self, current: Window) {
-        if current != self.window {
-            *self = Ledger::new(current);
-        }
+    /// Whether the ledger still belongs to the period `current`.
+    pub fn is_current(&self, current: Window) -> bool {
+        self.window == current
     }
 
-    /// Holds `amount` for a request if the budget allows it.
-    pub fn reserve(&mut self, limit: f64, amount: f64) -> Result<Reservation, OverBudget> {
-        let amount = amount.max(0.0);
-        if self.spent + self.reserved + amount > limit {
+    /// Holds `amount` for a request if `limit` allows it; with no limit (a budget that only
+    /// counts, or a downgrade budget already taken into account), it always does.
+    pub fn reserve(&mut self, limit: Option<i64>, amount: i64) -> Result<Reservation, OverBudget> {
+        let amount = amount.max(0);
+        if let Some(limit) = limit
+            && self
+                .spent
+                .saturating_add(self.reserved)
+                .saturating_add(amount)
+                > limit
+        {
             return Err(OverBudget {
                 limit,
                 spent: self.spent,
                 reserved: self.reserved,
             });
         }
-        self.reserved += amount;
+        self.reserved = self.reserved.saturating_add(amount);
         Ok(Reservation {
             amount,
             window: self.window,
         })
     }
 
-    /// Ends a request: its reservation is released and its `actual` cost is spent. A
-    /// reservation from a period that has since turned is already gone with that period, and
-    /// its cost counts for the period it ran in (the durable ledger keeps it).
-    pub fn settle(&mut self, reservation: Reservation, actual: f64) {
+    /// Ends a request: its reservation is released and its `actual` cost is spent; returns
+    /// the spend before and after. A reservation from a period that has since turned settles
+    /// nothing here: its cost belongs to the period it ran in (the durable ledger keeps it).
+    pub fn settle(&mut self, reservation: Reservation, actual: i64) -> Option<(i64, i64)> {
         if reservation.window != self.window {
-            return;
+            return None;
         }
-        self.reserved = (self.reserved - reservation.amount).max(0.0);
-        self.spent += actual.max(0.0);
-    }
-
-    /// The share of `limit` spent, for soft thresholds (0.8 = 80 %).
-    pub fn used(&self, limit: f64) -> f64 {
-        if limit <= 0.0 {
-            1.0
-        } else {
-            self.spent / limit
-        }
+        let before = self.spent;
+        self.reserved = self.reserved.saturating_sub(reservation.amount).max(0);
+        self.spent = self.spent.saturating_add(actual.max(0));
+        Some((before, self.spent))
     }
 }
 
@@ -252,22 +354,27 @@ mod tests {
 
     #[test]
     fn reservations_hold_room_and_settle_to_the_actual_cost() {
-        let mut ledger = Ledger::new(Window {
-            start_ms: 0,
-            end_ms: None,
-        });
-        let a = ledger.reserve(1.0, 0.6).unwrap();
-        let refused = ledger.reserve(1.0, 0.5).unwrap_err();
-        assert_eq!((refused.spent, refused.reserved), (0.0, 0.6));
-        ledger.settle(a, 0.1);
-        assert!((ledger.spent - 0.1).abs() < 1e-12);
-        assert!(ledger.reserved.abs() < 1e-12);
-        assert!(ledger.reserve(1.0, 0.5).is_ok(), "room came back");
-        assert!((ledger.used(1.0) - 0.1).abs() < 1e-12);
+        let mut ledger = Ledger::new(
+            Window {
+                start_ms: 0,
+                end_ms: None,
+            },
+            0,
+        );
+        let a = ledger.reserve(Some(100), 60).unwrap();
+        let refused = ledger.reserve(Some(100), 50).unwrap_err();
+        assert_eq!((refused.spent, refused.reserved), (0, 60));
+        assert_eq!(ledger.settle(a, 10), Some((0, 10)));
+        assert_eq!((ledger.spent, ledger.reserved), (10, 0));
+        assert!(ledger.reserve(Some(100), 50).is_ok(), "room came back");
+        assert!(
+            ledger.reserve(None, 1_000).is_ok(),
+            "no limit: it only counts"
+        );
     }
 
     #[test]
-    fn a_new_period_starts_from_zero() {
+    fn a_new_period_starts_from_what_the_ledger_holds() {
         let day1 = Window {
             start_ms: 0,
             end_ms: Some(10),
@@ -276,18 +383,38 @@ mod tests {
             start_ms: 10,
             end_ms: Some(20),
         };
-        let mut ledger = Ledger::new(day1);
-        let late = ledger.reserve(1.0, 0.9).unwrap();
-        let small = ledger.reserve(1.0, 0.0).unwrap();
-        ledger.settle(small, 0.05);
-        ledger.roll(day2);
-        assert_eq!((ledger.spent, ledger.reserved), (0.0, 0.0));
-        assert!(ledger.reserve(1.0, 1.0).is_ok());
-        ledger.settle(late, 0.9);
-        assert!(
-            (ledger.reserved - 1.0).abs() < 1e-12,
+        let mut old = Ledger::new(day1, 0);
+        let late = old.reserve(Some(100), 90).unwrap();
+        let mut ledger = Ledger::new(day2, 5);
+        assert!(!old.is_current(day2));
+        assert!(ledger.reserve(Some(100), 95).is_ok());
+        assert_eq!(
+            ledger.settle(late, 90),
+            None,
             "the old period's request settles there"
         );
+        assert_eq!((ledger.spent, ledger.reserved), (5, 95));
+    }
+
+    #[test]
+    fn nanos_round_up_and_thresholds_fire_once_on_the_way_up() {
+        assert_eq!(to_nanos(0.000_000_15), 150);
+        assert_eq!(to_nanos(1e-10), 1, "a cost never rounds to nothing");
+        assert_eq!(to_nanos(-1.0), 0);
+        assert_eq!(to_nanos(f64::NAN), 0);
+        assert!((to_usd(2_500_000_000) - 2.5).abs() < 1e-12);
+        let limit = to_nanos(10.0);
+        let marks = [0.5, 0.8, 1.0];
+        assert_eq!(
+            crossed(&marks, limit, to_nanos(4.0), to_nanos(8.5)),
+            vec![0.5, 0.8]
+        );
+        assert!(crossed(&marks, limit, to_nanos(8.5), to_nanos(9.0)).is_empty());
+        assert_eq!(
+            crossed(&marks, limit, to_nanos(9.0), to_nanos(10.0)),
+            vec![1.0]
+        );
+        assert!(crossed(&marks, limit, to_nanos(10.0), to_nanos(12.0)).is_empty());
     }
 
     proptest! {
@@ -297,19 +424,20 @@ mod tests {
         fn spend_never_passes_the_limit_by_more_than_the_underestimates(
             steps in proptest::collection::vec((0.0f64..0.5, 0.0f64..2.0, any::<bool>()), 1..200)
         ) {
-            let limit = 1.0;
-            let mut ledger = Ledger::new(Window { start_ms: 0, end_ms: None });
-            let mut running: Vec<(Reservation, f64)> = Vec::new();
-            let mut excess = 0.0;
+            let limit = 1_000_000;
+            let mut ledger = Ledger::new(Window { start_ms: 0, end_ms: None }, 0);
+            let mut running: Vec<(Reservation, i64)> = Vec::new();
+            let mut excess = 0;
             for (reserve, ratio, finish_one) in steps {
-                if let Ok(reservation) = ledger.reserve(limit, reserve) {
-                    running.push((reservation, reserve * ratio));
+                let reserve = to_nanos(reserve / 1_000.0);
+                if let Ok(reservation) = ledger.reserve(Some(limit), reserve) {
+                    running.push((reservation, (reserve as f64 * ratio) as i64));
                 }
                 if finish_one && let Some((reservation, actual)) = running.pop() {
-                    excess += (actual - reservation.amount).max(0.0);
+                    excess += (actual - reservation.amount).max(0);
                     ledger.settle(reservation, actual);
                 }
-                prop_assert!(ledger.spent + ledger.reserved <= limit + excess + 1e-9);
+                prop_assert!(ledger.spent + ledger.reserved <= limit + excess);
             }
         }
     }

@@ -34,6 +34,8 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     /// A rate limit refused the request (429).
     RateLimited,
+    /// A spending budget cannot afford the request (429, OpenAI's `insufficient_quota`).
+    QuotaExceeded,
     /// The gateway failed in a way that is not the client's or the provider's fault (500).
     Internal,
     /// A provider answered with an error or with something the gateway could not read (502).
@@ -55,7 +57,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
-            ErrorKind::RateLimited => 429,
+            ErrorKind::RateLimited | ErrorKind::QuotaExceeded => 429,
             ErrorKind::Internal => 500,
             ErrorKind::BadGateway => 502,
             ErrorKind::Unavailable => 503,
@@ -74,6 +76,7 @@ impl ErrorKind {
             ErrorKind::Authentication => "authentication_error",
             ErrorKind::PermissionDenied => "permission_error",
             ErrorKind::RateLimited => "rate_limit_error",
+            ErrorKind::QuotaExceeded => "insufficient_quota",
             ErrorKind::Internal => "api_error",
             ErrorKind::BadGateway | ErrorKind::Unavailable | ErrorKind::Timeout => "server_error",
         }
@@ -90,6 +93,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
             ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::QuotaExceeded => "insufficient_quota",
             ErrorKind::Internal => "internal",
             ErrorKind::BadGateway => "bad_gateway",
             ErrorKind::Unavailable => "unavailable",

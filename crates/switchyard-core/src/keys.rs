@@ -69,6 +69,12 @@ pub struct KeySettings {
     /// Its own limit of tokens per minute.
     #[serde(default)]
     pub tpm: Option<u64>,
+    /// Its own spending budget, USD per `budget_period` (the `key-budget` budget).
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
+    /// The period of `budget_usd` (default monthly, in `budgets.timezone`).
+    #[serde(default)]
+    pub budget_period: Option<crate::budget::Period>,
     /// When it stops working (unix milliseconds).
     #[serde(default)]
     pub expires_at_ms: Option<u64>,

@@ -16,7 +16,7 @@ use crate::analytics::{self, Analytics, EventSink, Metrics};
 use crate::cache::ResponseCache;
 use crate::chain::{account, auth, request_id};
 use crate::handlers::{
-    admin, analytics as analytics_api, chat, embeddings, keys as keys_api, meta,
+    admin, analytics as analytics_api, chat, embeddings, keys as keys_api, meta, spend,
 };
 use crate::ratelimit::RateLimiter;
 use crate::tracker::{TokioClock, Tracker};
@@ -67,6 +67,8 @@ pub struct AppInner {
     pub cache: Option<Arc<ResponseCache>>,
     /// Virtual keys.
     pub keys: Arc<crate::keys::Keys>,
+    /// Budgets and the spend ledger.
+    pub budgets: Arc<crate::budget::Budgets>,
 }
 
 impl AppState {
@@ -81,7 +83,7 @@ impl AppState {
         let store = Store::open(&config.storage)
             .await
             .map_err(|error| format!("analytics store: {error}"))?;
-        let analytics = Arc::new(Analytics::new(store, config.analytics.clone()));
+        let analytics = Arc::new(Analytics::new(store.clone(), config.analytics.clone()));
         let router = ModelRouter::new(&config);
         let models_body = serde_json::to_vec(&router.list())
             .map(Bytes::from)
@@ -113,6 +115,16 @@ impl AppState {
         };
         let keys = crate::keys::Keys::open(config.storage.data_dir.as_deref())
             .map_err(|error| error.to_string())?;
+        let budgets = crate::budget::Budgets::new(
+            &config.budgets,
+            store,
+            config.storage.redis_url.as_ref().map(Secret::expose),
+            config.rate_limits.store_timeout,
+            // A reservation outlives a crashed instance by at most this.
+            config.server.request_timeout + Duration::from_secs(30),
+            metrics.budgets.clone(),
+            Arc::new(crate::cache::unix_ms),
+        )?;
         let tracker = Tracker::new(&config, clock);
         let (events, event_receiver) = analytics::channel();
         Ok(AppState(Arc::new(AppInner {
@@ -126,6 +138,7 @@ impl AppState {
             limiter,
             cache,
             keys,
+            budgets,
             analytics,
             connections: AtomicI64::new(0),
             models_body,
@@ -141,8 +154,8 @@ impl AppState {
 ///    accounted too;
 /// 0. panic catch;
 /// 1. auth (`/v1/*`, `/admin/*`, `/metrics`);
-/// 3. rate limit and 5. cache: called by the handlers once the body is parsed and the route
-///    known (4. budget: not built yet);
+/// 4. budget downgrade, 3. rate limit and 5. cache: called by the handlers once the body is
+///    parsed and the route known (4. budget reservations: by failover, per attempt);
 /// 6. route, 7. failover, 8. adapter, 9. transport: inside the handlers.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
@@ -167,6 +180,8 @@ pub fn router(state: AppState) -> Router {
                 .delete(keys_api::revoke),
         )
         .route("/admin/keys/{id}/rotate", post(keys_api::rotate))
+        .route("/admin/spend", get(spend::spend))
+        .route("/admin/budgets", get(spend::budgets))
         .route("/admin/providers/{name}/drain", post(admin::drain))
         .route("/admin/providers/{name}/enable", post(admin::enable))
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));

@@ -90,6 +90,9 @@ pub struct RequestContext {
     pub cache_directive: Result<switchyard_core::cache::Directive, GatewayError>,
     /// How the cache treated the request, for `x-switchyard-cache`.
     pub cache_status: Option<switchyard_core::cache::CacheStatus>,
+    /// The budget that sent the request to a cheaper route, for
+    /// `x-switchyard-budget-downgrade`.
+    pub downgraded_by: Option<String>,
     /// The request's root span; the stages' spans are its children. It is passed down here
     /// rather than entered around the whole request, which would cost an enter and an exit
     /// on every poll.

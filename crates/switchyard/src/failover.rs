@@ -24,6 +24,10 @@ use switchyard_core::strategy::{self, Strategy};
 use switchyard_core::{ErrorKind, GatewayError, Origin};
 use tokio::time::Instant;
 
+use switchyard_core::budget::Members;
+use switchyard_core::pricing::Pricing;
+
+use crate::budget::{Budgets, Hold, Spender};
 use crate::ratelimit::{Admission, RateLimiter};
 use crate::tracker::{InFlight, Tracker};
 use std::sync::Arc;
@@ -52,14 +56,55 @@ pub struct RequestFacts {
     pub deadline: Instant,
 }
 
-/// The provider quotas (rate limits of scope `provider`) a target must pass before it is
-/// called; a target at its quota is skipped at no cost, like an unavailable one.
+/// What a target must pass before it is called: the provider quotas (rate limits of scope
+/// `provider`) and the budgets. A target at its quota, or over a budget, is skipped at no
+/// cost, like an unavailable one.
 #[derive(Clone, Copy)]
 pub struct Quota<'q> {
-    /// The limiter holding the quotas.
-    pub limiter: &'q Arc<RateLimiter>,
+    /// The limiter holding the quotas, when there are any.
+    pub limiter: Option<&'q Arc<RateLimiter>>,
     /// Tokens to reserve (input estimate plus output limit).
     pub tokens: u64,
+    /// The budgets, when any applies to the request.
+    pub budget: Option<BudgetAsk<'q>>,
+}
+
+/// What a budget reservation needs.
+#[derive(Clone, Copy)]
+pub struct BudgetAsk<'q> {
+    /// The budgets.
+    pub budgets: &'q Arc<Budgets>,
+    /// Who pays.
+    pub spender: Spender<'q>,
+    /// The prices.
+    pub pricing: &'q Pricing,
+    /// Estimated input tokens.
+    pub input_tokens: u64,
+    /// The output limit (the client's, or the default).
+    pub output_tokens: u64,
+}
+
+impl BudgetAsk<'_> {
+    /// Holds the most `target` can cost in every budget the attempt falls under.
+    async fn reserve(&self, route: &str, target: &Target) -> Result<Option<Hold>, GatewayError> {
+        let usage = switchyard_core::wire::TokenUsage {
+            input: self.input_tokens,
+            output: self.output_tokens,
+            ..Default::default()
+        };
+        let most = self
+            .pricing
+            .cost(&target.provider.name, &target.model, &usage)
+            .unwrap_or(0.0);
+        let members = Members {
+            key: self.spender.key,
+            team: self.spender.team,
+            route,
+            model: &target.model,
+            provider: &target.provider.name,
+        };
+        self.budgets.reserve(&self.spender, &members, most).await
+    }
 }
 
 /// The outcome of a successful attempt.
@@ -76,6 +121,8 @@ pub struct Served<'a, T> {
     pub in_flight: InFlight,
     /// The provider quota's charges, to settle when the answer is over.
     pub quota: Option<Admission>,
+    /// The budget reservations, to settle to the answer's cost.
+    pub budget: Option<Hold>,
 }
 
 /// A failure after `attempts` attempts.
@@ -155,11 +202,10 @@ where
                     continue;
                 }
             };
-            let charged = match quota {
-                Some(quota) => {
-                    match quota
-                        .limiter
-                        .admit_provider(&target.provider.name, &target.model, quota.tokens)
+            let charged = match quota.and_then(|quota| quota.limiter.map(|l| (l, quota.tokens))) {
+                Some((limiter, tokens)) => {
+                    match limiter
+                        .admit_provider(&target.provider.name, &target.model, tokens)
                         .await
                     {
                         Ok(charged) => charged,
@@ -171,6 +217,18 @@ where
                         }
                     }
                 }
+                None => None,
+            };
+            let held = match quota.and_then(|quota| quota.budget) {
+                Some(ask) => match ask.reserve(route.name, target).await {
+                    Ok(held) => held,
+                    Err(error) => {
+                        tracing::debug!(provider = %target.provider.name, "over budget: target skipped");
+                        last_error = Some(error);
+                        position += 1;
+                        continue;
+                    }
+                },
                 None => None,
             };
             let admitted = match tracker.begin(target, &states[index]) {
@@ -200,6 +258,7 @@ where
                         attempts,
                         in_flight,
                         quota: charged,
+                        budget: held,
                     });
                 }
                 Err(error) => {

@@ -45,6 +45,8 @@ pub struct KeysArgs {
 
 /// The key operations.
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum KeysCommand {
     /// Create a key and print its secret (shown this once).
     Create(CreateArgs),
@@ -94,6 +96,12 @@ pub struct CreateArgs {
     /// Its own limit of tokens per minute.
     #[arg(long)]
     pub tpm: Option<u64>,
+    /// Its own spending budget in USD per `--budget-period`.
+    #[arg(long)]
+    pub budget_usd: Option<f64>,
+    /// The period of its budget.
+    #[arg(long, value_parser = ["daily", "weekly", "monthly", "total"])]
+    pub budget_period: Option<String>,
     /// It stops working after this long, e.g. 30d.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub expires_in: Option<Duration>,
@@ -110,6 +118,11 @@ impl CreateArgs {
             priority: PriorityName::parse(&self.priority).unwrap_or_default(),
             rpm: self.rpm,
             tpm: self.tpm,
+            budget_usd: self.budget_usd,
+            budget_period: self
+                .budget_period
+                .as_deref()
+                .and_then(switchyard_core::budget::Period::parse),
             expires_at_ms: self.expires_in.map(|after| {
                 crate::cache::unix_ms()
                     .saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX))

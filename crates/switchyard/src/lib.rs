@@ -26,6 +26,7 @@
 
 pub mod analytics;
 pub mod app;
+pub mod budget;
 pub mod cache;
 pub mod chain;
 pub mod cli;

@@ -34,6 +34,9 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
     spawn_limiter_sweep(&state);
     spawn_cache_sweep(&state);
     spawn_key_reload(&state);
+    state
+        .budgets
+        .spawn_flusher(state.config.analytics.flush_interval);
     let receiver = state
         .event_receiver
         .lock()
@@ -126,6 +129,9 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
     }
     // Every response has ended (or been dropped), so every request event is in the channel.
     state.analytics.shutdown().await;
+    if let Err(error) = state.budgets.flush().await {
+        tracing::error!(%error, "could not write the spend ledger at shutdown");
+    }
 }
 
 /// Forgets idle in-memory rate-limit counters once a minute, so that one-off users and IPs

@@ -257,7 +257,7 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(versions, vec![1, 2, 3, 4]);
     let tables: Vec<String> = db
         .admin
         .query(
@@ -275,7 +275,8 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         [
             "switchyard_requests",
             "switchyard_rollups",
-            "switchyard_schema_migrations"
+            "switchyard_schema_migrations",
+            "switchyard_spend"
         ]
     );
     let indexes: i64 = db

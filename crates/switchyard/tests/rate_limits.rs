@@ -355,6 +355,7 @@ fn subject(key: &str, tokens: u64) -> Subject {
     Subject {
         key: key.to_owned(),
         user: None,
+        team: None,
         ip: None,
         model: "m".to_owned(),
         priority: Priority::Normal,

@@ -5,6 +5,7 @@
 //! With no config file, [`discover`] builds the raw config from provider API keys found in the
 //! environment, and the same validation runs on it.
 
+pub mod budgets;
 pub mod cache;
 pub mod limits;
 mod presets;
@@ -16,13 +17,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use budgets::{BudgetAction, BudgetConfig, BudgetFailMode, BudgetRule};
 pub use cache::{CacheConfig, CachePolicy, CacheScope};
 pub use limits::{FailMode, LimitConfig, RateLimitConfig};
 pub use presets::{PRESETS, Preset, kind_names, preset};
 pub use raw::{
-    RawAnalytics, RawBreaker, RawCache, RawConfig, RawHealthCheck, RawLimit, RawPrice, RawProvider,
-    RawRateLimits, RawRoute, RawRouteCache, RawRouting, RawServer, RawStorage, RawTarget,
-    RawTelemetry, RawTimeouts, RawUpstream,
+    RawAnalytics, RawBreaker, RawBudget, RawBudgets, RawCache, RawConfig, RawHealthCheck, RawLimit,
+    RawPrice, RawProvider, RawRateLimits, RawRoute, RawRouteCache, RawRouting, RawServer,
+    RawStorage, RawTarget, RawTelemetry, RawTimeouts, RawUpstream,
 };
 
 use crate::health::{Backoff, BreakerConfig};
@@ -121,6 +123,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// What each provider's models cost: the catalog, `[[prices]]` and targets' prices.
     pub pricing: crate::pricing::Pricing,
+    /// Spending budgets.
+    pub budgets: BudgetConfig,
 }
 
 /// The environment variable naming the data directory.
@@ -444,6 +448,7 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
 
     let rate_limits = limits::validate(&raw.rate_limits, &providers)?;
     let pricing = validate_prices(&raw.prices, &providers, &routes)?;
+    let budgets = budgets::validate(&raw.budgets, &|name| route_names.contains(name))?;
     Ok(Config {
         server,
         upstream,
@@ -456,6 +461,7 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         rate_limits,
         cache: cache_config,
         pricing,
+        budgets,
     })
 }
 

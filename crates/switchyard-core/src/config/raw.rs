@@ -45,6 +45,49 @@ pub struct RawConfig {
     /// Prices that add to or override the built-in catalog, per provider and model.
     #[serde(default)]
     pub prices: Vec<RawPrice>,
+    /// `[budgets]`.
+    #[serde(default)]
+    pub budgets: RawBudgets,
+}
+
+/// `[budgets]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudgets {
+    /// IANA time zone of calendar periods (default `UTC`).
+    pub timezone: Option<String>,
+    /// Soft thresholds, as shares of the amount.
+    pub thresholds: Option<Vec<f64>>,
+    /// `fail_open` (default) or `fail_closed` when Redis is unreachable.
+    pub on_store_error: Option<String>,
+    /// The budgets.
+    #[serde(default)]
+    pub limits: Vec<RawBudget>,
+}
+
+/// One `[[budgets.limits]]` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    /// Unique name.
+    pub name: String,
+    /// `key`, `team`, `route`, `model`, `provider` or `global`.
+    pub scope: String,
+    /// Members covered; empty: each member separately.
+    #[serde(default)]
+    pub only: Vec<String>,
+    /// USD per period.
+    pub amount_usd: f64,
+    /// `daily`, `weekly`, `monthly` (default) or `total`.
+    pub period: Option<String>,
+    /// IANA time zone overriding `budgets.timezone`.
+    pub timezone: Option<String>,
+    /// `reject` (default) or `downgrade`.
+    pub action: Option<String>,
+    /// The route to downgrade to.
+    pub downgrade_to: Option<String>,
+    /// Soft thresholds overriding `budgets.thresholds`.
+    pub thresholds: Option<Vec<f64>>,
 }
 
 /// `[[prices]]`: what a model costs at one configured provider, in USD per million tokens.

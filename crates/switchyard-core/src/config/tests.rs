@@ -510,7 +510,7 @@ only = ["openai"]
 fn rate_limit_mistakes_are_named() {
     let cases = [
         (
-            "scope = \"team\"\nrequests = 1\nper = \"1s\"",
+            "scope = \"tenant\"\nrequests = 1\nper = \"1s\"",
             "rate_limits.limits[0].scope",
             "unknown scope",
         ),
@@ -726,4 +726,84 @@ fn price_errors_name_the_key() {
         let error = load(&format!("{GOOD}\n{extra}"), &keys(&[])).unwrap_err();
         assert_eq!(error.key, key, "{extra}");
     }
+}
+
+#[test]
+fn budget_mistakes_are_named() {
+    let cases = [
+        (
+            "name = \"b\"\nscope = \"galaxy\"\namount_usd = 1.0",
+            "budgets.limits[0].scope",
+            "unknown scope",
+        ),
+        (
+            "name = \"b\"\nscope = \"key\"\namount_usd = -1.0",
+            "budgets.limits[0].amount_usd",
+            "non-negative",
+        ),
+        (
+            "name = \"b\"\nscope = \"key\"\namount_usd = 1.0\nperiod = \"hourly\"",
+            "budgets.limits[0].period",
+            "unknown period",
+        ),
+        (
+            "name = \"b\"\nscope = \"key\"\namount_usd = 1.0\ntimezone = \"Mars/Olympus\"",
+            "budgets.limits[0].timezone",
+            "unknown time zone",
+        ),
+        (
+            "name = \"b\"\nscope = \"key\"\namount_usd = 1.0\naction = \"downgrade\"",
+            "budgets.limits[0].downgrade_to",
+            "needs the route",
+        ),
+        (
+            "name = \"b\"\nscope = \"key\"\namount_usd = 1.0\ndowngrade_to = \"nowhere\"",
+            "budgets.limits[0].downgrade_to",
+            "not a configured route",
+        ),
+        (
+            "name = \"b\"\nscope = \"provider\"\namount_usd = 1.0\ndowngrade_to = \"smart\"",
+            "budgets.limits[0].action",
+            "cannot downgrade",
+        ),
+        (
+            "name = \"key-budget\"\nscope = \"key\"\namount_usd = 1.0",
+            "budgets.limits[0].name",
+            "virtual keys' own budgets",
+        ),
+        (
+            "name = \"b\"\nscope = \"key\"\namount_usd = 1.0\nthresholds = [0.5, 0]",
+            "budgets.limits[0].thresholds",
+            "above 0",
+        ),
+    ];
+    for (budget, key, message) in cases {
+        let text = format!("{GOOD}\n[[budgets.limits]]\n{budget}\n");
+        let error = load(&text, &keys(&[])).unwrap_err();
+        assert_eq!(error.key, key, "{budget}: {error}");
+        assert!(error.message.contains(message), "{budget}: {error}");
+    }
+    let twice = format!(
+        "{GOOD}\n[[budgets.limits]]\nname = \"b\"\nscope = \"key\"\namount_usd = 1.0\n\
+         [[budgets.limits]]\nname = \"b\"\nscope = \"team\"\namount_usd = 2.0\n"
+    );
+    assert!(
+        load(&twice, &keys(&[]))
+            .unwrap_err()
+            .message
+            .contains("duplicate budget")
+    );
+    let good = format!(
+        "{GOOD}\n[[routes]]\nmodel = \"cheap\"\ntargets = [{{ provider = \"openai\", model = \"gpt-4o-mini\" }}]\n\
+         [budgets]\ntimezone = \"Europe/Berlin\"\nthresholds = [0.9, 0.5]\n\
+         [[budgets.limits]]\nname = \"soft\"\nscope = \"route\"\nonly = [\"smart\"]\namount_usd = 5.0\n\
+         period = \"weekly\"\ndowngrade_to = \"cheap\"\n"
+    );
+    let budgets = load(&good, &keys(&[])).unwrap().budgets;
+    let rule = &budgets.rules[0];
+    assert_eq!(rule.action, BudgetAction::Downgrade("cheap".to_owned()));
+    assert_eq!(rule.thresholds, vec![0.5, 0.9], "sorted");
+    assert_eq!(rule.timezone.iana_name(), Some("Europe/Berlin"));
+    assert_eq!(rule.period, crate::budget::Period::Weekly);
+    assert!(rule.covers("smart") && !rule.covers("cheap"));
 }

@@ -37,6 +37,9 @@ pub enum Scope {
     Key,
     /// The end user: the OpenAI `user` field, or a configured header.
     User,
+    /// The virtual key's team: one counter its keys share (keys without a team are not
+    /// counted).
+    Team,
     /// The client's IP address.
     Ip,
     /// The route (model name) the request resolved to.
@@ -56,6 +59,7 @@ impl Scope {
         match self {
             Scope::Key => "key",
             Scope::User => "user",
+            Scope::Team => "team",
             Scope::Ip => "ip",
             Scope::Model => "model",
             Scope::Provider => "provider",
@@ -71,6 +75,7 @@ impl FromStr for Scope {
         Ok(match value {
             "key" => Scope::Key,
             "user" => Scope::User,
+            "team" => Scope::Team,
             "ip" => Scope::Ip,
             "model" | "route" => Scope::Model,
             "provider" => Scope::Provider,
@@ -78,7 +83,7 @@ impl FromStr for Scope {
             "global" => Scope::Global,
             other => {
                 return Err(format!(
-                    "unknown scope `{other}` (expected key, user, ip, model, provider, target or global)"
+                    "unknown scope `{other}` (expected key, user, team, ip, model, provider, target or global)"
                 ));
             }
         })

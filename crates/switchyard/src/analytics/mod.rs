@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 pub mod pipeline;
 pub mod postgres;
+pub mod spend;
 pub mod sqlite;
 pub mod store;
 
@@ -160,6 +161,8 @@ pub struct Metrics {
     pub rate_limits: crate::ratelimit::RateLimitMetrics,
     /// The response cache's series.
     pub cache: crate::cache::CacheMetrics,
+    /// The budgets' series.
+    pub budgets: crate::budget::BudgetMetrics,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -295,7 +298,9 @@ impl Metrics {
         );
         let rate_limits = crate::ratelimit::RateLimitMetrics::register(&mut registry);
         let cache = crate::cache::CacheMetrics::register(&mut registry);
+        let budgets = crate::budget::BudgetMetrics::register(&mut registry);
         Metrics {
+            budgets,
             cost,
             saved,
             cost_unknown,

@@ -43,6 +43,7 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement, Transaction};
 
+use super::spend::{self, SpendColumn, SpendKey, SpendLine, SpendTotals};
 use super::store::{
     Batch, ByKeyBackfill, CellsQuery, LoggedRequest, Names, Param, Pruned, RequestsPage,
     RequestsQuery, Retention, StoreError, StoredCell, filter_value, number_placeholders,
@@ -145,6 +146,27 @@ ALTER TABLE switchyard_rollups ALTER COLUMN cube TYPE SMALLINT USING cube::int::
         3,
         "
 ALTER TABLE switchyard_requests ADD COLUMN IF NOT EXISTS saved_usd DOUBLE PRECISION;
+",
+    ),
+    // The spend ledger (see `spend::TABLE_COLUMNS`, which this must match).
+    (
+        4,
+        "
+CREATE TABLE IF NOT EXISTS switchyard_spend (
+    bucket_ms BIGINT NOT NULL,
+    key TEXT NOT NULL,
+    team TEXT NOT NULL,
+    route TEXT NOT NULL,
+    model TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    cost_nanos BIGINT NOT NULL,
+    saved_nanos BIGINT NOT NULL,
+    requests BIGINT NOT NULL,
+    unpriced BIGINT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    PRIMARY KEY (bucket_ms, key, team, route, model, provider)
+);
 ",
     ),
 ];
@@ -699,6 +721,102 @@ impl PostgresStore {
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.failed("reading the request log"))?;
         Ok(RequestsPage::from_rows(data, limit))
+    }
+
+    /// Adds cells into the spend ledger, in one transaction (rows in key order, so that
+    /// instances writing the same cells together cannot deadlock).
+    pub async fn write_spend(&self, rows: &[(SpendKey, SpendTotals)]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut writer = self.writer().await?;
+        let tx = writer
+            .client
+            .transaction()
+            .await
+            .map_err(self.failed("starting a spend write"))?;
+        let upsert = tx
+            .prepare(&spend::upsert_sql("switchyard_spend", true))
+            .await
+            .map_err(self.failed("preparing a spend write"))?;
+        for (key, totals) in rows {
+            tx.execute(
+                &upsert,
+                &[
+                    &to_i64(key.bucket_ms),
+                    &key.key,
+                    &key.team,
+                    &key.route,
+                    &key.model,
+                    &key.provider,
+                    &totals.cost_nanos,
+                    &totals.saved_nanos,
+                    &totals.requests,
+                    &totals.unpriced,
+                    &totals.input_tokens,
+                    &totals.output_tokens,
+                ],
+            )
+            .await
+            .map_err(self.failed("writing the spend ledger"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(self.failed("committing a spend write"))
+    }
+
+    /// The spend in `[from_ms, to_ms)`, of `member` of `column` (everything with none), every
+    /// instance's included.
+    pub async fn spent(
+        &self,
+        column: Option<SpendColumn>,
+        member: &str,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<i64, StoreError> {
+        let sql = spend::spent_sql("switchyard_spend", column, true);
+        let (from, to) = (to_i64(from_ms), to_i64(to_ms));
+        let rows = match column {
+            Some(_) => {
+                self.read(&sql, &[&from, &to, &member], "a spend read")
+                    .await?
+            }
+            None => self.read(&sql, &[&from, &to], "a spend read").await?,
+        };
+        rows.first()
+            .map(|row| row.try_get::<_, i64>(0))
+            .transpose()
+            .map_err(self.failed("reading the spend ledger"))
+            .map(Option::unwrap_or_default)
+    }
+
+    /// The spend in `[from_ms, to_ms)` grouped by `column`, largest first.
+    pub async fn spend_report(
+        &self,
+        column: SpendColumn,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<SpendLine>, StoreError> {
+        let sql = spend::report_sql("switchyard_spend", column, true);
+        let rows = self
+            .read(&sql, &[&to_i64(from_ms), &to_i64(to_ms)], "a spend report")
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SpendLine {
+                    member: row.try_get(0)?,
+                    totals: SpendTotals {
+                        cost_nanos: row.try_get(1)?,
+                        saved_nanos: row.try_get(2)?,
+                        requests: row.try_get(3)?,
+                        unpriced: row.try_get(4)?,
+                        input_tokens: row.try_get(5)?,
+                        output_tokens: row.try_get(6)?,
+                    },
+                })
+            })
+            .collect::<Result<_, tokio_postgres::Error>>()
+            .map_err(self.failed("reading a spend report"))
     }
 
     /// Deletes rollups past their tier's retention and trims the request log by age, then

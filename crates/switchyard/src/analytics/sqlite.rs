@@ -18,6 +18,7 @@ use switchyard_core::analytics::query::{Dim, Fold, SketchRef};
 use switchyard_core::analytics::rollup::ANY_KEY;
 use switchyard_core::analytics::{Cube, Dims, Rollup, Tier};
 
+use super::spend::{self, SpendColumn, SpendKey, SpendLine, SpendTotals};
 use super::store::{
     Batch, ByKeyBackfill, CellsQuery, LoggedRequest, Names, Param, Pruned, RequestsPage,
     RequestsQuery, Retention, StoreError, StoredCell, filter_value, number_placeholders,
@@ -263,6 +264,12 @@ impl SqliteStore {
         let requests_path = data_dir.map(|d| d.join("requests.db"));
         let mut analytics = open(analytics_path.as_deref(), ANALYTICS_SCHEMA, CACHE_KIB)?;
         migrate_rollups(&mut analytics)?;
+        analytics
+            .execute_batch(&format!(
+                "CREATE TABLE IF NOT EXISTS spend ({}) WITHOUT ROWID;",
+                spend::TABLE_COLUMNS
+            ))
+            .map_err(sql_error("creating the spend ledger"))?;
         let requests = open(requests_path.as_deref(), REQUESTS_SCHEMA, LOG_CACHE_KIB)?;
         migrate_requests(&requests)?;
         Ok(SqliteStore {
@@ -605,6 +612,88 @@ impl SqliteStore {
     /// Bytes the request log uses (pages in use, free pages excluded).
     pub fn request_log_bytes(&self) -> Result<u64, StoreError> {
         used_bytes(&lock(&self.requests))
+    }
+
+    /// Adds cells into the spend ledger, in one transaction.
+    pub fn write_spend(&self, rows: &[(SpendKey, SpendTotals)]) -> Result<(), StoreError> {
+        let mut connection = lock(&self.analytics);
+        let tx = connection
+            .transaction()
+            .map_err(sql_error("starting a spend write"))?;
+        {
+            let mut upsert = tx
+                .prepare_cached(&spend::upsert_sql("spend", false))
+                .map_err(sql_error("preparing a spend write"))?;
+            for (key, totals) in rows {
+                upsert
+                    .execute(params![
+                        to_i64(key.bucket_ms),
+                        key.key,
+                        key.team,
+                        key.route,
+                        key.model,
+                        key.provider,
+                        totals.cost_nanos,
+                        totals.saved_nanos,
+                        totals.requests,
+                        totals.unpriced,
+                        totals.input_tokens,
+                        totals.output_tokens,
+                    ])
+                    .map_err(sql_error("writing the spend ledger"))?;
+            }
+        }
+        tx.commit().map_err(sql_error("committing a spend write"))
+    }
+
+    /// The spend in `[from_ms, to_ms)`, of `member` of `column` (everything with none).
+    pub fn spent(
+        &self,
+        column: Option<SpendColumn>,
+        member: &str,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<i64, StoreError> {
+        let connection = self.analytics_reader();
+        let mut statement = connection
+            .prepare_cached(&spend::spent_sql("spend", column, false))
+            .map_err(sql_error("preparing a spend read"))?;
+        let (from, to) = (to_i64(from_ms), to_i64(to_ms));
+        let result = match column {
+            Some(_) => statement.query_row(params![from, to, member], |row| row.get(0)),
+            None => statement.query_row(params![from, to], |row| row.get(0)),
+        };
+        result.map_err(sql_error("reading the spend ledger"))
+    }
+
+    /// The spend in `[from_ms, to_ms)` grouped by `column`, largest first.
+    pub fn spend_report(
+        &self,
+        column: SpendColumn,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<SpendLine>, StoreError> {
+        let connection = self.analytics_reader();
+        let mut statement = connection
+            .prepare_cached(&spend::report_sql("spend", column, false))
+            .map_err(sql_error("preparing a spend report"))?;
+        let rows = statement
+            .query_map(params![to_i64(from_ms), to_i64(to_ms)], |row| {
+                Ok(SpendLine {
+                    member: row.get(0)?,
+                    totals: SpendTotals {
+                        cost_nanos: row.get(1)?,
+                        saved_nanos: row.get(2)?,
+                        requests: row.get(3)?,
+                        unpriced: row.get(4)?,
+                        input_tokens: row.get(5)?,
+                        output_tokens: row.get(6)?,
+                    },
+                })
+            })
+            .map_err(sql_error("reading a spend report"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql_error("reading a spend report"))
     }
 }
 

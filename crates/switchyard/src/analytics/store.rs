@@ -21,6 +21,7 @@ use switchyard_core::analytics::{Cube, Dims, RequestEvent, Rollup, RollupRow, Sk
 use switchyard_core::config::StorageConfig;
 
 use super::postgres::PostgresStore;
+use super::spend::{SpendColumn, SpendKey, SpendLine, SpendTotals};
 use super::sqlite::SqliteStore;
 
 /// A store failure.
@@ -569,6 +570,53 @@ impl Store {
                 blocking(move || store.prune(now_ms, retention)).await
             }
             Store::Postgres(store) => store.prune(now_ms, retention).await,
+        }
+    }
+}
+
+impl Store {
+    /// Adds cells into the spend ledger.
+    pub async fn write_spend(&self, rows: Vec<(SpendKey, SpendTotals)>) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                let store = Arc::clone(store);
+                blocking(move || store.write_spend(&rows)).await
+            }
+            Store::Postgres(store) => store.write_spend(&rows).await,
+        }
+    }
+
+    /// The spend of `member` of `column` (everything with none) in `[from_ms, to_ms)`.
+    pub async fn spent(
+        &self,
+        column: Option<SpendColumn>,
+        member: &str,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                let store = Arc::clone(store);
+                let member = member.to_owned();
+                blocking(move || store.spent(column, &member, from_ms, to_ms)).await
+            }
+            Store::Postgres(store) => store.spent(column, member, from_ms, to_ms).await,
+        }
+    }
+
+    /// The spend in `[from_ms, to_ms)` grouped by `column`.
+    pub async fn spend_report(
+        &self,
+        column: SpendColumn,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<SpendLine>, StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                let store = Arc::clone(store);
+                blocking(move || store.spend_report(column, from_ms, to_ms)).await
+            }
+            Store::Postgres(store) => store.spend_report(column, from_ms, to_ms).await,
         }
     }
 }

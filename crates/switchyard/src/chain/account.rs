@@ -21,7 +21,10 @@ use switchyard_core::analytics::RequestEvent;
 use switchyard_core::cache::CacheStatus;
 use switchyard_core::wire::TokenUsage;
 
+use switchyard_core::budget::to_nanos;
+
 use crate::analytics::EventSink;
+use crate::analytics::spend::{SpendKey, SpendTotals};
 use crate::app::AppState;
 use crate::context::RequestContext;
 use crate::error::ErrorClass;
@@ -65,6 +68,10 @@ pub struct Draft {
     /// The rate limiter's charges (the request's, and the provider quota's of the target
     /// that served it), settled against the usage when the request ends.
     pub admissions: Vec<crate::ratelimit::Admission>,
+    /// The budget reservations of the attempt that served it, settled to its cost.
+    pub holds: Vec<crate::budget::Hold>,
+    /// The key's team, for the spend ledger.
+    pub team: Option<String>,
 }
 
 /// The draft shared between the stages of one request. A std mutex: it is only ever held for
@@ -173,6 +180,13 @@ impl PendingEvent {
                 .or_else(|| self.error_class.map(str::to_owned))
         };
         let (cost_usd, saved_usd) = price(&self.app.config.pricing, &draft);
+        settle_spend(
+            &self.app,
+            &mut draft,
+            cost_usd,
+            saved_usd,
+            self.time_unix_ms,
+        );
         self.sink.emit(RequestEvent {
             time_unix_ms: self.time_unix_ms,
             request_id: std::mem::take(&mut self.request_id),
@@ -219,6 +233,50 @@ fn price(pricing: &switchyard_core::pricing::Pricing, draft: &Draft) -> (Option<
         return (Some(0.0), None);
     }
     (cost, None)
+}
+
+/// Settles the request's budget holds to what it cost and adds it to the spend ledger. A
+/// cut stream's cost is unknown for analytics, but its budgets are charged the price of the
+/// estimate of what it produced: spend is never taken as zero.
+fn settle_spend(
+    app: &AppState,
+    draft: &mut Draft,
+    cost_usd: Option<f64>,
+    saved_usd: Option<f64>,
+    time_ms: u64,
+) {
+    let holds = std::mem::take(&mut draft.holds);
+    let (Some(provider), Some(model)) = (&draft.provider, &draft.model) else {
+        // Dropping the holds releases them: nothing was spent.
+        return;
+    };
+    let charged = cost_usd.or_else(|| {
+        draft
+            .usage_estimated
+            .then(|| app.config.pricing.cost(provider, model, &draft.usage))
+            .flatten()
+    });
+    for hold in holds {
+        hold.settle(charged.unwrap_or(0.0));
+    }
+    app.budgets.record(
+        SpendKey {
+            bucket_ms: crate::analytics::spend::bucket(time_ms),
+            key: draft.principal.clone(),
+            team: draft.team.clone().unwrap_or_default(),
+            route: draft.route.clone().unwrap_or_default(),
+            model: model.clone(),
+            provider: provider.clone(),
+        },
+        &SpendTotals {
+            cost_nanos: to_nanos(charged.unwrap_or(0.0)),
+            saved_nanos: to_nanos(saved_usd.unwrap_or(0.0)),
+            requests: 1,
+            unpriced: i64::from(charged.is_none()),
+            input_tokens: i64::try_from(draft.usage.input).unwrap_or(i64::MAX),
+            output_tokens: i64::try_from(draft.usage.output).unwrap_or(i64::MAX),
+        },
+    );
 }
 
 impl Drop for PendingEvent {

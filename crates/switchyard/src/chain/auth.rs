@@ -64,7 +64,14 @@ pub async fn authenticate(
     match outcome {
         Ok(principal) => {
             let label = principal.label().to_owned();
-            context.record(|draft| draft.principal = label);
+            let team = match &principal {
+                Principal::Key(key) => key.settings.team.clone(),
+                Principal::Anonymous | Principal::MasterKey => None,
+            };
+            context.record(|draft| {
+                draft.principal = label;
+                draft.team = team;
+            });
             context.principal = principal;
             next.run(request).await
         }

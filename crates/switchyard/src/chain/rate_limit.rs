@@ -33,12 +33,15 @@ pub async fn admit(
     context: &mut RequestContext,
     ask: Ask<'_>,
 ) -> Result<(), GatewayError> {
-    let own = match &context.principal {
-        Principal::Key(key) => OwnLimits {
-            rpm: key.settings.rpm,
-            tpm: key.settings.tpm,
-        },
-        Principal::Anonymous | Principal::MasterKey => OwnLimits::default(),
+    let (own, team) = match &context.principal {
+        Principal::Key(key) => (
+            OwnLimits {
+                rpm: key.settings.rpm,
+                tpm: key.settings.tpm,
+            },
+            key.settings.team.clone(),
+        ),
+        Principal::Anonymous | Principal::MasterKey => (OwnLimits::default(), None),
     };
     if !app.limiter.is_active() && !own.is_some() {
         return Ok(());
@@ -54,6 +57,7 @@ pub async fn admit(
             .filter(|user| !user.is_empty())
             .map(str::to_owned)
             .or_else(|| context.user_header.clone()),
+        team,
         ip: context.client_ip,
         model: ask.model.to_owned(),
         priority: context.principal.priority(),

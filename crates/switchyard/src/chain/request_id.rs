@@ -52,6 +52,7 @@ pub async fn request_context(
         rate_headers: crate::ratelimit::RateHeaders::default(),
         cache_directive: switchyard_core::cache::Directive::from_headers(request.headers()),
         cache_status: None,
+        downgraded_by: None,
         span: span.clone(),
     };
     request.extensions_mut().insert(context);

@@ -66,7 +66,6 @@ async fn handle(
     let resolution = Stage::Route
         .span(&context.span)
         .in_scope(|| app.router.resolve(&request.model))?;
-    let plan = super::plan(app, &resolution);
     context.timings.lap(Stage::Route, started);
     crate::chain::auth::authorize_model(
         &context.principal,
@@ -79,6 +78,12 @@ async fn handle(
         max_output_tokens: request.output_limit(),
         deadline: context.deadline,
     };
+    let cheaper = super::downgrade(app, context, &resolution, &facts).await?;
+    let resolution = match &cheaper {
+        Some(route) => app.router.resolve(route)?,
+        None => resolution,
+    };
+    let plan = super::plan(app, &resolution);
     rate_limit::admit(
         app,
         context,
@@ -197,12 +202,13 @@ async fn stream<'a>(
     let request_id = context.request_id_str().to_owned();
     let upstream_started = Instant::now();
     let call_for = |target: &'a Target| super::call_info(target, now, &request_id);
+    let principal = context.principal.clone();
     let result = failover::run(
         &app.tracker,
         &app.config.routing,
         plan,
         facts,
-        super::quota(app, &facts),
+        super::quota(app, &facts, &principal),
         |target| provider::chat_request(&call_for(target), request),
         |target, upstream| {
             let call = call_for(target);
@@ -287,9 +293,11 @@ async fn stream<'a>(
     started.recording =
         fill.map(|fill| Recording::new(fill, &provider_name, &served.target.model, fallback));
     let quota = served.quota;
+    let budget = served.budget;
     context.record(|draft| {
         draft.stream = true;
         draft.admissions.extend(quota);
+        draft.holds.extend(budget);
     });
     let body = Body::from_stream(sse_body(started, provider_name, request_id));
     let mut response = Response::new(body);

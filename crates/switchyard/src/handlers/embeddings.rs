@@ -44,7 +44,6 @@ async fn handle(
     let resolution = Stage::Route
         .span(&context.span)
         .in_scope(|| app.router.resolve(&request.model))?;
-    let plan = super::plan(app, &resolution);
     context.timings.lap(Stage::Route, started);
     crate::chain::auth::authorize_model(
         &context.principal,
@@ -57,6 +56,12 @@ async fn handle(
         max_output_tokens: Some(0),
         deadline: context.deadline,
     };
+    let cheaper = super::downgrade(app, context, &resolution, &facts).await?;
+    let resolution = match &cheaper {
+        Some(route) => app.router.resolve(route)?,
+        None => resolution,
+    };
+    let plan = super::plan(app, &resolution);
     crate::chain::rate_limit::admit(
         app,
         context,

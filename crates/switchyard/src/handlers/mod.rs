@@ -7,6 +7,7 @@ pub mod chat;
 pub mod embeddings;
 pub mod keys;
 pub mod meta;
+pub mod spend;
 
 use axum::body::Body;
 use axum::response::IntoResponse;
@@ -117,6 +118,9 @@ pub fn annotate(response: &mut Response, context: &RequestContext, served: Optio
             HeaderValue::from_static(status.as_header()),
         );
     }
+    if let Some(budget) = &context.downgraded_by {
+        insert(headers, "x-switchyard-budget-downgrade", budget);
+    }
     insert(headers, "server-timing", &context.timings.server_timing());
     context.record(|draft| {
         if let Some(served) = served {
@@ -189,12 +193,13 @@ where
     let request_id = context.request_id_str().to_owned();
     let upstream_started = std::time::Instant::now();
     let call_for = |target: &'a Target| call_info(target, now, &request_id);
+    let principal = context.principal.clone();
     let result = failover::run(
         &app.tracker,
         &app.config.routing,
         plan,
         facts,
-        quota(app, &facts),
+        quota(app, &facts, &principal),
         |target| build(&call_for(target)),
         |target, upstream| {
             let translate = &translate;
@@ -246,9 +251,11 @@ where
                 }
             }
             let quota = served.quota;
+            let budget = served.budget;
             context.record(|draft| {
                 draft.usage = usage;
                 draft.admissions.extend(quota);
+                draft.holds.extend(budget);
             });
             context
                 .timings
@@ -305,19 +312,75 @@ pub fn cost_header(cost: Option<f64>) -> HeaderValue {
 }
 
 /// The provider quotas to pass before each call, when any is configured.
-pub fn quota<'q>(app: &'q AppState, facts: &RequestFacts) -> Option<failover::Quota<'q>> {
-    app.limiter.has_provider_limits().then(|| failover::Quota {
-        limiter: &app.limiter,
-        tokens: facts.input_tokens.saturating_add(
-            facts
-                .max_output_tokens
-                .map_or(app.config.rate_limits.default_max_tokens, u64::from),
-        ),
+pub fn quota<'q>(
+    app: &'q AppState,
+    facts: &RequestFacts,
+    principal: &'q crate::context::Principal,
+) -> Option<failover::Quota<'q>> {
+    let output_tokens = facts
+        .max_output_tokens
+        .map_or(app.config.rate_limits.default_max_tokens, u64::from);
+    let limiter = app.limiter.has_provider_limits().then_some(&app.limiter);
+    let spender = crate::budget::Spender::of(principal);
+    let budget = app
+        .budgets
+        .applies_to(&spender)
+        .then(|| failover::BudgetAsk {
+            budgets: &app.budgets,
+            spender,
+            pricing: &app.config.pricing,
+            input_tokens: facts.input_tokens,
+            output_tokens,
+        });
+    (limiter.is_some() || budget.is_some()).then_some(failover::Quota {
+        limiter,
+        tokens: facts.input_tokens.saturating_add(output_tokens),
+        budget,
     })
 }
 
 /// The routes to try: the resolved one, then its fallbacks (their own fallbacks are not
 /// followed).
+/// Stage 4, before planning: a `downgrade` budget that cannot afford the request (its most
+/// expensive target at the output limit) sends it to the budget's cheaper route. Returns
+/// that route's name.
+pub async fn downgrade(
+    app: &AppState,
+    context: &mut RequestContext,
+    resolution: &Resolution<'_>,
+    facts: &RequestFacts,
+) -> Result<Option<String>, GatewayError> {
+    let spender = crate::budget::Spender::of(&context.principal);
+    if !app.budgets.downgrades() {
+        return Ok(None);
+    }
+    let usage = switchyard_core::wire::TokenUsage {
+        input: facts.input_tokens,
+        output: facts
+            .max_output_tokens
+            .map_or(app.config.rate_limits.default_max_tokens, u64::from),
+        ..Default::default()
+    };
+    let most = resolution
+        .targets()
+        .iter()
+        .filter_map(|target| {
+            app.config
+                .pricing
+                .cost(&target.provider.name, &target.model, &usage)
+        })
+        .fold(0.0, f64::max);
+    let Some(downgrade) = app
+        .budgets
+        .downgrade(&spender, resolution.route_name(), most)
+        .await?
+    else {
+        return Ok(None);
+    };
+    context.downgraded_by = Some(downgrade.budget);
+    Ok(Some(downgrade.route))
+}
+
 pub fn plan<'a>(app: &'a AppState, resolution: &'a Resolution<'a>) -> Vec<PlannedRoute<'a>> {
     let mut plan = Vec::with_capacity(1 + resolution.fallbacks().len());
     plan.push(PlannedRoute {

@@ -60,6 +60,8 @@ pub struct Subject {
     pub key: String,
     /// The end user, when the request names one.
     pub user: Option<String>,
+    /// The virtual key's team.
+    pub team: Option<String>,
     /// The client's address.
     pub ip: Option<IpAddr>,
     /// The route or model asked for.
@@ -1070,6 +1072,7 @@ fn counter<'s>(limit: &LimitConfig, subject: &'s Subject) -> Option<Cow<'s, str>
     let value: Cow<'s, str> = match limit.scope {
         Scope::Key => Cow::Borrowed(&subject.key),
         Scope::User => Cow::Borrowed(subject.user.as_deref()?),
+        Scope::Team => Cow::Borrowed(subject.team.as_deref()?),
         Scope::Ip => Cow::Owned(subject.ip?.to_string()),
         Scope::Model => Cow::Borrowed(&subject.model),
         Scope::Global => Cow::Borrowed("*"),

@@ -32,6 +32,7 @@ fn subject(key: &str) -> Subject {
     Subject {
         key: key.to_owned(),
         user: None,
+        team: None,
         ip: None,
         model: "gpt-4o".to_owned(),
         priority: Priority::Normal,

@@ -1,0 +1,220 @@
+//! The spend ledger's rows: what each request cost, summed per 15-minute bucket and per key,
+//! team, route, model and provider. It lives beside the rollups (the `spend` table in
+//! `analytics.db`, `switchyard_spend` in Postgres), is written by the budget engine (never
+//! dropped: a failed write is retried at the next flush), and is never pruned: budgets with
+//! period `total` read it back to the beginning. A row is about 100 bytes, and there is one
+//! per bucket per combination that spent anything.
+//!
+//! Budget periods start at local midnights, and every time zone's midnight falls on a
+//! quarter hour, so the spend of any period is an exact sum of buckets.
+
+use serde::Serialize;
+
+/// The bucket width.
+pub const BUCKET_MS: u64 = 15 * 60 * 1000;
+
+/// The bucket holding `time_ms`.
+pub fn bucket(time_ms: u64) -> u64 {
+    time_ms - time_ms % BUCKET_MS
+}
+
+/// One ledger cell.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SpendKey {
+    /// Start of the 15-minute bucket, unix ms.
+    pub bucket_ms: u64,
+    /// The principal (a key id, `master`, `anonymous`).
+    pub key: String,
+    /// The key's team; empty for none.
+    pub team: String,
+    /// The route; empty for none.
+    pub route: String,
+    /// The upstream model.
+    pub model: String,
+    /// The provider.
+    pub provider: String,
+}
+
+/// What one cell adds up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SpendTotals {
+    /// Spend, nano-dollars.
+    pub cost_nanos: i64,
+    /// What cache hits saved, nano-dollars.
+    pub saved_nanos: i64,
+    /// Requests.
+    pub requests: i64,
+    /// Requests whose cost is unknown (no price for the model, or a cut stream).
+    pub unpriced: i64,
+    /// Input tokens.
+    pub input_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+}
+
+impl SpendTotals {
+    /// Adds `other` in.
+    pub fn add(&mut self, other: &SpendTotals) {
+        self.cost_nanos = self.cost_nanos.saturating_add(other.cost_nanos);
+        self.saved_nanos = self.saved_nanos.saturating_add(other.saved_nanos);
+        self.requests = self.requests.saturating_add(other.requests);
+        self.unpriced = self.unpriced.saturating_add(other.unpriced);
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+    }
+}
+
+/// A ledger dimension, as a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpendColumn {
+    /// The principal.
+    Key,
+    /// The team.
+    Team,
+    /// The route.
+    Route,
+    /// The upstream model.
+    Model,
+    /// The provider.
+    Provider,
+}
+
+impl SpendColumn {
+    /// Reads a `group_by` value.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "key" => SpendColumn::Key,
+            "team" => SpendColumn::Team,
+            "route" => SpendColumn::Route,
+            "model" => SpendColumn::Model,
+            "provider" => SpendColumn::Provider,
+            _ => return None,
+        })
+    }
+
+    /// The column name (the same in SQLite and Postgres; never from user input).
+    pub fn column(self) -> &'static str {
+        match self {
+            SpendColumn::Key => "key",
+            SpendColumn::Team => "team",
+            SpendColumn::Route => "route",
+            SpendColumn::Model => "model",
+            SpendColumn::Provider => "provider",
+        }
+    }
+}
+
+/// The budget scopes that are a ledger column (`global` is the sum of everything).
+pub fn column_of(scope: switchyard_core::budget::BudgetScope) -> Option<SpendColumn> {
+    use switchyard_core::budget::BudgetScope;
+    match scope {
+        BudgetScope::Key => Some(SpendColumn::Key),
+        BudgetScope::Team => Some(SpendColumn::Team),
+        BudgetScope::Route => Some(SpendColumn::Route),
+        BudgetScope::Model => Some(SpendColumn::Model),
+        BudgetScope::Provider => Some(SpendColumn::Provider),
+        BudgetScope::Global => None,
+    }
+}
+
+/// The SQL that sums one member's spend in a range: `?1`/`$1` from, `?2`/`$2` to (exclusive),
+/// `?3`/`$3` the member when a column is given. `table` and the placeholder style vary.
+pub fn spent_sql(table: &str, column: Option<SpendColumn>, dollar: bool) -> String {
+    let p = |n: u8| {
+        if dollar {
+            format!("${n}")
+        } else {
+            format!("?{n}")
+        }
+    };
+    let member = column.map_or(String::new(), |column| {
+        format!(" AND {} = {}", column.column(), p(3))
+    });
+    format!(
+        "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) FROM {table} WHERE bucket_ms >= {} AND bucket_ms < {}{member}",
+        p(1),
+        p(2)
+    )
+}
+
+/// The SQL of a spend report grouped by `column` over `[from, to)`.
+pub fn report_sql(table: &str, column: SpendColumn, dollar: bool) -> String {
+    let (from, to) = if dollar { ("$1", "$2") } else { ("?1", "?2") };
+    let column = column.column();
+    format!(
+        "SELECT {column}, CAST(SUM(cost_nanos) AS BIGINT), CAST(SUM(saved_nanos) AS BIGINT), \
+         CAST(SUM(requests) AS BIGINT), CAST(SUM(unpriced) AS BIGINT), \
+         CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT) FROM {table} \
+         WHERE bucket_ms >= {from} AND bucket_ms < {to} GROUP BY {column} \
+         ORDER BY SUM(cost_nanos) DESC, {column}"
+    )
+}
+
+/// The SQL that adds one cell into the ledger.
+pub fn upsert_sql(table: &str, dollar: bool) -> String {
+    let p: Vec<String> = (1..=12)
+        .map(|n| {
+            if dollar {
+                format!("${n}")
+            } else {
+                format!("?{n}")
+            }
+        })
+        .collect();
+    format!(
+        "INSERT INTO {table} (bucket_ms, key, team, route, model, provider, cost_nanos, \
+         saved_nanos, requests, unpriced, input_tokens, output_tokens) VALUES ({}) \
+         ON CONFLICT (bucket_ms, key, team, route, model, provider) DO UPDATE SET \
+         cost_nanos = {table}.cost_nanos + excluded.cost_nanos, \
+         saved_nanos = {table}.saved_nanos + excluded.saved_nanos, \
+         requests = {table}.requests + excluded.requests, \
+         unpriced = {table}.unpriced + excluded.unpriced, \
+         input_tokens = {table}.input_tokens + excluded.input_tokens, \
+         output_tokens = {table}.output_tokens + excluded.output_tokens",
+        p.join(", ")
+    )
+}
+
+/// The ledger table's columns after its key.
+pub const TABLE_COLUMNS: &str = "
+    bucket_ms BIGINT NOT NULL,
+    key TEXT NOT NULL,
+    team TEXT NOT NULL,
+    route TEXT NOT NULL,
+    model TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    cost_nanos BIGINT NOT NULL,
+    saved_nanos BIGINT NOT NULL,
+    requests BIGINT NOT NULL,
+    unpriced BIGINT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    PRIMARY KEY (bucket_ms, key, team, route, model, provider)";
+
+/// One line of a spend report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpendLine {
+    /// The member of the grouping column (empty: none, e.g. keys without a team).
+    pub member: String,
+    /// Its totals.
+    #[serde(flatten)]
+    pub totals: SpendTotals,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_quarter_hours_and_the_sql_names_only_known_columns() {
+        assert_eq!(bucket(BUCKET_MS * 3 + 5), BUCKET_MS * 3);
+        assert_eq!(
+            spent_sql("spend", Some(SpendColumn::Team), true),
+            "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) FROM spend WHERE bucket_ms >= $1 AND bucket_ms < $2 AND team = $3"
+        );
+        assert!(spent_sql("spend", None, false).ends_with("bucket_ms < ?2"));
+        assert!(upsert_sql("spend", false).contains("?12)"));
+        assert_eq!(SpendColumn::parse("provider"), Some(SpendColumn::Provider));
+        assert_eq!(SpendColumn::parse("key; DROP TABLE spend"), None);
+    }
+}

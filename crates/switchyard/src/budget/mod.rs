@@ -1,0 +1,1199 @@
+//! Stage 4: spending budgets, and the spend ledger they rest on.
+//!
+//! **Reserve, then settle.** Before each attempt, failover asks [`Budgets::reserve`] to hold
+//! the attempt's largest possible cost (the prompt estimate plus the output limit, at the
+//! target's price) in every budget the attempt falls under: the key's own, its team's, the
+//! route's, the model's, the provider's, the global one. A budget that cannot afford it
+//! refuses, and the target is skipped (another provider may be under its own budget); when
+//! no target is left, the answer is 429 `insufficient_quota` naming the budget. When the
+//! request ends, its [`Hold`] settles to the actual cost. Budgets with action `downgrade`
+//! never refuse: [`Budgets::downgrade`] moves the request to the cheaper route before it is
+//! planned, once the budget could not afford it.
+//!
+//! **The bound.** A request is admitted only if `spent + reserved + its reservation ≤
+//! limit`, so however many run at once, the settled spend passes the limit only by what
+//! admitted requests cost beyond their reservations: nothing when they set `max_tokens`
+//! and the prompt estimate (a quarter of the body's bytes) holds. On several instances the
+//! same check runs in one Redis script, so the bound is the same.
+//!
+//! **Counters.** In memory for one instance; in Redis when `storage.redis_url` is set. A
+//! period's counter starts from the ledger, so a restart (or Redis losing its data) loses at
+//! most what was not yet flushed.
+//!
+//! **The ledger.** Every request's cost is added to an in-memory buffer (one cell per
+//! 15-minute bucket, key, team, route, model and provider) that a task writes to the
+//! analytics store every flush interval, and at shutdown. A failed write keeps the buffer for
+//! the next flush: spend is never dropped.
+
+pub mod redis;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use jiff::tz::TimeZone;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use switchyard_core::budget::{
+    BudgetScope, Ledger, Members, Period, Reservation, Window, crossed, to_nanos, to_usd, window,
+};
+use switchyard_core::config::budgets::KEY_BUDGET;
+use switchyard_core::config::{BudgetAction, BudgetConfig, BudgetFailMode, BudgetRule};
+use switchyard_core::{ErrorKind, GatewayError, Origin};
+
+use self::redis::{RedisCounters, Reserved, Slot};
+use crate::analytics::spend::{SpendColumn, SpendKey, SpendTotals, column_of};
+use crate::analytics::store::{Store, StoreError};
+use crate::context::Principal;
+
+/// Budget events kept for the admin API.
+const RECENT_EVENTS: usize = 200;
+
+/// Tries at seeding a Redis period before giving up on a reservation.
+const SEED_ROUNDS: usize = 3;
+
+/// Who is spending: the principal's label, team and own budget.
+#[derive(Debug, Clone, Copy)]
+pub struct Spender<'a> {
+    /// A key id, `master` or `anonymous`.
+    pub key: &'a str,
+    /// The key's team.
+    pub team: Option<&'a str>,
+    /// The key's own budget: USD per period.
+    pub own: Option<(f64, Period)>,
+}
+
+impl<'a> Spender<'a> {
+    /// The spender behind `principal`.
+    pub fn of(principal: &'a Principal) -> Self {
+        match principal {
+            Principal::Key(key) => Spender {
+                key: &key.id,
+                team: key.settings.team.as_deref(),
+                own: key
+                    .settings
+                    .budget_usd
+                    .map(|usd| (usd, key.settings.budget_period.unwrap_or(Period::Monthly))),
+            },
+            Principal::Anonymous | Principal::MasterKey => Spender {
+                key: principal.label(),
+                team: None,
+                own: None,
+            },
+        }
+    }
+}
+
+/// A configured budget, ready for the request path.
+struct Rule {
+    config: BudgetRule,
+    name: Arc<str>,
+    thresholds: Arc<[f64]>,
+    limit: i64,
+}
+
+/// One budget a reservation is charged to.
+#[derive(Debug, Clone)]
+struct Charge {
+    budget: Arc<str>,
+    scope: BudgetScope,
+    member: String,
+    period: Period,
+    window: Window,
+    /// Nano-dollars held.
+    amount: i64,
+    /// The budget's amount.
+    limit: i64,
+    /// Refuses when over (`reject`); a `downgrade` budget only counts here.
+    enforced: bool,
+    thresholds: Arc<[f64]>,
+}
+
+impl Charge {
+    fn counter(&self) -> CounterKey {
+        CounterKey {
+            budget: Arc::clone(&self.budget),
+            member: self.member.clone(),
+            start_ms: self.window.start_ms,
+        }
+    }
+
+    fn redis_key(&self) -> String {
+        redis::key(&self.budget, &self.member, self.window.start_ms)
+    }
+
+    /// The Redis keys live for the rest of the period and a day; a `total` one for ever.
+    fn ttl_ms(&self, now_ms: u64) -> u64 {
+        self.window
+            .end_ms
+            .map_or(0, |end| end.saturating_sub(now_ms) + 86_400_000)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CounterKey {
+    budget: Arc<str>,
+    member: String,
+    start_ms: u64,
+}
+
+enum Counters {
+    Memory(Mutex<HashMap<CounterKey, Ledger>>),
+    Redis(RedisCounters),
+}
+
+/// Why a budget refused.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    budget: Arc<str>,
+    scope: BudgetScope,
+    member: String,
+    period: Period,
+    limit: i64,
+    spent: i64,
+    reserved: i64,
+    resets_at_ms: Option<u64>,
+}
+
+/// A downgrade decided before planning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Downgrade {
+    /// The budget that could not afford the request.
+    pub budget: String,
+    /// The route to send it to instead.
+    pub route: String,
+}
+
+/// A soft threshold crossed: the spend of a budget passed a share of its amount.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetEvent {
+    /// When, unix ms.
+    pub time_ms: u64,
+    /// The budget.
+    pub budget: String,
+    /// Its scope.
+    pub scope: &'static str,
+    /// The member whose spend crossed it.
+    pub member: String,
+    /// The share crossed (0.8 = 80 %).
+    pub threshold: f64,
+    /// Spend after the request that crossed it, USD.
+    pub spent_usd: f64,
+    /// The budget's amount, USD.
+    pub amount_usd: f64,
+    /// Its period.
+    pub period: Period,
+    /// When the period started, unix ms.
+    pub period_start_ms: u64,
+}
+
+/// The budgets' Prometheus series.
+#[derive(Debug, Clone)]
+pub struct BudgetMetrics {
+    refusals: Family<BudgetLabels, Counter>,
+    downgrades: Family<BudgetLabels, Counter>,
+    thresholds: Family<ThresholdLabels, Counter>,
+    store_errors: Counter,
+    ledger_pending: Gauge,
+    ledger_write_failures: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BudgetLabels {
+    budget: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ThresholdLabels {
+    budget: String,
+    threshold: String,
+}
+
+impl BudgetMetrics {
+    /// Registers the budget series.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = BudgetMetrics {
+            refusals: Family::default(),
+            downgrades: Family::default(),
+            thresholds: Family::default(),
+            store_errors: Counter::default(),
+            ledger_pending: Gauge::default(),
+            ledger_write_failures: Counter::default(),
+        };
+        registry.register(
+            "switchyard_budget_refusals",
+            "Requests refused because a budget could not afford them",
+            metrics.refusals.clone(),
+        );
+        registry.register(
+            "switchyard_budget_downgrades",
+            "Requests moved to a cheaper route by a budget",
+            metrics.downgrades.clone(),
+        );
+        registry.register(
+            "switchyard_budget_threshold_events",
+            "Soft budget thresholds crossed",
+            metrics.thresholds.clone(),
+        );
+        registry.register(
+            "switchyard_budget_store_errors",
+            "Budget checks or settlements the shared store (Redis) or the ledger did not answer",
+            metrics.store_errors.clone(),
+        );
+        registry.register(
+            "switchyard_spend_ledger_pending_cells",
+            "Spend ledger cells waiting for the next flush",
+            metrics.ledger_pending.clone(),
+        );
+        registry.register(
+            "switchyard_spend_ledger_write_failures",
+            "Spend ledger flushes that failed (their cells are kept and written at the next)",
+            metrics.ledger_write_failures.clone(),
+        );
+        metrics
+    }
+}
+
+/// A Redis settlement, sent to the task that applies them.
+struct Settlement {
+    nonce: String,
+    charges: Vec<Charge>,
+    actual: i64,
+}
+
+/// The budgets of one gateway.
+pub struct Budgets {
+    rules: Vec<Rule>,
+    timezone: TimeZone,
+    thresholds: Arc<[f64]>,
+    fail_mode: BudgetFailMode,
+    store: Store,
+    counters: Counters,
+    pending: Mutex<HashMap<SpendKey, SpendTotals>>,
+    /// Serialises flushes (the periodic one, shutdown and admin reads).
+    flushing: tokio::sync::Mutex<()>,
+    metrics: BudgetMetrics,
+    recent: Mutex<VecDeque<BudgetEvent>>,
+    clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+    settlements: Option<tokio::sync::mpsc::UnboundedSender<Settlement>>,
+    key_budget: Arc<str>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What a store failure does to a request.
+enum Failed {
+    /// Admit without a reservation (fail open).
+    Admit,
+    /// Refuse with this error (fail closed).
+    Refuse(GatewayError),
+}
+
+impl Budgets {
+    /// Budgets from `config`, counted in Redis at `redis_url` (else in memory), with the
+    /// ledger in `store`. A reservation in Redis outlives a crashed instance by at most
+    /// `lease`. Must be called inside the tokio runtime when Redis is used.
+    pub fn new(
+        config: &BudgetConfig,
+        store: Store,
+        redis_url: Option<&str>,
+        timeout: Duration,
+        lease: Duration,
+        metrics: BudgetMetrics,
+        clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+    ) -> Result<Arc<Self>, String> {
+        let rules = config
+            .rules
+            .iter()
+            .map(|rule| Rule {
+                name: Arc::from(rule.name.as_str()),
+                thresholds: Arc::from(rule.thresholds.as_slice()),
+                limit: to_nanos(rule.amount_usd),
+                config: rule.clone(),
+            })
+            .collect();
+        let (counters, receiver) = match redis_url {
+            Some(url) => {
+                let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+                (
+                    Counters::Redis(RedisCounters::new(url, timeout, lease)?),
+                    Some((sender, receiver)),
+                )
+            }
+            None => (Counters::Memory(Mutex::new(HashMap::new())), None),
+        };
+        let (settlements, receiver) = match receiver {
+            Some((sender, receiver)) => (Some(sender), Some(receiver)),
+            None => (None, None),
+        };
+        let budgets = Arc::new(Budgets {
+            rules,
+            timezone: config.timezone.clone(),
+            thresholds: Arc::from(config.thresholds.as_slice()),
+            fail_mode: config.on_store_error,
+            store,
+            counters,
+            pending: Mutex::new(HashMap::new()),
+            flushing: tokio::sync::Mutex::new(()),
+            metrics,
+            recent: Mutex::new(VecDeque::new()),
+            clock,
+            settlements,
+            key_budget: Arc::from(KEY_BUDGET),
+        });
+        if let Some(receiver) = receiver {
+            tokio::spawn(apply_settlements(Arc::downgrade(&budgets), receiver));
+        }
+        Ok(budgets)
+    }
+
+    /// `memory` or `redis`.
+    pub fn store_kind(&self) -> &'static str {
+        match self.counters {
+            Counters::Memory(_) => "memory",
+            Counters::Redis(_) => "redis",
+        }
+    }
+
+    /// Whether any budget may move requests to a cheaper route.
+    pub fn downgrades(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|rule| matches!(rule.config.action, BudgetAction::Downgrade(_)))
+    }
+
+    /// Whether any budget can apply to `spender`'s requests.
+    pub fn applies_to(&self, spender: &Spender<'_>) -> bool {
+        !self.rules.is_empty() || spender.own.is_some()
+    }
+
+    fn now_ms(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// The budgets an attempt is charged to, holding `amount` nano-dollars each.
+    fn charges(
+        &self,
+        spender: &Spender<'_>,
+        members: &Members<'_>,
+        amount: i64,
+        now_ms: u64,
+    ) -> Vec<Charge> {
+        // Every request holds something, so that an exhausted budget refuses even requests
+        // whose price is unknown.
+        let amount = amount.max(1);
+        let mut charges = Vec::new();
+        for rule in &self.rules {
+            let Some(member) = members.of(rule.config.scope) else {
+                continue;
+            };
+            if !rule.config.covers(member) {
+                continue;
+            }
+            charges.push(Charge {
+                budget: Arc::clone(&rule.name),
+                scope: rule.config.scope,
+                member: member.to_owned(),
+                period: rule.config.period,
+                window: window(rule.config.period, &rule.config.timezone, now_ms),
+                amount,
+                limit: rule.limit,
+                enforced: rule.config.action == BudgetAction::Reject,
+                thresholds: Arc::clone(&rule.thresholds),
+            });
+        }
+        if let Some((usd, period)) = spender.own {
+            charges.push(Charge {
+                budget: Arc::clone(&self.key_budget),
+                scope: BudgetScope::Key,
+                member: spender.key.to_owned(),
+                period,
+                window: window(period, &self.timezone, now_ms),
+                amount,
+                limit: to_nanos(usd),
+                enforced: true,
+                thresholds: Arc::clone(&self.thresholds),
+            });
+        }
+        charges
+    }
+
+    /// The spend the ledger holds for a charge's budget, member and period.
+    async fn ledger_spent(&self, charge: &Charge) -> Result<i64, StoreError> {
+        let to = charge.window.end_ms.unwrap_or(u64::MAX / 2);
+        let column = column_of(charge.scope);
+        self.store
+            .spent(column, &charge.member, charge.window.start_ms, to)
+            .await
+    }
+
+    fn store_failed(&self, what: &str, error: &dyn std::fmt::Display) -> Failed {
+        self.metrics.store_errors.inc();
+        tracing::warn!(%error, "budgets: {what} failed");
+        match self.fail_mode {
+            BudgetFailMode::Open => Failed::Admit,
+            BudgetFailMode::Closed => Failed::Refuse(
+                GatewayError::new(
+                    ErrorKind::Unavailable,
+                    Origin::Gateway,
+                    "Budgets cannot be checked right now (their store is unreachable and the \
+                     gateway is set to fail closed)",
+                )
+                .with_code("budget_store_unavailable")
+                .with_retry_after(Some(Duration::from_secs(1))),
+            ),
+        }
+    }
+
+    /// Holds `amount_usd` for an attempt in every budget it falls under. `Ok(None)`: no
+    /// budget applies (or the store failed and the gateway fails open).
+    pub async fn reserve(
+        self: &Arc<Self>,
+        spender: &Spender<'_>,
+        members: &Members<'_>,
+        amount_usd: f64,
+    ) -> Result<Option<Hold>, GatewayError> {
+        let now = self.now_ms();
+        let charges = self.charges(spender, members, to_nanos(amount_usd), now);
+        if charges.is_empty() {
+            return Ok(None);
+        }
+        let outcome = match &self.counters {
+            Counters::Memory(map) => self.reserve_in_memory(map, &charges).await,
+            Counters::Redis(redis) => self.reserve_in_redis(redis, &charges, now).await,
+        };
+        match outcome {
+            Ok(Ok(nonce)) => Ok(Some(Hold {
+                budgets: Arc::clone(self),
+                charges,
+                nonce,
+                settled: false,
+            })),
+            Ok(Err(refusal)) => {
+                self.metrics
+                    .refusals
+                    .get_or_create(&BudgetLabels {
+                        budget: refusal.budget.to_string(),
+                    })
+                    .inc();
+                Err(refusal_error(&refusal, now))
+            }
+            Err(Failed::Admit) => Ok(None),
+            Err(Failed::Refuse(error)) => Err(error),
+        }
+    }
+
+    async fn reserve_in_memory(
+        &self,
+        map: &Mutex<HashMap<CounterKey, Ledger>>,
+        charges: &[Charge],
+    ) -> Result<Result<String, Refusal>, Failed> {
+        // Periods seen for the first time start from the ledger (read outside the lock).
+        let missing: Vec<&Charge> = {
+            let map = lock(map);
+            charges
+                .iter()
+                .filter(|charge| !map.contains_key(&charge.counter()))
+                .collect()
+        };
+        if !missing.is_empty() {
+            // This instance's own unflushed spend belongs in the starting figure too.
+            if let Err(error) = self.flush().await {
+                return Err(self.store_failed("writing the ledger", &error));
+            }
+        }
+        for charge in missing {
+            let spent = match self.ledger_spent(charge).await {
+                Ok(spent) => spent,
+                Err(error) => return Err(self.store_failed("reading the ledger", &error)),
+            };
+            lock(map)
+                .entry(charge.counter())
+                .or_insert_with(|| Ledger::new(charge.window, spent));
+        }
+        let mut map = lock(map);
+        let mut taken: Vec<&Charge> = Vec::with_capacity(charges.len());
+        for charge in charges {
+            let ledger = map
+                .entry(charge.counter())
+                .or_insert_with(|| Ledger::new(charge.window, 0));
+            match ledger.reserve(charge.enforced.then_some(charge.limit), charge.amount) {
+                Ok(_) => taken.push(charge),
+                Err(over) => {
+                    for done in taken {
+                        if let Some(ledger) = map.get_mut(&done.counter()) {
+                            ledger.reserved = ledger.reserved.saturating_sub(done.amount).max(0);
+                        }
+                    }
+                    return Ok(Err(refusal(charge, over.spent, over.reserved)));
+                }
+            }
+        }
+        Ok(Ok(String::new()))
+    }
+
+    async fn reserve_in_redis(
+        &self,
+        redis: &RedisCounters,
+        charges: &[Charge],
+        now: u64,
+    ) -> Result<Result<String, Refusal>, Failed> {
+        let nonce = nonce();
+        let slots: Vec<Slot> = charges
+            .iter()
+            .map(|charge| Slot {
+                key: charge.redis_key(),
+                amount: charge.amount,
+                limit: charge.enforced.then_some(charge.limit),
+                ttl_ms: charge.ttl_ms(now),
+            })
+            .collect();
+        for _ in 0..SEED_ROUNDS {
+            match redis.reserve(&nonce, &slots).await {
+                Ok(Reserved::Held) => return Ok(Ok(nonce)),
+                Ok(Reserved::Refused {
+                    index,
+                    spent,
+                    reserved,
+                }) => {
+                    let Some(charge) = charges.get(index) else {
+                        return Err(self.store_failed("a reservation", &"a malformed reply"));
+                    };
+                    return Ok(Err(refusal(charge, spent, reserved)));
+                }
+                Ok(Reserved::Unseeded(indexes)) => {
+                    for index in indexes {
+                        let (Some(charge), Some(slot)) = (charges.get(index), slots.get(index))
+                        else {
+                            continue;
+                        };
+                        let spent = match self.ledger_spent(charge).await {
+                            Ok(spent) => spent,
+                            Err(error) => {
+                                return Err(self.store_failed("reading the ledger", &error));
+                            }
+                        };
+                        if let Err(error) = redis.seed(&slot.key, spent, slot.ttl_ms).await {
+                            return Err(self.store_failed("seeding a budget in Redis", &error));
+                        }
+                    }
+                }
+                Err(error) => return Err(self.store_failed("a reservation in Redis", &error)),
+            }
+        }
+        Err(self.store_failed("a reservation in Redis", &"its periods would not seed"))
+    }
+
+    /// The cheaper route to send a request to, when a `downgrade` budget it falls under
+    /// (key, team, route or global scope) cannot afford `amount_usd` more.
+    pub async fn downgrade(
+        &self,
+        spender: &Spender<'_>,
+        route: &str,
+        amount_usd: f64,
+    ) -> Result<Option<Downgrade>, GatewayError> {
+        let now = self.now_ms();
+        let amount = to_nanos(amount_usd).max(1);
+        for rule in &self.rules {
+            let BudgetAction::Downgrade(cheaper) = &rule.config.action else {
+                continue;
+            };
+            if cheaper == route {
+                continue;
+            }
+            let member = match rule.config.scope {
+                BudgetScope::Key => Some(spender.key),
+                BudgetScope::Team => spender.team,
+                BudgetScope::Route => Some(route),
+                BudgetScope::Global => Some("*"),
+                // Not known before planning; validation keeps them from downgrading.
+                BudgetScope::Model | BudgetScope::Provider => None,
+            };
+            let Some(member) = member.filter(|member| rule.config.covers(member)) else {
+                continue;
+            };
+            let charge = Charge {
+                budget: Arc::clone(&rule.name),
+                scope: rule.config.scope,
+                member: member.to_owned(),
+                period: rule.config.period,
+                window: window(rule.config.period, &rule.config.timezone, now),
+                amount,
+                limit: rule.limit,
+                enforced: false,
+                thresholds: Arc::clone(&rule.thresholds),
+            };
+            let used = match self.used(&charge, now).await {
+                Ok(used) => used,
+                Err(error) => match self.store_failed("a budget check", &error) {
+                    Failed::Admit => continue,
+                    Failed::Refuse(error) => return Err(error),
+                },
+            };
+            if used.saturating_add(amount) > rule.limit {
+                self.metrics
+                    .downgrades
+                    .get_or_create(&BudgetLabels {
+                        budget: rule.name.to_string(),
+                    })
+                    .inc();
+                tracing::debug!(budget = %rule.name, from = route, to = %cheaper, "budget downgrade");
+                return Ok(Some(Downgrade {
+                    budget: rule.name.to_string(),
+                    route: cheaper.clone(),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A charge's budget's spend plus reservations now.
+    async fn used(&self, charge: &Charge, now: u64) -> Result<i64, String> {
+        match &self.counters {
+            Counters::Memory(map) => {
+                let known = lock(map)
+                    .get(&charge.counter())
+                    .map(|ledger| ledger.spent.saturating_add(ledger.reserved));
+                match known {
+                    Some(used) => Ok(used),
+                    None => {
+                        let spent = self
+                            .ledger_spent(charge)
+                            .await
+                            .map_err(|error| error.to_string())?;
+                        let mut map = lock(map);
+                        let ledger = map
+                            .entry(charge.counter())
+                            .or_insert_with(|| Ledger::new(charge.window, spent));
+                        Ok(ledger.spent.saturating_add(ledger.reserved))
+                    }
+                }
+            }
+            Counters::Redis(redis) => {
+                let key = charge.redis_key();
+                let (seeded, spent, reserved) =
+                    redis.peek(&key).await.map_err(|error| error.to_string())?;
+                if seeded {
+                    return Ok(spent.saturating_add(reserved));
+                }
+                let from_ledger = self
+                    .ledger_spent(charge)
+                    .await
+                    .map_err(|error| error.to_string())?;
+                redis
+                    .seed(&key, from_ledger, charge.ttl_ms(now))
+                    .await
+                    .map_err(|error| error.to_string())?;
+                Ok(from_ledger.max(spent).saturating_add(reserved))
+            }
+        }
+    }
+
+    /// Settles a hold: releases its reservations and spends `actual` nano-dollars.
+    fn settle(&self, hold: &mut Hold, actual: i64) {
+        let actual = actual.max(0);
+        let charges = std::mem::take(&mut hold.charges);
+        match &self.counters {
+            Counters::Memory(map) => {
+                let mut crossings = Vec::new();
+                {
+                    let mut map = lock(map);
+                    for charge in &charges {
+                        let Some(ledger) = map.get_mut(&charge.counter()) else {
+                            continue;
+                        };
+                        let reservation = Reservation {
+                            amount: charge.amount,
+                            window: charge.window,
+                        };
+                        if let Some((before, after)) = ledger.settle(reservation, actual) {
+                            crossings.push((charge.clone(), before, after));
+                        }
+                    }
+                }
+                for (charge, before, after) in crossings {
+                    self.thresholds(&charge, before, after);
+                }
+            }
+            Counters::Redis(_) => {
+                if let Some(sender) = &self.settlements {
+                    // Unbounded: a settlement is never dropped; the task drains them as fast
+                    // as Redis takes them.
+                    let _ = sender.send(Settlement {
+                        nonce: std::mem::take(&mut hold.nonce),
+                        charges,
+                        actual,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Emits an event for each soft threshold that `before → after` crossed.
+    fn thresholds(&self, charge: &Charge, before: i64, after: i64) {
+        for threshold in crossed(&charge.thresholds, charge.limit, before, after) {
+            let event = BudgetEvent {
+                time_ms: self.now_ms(),
+                budget: charge.budget.to_string(),
+                scope: charge.scope.as_str(),
+                member: charge.member.clone(),
+                threshold,
+                spent_usd: to_usd(after),
+                amount_usd: to_usd(charge.limit),
+                period: charge.period,
+                period_start_ms: charge.window.start_ms,
+            };
+            tracing::warn!(
+                budget = %event.budget,
+                member = %event.member,
+                threshold,
+                spent_usd = event.spent_usd,
+                amount_usd = event.amount_usd,
+                "budget threshold crossed"
+            );
+            self.metrics
+                .thresholds
+                .get_or_create(&ThresholdLabels {
+                    budget: event.budget.clone(),
+                    threshold: format!("{threshold}"),
+                })
+                .inc();
+            let mut recent = lock(&self.recent);
+            if recent.len() == RECENT_EVENTS {
+                recent.pop_front();
+            }
+            recent.push_back(event);
+        }
+    }
+
+    /// The most recent budget events, oldest first.
+    pub fn events(&self) -> Vec<BudgetEvent> {
+        lock(&self.recent).iter().cloned().collect()
+    }
+
+    /// Adds a request's spend to the ledger buffer (written at the next flush).
+    pub fn record(&self, key: SpendKey, totals: &SpendTotals) {
+        let mut pending = lock(&self.pending);
+        pending.entry(key).or_default().add(totals);
+        self.metrics
+            .ledger_pending
+            .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+    }
+
+    /// Writes the buffered spend to the ledger. On failure the cells go back into the
+    /// buffer (added to what came in meanwhile) for the next flush.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let _flushing = self.flushing.lock().await;
+        let cells = std::mem::take(&mut *lock(&self.pending));
+        if cells.is_empty() {
+            return Ok(());
+        }
+        let mut rows: Vec<(SpendKey, SpendTotals)> = cells.into_iter().collect();
+        rows.sort_by(|a, b| {
+            (
+                a.0.bucket_ms,
+                &a.0.key,
+                &a.0.team,
+                &a.0.route,
+                &a.0.model,
+                &a.0.provider,
+            )
+                .cmp(&(
+                    b.0.bucket_ms,
+                    &b.0.key,
+                    &b.0.team,
+                    &b.0.route,
+                    &b.0.model,
+                    &b.0.provider,
+                ))
+        });
+        match self.store.write_spend(rows.clone()).await {
+            Ok(()) => {
+                self.metrics
+                    .ledger_pending
+                    .set(i64::try_from(lock(&self.pending).len()).unwrap_or(i64::MAX));
+                Ok(())
+            }
+            Err(error) => {
+                self.metrics.ledger_write_failures.inc();
+                let mut pending = lock(&self.pending);
+                for (key, totals) in rows {
+                    pending.entry(key).or_default().add(&totals);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Forgets in-memory counters of periods that have ended.
+    fn prune(&self) {
+        if let Counters::Memory(map) = &self.counters {
+            let now = self.now_ms();
+            lock(map).retain(|_, ledger| ledger.window.end_ms.is_none_or(|end| end > now));
+        }
+    }
+
+    /// Flushes the ledger every `interval` until the budgets are dropped.
+    pub fn spawn_flusher(self: &Arc<Self>, interval: Duration) {
+        let budgets = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
+            loop {
+                ticker.tick().await;
+                let Some(budgets) = budgets.upgrade() else {
+                    return;
+                };
+                match budgets.flush().await {
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::info!("the spend ledger is being written again");
+                    }
+                    Ok(()) => {}
+                    Err(error) if !failing => {
+                        failing = true;
+                        tracing::warn!(%error, "could not write the spend ledger; keeping the spend for the next flush");
+                    }
+                    Err(_) => {}
+                }
+                budgets.prune();
+            }
+        });
+    }
+
+    /// The ledger's spend grouped by `column` over `[from_ms, to_ms)` (this instance's
+    /// buffer flushed first).
+    pub async fn report(
+        &self,
+        column: SpendColumn,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<crate::analytics::spend::SpendLine>, StoreError> {
+        self.flush().await?;
+        self.store.spend_report(column, from_ms, to_ms).await
+    }
+
+    /// The budgets and their current periods, for `GET /admin/budgets`: spend per member
+    /// from the ledger (this instance's buffer flushed first; others' lag by at most their
+    /// flush interval), keys with their own budget included.
+    pub async fn snapshot(
+        &self,
+        keys: &[Arc<switchyard_core::keys::VirtualKey>],
+    ) -> Result<Snapshot, StoreError> {
+        self.flush().await?;
+        let now = self.now_ms();
+        let mut budgets = Vec::with_capacity(self.rules.len());
+        for rule in &self.rules {
+            let period = window(rule.config.period, &rule.config.timezone, now);
+            let to = period.end_ms.unwrap_or(u64::MAX / 2);
+            let members: Vec<(String, i64)> = match column_of(rule.config.scope) {
+                None => vec![(
+                    "*".to_owned(),
+                    self.store.spent(None, "", period.start_ms, to).await?,
+                )],
+                Some(column) => self
+                    .store
+                    .spend_report(column, period.start_ms, to)
+                    .await?
+                    .into_iter()
+                    .filter(|line| !line.member.is_empty() && rule.config.covers(&line.member))
+                    .map(|line| (line.member, line.totals.cost_nanos))
+                    .collect(),
+            };
+            budgets.push(BudgetView {
+                name: rule.name.to_string(),
+                scope: rule.config.scope.as_str(),
+                only: rule.config.only.clone(),
+                amount_usd: rule.config.amount_usd,
+                period: rule.config.period,
+                timezone: rule.config.timezone.iana_name().unwrap_or("UTC").to_owned(),
+                action: match &rule.config.action {
+                    BudgetAction::Reject => "reject",
+                    BudgetAction::Downgrade(_) => "downgrade",
+                },
+                downgrade_to: match &rule.config.action {
+                    BudgetAction::Reject => None,
+                    BudgetAction::Downgrade(route) => Some(route.clone()),
+                },
+                thresholds: rule.config.thresholds.clone(),
+                period_start_ms: period.start_ms,
+                period_end_ms: period.end_ms,
+                members: members
+                    .into_iter()
+                    .map(|(member, spent)| MemberView {
+                        member,
+                        spent_usd: to_usd(spent),
+                        used: if rule.limit > 0 {
+                            spent as f64 / rule.limit as f64
+                        } else {
+                            1.0
+                        },
+                    })
+                    .collect(),
+            });
+        }
+        let mut key_budgets = Vec::new();
+        for key in keys {
+            let Some(usd) = key.settings.budget_usd else {
+                continue;
+            };
+            let period = key.settings.budget_period.unwrap_or(Period::Monthly);
+            let span = window(period, &self.timezone, now);
+            let spent = self
+                .store
+                .spent(
+                    Some(SpendColumn::Key),
+                    &key.id,
+                    span.start_ms,
+                    span.end_ms.unwrap_or(u64::MAX / 2),
+                )
+                .await?;
+            key_budgets.push(KeyBudgetView {
+                id: key.id.clone(),
+                name: key.settings.name.clone(),
+                amount_usd: usd,
+                period,
+                period_start_ms: span.start_ms,
+                period_end_ms: span.end_ms,
+                spent_usd: to_usd(spent),
+                used: if usd > 0.0 { to_usd(spent) / usd } else { 1.0 },
+            });
+        }
+        Ok(Snapshot {
+            counters: self.store_kind(),
+            timezone: self.timezone.iana_name().unwrap_or("UTC").to_owned(),
+            budgets,
+            keys: key_budgets,
+            events: self.events(),
+        })
+    }
+}
+
+/// Applies Redis settlements in order; ends when the budgets are dropped.
+async fn apply_settlements(
+    budgets: Weak<Budgets>,
+    mut receiver: tokio::sync::mpsc::UnboundedReceiver<Settlement>,
+) {
+    while let Some(settlement) = receiver.recv().await {
+        let Some(budgets) = budgets.upgrade() else {
+            return;
+        };
+        let Counters::Redis(redis) = &budgets.counters else {
+            return;
+        };
+        let now = budgets.now_ms();
+        let slots: Vec<(Slot, i64)> = settlement
+            .charges
+            .iter()
+            .map(|charge| {
+                (
+                    Slot {
+                        key: charge.redis_key(),
+                        amount: charge.amount,
+                        limit: None,
+                        ttl_ms: charge.ttl_ms(now),
+                    },
+                    settlement.actual,
+                )
+            })
+            .collect();
+        match redis.settle(&settlement.nonce, &slots).await {
+            Ok(after) => {
+                for (charge, after) in settlement.charges.iter().zip(after) {
+                    budgets.thresholds(charge, after - settlement.actual, after);
+                }
+            }
+            Err(error) => {
+                budgets.metrics.store_errors.inc();
+                tracing::warn!(
+                    %error,
+                    "could not settle budgets in Redis; the reservation expires with its lease and the ledger keeps the spend"
+                );
+            }
+        }
+    }
+}
+
+fn refusal(charge: &Charge, spent: i64, reserved: i64) -> Refusal {
+    Refusal {
+        budget: Arc::clone(&charge.budget),
+        scope: charge.scope,
+        member: charge.member.clone(),
+        period: charge.period,
+        limit: charge.limit,
+        spent,
+        reserved,
+        resets_at_ms: charge.window.end_ms,
+    }
+}
+
+/// The 429 of a refusal: OpenAI's `insufficient_quota`, naming the budget.
+fn refusal_error(refusal: &Refusal, now_ms: u64) -> GatewayError {
+    let whose = match refusal.scope {
+        BudgetScope::Global => String::new(),
+        scope => format!(" of {} `{}`", scope.as_str(), refusal.member),
+    };
+    let per = match refusal.period {
+        Period::Total => "in total".to_owned(),
+        period => format!("per {} period", period.as_str()),
+    };
+    let resets = refusal
+        .resets_at_ms
+        .and_then(|end| {
+            let at = jiff::Timestamp::from_millisecond(i64::try_from(end).ok()?).ok()?;
+            Some(format!("; it resets at {at}"))
+        })
+        .unwrap_or_default();
+    let mut error = GatewayError::new(
+        ErrorKind::QuotaExceeded,
+        Origin::Client,
+        format!(
+            "Budget `{}`{whose} cannot afford this request: ${:.6} spent and ${:.6} held by \
+             requests in flight, of ${:.2} {per}{resets}",
+            refusal.budget,
+            to_usd(refusal.spent),
+            to_usd(refusal.reserved),
+            to_usd(refusal.limit),
+        ),
+    )
+    .with_code("insufficient_quota");
+    if let Some(end) = refusal.resets_at_ms {
+        error = error.with_retry_after(Some(Duration::from_millis(end.saturating_sub(now_ms))));
+    }
+    error
+}
+
+fn nonce() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+/// An attempt's reservations, settled when the request ends; dropped unsettled (a failed
+/// attempt), they are released and nothing is spent.
+pub struct Hold {
+    budgets: Arc<Budgets>,
+    charges: Vec<Charge>,
+    nonce: String,
+    settled: bool,
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hold")
+            .field("charges", &self.charges)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hold {
+    /// Settles to the request's actual cost in USD.
+    pub fn settle(mut self, actual_usd: f64) {
+        self.settled = true;
+        let budgets = Arc::clone(&self.budgets);
+        budgets.settle(&mut self, to_nanos(actual_usd));
+    }
+
+    /// The reservation, USD (the same in each budget).
+    pub fn amount_usd(&self) -> f64 {
+        self.charges
+            .first()
+            .map_or(0.0, |charge| to_usd(charge.amount))
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.settled = true;
+            let budgets = Arc::clone(&self.budgets);
+            budgets.settle(self, 0);
+        }
+    }
+}
+
+/// `GET /admin/budgets`.
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    /// Where the counters are: `memory` or `redis`.
+    pub counters: &'static str,
+    /// The default time zone.
+    pub timezone: String,
+    /// The configured budgets.
+    pub budgets: Vec<BudgetView>,
+    /// Keys with a budget of their own.
+    pub keys: Vec<KeyBudgetView>,
+    /// Recent threshold events, oldest first.
+    pub events: Vec<BudgetEvent>,
+}
+
+/// One configured budget now.
+#[derive(Debug, Serialize)]
+pub struct BudgetView {
+    /// Its name.
+    pub name: String,
+    /// Its scope.
+    pub scope: &'static str,
+    /// The members it covers (empty: each).
+    pub only: Vec<String>,
+    /// USD per period.
+    pub amount_usd: f64,
+    /// The period.
+    pub period: Period,
+    /// Its calendar's time zone.
+    pub timezone: String,
+    /// `reject` or `downgrade`.
+    pub action: &'static str,
+    /// The route it downgrades to.
+    pub downgrade_to: Option<String>,
+    /// Soft thresholds.
+    pub thresholds: Vec<f64>,
+    /// The current period, unix ms.
+    pub period_start_ms: u64,
+    /// Its end (none for `total`).
+    pub period_end_ms: Option<u64>,
+    /// Members with spend this period.
+    pub members: Vec<MemberView>,
+}
+
+/// A member's spend this period.
+#[derive(Debug, Serialize)]
+pub struct MemberView {
+    /// The member (`*` for global).
+    pub member: String,
+    /// USD spent.
+    pub spent_usd: f64,
+    /// Share of the amount spent.
+    pub used: f64,
+}
+
+/// A key's own budget now.
+#[derive(Debug, Serialize)]
+pub struct KeyBudgetView {
+    /// The key's id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// USD per period.
+    pub amount_usd: f64,
+    /// The period.
+    pub period: Period,
+    /// The current period, unix ms.
+    pub period_start_ms: u64,
+    /// Its end.
+    pub period_end_ms: Option<u64>,
+    /// USD spent.
+    pub spent_usd: f64,
+    /// Share of the amount spent.
+    pub used: f64,
+}
+
+#[cfg(test)]
+mod tests;
