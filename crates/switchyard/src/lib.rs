@@ -22,6 +22,7 @@
 //! - [`telemetry`]: the log subscriber, the request path's spans, OTLP trace export and W3C
 //!   trace-context propagation.
 //! - [`keys`]: virtual keys (store, in-memory index); [`keys_cli`]: `switchyard keys`.
+//! - [`postgres`]: what the Postgres stores share (connection config, error messages).
 //! - [`cli`]: `serve`, `demo`, `config check`; [`demo`]: simulated providers and traffic.
 
 pub mod analytics;
@@ -37,6 +38,7 @@ pub mod handlers;
 pub mod health_check;
 pub mod keys;
 pub mod keys_cli;
+pub mod postgres;
 pub mod ratelimit;
 pub mod server;
 pub mod telemetry;
