@@ -111,7 +111,8 @@ impl AppState {
         } else {
             None
         };
-        let keys = crate::keys::Keys::open(config.storage.data_dir.as_deref())
+        let keys = crate::keys::Keys::open_storage(&config.storage)
+            .await
             .map_err(|error| error.to_string())?;
         let tracker = Tracker::new(&config, clock);
         let (events, event_receiver) = analytics::channel();
