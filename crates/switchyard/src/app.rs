@@ -113,7 +113,8 @@ impl AppState {
         } else {
             None
         };
-        let keys = crate::keys::Keys::open(config.storage.data_dir.as_deref())
+        let keys = crate::keys::Keys::open_storage(&config.storage)
+            .await
             .map_err(|error| error.to_string())?;
         let budgets = crate::budget::Budgets::new(
             &config.budgets,

@@ -1,9 +1,12 @@
 //! `switchyard keys create|list|show|revoke|rotate`: virtual keys from the command line,
-//! either straight in the data directory (`keys.db`; a gateway serving from it picks the
-//! change up within a second) or through a running gateway's admin API (`--url`, with the
-//! master key).
+//! either straight in the gateway's key store (a gateway serving from it picks the change up
+//! within a second) or through a running gateway's admin API (`--url`, with the master key).
+//! The store is the gateway's: Postgres when `$SWITCHYARD_POSTGRES_URL` or the config file's
+//! `storage.postgres_url` names one (the environment wins, as for the gateway), else
+//! `keys.db` in the data directory.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -19,11 +22,13 @@ pub struct KeysArgs {
     #[command(subcommand)]
     pub command: KeysCommand,
     /// The data directory whose `keys.db` to change (default: SWITCHYARD_DATA_DIR, else
-    /// ./switchyard-data).
+    /// ./switchyard-data), unless the keys are in Postgres.
     #[arg(long, global = true, env = "SWITCHYARD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// The gateway's config file: its `storage.data_dir`, when it sets one, is the data
-    /// directory (as for the gateway, it wins over SWITCHYARD_DATA_DIR).
+    /// directory (as for the gateway, it wins over SWITCHYARD_DATA_DIR), and its
+    /// `storage.postgres_url` (or SWITCHYARD_POSTGRES_URL, which wins) puts the keys in
+    /// Postgres.
     #[arg(long, short = 'c', global = true, env = "SWITCHYARD_CONFIG")]
     pub config: Option<PathBuf>,
     /// A running gateway to change them through instead (wins over --data-dir), e.g.
@@ -136,27 +141,34 @@ impl CreateArgs {
 pub async fn run(args: KeysArgs) -> Result<(), String> {
     let result = match &args.url {
         Some(url) => remote(&args, url).await?,
-        None => local(&args)?,
+        None => local(&args).await?,
     };
     print(&args, &result);
     Ok(())
 }
 
-/// In the data directory.
-fn local(args: &KeysArgs) -> Result<Value, String> {
-    let configured = match &args.config {
+/// The gateway's key store: Postgres when the environment or the config file names one,
+/// else `keys.db` in the data directory.
+async fn store(args: &KeysArgs) -> Result<Arc<Keys>, String> {
+    let (configured_dir, configured_url) = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|error| format!("could not read {}: {error}", path.display()))?;
-            switchyard_core::config::parse_toml(&text)
+            let storage = switchyard_core::config::parse_toml(&text)
                 .map_err(|error| format!("{}: {error}", path.display()))?
-                .storage
-                .data_dir
-                .map(PathBuf::from)
+                .storage;
+            (storage.data_dir.map(PathBuf::from), storage.postgres_url)
         }
-        None => None,
+        None => (None, None),
     };
-    let dir = configured
+    let postgres_url = std::env::var(switchyard_core::config::POSTGRES_URL_ENV)
+        .ok()
+        .or(configured_url)
+        .filter(|url| !url.trim().is_empty());
+    if let Some(url) = postgres_url {
+        return Keys::connect(&url).await.map_err(|error| error.to_string());
+    }
+    let dir = configured_dir
         .or_else(|| args.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from(switchyard_core::config::DEFAULT_DATA_DIR));
     if dir.as_os_str() == ":memory:" {
@@ -166,7 +178,12 @@ fn local(args: &KeysArgs) -> Result<Value, String> {
                 .to_owned(),
         );
     }
-    let keys = Keys::open(Some(&dir)).map_err(|error| error.to_string())?;
+    Keys::open(Some(&dir)).map_err(|error| error.to_string())
+}
+
+/// Straight in the key store.
+async fn local(args: &KeysArgs) -> Result<Value, String> {
+    let keys = store(args).await?;
     let to_value =
         |key: &switchyard_core::keys::VirtualKey| serde_json::to_value(key).unwrap_or_default();
     let with_secret = |key: &switchyard_core::keys::VirtualKey, secret: String| {
@@ -176,16 +193,19 @@ fn local(args: &KeysArgs) -> Result<Value, String> {
     };
     Ok(match &args.command {
         KeysCommand::Create(create) => {
-            let (key, secret) = keys.create(create.settings()).map_err(|e| e.to_string())?;
+            let (key, secret) = keys
+                .create(create.settings())
+                .await
+                .map_err(|e| e.to_string())?;
             with_secret(&key, secret)
         }
         KeysCommand::List => {
             json!({ "data": keys.list().iter().map(|k| to_value(k)).collect::<Vec<_>>() })
         }
         KeysCommand::Show { id } => to_value(&*keys.get(id).map_err(|e| e.to_string())?),
-        KeysCommand::Revoke { id } => to_value(&*keys.revoke(id).map_err(|e| e.to_string())?),
+        KeysCommand::Revoke { id } => to_value(&*keys.revoke(id).await.map_err(|e| e.to_string())?),
         KeysCommand::Rotate { id } => {
-            let (key, secret) = keys.rotate(id).map_err(|e| e.to_string())?;
+            let (key, secret) = keys.rotate(id).await.map_err(|e| e.to_string())?;
             with_secret(&key, secret)
         }
     })

@@ -21,7 +21,9 @@
 //! - [`server`]: listener, connections, graceful shutdown.
 //! - [`telemetry`]: the log subscriber, the request path's spans, OTLP trace export and W3C
 //!   trace-context propagation.
-//! - [`keys`]: virtual keys (store, in-memory index); [`keys_cli`]: `switchyard keys`.
+//! - [`keys`]: virtual keys (in-memory index; SQLite or Postgres store); [`keys_cli`]:
+//!   `switchyard keys`.
+//! - [`postgres`]: what the Postgres stores share (connection config, error messages).
 //! - [`cli`]: `serve`, `demo`, `config check`; [`demo`]: simulated providers and traffic.
 
 pub mod analytics;
@@ -38,6 +40,7 @@ pub mod handlers;
 pub mod health_check;
 pub mod keys;
 pub mod keys_cli;
+pub mod postgres;
 pub mod ratelimit;
 pub mod server;
 pub mod telemetry;

@@ -177,22 +177,46 @@ fn spawn_cache_sweep(state: &AppState) {
 }
 
 /// Reloads the virtual keys when another process (the CLI, another instance) changed them,
-/// checking every `keys::POLL`, so a revoked key stops working here within that time.
+/// checking every `keys::POLL`, so a revoked key stops working here within that time. While
+/// the store cannot be reached the index keeps the keys loaded last; the failure is logged
+/// when it starts, then once a minute (`keys::ReloadFailures`), and its end is logged too.
 fn spawn_key_reload(state: &AppState) {
     let keys = Arc::downgrade(&state.keys);
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(crate::keys::POLL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failures = crate::keys::ReloadFailures::default();
         loop {
             interval.tick().await;
             let Some(keys) = keys.upgrade() else {
                 return;
             };
-            match tokio::task::spawn_blocking(move || keys.reload()).await {
-                Ok(Ok(true)) => tracing::debug!("virtual keys reloaded"),
-                Ok(Ok(false)) => {}
-                Ok(Err(error)) => tracing::warn!(%error, "could not reload the virtual keys"),
-                Err(error) => tracing::warn!(%error, "the key reload task failed"),
+            let reloaded = keys.reload().await;
+            let store = keys.store_kind();
+            drop(keys);
+            let now = std::time::Instant::now();
+            match reloaded {
+                Ok(changed) => {
+                    if changed {
+                        tracing::debug!("virtual keys reloaded");
+                    }
+                    if let Some(failing_for) = failures.succeeded(now) {
+                        tracing::info!(
+                            store,
+                            ?failing_for,
+                            "virtual keys reload again from their store"
+                        );
+                    }
+                }
+                Err(error) => match failures.failed(now) {
+                    Some(failing_for) => tracing::warn!(
+                        store,
+                        %error,
+                        ?failing_for,
+                        "could not reload the virtual keys; serving the ones loaded last"
+                    ),
+                    None => tracing::debug!(store, %error, "could not reload the virtual keys"),
+                },
             }
         }
     });

@@ -30,7 +30,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
 
@@ -49,6 +48,7 @@ use super::store::{
     RequestsQuery, Retention, StoreError, StoredCell, filter_value, number_placeholders,
     rollup_horizon, sketch_from, stages_from_json, stages_json, to_i64, to_u64,
 };
+use crate::postgres::{connection_config, describe};
 
 const STORE: &str = "postgres";
 
@@ -291,45 +291,13 @@ fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// An error's message with its causes (tokio-postgres keeps the server's message in the
-/// source), on one line, the password scrubbed.
-fn describe(secret: Option<&str>, error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    let message = message.replace('\n', "; ");
-    match secret {
-        Some(secret) => message.replace(secret, "***"),
-        None => message,
-    }
-}
-
 impl PostgresStore {
     /// Connects to `url` (`postgres://user:password@host:port/dbname?options`, any option
     /// tokio-postgres takes, e.g. `options=-csearch_path%3Danalytics` for another schema),
     /// and brings the schema up to date.
     pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
-        // The parser's messages never quote the URL.
-        let mut config = Config::from_str(url).map_err(|error| {
-            StoreError::new(
-                STORE,
-                format!("invalid postgres_url: {}", describe(None, &error)),
-            )
-        })?;
-        if config.get_application_name().is_none() {
-            config.application_name("switchyard");
-        }
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        let secret = config
-            .get_password()
-            .filter(|password| !password.is_empty())
-            .map(|password| Arc::from(String::from_utf8_lossy(password).as_ref()));
+        let (config, secret) = connection_config(url, CONNECT_TIMEOUT)
+            .map_err(|message| StoreError::new(STORE, message))?;
         let store = PostgresStore {
             config,
             secret,

@@ -28,6 +28,8 @@ fn error(error: KeyError) -> Response {
         }
         KeyError::Invalid(_) => GatewayError::invalid_request(error.to_string()),
         KeyError::Store(_) => {
+            // The admin sees what failed (never the store's URL or password); so does the log.
+            tracing::warn!(%error, "a key operation failed in the store");
             GatewayError::new(ErrorKind::Unavailable, Origin::Gateway, error.to_string())
         }
     };
@@ -37,17 +39,6 @@ fn error(error: KeyError) -> Response {
 fn json_body(body: &Bytes) -> Result<Value, KeyError> {
     serde_json::from_slice(body)
         .map_err(|parse| KeyError::Invalid(format!("the body is not valid JSON: {parse}")))
-}
-
-/// Runs a store operation off the async workers.
-async fn blocking<T: Send + 'static>(
-    app: &AppState,
-    work: impl FnOnce(&crate::keys::Keys) -> Result<T, KeyError> + Send + 'static,
-) -> Result<T, KeyError> {
-    let keys = std::sync::Arc::clone(&app.keys);
-    tokio::task::spawn_blocking(move || work(&keys))
-        .await
-        .unwrap_or_else(|join| Err(KeyError::Store(format!("key operation failed: {join}"))))
 }
 
 /// A key with its secret: the answer to create and rotate, the only time it is shown.
@@ -62,7 +53,7 @@ pub async fn create(State(app): State<AppState>, body: Bytes) -> Response {
     let created = async {
         let settings: KeySettings = serde_json::from_value(json_body(&body)?)
             .map_err(|parse| KeyError::Invalid(format!("invalid key settings: {parse}")))?;
-        blocking(&app, move |keys| keys.create(settings)).await
+        app.keys.create(settings).await
     };
     match created.await {
         Ok((key, secret)) => (StatusCode::CREATED, Json(with_secret(&key, secret))).into_response(),
@@ -89,7 +80,7 @@ pub async fn show(State(app): State<AppState>, Path(id): Path<String>) -> Respon
 pub async fn update(State(app): State<AppState>, Path(id): Path<String>, body: Bytes) -> Response {
     let updated = async {
         let patch = json_body(&body)?;
-        blocking(&app, move |keys| keys.update(&id, &patch)).await
+        app.keys.update(&id, &patch).await
     };
     match updated.await {
         Ok(key) => Json(&*key).into_response(),
@@ -99,7 +90,7 @@ pub async fn update(State(app): State<AppState>, Path(id): Path<String>, body: B
 
 /// `DELETE /admin/keys/{id}`.
 pub async fn revoke(State(app): State<AppState>, Path(id): Path<String>) -> Response {
-    match blocking(&app, move |keys| keys.revoke(&id)).await {
+    match app.keys.revoke(&id).await {
         Ok(key) => Json(&*key).into_response(),
         Err(key_error) => error(key_error),
     }
@@ -107,7 +98,7 @@ pub async fn revoke(State(app): State<AppState>, Path(id): Path<String>) -> Resp
 
 /// `POST /admin/keys/{id}/rotate`.
 pub async fn rotate(State(app): State<AppState>, Path(id): Path<String>) -> Response {
-    match blocking(&app, move |keys| keys.rotate(&id)).await {
+    match app.keys.rotate(&id).await {
         Ok((key, secret)) => Json(with_secret(&key, secret)).into_response(),
         Err(key_error) => error(key_error),
     }

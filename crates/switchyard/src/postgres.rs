@@ -1,0 +1,75 @@
+//! What the Postgres stores (analytics, virtual keys) share: reading `storage.postgres_url`
+//! into a connection config, and error messages that carry their causes but never the URL
+//! or its password.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::Config;
+
+/// A connection config from `url` (`postgres://user:password@host:port/dbname?options`,
+/// any option tokio-postgres takes), with the application name `switchyard` and
+/// `connect_timeout` when the URL sets neither, and the password it carries (to scrub from
+/// messages). The error never quotes the URL: the parser's messages do not.
+pub fn connection_config(
+    url: &str,
+    connect_timeout: Duration,
+) -> Result<(Config, Option<Arc<str>>), String> {
+    let mut config = Config::from_str(url)
+        .map_err(|error| format!("invalid postgres_url: {}", describe(None, &error)))?;
+    if config.get_application_name().is_none() {
+        config.application_name("switchyard");
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(connect_timeout);
+    }
+    let secret = config
+        .get_password()
+        .filter(|password| !password.is_empty())
+        .map(|password| Arc::from(String::from_utf8_lossy(password).as_ref()));
+    Ok((config, secret))
+}
+
+/// An error's message with its causes (tokio-postgres keeps the server's message in the
+/// source), on one line, the password scrubbed.
+pub fn describe(secret: Option<&str>, error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    let message = message.replace('\n', "; ");
+    match secret {
+        Some(secret) => message.replace(secret, "***"),
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_never_reaches_a_message() {
+        let (config, secret) = connection_config(
+            "postgres://user:hunter2@127.0.0.1:1/db",
+            Duration::from_secs(3),
+        )
+        .unwrap();
+        assert_eq!(secret.as_deref(), Some("hunter2"));
+        assert_eq!(config.get_application_name(), Some("switchyard"));
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        let error = std::io::Error::other("login as user:hunter2 failed");
+        assert_eq!(
+            describe(secret.as_deref(), &error),
+            "login as user:*** failed"
+        );
+        let invalid = connection_config("postgres://user:hunter2@host:notaport/db", Duration::ZERO)
+            .unwrap_err();
+        assert!(invalid.starts_with("invalid postgres_url"), "{invalid}");
+        assert!(!invalid.contains("hunter2"), "{invalid}");
+    }
+}
