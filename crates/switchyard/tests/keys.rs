@@ -160,6 +160,16 @@ async fn rotation_disabling_and_expiry() {
     );
     let (status, error) = patch(json!({"priority": "urgent"})).await;
     assert_eq!(status, 400, "{error}");
+    let (status, error) = patch(json!({"budget_usd": -5})).await;
+    assert_eq!(status, 400, "{error}");
+    let (status, error) = patch(json!({"budget_period": "fortnightly"})).await;
+    assert_eq!(status, 400, "{error}");
+    let (status, key) = patch(json!({"budget_usd": 12.5, "budget_period": "weekly"})).await;
+    assert_eq!(status, 200, "{key}");
+    assert_eq!(
+        (key["budget_usd"].as_f64(), key["budget_period"].as_str()),
+        (Some(12.5), Some("weekly"))
+    );
     let (status, _) = call(
         &gateway,
         reqwest::Method::PATCH,

@@ -502,6 +502,14 @@ fn validate(settings: &KeySettings) -> Result<(), KeyError> {
                 .to_owned(),
         ));
     }
+    if settings
+        .budget_usd
+        .is_some_and(|usd| !usd.is_finite() || usd < 0.0)
+    {
+        return Err(KeyError::Invalid(
+            "budget_usd must be a non-negative number of US dollars".to_owned(),
+        ));
+    }
     Ok(())
 }
 
