@@ -13,7 +13,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use switchyard_core::config::{self, RawConfig, RawProvider, RawRoute, RawRouteCache, RawTarget};
+use switchyard_core::config::{
+    self, RawBudget, RawBudgets, RawConfig, RawPrice, RawProvider, RawRoute, RawRouteCache,
+    RawTarget,
+};
 use switchyard_testkit::mock::{Behavior, MockHandle, MockProvider};
 
 use crate::app::AppState;
@@ -90,6 +93,14 @@ const ROUTES: &[DemoRoute] = &[
             ("flaky", "gemini-demo"),
         ],
     ),
+];
+
+/// What the simulated models cost, USD per million input and output tokens: made-up figures
+/// in the range of real ones, so that costs, the spend ledger and budgets show something.
+const DEMO_PRICES: &[(&str, &str, f64, f64)] = &[
+    ("swift", "gpt-demo", 0.15, 0.60),
+    ("steady", "claude-demo", 3.00, 15.00),
+    ("flaky", "gemini-demo", 0.30, 2.50),
 ];
 
 /// The route whose answers the demo caches (for 30 s).
@@ -185,9 +196,44 @@ fn demo_config(mocks: &[MockHandle]) -> RawConfig {
             ..RawRoute::default()
         })
         .collect();
+    let prices = DEMO_PRICES
+        .iter()
+        .map(|(provider, model, input, output)| RawPrice {
+            provider: (*provider).to_owned(),
+            model: (*model).to_owned(),
+            input: *input,
+            output: Some(*output),
+            ..RawPrice::default()
+        })
+        .collect();
+    // A daily cap over everything, and a small daily budget that moves `smart` to `fast`
+    // once spent, so that budgets, their events and a downgrade show up within minutes.
+    let budgets = RawBudgets {
+        limits: vec![
+            RawBudget {
+                name: "demo-daily".to_owned(),
+                scope: "global".to_owned(),
+                amount_usd: 5.0,
+                period: Some("daily".to_owned()),
+                ..RawBudget::default()
+            },
+            RawBudget {
+                name: "smart-soft".to_owned(),
+                scope: "route".to_owned(),
+                only: vec!["smart".to_owned()],
+                amount_usd: 0.01,
+                period: Some("daily".to_owned()),
+                downgrade_to: Some("fast".to_owned()),
+                ..RawBudget::default()
+            },
+        ],
+        ..RawBudgets::default()
+    };
     RawConfig {
         providers,
         routes,
+        prices,
+        budgets,
         ..RawConfig::default()
     }
 }
@@ -217,6 +263,8 @@ fn banner(base: &str, auth: bool) -> String {
          \x20 curl {base}/v1/models{auth_header}\n\
          \x20 curl {base}/admin/providers{auth_header}   # breakers, latency, errors per provider\n\
          \x20 curl {base}/admin/cache{auth_header}       # cache entries, hits, misses\n\
+         \x20 curl '{base}/admin/spend?group_by=route'{auth_header}  # what each route cost\n\
+         \x20 curl {base}/admin/budgets{auth_header}     # budgets (`smart` moves to `fast` past $0.01 a day)\n\
          Or point any OpenAI SDK at base_url={base}/v1.\n\
          Press Ctrl-C to stop."
     )

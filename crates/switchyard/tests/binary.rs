@@ -351,6 +351,31 @@ async fn demo_serves_without_any_keys() {
         .await
         .unwrap();
     assert_eq!(response.headers()["x-switchyard-cache"], "HIT");
+    // The simulated models have demo prices: the spend ledger and the budgets show them.
+    let spend: serde_json::Value = serde_json::from_str(
+        &client()
+            .get(format!("{address}/admin/spend?group_by=route"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        spend["total"]["cost_usd"].as_f64().unwrap() > 0.0,
+        "{spend}"
+    );
+    let budgets = client()
+        .get(format!("{address}/admin/budgets"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(budgets.contains("smart-soft"), "{budgets}");
     child.kill().await.unwrap();
 }
 
