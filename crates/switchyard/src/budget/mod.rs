@@ -94,14 +94,28 @@ struct Rule {
     name: Arc<str>,
     thresholds: Arc<[f64]>,
     limit: i64,
+    /// The current period, recomputed (calendar arithmetic in the time zone) only when the
+    /// clock leaves it.
+    current: Mutex<Window>,
+}
+
+impl Rule {
+    fn window(&self, now_ms: u64) -> Window {
+        let mut current = lock(&self.current);
+        let inside = current.start_ms <= now_ms && current.end_ms.is_none_or(|end| now_ms < end);
+        if !inside {
+            *current = window(self.config.period, &self.config.timezone, now_ms);
+        }
+        *current
+    }
 }
 
 /// One budget a reservation is charged to.
 #[derive(Debug, Clone)]
 struct Charge {
-    budget: Arc<str>,
+    /// Budget, member and period start: the counter's key.
+    counter: CounterKey,
     scope: BudgetScope,
-    member: String,
     period: Period,
     window: Window,
     /// Nano-dollars held.
@@ -114,16 +128,20 @@ struct Charge {
 }
 
 impl Charge {
-    fn counter(&self) -> CounterKey {
-        CounterKey {
-            budget: Arc::clone(&self.budget),
-            member: self.member.clone(),
-            start_ms: self.window.start_ms,
-        }
+    fn counter(&self) -> &CounterKey {
+        &self.counter
+    }
+
+    fn budget(&self) -> &Arc<str> {
+        &self.counter.budget
+    }
+
+    fn member(&self) -> &str {
+        &self.counter.member
     }
 
     fn redis_key(&self) -> String {
-        redis::key(&self.budget, &self.member, self.window.start_ms)
+        redis::key(self.budget(), self.member(), self.window.start_ms)
     }
 
     /// The Redis keys live for the rest of the period and a day; a `total` one for ever.
@@ -141,8 +159,12 @@ struct CounterKey {
     start_ms: u64,
 }
 
+/// The in-memory counters, hashed with foldhash seeded per process (as the rate limiter's
+/// are): the default SipHash cost more than the rest of a reservation in the benchmark.
+type CounterMap = HashMap<CounterKey, Ledger, foldhash::fast::RandomState>;
+
 enum Counters {
-    Memory(Mutex<HashMap<CounterKey, Ledger>>),
+    Memory(Mutex<CounterMap>),
     Redis(RedisCounters),
 }
 
@@ -317,6 +339,10 @@ impl Budgets {
                 name: Arc::from(rule.name.as_str()),
                 thresholds: Arc::from(rule.thresholds.as_slice()),
                 limit: to_nanos(rule.amount_usd),
+                current: Mutex::new(Window {
+                    start_ms: u64::MAX,
+                    end_ms: Some(0),
+                }),
                 config: rule.clone(),
             })
             .collect();
@@ -328,7 +354,7 @@ impl Budgets {
                     Some((sender, receiver)),
                 )
             }
-            None => (Counters::Memory(Mutex::new(HashMap::new())), None),
+            None => (Counters::Memory(Mutex::new(CounterMap::default())), None),
         };
         let (settlements, receiver) = match receiver {
             Some((sender, receiver)) => (Some(sender), Some(receiver)),
@@ -398,12 +424,16 @@ impl Budgets {
             if !rule.config.covers(member) {
                 continue;
             }
+            let window = rule.window(now_ms);
             charges.push(Charge {
-                budget: Arc::clone(&rule.name),
+                counter: CounterKey {
+                    budget: Arc::clone(&rule.name),
+                    member: member.to_owned(),
+                    start_ms: window.start_ms,
+                },
                 scope: rule.config.scope,
-                member: member.to_owned(),
                 period: rule.config.period,
-                window: window(rule.config.period, &rule.config.timezone, now_ms),
+                window,
                 amount,
                 limit: rule.limit,
                 enforced: rule.config.action == BudgetAction::Reject,
@@ -411,12 +441,16 @@ impl Budgets {
             });
         }
         if let Some((usd, period)) = spender.own {
+            let window = window(period, &self.timezone, now_ms);
             charges.push(Charge {
-                budget: Arc::clone(&self.key_budget),
+                counter: CounterKey {
+                    budget: Arc::clone(&self.key_budget),
+                    member: spender.key.to_owned(),
+                    start_ms: window.start_ms,
+                },
                 scope: BudgetScope::Key,
-                member: spender.key.to_owned(),
                 period,
-                window: window(period, &self.timezone, now_ms),
+                window,
                 amount,
                 limit: to_nanos(usd),
                 enforced: true,
@@ -431,7 +465,7 @@ impl Budgets {
         let to = charge.window.end_ms.unwrap_or(u64::MAX / 2);
         let column = column_of(charge.scope);
         self.store
-            .spent(column, &charge.member, charge.window.start_ms, to)
+            .spent(column, charge.member(), charge.window.start_ms, to)
             .await
     }
 
@@ -493,7 +527,7 @@ impl Budgets {
 
     async fn reserve_in_memory(
         &self,
-        map: &Mutex<HashMap<CounterKey, Ledger>>,
+        map: &Mutex<CounterMap>,
         charges: &[Charge],
     ) -> Result<Result<String, Refusal>, Failed> {
         // Periods seen for the first time start from the ledger (read outside the lock).
@@ -501,7 +535,7 @@ impl Budgets {
             let map = lock(map);
             charges
                 .iter()
-                .filter(|charge| !map.contains_key(&charge.counter()))
+                .filter(|charge| !map.contains_key(charge.counter()))
                 .collect()
         };
         if !missing.is_empty() {
@@ -516,20 +550,24 @@ impl Budgets {
                 Err(error) => return Err(self.store_failed("reading the ledger", &error)),
             };
             lock(map)
-                .entry(charge.counter())
+                .entry(charge.counter().clone())
                 .or_insert_with(|| Ledger::new(charge.window, spent));
         }
         let mut map = lock(map);
         let mut taken: Vec<&Charge> = Vec::with_capacity(charges.len());
         for charge in charges {
-            let ledger = map
-                .entry(charge.counter())
-                .or_insert_with(|| Ledger::new(charge.window, 0));
+            // Pruned since the seeding only if its period ended meanwhile.
+            if !map.contains_key(charge.counter()) {
+                map.insert(charge.counter().clone(), Ledger::new(charge.window, 0));
+            }
+            let Some(ledger) = map.get_mut(charge.counter()) else {
+                continue;
+            };
             match ledger.reserve(charge.enforced.then_some(charge.limit), charge.amount) {
                 Ok(_) => taken.push(charge),
                 Err(over) => {
                     for done in taken {
-                        if let Some(ledger) = map.get_mut(&done.counter()) {
+                        if let Some(ledger) = map.get_mut(done.counter()) {
                             ledger.reserved = ledger.reserved.saturating_sub(done.amount).max(0);
                         }
                     }
@@ -620,12 +658,16 @@ impl Budgets {
             let Some(member) = member.filter(|member| rule.config.covers(member)) else {
                 continue;
             };
+            let window = rule.window(now);
             let charge = Charge {
-                budget: Arc::clone(&rule.name),
+                counter: CounterKey {
+                    budget: Arc::clone(&rule.name),
+                    member: member.to_owned(),
+                    start_ms: window.start_ms,
+                },
                 scope: rule.config.scope,
-                member: member.to_owned(),
                 period: rule.config.period,
-                window: window(rule.config.period, &rule.config.timezone, now),
+                window,
                 amount,
                 limit: rule.limit,
                 enforced: false,
@@ -660,7 +702,7 @@ impl Budgets {
         match &self.counters {
             Counters::Memory(map) => {
                 let known = lock(map)
-                    .get(&charge.counter())
+                    .get(charge.counter())
                     .map(|ledger| ledger.spent.saturating_add(ledger.reserved));
                 match known {
                     Some(used) => Ok(used),
@@ -671,7 +713,7 @@ impl Budgets {
                             .map_err(|error| error.to_string())?;
                         let mut map = lock(map);
                         let ledger = map
-                            .entry(charge.counter())
+                            .entry(charge.counter().clone())
                             .or_insert_with(|| Ledger::new(charge.window, spent));
                         Ok(ledger.spent.saturating_add(ledger.reserved))
                     }
@@ -707,7 +749,7 @@ impl Budgets {
                 {
                     let mut map = lock(map);
                     for charge in &charges {
-                        let Some(ledger) = map.get_mut(&charge.counter()) else {
+                        let Some(ledger) = map.get_mut(charge.counter()) else {
                             continue;
                         };
                         let reservation = Reservation {
@@ -742,9 +784,9 @@ impl Budgets {
         for threshold in crossed(&charge.thresholds, charge.limit, before, after) {
             let event = BudgetEvent {
                 time_ms: self.now_ms(),
-                budget: charge.budget.to_string(),
+                budget: charge.budget().to_string(),
                 scope: charge.scope.as_str(),
-                member: charge.member.clone(),
+                member: charge.member().to_owned(),
                 threshold,
                 spent_usd: to_usd(after),
                 amount_usd: to_usd(charge.limit),
@@ -1025,9 +1067,9 @@ async fn apply_settlements(
 
 fn refusal(charge: &Charge, spent: i64, reserved: i64) -> Refusal {
     Refusal {
-        budget: Arc::clone(&charge.budget),
+        budget: Arc::clone(charge.budget()),
         scope: charge.scope,
-        member: charge.member.clone(),
+        member: charge.member().to_owned(),
         period: charge.period,
         limit: charge.limit,
         spent,
