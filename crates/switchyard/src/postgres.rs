@@ -1,6 +1,6 @@
 //! What the Postgres stores (analytics, virtual keys) share: reading `storage.postgres_url`
-//! into a connection config, and error messages that carry their causes but never the URL
-//! or its password.
+//! into a connection config, error messages that carry their causes but never the URL or
+//! its password, and the bookkeeping of schema migrations.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -45,6 +45,75 @@ pub fn describe(secret: Option<&str>, error: &(dyn std::error::Error + 'static))
     match secret {
         Some(secret) => message.replace(secret, "***"),
         None => message,
+    }
+}
+
+/// A store's schema migrations: versions in order, each never edited once released.
+pub struct Migrations<'m> {
+    /// The table recording the applied versions.
+    pub table: &'static str,
+    /// The advisory lock taken while migrating (per schema).
+    pub lock: i32,
+    /// The store's name in logs.
+    pub store: &'static str,
+    /// `(version, SQL)`.
+    pub steps: &'m [(i32, &'m str)],
+}
+
+impl<'m> Migrations<'m> {
+    /// Takes the migration lock in `tx` (held until it commits, so instances starting
+    /// together apply each step once), creates the record table if needed, and answers the
+    /// steps not yet applied, in order; warns when the schema is newer than this build. On
+    /// failure, says which step failed.
+    pub async fn pending(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+    ) -> Result<Vec<(i32, &'m str)>, (&'static str, tokio_postgres::Error)> {
+        tx.batch_execute(&format!(
+            "SELECT pg_advisory_xact_lock({}, hashtext(coalesce(current_schema(), ''))); \
+             CREATE TABLE IF NOT EXISTS {} (\
+             version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now());",
+            self.lock, self.table
+        ))
+        .await
+        .map_err(|error| ("preparing the migrations", error))?;
+        let applied: std::collections::HashSet<i32> = tx
+            .query(&format!("SELECT version FROM {}", self.table), &[])
+            .await
+            .and_then(|rows| rows.iter().map(|row| row.try_get(0)).collect())
+            .map_err(|error| ("reading the applied migrations", error))?;
+        let known = self.steps.iter().map(|&(version, _)| version).max();
+        if let Some(newest) = applied.iter().max()
+            && Some(*newest) > known
+        {
+            tracing::warn!(
+                schema = newest,
+                known,
+                store = self.store,
+                "the postgres schema is newer than this build"
+            );
+        }
+        Ok(self
+            .steps
+            .iter()
+            .copied()
+            .filter(|(version, _)| !applied.contains(version))
+            .collect())
+    }
+
+    /// Records `version` as applied, in `tx`.
+    pub async fn record(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        version: i32,
+    ) -> Result<(), tokio_postgres::Error> {
+        tx.execute(
+            &format!("INSERT INTO {} (version) VALUES ($1)", self.table),
+            &[&version],
+        )
+        .await?;
+        tracing::info!(version, store = self.store, "applied a postgres migration");
+        Ok(())
     }
 }
 

@@ -276,25 +276,8 @@ async fn a_graceful_shutdown_flushes_and_a_restart_keeps_everything() {
 /// answers for both.
 #[tokio::test]
 async fn instances_sharing_postgres_answer_for_each_other() {
-    let base = std::env::var("SWITCHYARD_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let (admin, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|error| {
-            panic!(
-                "Postgres must be reachable at {base} (set SWITCHYARD_TEST_POSTGRES_URL): {error}"
-            )
-        });
-    tokio::spawn(connection);
-    let schema = "sy_gateway_e2e";
-    admin
-        .batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"
-        ))
-        .await
-        .unwrap();
-    let separator = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{separator}options=-csearch_path%3D{schema}");
+    let db = common::TestDb::new("sy_gateway_e2e").await;
+    let url = db.url.clone();
 
     let beta = mock("beta").await;
     let text = config(&[&beta]);
@@ -336,8 +319,5 @@ async fn instances_sharing_postgres_answer_for_each_other() {
     }
     one.stop().await;
     two.stop().await;
-    admin
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
+    db.finish().await;
 }

@@ -72,16 +72,15 @@ fn cost(headers: &reqwest::header::HeaderMap) -> f64 {
 }
 
 async fn create_key(gateway: &TestGateway, settings: Value) -> (String, String) {
-    let response = client()
-        .post(gateway.url("/admin/keys"))
-        .bearer_auth(MASTER)
-        .header("content-type", "application/json")
-        .body(settings.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "{settings}");
-    let key: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    let (status, key) = common::call(
+        gateway,
+        reqwest::Method::POST,
+        "/admin/keys",
+        MASTER,
+        Some(settings),
+    )
+    .await;
+    assert_eq!(status, 201, "{key}");
     (
         key["id"].as_str().unwrap().to_owned(),
         key["secret"].as_str().unwrap().to_owned(),
@@ -254,29 +253,12 @@ async fn concurrent_requests_near_the_limit_never_overspend() {
     );
 }
 
-/// A Postgres schema of this test's own, and a URL whose connections use it.
-async fn postgres(schema: &str) -> String {
-    let base = std::env::var("SWITCHYARD_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let (admin, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-        .await
-        .expect("the test Postgres is reachable (CI starts one)");
-    tokio::spawn(connection);
-    admin
-        .batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"
-        ))
-        .await
-        .unwrap();
-    let separator = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{separator}options=-csearch_path%3D{schema}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_the_budget_in_redis_and_the_ledger_in_postgres() {
     let mock = mock().await;
     mock.set_behavior(Behavior::latency(30));
-    let url = postgres("switchyard_test_budgets").await;
+    let db = common::TestDb::new("switchyard_test_budgets").await;
+    let url = db.url.clone();
     // A budget name of this run's own, so earlier runs' Redis counters do not count.
     let name = format!("shared-{:x}", fastrand::u64(..));
     let text = config(
@@ -317,6 +299,10 @@ async fn two_instances_share_the_budget_in_redis_and_the_ledger_in_postgres() {
     // A third instance starting now counts from Redis, not from zero.
     let c = gateway(&text, None).await;
     assert_eq!(ask(&c, MASTER, &chat("strong")).await.0, 429);
+    for instance in [a, b, c] {
+        instance.stop().await;
+    }
+    db.finish().await;
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestGateway, client};
+use common::{TestGateway, call, client};
 use serde_json::{Value, json};
 use switchyard_testkit::mock::{MockHandle, MockProvider};
 
@@ -26,28 +26,6 @@ async fn setup() -> (MockHandle, TestGateway) {
     let mock = MockProvider::builder().name("alpha").spawn().await.unwrap();
     let gateway = TestGateway::start(&config(&mock), &[("TEST_MASTER", MASTER)]).await;
     (mock, gateway)
-}
-
-async fn call(
-    gateway: &TestGateway,
-    method: reqwest::Method,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = client().request(method, gateway.url(path)).bearer_auth(key);
-    if let Some(body) = body {
-        request = request
-            .header("content-type", "application/json")
-            .body(body.to_string());
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 async fn create(gateway: &TestGateway, settings: Value) -> (String, String) {

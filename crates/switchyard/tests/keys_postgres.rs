@@ -18,67 +18,16 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{TestGateway, client};
+use common::{TestDb as Db, TestGateway, call};
 use serde_json::{Value, json};
 use switchyard::keys::{KeyError, Keys};
 use switchyard_core::keys::KeySettings;
 use switchyard_testkit::mock::{MockHandle, MockProvider};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const MASTER: &str = "sk-master-for-postgres-key-tests";
 const BINARY: &str = env!("CARGO_BIN_EXE_switchyard");
-
-fn base_url() -> String {
-    std::env::var("SWITCHYARD_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
-}
-
-/// A test's own schema, and a URL whose connections use it.
-struct Db {
-    admin: tokio_postgres::Client,
-    schema: String,
-    url: String,
-}
-
-impl Db {
-    async fn new(name: &str) -> Db {
-        let base = base_url();
-        let (admin, connection) =
-            tokio_postgres::connect(&base, NoTls)
-                .await
-                .unwrap_or_else(|error| {
-                    panic!(
-                        "cannot reach the test Postgres ({DEFAULT_URL} unless \
-                     SWITCHYARD_TEST_POSTGRES_URL is set; CI starts one): {error:?}"
-                    )
-                });
-        tokio::spawn(connection);
-        let schema = format!("switchyard_test_keys_{name}");
-        admin
-            .batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"
-            ))
-            .await
-            .unwrap();
-        let url = with_schema(&base, &schema);
-        Db { admin, schema, url }
-    }
-
-    async fn finish(self) {
-        self.admin
-            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
-            .await
-            .unwrap();
-    }
-}
-
-/// `base` with its connections in `schema` (and named after it in `pg_stat_activity`).
-fn with_schema(base: &str, schema: &str) -> String {
-    let separator = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{separator}options=-csearch_path%3D{schema}&application_name={schema}")
-}
 
 fn config(mock: &MockHandle) -> String {
     format!(
@@ -95,28 +44,6 @@ async fn gateway(mock: &MockHandle, url: &str) -> TestGateway {
         &[("TEST_MASTER", MASTER), ("SWITCHYARD_POSTGRES_URL", url)],
     )
     .await
-}
-
-async fn call(
-    gateway: &TestGateway,
-    method: reqwest::Method,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = client().request(method, gateway.url(path)).bearer_auth(key);
-    if let Some(body) = body {
-        request = request
-            .header("content-type", "application/json")
-            .body(body.to_string());
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 async fn admin(
@@ -178,7 +105,7 @@ fn within_a_second(waited: Duration, what: &str) {
 
 #[tokio::test]
 async fn two_gateways_on_one_postgres_follow_each_others_key_changes_within_a_second() {
-    let db = Db::new("two_gateways").await;
+    let db = Db::new("switchyard_test_keys_two_gateways").await;
     let mock = MockProvider::builder().name("alpha").spawn().await.unwrap();
     let first = gateway(&mock, &db.url).await;
     let second = gateway(&mock, &db.url).await;
@@ -309,7 +236,7 @@ async fn cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
 
 #[tokio::test]
 async fn the_cli_writes_keys_to_the_postgres_of_the_gateways_config() {
-    let db = Db::new("cli").await;
+    let db = Db::new("switchyard_test_keys_cli").await;
     let mock = MockProvider::builder().name("alpha").spawn().await.unwrap();
     let running = gateway(&mock, &db.url).await;
     let dir = tempfile::tempdir().unwrap();
@@ -400,7 +327,7 @@ fn settings(name: &str) -> KeySettings {
 
 #[tokio::test]
 async fn concurrent_changes_to_one_key_from_two_instances_all_land() {
-    let db = Db::new("concurrent").await;
+    let db = Db::new("switchyard_test_keys_concurrent").await;
     let first = Keys::connect(&db.url).await.unwrap();
     let second = Keys::connect(&db.url).await.unwrap();
     assert_eq!(first.store_kind(), "postgres");
@@ -564,7 +491,7 @@ async fn proxy_for(url: &str) -> (Proxy, String) {
 
 #[tokio::test]
 async fn while_postgres_is_down_loaded_keys_keep_working_and_writes_fail_clearly() {
-    let db = Db::new("outage").await;
+    let db = Db::new("switchyard_test_keys_outage").await;
     let (proxy, proxied) = proxy_for(&db.url).await;
     let mock = MockProvider::builder().name("alpha").spawn().await.unwrap();
     let gateway = gateway(&mock, &proxied).await;
@@ -620,7 +547,7 @@ async fn while_postgres_is_down_loaded_keys_keep_working_and_writes_fail_clearly
 
 #[tokio::test]
 async fn a_postgres_that_stops_answering_fails_calls_in_bounded_time() {
-    let db = Db::new("hang").await;
+    let db = Db::new("switchyard_test_keys_hang").await;
     let (proxy, proxied) = proxy_for(&db.url).await;
     let keys = Keys::connect(&proxied).await.unwrap();
     let (key, secret) = keys.create(settings("steady")).await.unwrap();

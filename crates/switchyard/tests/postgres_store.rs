@@ -4,8 +4,11 @@
 //! unreachable Postgres fails the tests: CI starts one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::sync::Arc;
 
+use common::TestDb as Db;
 use serde_json::Value;
 use switchyard::analytics::postgres::PostgresStore;
 use switchyard::analytics::store::{
@@ -18,7 +21,6 @@ use switchyard_core::analytics::{
     Aggregator, Cube, Dims, RequestEvent, Rollup, RollupRow, Sketch, Tier,
 };
 use switchyard_core::wire::TokenUsage;
-use tokio_postgres::{Client, NoTls};
 
 /// The stores' cell read by its parts (sketches included), as the tests use it.
 trait CellsAt {
@@ -73,59 +75,17 @@ impl CellsAt for Store {
     }
 }
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
 /// An hour boundary.
 const T0: u64 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000;
 
-fn base_url() -> String {
-    std::env::var("SWITCHYARD_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+/// A test's own schema, with the store under test connected to it.
+trait StoreDb {
+    async fn store(&self) -> PostgresStore;
 }
 
-/// A test's own schema, and a URL whose connections use it.
-struct Db {
-    admin: Client,
-    schema: String,
-    url: String,
-}
-
-impl Db {
-    async fn new(name: &str) -> Db {
-        let base = base_url();
-        let (admin, connection) =
-            tokio_postgres::connect(&base, NoTls)
-                .await
-                .unwrap_or_else(|error| {
-                    panic!(
-                        "cannot reach the test Postgres ({DEFAULT_URL} unless \
-                     SWITCHYARD_TEST_POSTGRES_URL is set; CI starts one): {error:?}"
-                    )
-                });
-        tokio::spawn(connection);
-        let schema = format!("switchyard_test_{name}");
-        admin
-            .batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"
-            ))
-            .await
-            .unwrap();
-        let separator = if base.contains('?') { '&' } else { '?' };
-        // The application name tells this test's connections apart in pg_stat_activity.
-        let url =
-            format!("{base}{separator}options=-csearch_path%3D{schema}&application_name={schema}");
-        Db { admin, schema, url }
-    }
-
+impl StoreDb for Db {
     async fn store(&self) -> PostgresStore {
         PostgresStore::connect(&self.url).await.unwrap()
-    }
-
-    async fn finish(self, store: PostgresStore) {
-        drop(store);
-        self.admin
-            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
-            .await
-            .unwrap();
     }
 }
 
@@ -233,7 +193,7 @@ fn total_requests(cells: &[StoredCell]) -> u64 {
 
 #[tokio::test]
 async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
-    let db = Db::new("migrations").await;
+    let db = Db::new("switchyard_test_migrations").await;
     // Three instances starting together, then a restart.
     let (a, b, c) = tokio::join!(
         PostgresStore::connect(&db.url),
@@ -302,12 +262,13 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         .await
         .unwrap();
     assert!(cells.is_empty());
-    db.finish(store).await;
+    drop(store);
+    db.finish().await;
 }
 
 #[tokio::test]
 async fn two_instances_are_summed_by_a_query() {
-    let db = Db::new("two_instances").await;
+    let db = Db::new("switchyard_test_two_instances").await;
     let store = Store::Postgres(Arc::new(db.store().await));
     // Instance a served latencies 1..=60 ms, instance b 61..=100 ms, in the same minute
     // and with the same dimensions; every tenth request failed.
@@ -443,12 +404,13 @@ async fn two_instances_are_summed_by_a_query() {
     let Store::Postgres(store) = store else {
         unreachable!()
     };
-    db.finish(Arc::into_inner(store).unwrap()).await;
+    drop(Arc::into_inner(store).unwrap());
+    db.finish().await;
 }
 
 #[tokio::test]
 async fn a_flush_replaces_the_instance_row() {
-    let db = Db::new("replace").await;
+    let db = Db::new("switchyard_test_replace").await;
     let store = db.store().await;
     let mut aggregator = Aggregator::new();
     for i in 0..3 {
@@ -531,12 +493,13 @@ async fn a_flush_replaces_the_instance_row() {
         .await
         .unwrap();
     assert_eq!(total_requests(&cells), 10);
-    db.finish(store).await;
+    drop(store);
+    db.finish().await;
 }
 
 #[tokio::test]
 async fn merge_rows_add_to_the_stored_row() {
-    let db = Db::new("merge").await;
+    let db = Db::new("switchyard_test_merge").await;
     let store = db.store().await;
     let mut aggregator = Aggregator::new();
     for i in 0..3 {
@@ -650,7 +613,8 @@ async fn merge_rows_add_to_the_stored_row() {
     assert_eq!(cells.len(), 1);
     assert_eq!(cells[0].bucket_ms, T0 + 120_000);
     assert_eq!(cells[0].rollup, fresh.rollup);
-    db.finish(store).await;
+    drop(store);
+    db.finish().await;
 }
 
 /// Everything the log pages hold for a query, following the cursor; with the page sizes.
@@ -671,7 +635,7 @@ async fn all_pages(store: &PostgresStore, mut query: RequestsQuery) -> (Vec<Stri
 
 #[tokio::test]
 async fn the_request_log_pages_with_filters_and_a_cursor() {
-    let db = Db::new("request_log").await;
+    let db = Db::new("switchyard_test_request_log").await;
     let store = db.store().await;
     // 25 requests; two at each second, so the row id breaks ties.
     let events: Vec<RequestEvent> = (0..25u64)
@@ -884,12 +848,13 @@ async fn the_request_log_pages_with_filters_and_a_cursor() {
             "{query:?}"
         );
     }
-    db.finish(store).await;
+    drop(store);
+    db.finish().await;
 }
 
 #[tokio::test]
 async fn prune_removes_old_rollups_and_old_log_entries() {
-    let db = Db::new("prune_age").await;
+    let db = Db::new("switchyard_test_prune_age").await;
     let store = db.store().await;
     let now = T0 + 10 * 86_400_000 + 123_456;
     let minute_horizon = rollup_horizon(Tier::Minute, now);
@@ -963,12 +928,13 @@ async fn prune_removes_old_rollups_and_old_log_entries() {
         store.prune(now, retention).await.unwrap(),
         Pruned::default()
     );
-    db.finish(store).await;
+    drop(store);
+    db.finish().await;
 }
 
 #[tokio::test]
 async fn prune_trims_the_oldest_log_entries_to_ninety_percent_of_the_size_limit() {
-    let db = Db::new("prune_size").await;
+    let db = Db::new("switchyard_test_prune_size").await;
     let store = db.store().await;
     let events: Vec<RequestEvent> = (0..200u64).map(|i| event(i, T0 + i, 10)).collect();
     store
@@ -1024,12 +990,13 @@ async fn prune_trims_the_oldest_log_entries_to_ninety_percent_of_the_size_limit(
         store.prune(T0 + 1_000, retention).await.unwrap(),
         Pruned::default()
     );
-    db.finish(store).await;
+    drop(store);
+    db.finish().await;
 }
 
 #[tokio::test]
 async fn prune_by_size_measures_again_when_newer_rows_are_larger() {
-    let db = Db::new("prune_size_mixed").await;
+    let db = Db::new("switchyard_test_prune_size_mixed").await;
     let store = db.store().await;
     // Small old rows, then rows with many stages: deleting the oldest raises the average.
     let stages: Vec<(&'static str, u64)> = vec![("stage", 123_456); 40];
@@ -1076,12 +1043,13 @@ async fn prune_by_size_measures_again_when_newer_rows_are_larger() {
         .map(|i| format!("req_{i:03}"))
         .collect();
     assert_eq!(ids, kept);
-    db.finish(store).await;
+    drop(store);
+    db.finish().await;
 }
 
 #[tokio::test]
 async fn a_dropped_connection_is_reopened_on_the_next_call() {
-    let db = Db::new("reconnect").await;
+    let db = Db::new("switchyard_test_reconnect").await;
     let store = db.store().await;
     store
         .write("a", &rollups(vec![row(Tier::Minute, T0, false, 1, false)]))
@@ -1135,7 +1103,8 @@ async fn a_dropped_connection_is_reopened_on_the_next_call() {
         .unwrap()
         .get(0);
     assert_eq!(sessions, 2);
-    db.finish(store).await;
+    drop(store);
+    db.finish().await;
 }
 
 #[tokio::test]
@@ -1157,7 +1126,7 @@ async fn errors_never_show_the_password() {
 
 #[tokio::test]
 async fn a_table_from_before_the_by_key_cube_is_migrated() {
-    let db = Db::new("by_key_migration").await;
+    let db = Db::new("switchyard_test_by_key_migration").await;
     let store = Arc::new(db.store().await);
     let mut aggregator = Aggregator::new();
     for i in 0..40u64 {
@@ -1235,5 +1204,6 @@ async fn a_table_from_before_the_by_key_cube_is_migrated() {
     assert_eq!(written, 2 * (2 + 1), "two keys, two minutes and one hour");
     assert_eq!(by_key, 2 * written as i64);
     let store = Arc::into_inner(store).unwrap();
-    db.finish(store).await;
+    drop(store);
+    db.finish().await;
 }

@@ -28,7 +28,7 @@
 //! [`PostgresStore::request_log_bytes`]): Postgres keeps the space of deleted rows for reuse
 //! instead of shrinking the table, so the table's disk size cannot tell when to stop.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
@@ -48,7 +48,7 @@ use super::store::{
     RequestsQuery, Retention, StoreError, StoredCell, filter_value, number_placeholders,
     rollup_horizon, sketch_from, stages_from_json, stages_json, to_i64, to_u64,
 };
-use crate::postgres::{connection_config, describe};
+use crate::postgres::{Migrations, connection_config, describe};
 
 const STORE: &str = "postgres";
 
@@ -410,54 +410,31 @@ impl PostgresStore {
     /// Applies the migrations not yet recorded, in order, in one transaction under an
     /// advisory lock (held until it commits), so concurrent starts apply each once.
     async fn migrate(&self, client: &mut Client) -> Result<(), StoreError> {
+        let migrations = Migrations {
+            table: "switchyard_schema_migrations",
+            lock: MIGRATION_LOCK,
+            store: "analytics",
+            steps: MIGRATIONS,
+        };
         let tx = client
             .transaction()
             .await
             .map_err(self.failed("starting the migrations"))?;
-        tx.batch_execute(&format!(
-            "SELECT pg_advisory_xact_lock({MIGRATION_LOCK}, \
-             hashtext(coalesce(current_schema(), ''))); \
-             CREATE TABLE IF NOT EXISTS switchyard_schema_migrations (\
-             version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now());"
-        ))
-        .await
-        .map_err(self.failed("preparing the migrations"))?;
-        let applied: HashSet<i32> = tx
-            .query("SELECT version FROM switchyard_schema_migrations", &[])
+        let pending = migrations
+            .pending(&tx)
             .await
-            .map_err(self.failed("reading the applied migrations"))?
-            .iter()
-            .map(|row| row.try_get(0))
-            .collect::<Result<_, _>>()
-            .map_err(self.failed("reading the applied migrations"))?;
-        for &(version, sql) in MIGRATIONS {
-            if applied.contains(&version) {
-                continue;
-            }
+            .map_err(|(what, error)| self.error(what, &error))?;
+        for (version, sql) in pending {
             tx.batch_execute(sql)
                 .await
                 .map_err(|error| self.error(&format!("applying migration {version}"), &error))?;
             if version == BY_KEY_BACKFILL {
                 self.backfill_by_key(&tx).await?;
             }
-            tx.execute(
-                "INSERT INTO switchyard_schema_migrations (version, applied_at) \
-                 VALUES ($1, now())",
-                &[&version],
-            )
-            .await
-            .map_err(|error| self.error(&format!("recording migration {version}"), &error))?;
-            tracing::info!(version, "applied a postgres analytics migration");
-        }
-        let known = MIGRATIONS.iter().map(|&(version, _)| version).max();
-        if let Some(newest) = applied.iter().max()
-            && Some(*newest) > known
-        {
-            tracing::warn!(
-                schema = newest,
-                known,
-                "the postgres analytics schema is newer than this build"
-            );
+            migrations
+                .record(&tx, version)
+                .await
+                .map_err(|error| self.error(&format!("recording migration {version}"), &error))?;
         }
         tx.commit()
             .await

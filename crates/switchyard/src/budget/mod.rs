@@ -100,6 +100,25 @@ struct Rule {
 }
 
 impl Rule {
+    /// A hold of `amount` for `member` in the current period; `enforced`: it may refuse.
+    fn charge(&self, member: &str, amount: i64, now_ms: u64, enforced: bool) -> Charge {
+        let window = self.window(now_ms);
+        Charge {
+            counter: CounterKey {
+                budget: Arc::clone(&self.name),
+                member: member.to_owned(),
+                start_ms: window.start_ms,
+            },
+            scope: self.config.scope,
+            period: self.config.period,
+            window,
+            amount,
+            limit: self.limit,
+            enforced,
+            thresholds: Arc::clone(&self.thresholds),
+        }
+    }
+
     fn window(&self, now_ms: u64) -> Window {
         let mut current = lock(&self.current);
         let inside = current.start_ms <= now_ms && current.end_ms.is_none_or(|end| now_ms < end);
@@ -424,21 +443,8 @@ impl Budgets {
             if !rule.config.covers(member) {
                 continue;
             }
-            let window = rule.window(now_ms);
-            charges.push(Charge {
-                counter: CounterKey {
-                    budget: Arc::clone(&rule.name),
-                    member: member.to_owned(),
-                    start_ms: window.start_ms,
-                },
-                scope: rule.config.scope,
-                period: rule.config.period,
-                window,
-                amount,
-                limit: rule.limit,
-                enforced: rule.config.action == BudgetAction::Reject,
-                thresholds: Arc::clone(&rule.thresholds),
-            });
+            let enforced = rule.config.action == BudgetAction::Reject;
+            charges.push(rule.charge(member, amount, now_ms, enforced));
         }
         if let Some((usd, period)) = spender.own {
             let window = window(period, &self.timezone, now_ms);
@@ -658,21 +664,7 @@ impl Budgets {
             let Some(member) = member.filter(|member| rule.config.covers(member)) else {
                 continue;
             };
-            let window = rule.window(now);
-            let charge = Charge {
-                counter: CounterKey {
-                    budget: Arc::clone(&rule.name),
-                    member: member.to_owned(),
-                    start_ms: window.start_ms,
-                },
-                scope: rule.config.scope,
-                period: rule.config.period,
-                window,
-                amount,
-                limit: rule.limit,
-                enforced: false,
-                thresholds: Arc::clone(&rule.thresholds),
-            };
+            let charge = rule.charge(member, amount, now, false);
             let used = match self.used(&charge, now).await {
                 Ok(used) => used,
                 Err(error) => match self.store_failed("a budget check", &error) {

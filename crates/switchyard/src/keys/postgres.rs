@@ -21,7 +21,6 @@
 //! restart. Errors name what was being done, never the URL, and any password the URL
 //! carries is scrubbed from them.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +29,7 @@ use tokio::sync::Mutex;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement, Transaction};
 
 use super::{KeyError, StoredKey, Write, not_revoked, patched};
-use crate::postgres::{connection_config, describe};
+use crate::postgres::{Migrations, connection_config, describe};
 
 const STORE: &str = "postgres";
 
@@ -391,47 +390,27 @@ impl PostgresKeys {
     /// Applies the migrations not yet recorded, in order, in one transaction under an
     /// advisory lock (held until it commits), so concurrent starts apply each once.
     async fn migrate(&self, client: &mut Client) -> Result<(), KeyError> {
+        let migrations = Migrations {
+            table: "switchyard_keys_migrations",
+            lock: MIGRATION_LOCK,
+            store: "keys",
+            steps: MIGRATIONS,
+        };
         let tx = client
             .transaction()
             .await
             .map_err(self.failed("starting the key migrations"))?;
-        tx.batch_execute(&format!(
-            "SELECT pg_advisory_xact_lock({MIGRATION_LOCK}, \
-             hashtext(coalesce(current_schema(), ''))); \
-             CREATE TABLE IF NOT EXISTS switchyard_keys_migrations (\
-             version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now());"
-        ))
-        .await
-        .map_err(self.failed("preparing the key migrations"))?;
-        let applied: HashSet<i32> = tx
-            .query("SELECT version FROM switchyard_keys_migrations", &[])
+        let pending = migrations
+            .pending(&tx)
             .await
-            .and_then(|rows| rows.iter().map(|row| row.try_get(0)).collect())
-            .map_err(self.failed("reading the applied key migrations"))?;
-        for &(version, sql) in MIGRATIONS {
-            if applied.contains(&version) {
-                continue;
-            }
+            .map_err(|(what, error)| self.error(what, &error))?;
+        for (version, sql) in pending {
             tx.batch_execute(sql).await.map_err(|error| {
                 self.error(&format!("applying key migration {version}"), &error)
             })?;
-            tx.execute(
-                "INSERT INTO switchyard_keys_migrations (version) VALUES ($1)",
-                &[&version],
-            )
-            .await
-            .map_err(|error| self.error(&format!("recording key migration {version}"), &error))?;
-            tracing::info!(version, "applied a postgres key store migration");
-        }
-        let known = MIGRATIONS.iter().map(|&(version, _)| version).max();
-        if let Some(newest) = applied.iter().max()
-            && Some(*newest) > known
-        {
-            tracing::warn!(
-                schema = newest,
-                known,
-                "the postgres key store schema is newer than this build"
-            );
+            migrations.record(&tx, version).await.map_err(|error| {
+                self.error(&format!("recording key migration {version}"), &error)
+            })?;
         }
         tx.commit()
             .await

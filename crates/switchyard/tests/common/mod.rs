@@ -215,3 +215,85 @@ pub const PROVIDER_KEYS: &[(&str, &str)] = &[
     ("ANTHROPIC_KEY", "provider-key"),
     ("GEMINI_KEY", "provider-key"),
 ];
+
+/// The test Postgres: `SWITCHYARD_TEST_POSTGRES_URL`, or the local one CI starts.
+pub fn postgres_base_url() -> String {
+    std::env::var("SWITCHYARD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// `base` with its connections in `schema` (and named after it in `pg_stat_activity`).
+pub fn with_schema(base: &str, schema: &str) -> String {
+    let separator = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{separator}options=-csearch_path%3D{schema}&application_name={schema}")
+}
+
+/// A Postgres schema of a test's own, made afresh (so parallel tests and earlier runs do not
+/// meet), and a URL whose connections use it.
+pub struct TestDb {
+    /// A connection outside the schema, for checks and the clean-up.
+    pub admin: tokio_postgres::Client,
+    /// The schema.
+    pub schema: String,
+    /// A URL for the code under test.
+    pub url: String,
+}
+
+impl TestDb {
+    /// Drops and creates `schema`.
+    pub async fn new(schema: &str) -> TestDb {
+        let base = postgres_base_url();
+        let (admin, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot reach the test Postgres (set SWITCHYARD_TEST_POSTGRES_URL; CI \
+                     starts one): {error:?}"
+                )
+            });
+        tokio::spawn(connection);
+        admin
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"
+            ))
+            .await
+            .unwrap();
+        TestDb {
+            url: with_schema(&base, schema),
+            admin,
+            schema: schema.to_owned(),
+        }
+    }
+
+    /// Drops the schema (close the code under test's connections first).
+    pub async fn finish(self) {
+        self.admin
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
+            .await
+            .unwrap();
+    }
+}
+
+/// Sends `method path` with `key` as the bearer and an optional JSON body; returns the
+/// status and the body (JSON, or the text as a JSON string).
+pub async fn call(
+    gateway: &TestGateway,
+    method: reqwest::Method,
+    path: &str,
+    key: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = client().request(method, gateway.url(path)).bearer_auth(key);
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
