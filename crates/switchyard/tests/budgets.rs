@@ -480,3 +480,40 @@ async fn a_teams_keys_share_its_limits_and_its_budget() {
             < 1e-9
     );
 }
+
+#[tokio::test]
+async fn an_unreachable_redis_admits_or_refuses_as_configured() {
+    let mock = mock().await;
+    for (mode, expected) in [("fail_open", 200), ("fail_closed", 503)] {
+        let gateway = gateway(
+            &config(
+                &mock,
+                &format!(
+                    "[storage]\nredis_url = \"redis://127.0.0.1:1/0\"\n\
+                     [budgets]\non_store_error = \"{mode}\"\n\
+                     [[budgets.limits]]\nname = \"org\"\nscope = \"global\"\namount_usd = 1.0\n"
+                ),
+            ),
+            None,
+        )
+        .await;
+        let (status, _, body) = ask(&gateway, MASTER, &chat("strong")).await;
+        assert_eq!(status, expected, "{mode}: {body}");
+        if expected == 503 {
+            assert_eq!(body["error"]["code"], "budget_store_unavailable", "{body}");
+        }
+        let metrics = client()
+            .get(gateway.url("/metrics"))
+            .bearer_auth(MASTER)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("switchyard_budget_store_errors_total 1"),
+            "{mode}: {metrics}"
+        );
+    }
+}
