@@ -52,6 +52,14 @@ impl Resolution<'_> {
         }
     }
 
+    /// The route's latency objective (none for direct names).
+    pub fn objective(&self) -> crate::config::Objective {
+        match self {
+            Resolution::Route(route) => route.objective,
+            Resolution::Direct { .. } => crate::config::Objective::default(),
+        }
+    }
+
     /// Routes to fall back to, in order, when every target failed.
     pub fn fallbacks(&self) -> &[String] {
         match self {

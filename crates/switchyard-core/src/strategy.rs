@@ -90,8 +90,11 @@ pub struct CandidateView {
     /// [`crate::health::PeakEwma::cost_at`] (or `cost`): latency estimate × (in flight + 1),
     /// in nanoseconds.
     pub latency_cost: f64,
-    /// Expected cost of this request on this target, in USD.
+    /// Expected cost of this request on this target, in USD (`f64::MAX` when its price is
+    /// unknown: an unpriced target is never taken for the cheapest).
     pub expected_cost: f64,
+    /// Within the route's latency objective (or too little known to say, or no objective).
+    pub meets_objective: bool,
 }
 
 /// The order in which to try `candidates` under `strategy`, as indices into `candidates`.
@@ -122,9 +125,13 @@ pub fn order(
             available
         }
         Strategy::LeastCost => {
+            // Targets within the latency objective first: a cent is never worth a slow answer.
             available.sort_by(|&a, &b| {
-                compare_cost(candidates[a].expected_cost, candidates[b].expected_cost)
-                    .then(candidates[a].priority.cmp(&candidates[b].priority))
+                let (a, b) = (&candidates[a], &candidates[b]);
+                b.meets_objective
+                    .cmp(&a.meets_objective)
+                    .then(compare_cost(a.expected_cost, b.expected_cost))
+                    .then(a.priority.cmp(&b.priority))
             });
             available
         }
@@ -250,6 +257,7 @@ mod tests {
             available: true,
             priority,
             weight: 1,
+            meets_objective: true,
             ..CandidateView::default()
         }
     }
@@ -486,6 +494,26 @@ mod tests {
             },
         ];
         assert_eq!(order(Strategy::LeastCost, &zeros, &mut no_random()), [0, 1]);
+        // Over the latency objective: tried only after every target within it, however cheap.
+        let slow_but_cheap = [
+            CandidateView {
+                expected_cost: 0.001,
+                meets_objective: false,
+                ..up(0)
+            },
+            CandidateView {
+                expected_cost: 0.03,
+                ..up(0)
+            },
+            CandidateView {
+                expected_cost: 0.02,
+                ..up(0)
+            },
+        ];
+        assert_eq!(
+            order(Strategy::LeastCost, &slow_but_cheap, &mut no_random()),
+            [2, 1, 0]
+        );
     }
 
     #[test]
@@ -514,6 +542,7 @@ mod tests {
                         in_flight,
                         latency_cost,
                         expected_cost,
+                        meets_objective: priority % 2 == 0,
                     }
                 },
             )

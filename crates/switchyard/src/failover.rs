@@ -19,7 +19,7 @@
 
 use std::future::Future;
 
-use switchyard_core::config::{RoutingConfig, Target};
+use switchyard_core::config::{Objective, RoutingConfig, Target};
 use switchyard_core::strategy::{self, Strategy};
 use switchyard_core::{ErrorKind, GatewayError, Origin};
 use tokio::time::Instant;
@@ -41,6 +41,8 @@ pub struct PlannedRoute<'a> {
     pub targets: &'a [Target],
     /// How to order them.
     pub strategy: Strategy,
+    /// The latency objective `least-cost` keeps to.
+    pub objective: Objective,
 }
 
 /// What the strategies need to know about the request.
@@ -174,6 +176,7 @@ where
                     facts.stream,
                     facts.input_tokens,
                     facts.max_output_tokens,
+                    route.objective.bound(facts.stream),
                 )
             })
             .collect();

@@ -19,9 +19,12 @@ use serde::Serialize;
 use switchyard_core::clock::{Clock, Nanos, nanos};
 use switchyard_core::config::{Config, Provider, RoutingConfig, Target};
 use switchyard_core::health::{
-    Admission, BreakerConfig, BreakerState, CircuitBreaker, Outcome, PeakEwma, RetryBudget,
+    Admission, BreakerConfig, BreakerState, CircuitBreaker, Outcome, PeakEwma, RecentLatency,
+    RetryBudget,
 };
+use switchyard_core::pricing::Pricing;
 use switchyard_core::strategy::CandidateView;
+use switchyard_core::wire::TokenUsage;
 use switchyard_core::{ErrorKind, GatewayError};
 
 /// The gateway's clock: tokio's, so that tests can pause it.
@@ -65,9 +68,17 @@ const MAX_TARGETS_PER_PROVIDER: usize = 64;
 /// The shared state of a provider's models beyond [`MAX_TARGETS_PER_PROVIDER`].
 const OVERFLOW_MODEL: &str = "*";
 
+/// Samples older than this do not count against a latency objective (nanoseconds).
+const OBJECTIVE_MAX_AGE: u64 = 5 * 60 * 1_000_000_000;
+
+/// Fewer recent samples than this say too little to hold a target back.
+const OBJECTIVE_MIN_SAMPLES: usize = 10;
+
 /// Health and performance of all providers and targets.
 pub struct Tracker {
     clock: Arc<dyn Clock>,
+    /// The prices, for `least-cost`.
+    pricing: Pricing,
     breaker: BreakerConfig,
     providers: HashMap<String, Arc<ProviderState>>,
     /// Provider name → model → state. Nested so that lookups borrow `&str`s: no allocation
@@ -157,6 +168,12 @@ struct Stats {
     output_rate: Option<f64>,
     /// EWMA of output tokens per request, for cost estimates.
     output_tokens: Option<f64>,
+    /// EWMA of the share of input tokens read from the provider's prompt cache.
+    cached_share: Option<f64>,
+    /// The last samples, for latency objectives (time to first token for streams, total
+    /// latency for other requests).
+    recent_ttft: RecentLatency,
+    recent_latency: RecentLatency,
     errors: HashMap<&'static str, u64>,
     last_error: Option<(u64, String)>,
 }
@@ -209,6 +226,7 @@ impl Tracker {
                 Duration::from_secs(10),
             )),
             clock,
+            pricing: config.pricing.clone(),
             breaker: routing.breaker.clone(),
             providers,
             targets: RwLock::new(HashMap::new()),
@@ -279,6 +297,9 @@ impl Tracker {
                     ttft_histogram: histogram(),
                     output_rate: None,
                     output_tokens: None,
+                    cached_share: None,
+                    recent_ttft: RecentLatency::default(),
+                    recent_latency: RecentLatency::default(),
                     errors: HashMap::new(),
                     last_error: None,
                 }),
@@ -298,6 +319,7 @@ impl Tracker {
         stream: bool,
         expected_input_tokens: u64,
         max_output_tokens: Option<u32>,
+        objective: Option<Duration>,
     ) -> CandidateView {
         let now = self.now();
         let in_flight = state.in_flight.load(Ordering::Relaxed);
@@ -313,12 +335,33 @@ impl Tracker {
             .map(f64::from)
             .or(stats.output_tokens)
             .unwrap_or(256.0);
-        drop(stats);
-        let expected_cost = target.price.map_or(0.0, |price| {
-            (expected_input_tokens as f64 * price.input_per_million
-                + expected_output * price.output_per_million)
-                / 1_000_000.0
+        let cached_share = stats.cached_share.unwrap_or(0.0);
+        // Unknown until enough recent samples say otherwise: a target is held back only by
+        // what it did lately.
+        let meets_objective = objective.is_none_or(|bound| {
+            let recent = if stream {
+                &stats.recent_ttft
+            } else {
+                &stats.recent_latency
+            };
+            recent
+                .p95(now, OBJECTIVE_MAX_AGE, OBJECTIVE_MIN_SAMPLES)
+                .is_none_or(|p95| p95 <= u64::try_from(bound.as_micros()).unwrap_or(u64::MAX))
         });
+        drop(stats);
+        // Input and output at their own prices, the share this target has lately read from
+        // its prompt cache at the cached rate; a target without a known price is never taken
+        // for the cheapest.
+        let usage = TokenUsage {
+            input: expected_input_tokens,
+            output: expected_output as u64,
+            cached_input: (expected_input_tokens as f64 * cached_share) as u64,
+            ..TokenUsage::default()
+        };
+        let expected_cost = self
+            .pricing
+            .cost(&target.provider.name, &target.model, &usage)
+            .unwrap_or(f64::MAX);
         CandidateView {
             available,
             priority: target.priority,
@@ -326,6 +369,7 @@ impl Tracker {
             in_flight,
             latency_cost,
             expected_cost,
+            meets_objective,
         }
     }
 
@@ -595,10 +639,13 @@ impl Attempt {
         let mut stats = lock(&state.stats);
         if error.kind == ErrorKind::Timeout && !deadline {
             let elapsed = Duration::from_nanos(now.saturating_sub(self.started));
+            let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
             if stream {
                 stats.ttft.observe(now, elapsed);
+                stats.recent_ttft.push(now, micros);
             } else {
                 stats.latency.observe(now, elapsed);
+                stats.recent_latency.push(now, micros);
             }
         }
         *stats.errors.entry(error.kind.as_str()).or_insert(0) += 1;
@@ -620,12 +667,15 @@ impl Attempt {
         lock(&state.breaker).record(now, Outcome::Success, self.probe);
         {
             let mut stats = lock(&state.stats);
+            let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
             if stream {
                 stats.ttft.observe(now, latency);
                 record(&mut stats.ttft_histogram, latency);
+                stats.recent_ttft.push(now, micros);
             } else {
                 stats.latency.observe(now, latency);
                 record(&mut stats.latency_histogram, latency);
+                stats.recent_latency.push(now, micros);
             }
         }
         InFlight {
@@ -657,7 +707,8 @@ pub struct InFlight {
 impl InFlight {
     /// Records how the answer ended: output tokens for the throughput estimate, the total
     /// latency of a stream, and a mid-stream failure against the target.
-    pub fn finish(mut self, output_tokens: u64, stream: bool, error: Option<&GatewayError>) {
+    pub fn finish(mut self, usage: &TokenUsage, stream: bool, error: Option<&GatewayError>) {
+        let output_tokens = usage.output;
         let Some(state) = self.state.take() else {
             return;
         };
@@ -678,6 +729,10 @@ impl InFlight {
             // The whole stream's duration is reported, but not fed to the estimator that
             // non-streamed requests are routed by: a long generation is not a slow provider.
             record(&mut stats.latency_histogram, elapsed);
+        }
+        if usage.input > 0 {
+            let share = usage.cached_input.min(usage.input) as f64 / usage.input as f64;
+            stats.cached_share = Some(ewma_step(stats.cached_share, share));
         }
         if output_tokens > 0 {
             stats.output_tokens = Some(ewma_step(stats.output_tokens, output_tokens as f64));

@@ -23,8 +23,8 @@ pub use limits::{FailMode, LimitConfig, RateLimitConfig};
 pub use presets::{PRESETS, Preset, kind_names, preset};
 pub use raw::{
     RawAnalytics, RawBreaker, RawBudget, RawBudgets, RawCache, RawConfig, RawHealthCheck, RawLimit,
-    RawPrice, RawProvider, RawRateLimits, RawRoute, RawRouteCache, RawRouting, RawServer,
-    RawStorage, RawTarget, RawTelemetry, RawTimeouts, RawUpstream,
+    RawObjective, RawPrice, RawProvider, RawRateLimits, RawRoute, RawRouteCache, RawRouting,
+    RawServer, RawStorage, RawTarget, RawTelemetry, RawTimeouts, RawUpstream,
 };
 
 use crate::health::{Backoff, BreakerConfig};
@@ -297,6 +297,29 @@ pub struct Route {
     pub targets: Vec<Target>,
     /// Whether and how long its answers are cached.
     pub cache: CachePolicy,
+    /// The latency objective `least-cost` keeps to.
+    pub objective: Objective,
+}
+
+/// A route's latency objective: targets whose tracked p95 is over it are tried only after
+/// those within it (`least-cost`), so a cheaper but slow provider does not take the traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Objective {
+    /// Most time to first token at p95, for streams.
+    pub ttft_p95: Option<Duration>,
+    /// Most total latency at p95, for non-streamed requests.
+    pub latency_p95: Option<Duration>,
+}
+
+impl Objective {
+    /// The bound for a request of this kind, if any.
+    pub fn bound(&self, stream: bool) -> Option<Duration> {
+        if stream {
+            self.ttft_p95
+        } else {
+            self.latency_p95
+        }
+    }
 }
 
 /// A provider plus the model to ask it for.
@@ -426,12 +449,38 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
             &format!("{key}.cache"),
         )?;
         cache_config.any_enabled |= cache.enabled;
+        let objective = match &route.objective {
+            None => Objective::default(),
+            Some(raw) => {
+                if raw.ttft_p95.is_none() && raw.latency_p95.is_none() {
+                    return Err(ConfigError::new(
+                        format!("{key}.objective"),
+                        "set ttft_p95, latency_p95 or both",
+                    ));
+                }
+                if [raw.ttft_p95, raw.latency_p95]
+                    .into_iter()
+                    .flatten()
+                    .any(|bound| bound.is_zero())
+                {
+                    return Err(ConfigError::new(
+                        format!("{key}.objective"),
+                        "a latency objective must be above zero",
+                    ));
+                }
+                Objective {
+                    ttft_p95: raw.ttft_p95,
+                    latency_p95: raw.latency_p95,
+                }
+            }
+        };
         routes.push(Route {
             name: route.model.clone(),
             strategy,
             fallbacks: route.fallbacks.clone(),
             targets,
             cache,
+            objective,
         });
     }
     for (index, route) in raw.routes.iter().enumerate() {

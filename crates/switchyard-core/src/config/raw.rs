@@ -417,6 +417,21 @@ pub struct RawRoute {
     /// Response cache overrides for this route.
     #[serde(default)]
     pub cache: Option<RawRouteCache>,
+    /// A latency objective that `least-cost` keeps to.
+    #[serde(default)]
+    pub objective: Option<RawObjective>,
+}
+
+/// A route's latency objective.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawObjective {
+    /// Most time to first token at p95 (streams).
+    #[serde(default, with = "humantime_serde")]
+    pub ttft_p95: Option<Duration>,
+    /// Most total latency at p95 (non-streamed requests).
+    #[serde(default, with = "humantime_serde")]
+    pub latency_p95: Option<Duration>,
 }
 
 /// One target of a route.

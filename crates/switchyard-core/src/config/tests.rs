@@ -807,3 +807,21 @@ fn budget_mistakes_are_named() {
     assert_eq!(rule.period, crate::budget::Period::Weekly);
     assert!(rule.covers("smart") && !rule.covers("cheap"));
 }
+
+#[test]
+fn a_route_latency_objective_is_read_and_checked() {
+    let with = |objective: &str| {
+        format!(
+            "{GOOD}\n[[routes]]\nmodel = \"cheapest\"\nstrategy = \"least-cost\"\n{objective}\n\
+             targets = [{{ provider = \"openai\", model = \"gpt-4o-mini\" }}]\n"
+        )
+    };
+    let config = load(&with("objective = { ttft_p95 = \"800ms\" }"), &keys(&[])).unwrap();
+    let route = config.routes.iter().find(|r| r.name == "cheapest").unwrap();
+    assert_eq!(route.objective.bound(true), Some(std::time::Duration::from_millis(800)));
+    assert_eq!(route.objective.bound(false), None);
+    for bad in ["objective = {}", "objective = { latency_p95 = \"0s\" }"] {
+        let error = load(&with(bad), &keys(&[])).unwrap_err();
+        assert_eq!(error.key, "routes[1].objective", "{bad}: {error}");
+    }
+}

@@ -4,6 +4,7 @@
 //! - [`RetryBudget`]: retries limited to a fraction of recent traffic.
 //! - [`Backoff`]: exponential delay with equal jitter between retries.
 //! - [`PeakEwma`]: a peak-sensitive latency estimate for least-latency selection.
+//! - [`RecentLatency`]: the last samples' p95, for latency objectives.
 //!
 //! Nothing here reads a clock, sleeps, draws random numbers or locks: the caller passes `now`
 //! (from a [`crate::clock::Clock`]) and any randomness, and owns the synchronisation.
@@ -12,11 +13,13 @@ mod backoff;
 mod breaker;
 mod budget;
 mod ewma;
+mod recent;
 
 pub use backoff::Backoff;
 pub use breaker::{Admission, BreakerConfig, BreakerState, CircuitBreaker, Outcome};
 pub use budget::RetryBudget;
 pub use ewma::PeakEwma;
+pub use recent::{RECENT_SAMPLES, RecentLatency};
 
 use std::time::Duration;
 

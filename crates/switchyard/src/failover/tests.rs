@@ -79,6 +79,7 @@ fn plan<'a>(config: &'a Config, name: &str) -> Vec<PlannedRoute<'a>> {
         name: &route.name,
         targets: &route.targets,
         strategy: route.strategy,
+        objective: route.objective,
     }];
     for fallback in &route.fallbacks {
         let route = config.routes.iter().find(|r| &r.name == fallback).unwrap();
@@ -86,6 +87,7 @@ fn plan<'a>(config: &'a Config, name: &str) -> Vec<PlannedRoute<'a>> {
             name: &route.name,
             targets: &route.targets,
             strategy: route.strategy,
+            objective: route.objective,
         });
     }
     plan

@@ -408,7 +408,7 @@ fn log_stream_end(
 ) {
     let (usage, estimated) = started.usage();
     if let Some(in_flight) = started.in_flight.take() {
-        in_flight.finish(usage.output, true, error);
+        in_flight.finish(&usage, true, error);
     }
     if let Some(recording) = started.recording.take()
         && error.is_none()

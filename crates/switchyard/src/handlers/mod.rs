@@ -231,9 +231,7 @@ where
     match result {
         Ok(served) => {
             let (completion, translate) = served.value;
-            served
-                .in_flight
-                .finish(completion.usage.output, false, None);
+            served.in_flight.finish(&completion.usage, false, None);
             let usage = completion.usage;
             if let Some(fill) = fill {
                 let answer = crate::chain::cache::answer(
@@ -387,6 +385,7 @@ pub fn plan<'a>(app: &'a AppState, resolution: &'a Resolution<'a>) -> Vec<Planne
         name: resolution.route_name(),
         targets: resolution.targets(),
         strategy: resolution.strategy(),
+        objective: resolution.objective(),
     });
     for name in resolution.fallbacks() {
         if let Some(route) = app.router.route(name) {
@@ -394,6 +393,7 @@ pub fn plan<'a>(app: &'a AppState, resolution: &'a Resolution<'a>) -> Vec<Planne
                 name: &route.name,
                 targets: &route.targets,
                 strategy: route.strategy,
+                objective: route.objective,
             });
         }
     }
