@@ -34,6 +34,7 @@ pub mod provider;
 pub mod ratelimit;
 pub mod routing;
 pub mod strategy;
+pub mod tiers;
 pub mod wire;
 
 pub use error::{ErrorKind, GatewayError, Origin};

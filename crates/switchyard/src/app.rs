@@ -16,7 +16,7 @@ use crate::analytics::{self, Analytics, EventSink, Metrics};
 use crate::cache::ResponseCache;
 use crate::chain::{account, auth, request_id};
 use crate::handlers::{
-    admin, analytics as analytics_api, chat, embeddings, keys as keys_api, meta, spend,
+    admin, analytics as analytics_api, chat, embeddings, feedback, keys as keys_api, meta, spend,
 };
 use crate::ratelimit::RateLimiter;
 use crate::tracker::{TokioClock, Tracker};
@@ -69,6 +69,8 @@ pub struct AppInner {
     pub keys: Arc<crate::keys::Keys>,
     /// Budgets and the spend ledger.
     pub budgets: Arc<crate::budget::Budgets>,
+    /// Quality feedback.
+    pub quality: crate::quality::Quality,
 }
 
 impl AppState {
@@ -126,6 +128,7 @@ impl AppState {
             metrics.budgets.clone(),
             Arc::new(crate::cache::unix_ms),
         )?;
+        let quality = crate::quality::Quality::new(metrics.quality.clone());
         let tracker = Tracker::new(&config, clock);
         let (events, event_receiver) = analytics::channel();
         Ok(AppState(Arc::new(AppInner {
@@ -140,6 +143,7 @@ impl AppState {
             cache,
             keys,
             budgets,
+            quality,
             analytics,
             connections: AtomicI64::new(0),
             models_body,
@@ -163,6 +167,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/chat/completions", post(chat::chat_completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/feedback", post(feedback::feedback))
+        .route("/feedback", post(feedback::feedback))
         .route("/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(meta::list_models))
         .route("/v1/models/{*model}", get(meta::get_model))
@@ -183,6 +189,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/keys/{id}/rotate", post(keys_api::rotate))
         .route("/admin/spend", get(spend::spend))
         .route("/admin/budgets", get(spend::budgets))
+        .route("/admin/quality", get(feedback::quality))
         .route("/admin/providers/{name}/drain", post(admin::drain))
         .route("/admin/providers/{name}/enable", post(admin::enable))
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));

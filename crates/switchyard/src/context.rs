@@ -93,6 +93,10 @@ pub struct RequestContext {
     /// The budget that sent the request to a cheaper route, for
     /// `x-switchyard-budget-downgrade`.
     pub downgraded_by: Option<String>,
+    /// The client's `x-switchyard-tier` header.
+    pub tier_hint: Option<String>,
+    /// The tier a tiered route chose, and why, for `x-switchyard-tier(-reason)`.
+    pub tier: Option<(String, &'static str)>,
     /// The request's root span; the stages' spans are its children. It is passed down here
     /// rather than entered around the whole request, which would cost an enter and an exit
     /// on every poll.

@@ -41,6 +41,7 @@ pub mod health_check;
 pub mod keys;
 pub mod keys_cli;
 pub mod postgres;
+pub mod quality;
 pub mod ratelimit;
 pub mod server;
 pub mod telemetry;

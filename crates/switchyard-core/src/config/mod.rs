@@ -22,9 +22,10 @@ pub use cache::{CacheConfig, CachePolicy, CacheScope};
 pub use limits::{FailMode, LimitConfig, RateLimitConfig};
 pub use presets::{PRESETS, Preset, kind_names, preset};
 pub use raw::{
-    RawAnalytics, RawBreaker, RawBudget, RawBudgets, RawCache, RawConfig, RawHealthCheck, RawLimit,
-    RawObjective, RawPrice, RawProvider, RawRateLimits, RawRoute, RawRouteCache, RawRouting,
-    RawServer, RawStorage, RawTarget, RawTelemetry, RawTimeouts, RawUpstream,
+    RawAnalytics, RawBreaker, RawBudget, RawBudgets, RawCache, RawClassifier, RawConfig,
+    RawHealthCheck, RawLimit, RawObjective, RawPrice, RawProvider, RawRateLimits, RawRoute,
+    RawRouteCache, RawRouting, RawServer, RawStorage, RawTarget, RawTelemetry, RawTimeouts,
+    RawUpstream,
 };
 
 use crate::health::{Backoff, BreakerConfig};
@@ -299,6 +300,10 @@ pub struct Route {
     pub cache: CachePolicy,
     /// The latency objective `least-cost` keeps to.
     pub objective: Objective,
+    /// Quality tiers (route names, cheapest first); empty for a route with targets.
+    pub tiers: Vec<String>,
+    /// How a tiered route chooses its tier.
+    pub classifier: crate::tiers::Classifier,
 }
 
 /// A route's latency objective: targets whose tracked p95 is over it are tried only after
@@ -406,10 +411,16 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
                 format!("duplicate route `{}`", route.model),
             ));
         }
-        if route.targets.is_empty() {
+        if route.targets.is_empty() && route.tiers.is_empty() {
             return Err(ConfigError::new(
                 format!("{key}.targets"),
-                "a route needs at least one target",
+                "a route needs at least one target (or tiers)",
+            ));
+        }
+        if !route.tiers.is_empty() && !route.targets.is_empty() {
+            return Err(ConfigError::new(
+                format!("{key}.tiers"),
+                "a route has either targets or tiers (the tiers' routes hold the targets)",
             ));
         }
         let mut targets = Vec::with_capacity(route.targets.len());
@@ -474,6 +485,7 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
                 }
             }
         };
+        let classifier = validate_classifier(route.classifier.as_ref(), &key)?;
         routes.push(Route {
             name: route.model.clone(),
             strategy,
@@ -481,9 +493,29 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
             targets,
             cache,
             objective,
+            tiers: route.tiers.clone(),
+            classifier,
         });
     }
     for (index, route) in raw.routes.iter().enumerate() {
+        if route.tiers.len() == 1 {
+            return Err(ConfigError::new(
+                format!("routes[{index}].tiers"),
+                "name at least two tiers, cheapest first",
+            ));
+        }
+        for (tier_index, tier) in route.tiers.iter().enumerate() {
+            let key = format!("routes[{index}].tiers[{tier_index}]");
+            let Some(target) = raw.routes.iter().find(|other| &other.model == tier) else {
+                return Err(ConfigError::new(key, format!("unknown route `{tier}`")));
+            };
+            if !target.tiers.is_empty() {
+                return Err(ConfigError::new(
+                    key,
+                    format!("`{tier}` has tiers itself; a tier must be a route with targets"),
+                ));
+            }
+        }
         for (fallback_index, fallback) in route.fallbacks.iter().enumerate() {
             let key = format!("routes[{index}].fallbacks[{fallback_index}]");
             if fallback == &route.model {
@@ -511,6 +543,32 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         cache: cache_config,
         pricing,
         budgets,
+    })
+}
+
+fn validate_classifier(
+    raw: Option<&RawClassifier>,
+    key: &str,
+) -> Result<crate::tiers::Classifier, ConfigError> {
+    let defaults = crate::tiers::Classifier::default();
+    let Some(raw) = raw else {
+        return Ok(defaults);
+    };
+    if let Some(quality) = raw.min_quality
+        && !(0.0..=1.0).contains(&quality)
+    {
+        return Err(ConfigError::new(
+            format!("{key}.classifier.min_quality"),
+            "a feedback score from 0 to 1",
+        ));
+    }
+    Ok(crate::tiers::Classifier {
+        max_prompt_tokens: raw.max_prompt_tokens.unwrap_or(defaults.max_prompt_tokens),
+        max_messages: raw.max_messages.unwrap_or(defaults.max_messages),
+        tools_are_hard: raw.tools.unwrap_or(defaults.tools_are_hard),
+        code_is_hard: raw.code.unwrap_or(defaults.code_is_hard),
+        math_is_hard: raw.math.unwrap_or(defaults.math_is_hard),
+        min_quality: raw.min_quality,
     })
 }
 

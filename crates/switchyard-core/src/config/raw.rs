@@ -420,6 +420,30 @@ pub struct RawRoute {
     /// A latency objective that `least-cost` keeps to.
     #[serde(default)]
     pub objective: Option<RawObjective>,
+    /// Quality tiers: route names, cheapest first (the route then has no targets of its own).
+    #[serde(default)]
+    pub tiers: Vec<String>,
+    /// The tier classifier's thresholds.
+    #[serde(default)]
+    pub classifier: Option<RawClassifier>,
+}
+
+/// A tiered route's classifier.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClassifier {
+    /// Longer prompts (estimated tokens) go to the strongest tier.
+    pub max_prompt_tokens: Option<u64>,
+    /// Longer conversations go to the strongest tier.
+    pub max_messages: Option<usize>,
+    /// Tools or a JSON schema send a request to the strongest tier (default true).
+    pub tools: Option<bool>,
+    /// Code sends a request to the strongest tier (default true).
+    pub code: Option<bool>,
+    /// Mathematics sends a request to the strongest tier (default true).
+    pub math: Option<bool>,
+    /// The cheap tier's mean feedback below which everything goes to the strongest.
+    pub min_quality: Option<f64>,
 }
 
 /// A route's latency objective.

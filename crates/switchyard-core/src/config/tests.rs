@@ -818,10 +818,46 @@ fn a_route_latency_objective_is_read_and_checked() {
     };
     let config = load(&with("objective = { ttft_p95 = \"800ms\" }"), &keys(&[])).unwrap();
     let route = config.routes.iter().find(|r| r.name == "cheapest").unwrap();
-    assert_eq!(route.objective.bound(true), Some(std::time::Duration::from_millis(800)));
+    assert_eq!(
+        route.objective.bound(true),
+        Some(std::time::Duration::from_millis(800))
+    );
     assert_eq!(route.objective.bound(false), None);
     for bad in ["objective = {}", "objective = { latency_p95 = \"0s\" }"] {
         let error = load(&with(bad), &keys(&[])).unwrap_err();
         assert_eq!(error.key, "routes[1].objective", "{bad}: {error}");
     }
+}
+
+#[test]
+fn tier_mistakes_are_named() {
+    let with = |route: &str| format!("{GOOD}\n[[routes]]\nmodel = \"tiered\"\n{route}\n");
+    let cases = [
+        ("tiers = [\"smart\"]", "routes[1].tiers", "at least two"),
+        ("tiers = [\"smart\", \"nowhere\"]", "routes[1].tiers[1]", "unknown route"),
+        ("tiers = [\"smart\", \"tiered\"]", "routes[1].tiers[1]", "has tiers itself"),
+        (
+            "tiers = [\"smart\", \"smart\"]\ntargets = [{ provider = \"openai\", model = \"gpt-4o\" }]",
+            "routes[1].tiers",
+            "either targets or tiers",
+        ),
+        (
+            "tiers = [\"smart\", \"smart\"]\nclassifier = { min_quality = 2.0 }",
+            "routes[1].classifier.min_quality",
+            "0 to 1",
+        ),
+    ];
+    for (route, key, message) in cases {
+        let error = load(&with(route), &keys(&[])).unwrap_err();
+        assert_eq!(error.key, key, "{route}: {error}");
+        assert!(error.message.contains(message), "{route}: {error}");
+    }
+    let config = load(
+        &with("tiers = [\"smart\", \"smart\"]\nclassifier = { max_messages = 3, code = false }"),
+        &keys(&[]),
+    )
+    .unwrap();
+    let tiered = config.routes.iter().find(|r| r.name == "tiered").unwrap();
+    assert_eq!(tiered.classifier.max_messages, 3);
+    assert!(!tiered.classifier.code_is_hard && tiered.classifier.math_is_hard);
 }

@@ -163,6 +163,8 @@ pub struct Metrics {
     pub cache: crate::cache::CacheMetrics,
     /// The budgets' series.
     pub budgets: crate::budget::BudgetMetrics,
+    /// Quality feedback.
+    pub quality: crate::quality::QualityMetrics,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -299,8 +301,10 @@ impl Metrics {
         let rate_limits = crate::ratelimit::RateLimitMetrics::register(&mut registry);
         let cache = crate::cache::CacheMetrics::register(&mut registry);
         let budgets = crate::budget::BudgetMetrics::register(&mut registry);
+        let quality = crate::quality::QualityMetrics::register(&mut registry);
         Metrics {
             budgets,
+            quality,
             cost,
             saved,
             cost_unknown,

@@ -72,6 +72,10 @@ pub struct Draft {
     pub holds: Vec<crate::budget::Hold>,
     /// The key's team, for the spend ledger.
     pub team: Option<String>,
+    /// For a tiered route: the route asked for (`route` is then the tier's).
+    pub asked_route: Option<String>,
+    /// For a tiered route: the tier that served.
+    pub tier: Option<String>,
 }
 
 /// The draft shared between the stages of one request. A std mutex: it is only ever held for
@@ -136,7 +140,10 @@ pub async fn account(State(app): State<AppState>, mut request: Request, next: Ne
 
 /// API requests are accounted; health checks, metric scrapes and the admin API are not.
 fn is_accounted(path: &str) -> bool {
-    !matches!(path, "/healthz" | "/readyz" | "/metrics") && !path.starts_with("/admin/")
+    !matches!(
+        path,
+        "/healthz" | "/readyz" | "/metrics" | "/v1/feedback" | "/feedback"
+    ) && !path.starts_with("/admin/")
 }
 
 /// The event of a request whose body is still being sent.
@@ -187,6 +194,20 @@ impl PendingEvent {
             saved_usd,
             self.time_unix_ms,
         );
+        if self.status == 200
+            && let (Some(route), Some(model)) = (&draft.route, &draft.model)
+        {
+            // Remembered so that its answer can be rated (`POST /v1/feedback`).
+            self.app.quality.remember(
+                &self.request_id,
+                crate::quality::Served {
+                    principal: draft.principal.clone(),
+                    route: draft.asked_route.take().unwrap_or_else(|| route.clone()),
+                    tier: draft.tier.take(),
+                    model: model.clone(),
+                },
+            );
+        }
         self.sink.emit(RequestEvent {
             time_unix_ms: self.time_unix_ms,
             request_id: std::mem::take(&mut self.request_id),

@@ -53,6 +53,12 @@ pub async fn request_context(
         cache_directive: switchyard_core::cache::Directive::from_headers(request.headers()),
         cache_status: None,
         downgraded_by: None,
+        tier_hint: request
+            .headers()
+            .get("x-switchyard-tier")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned),
+        tier: None,
         span: span.clone(),
     };
     request.extensions_mut().insert(context);

@@ -78,6 +78,8 @@ async fn handle(
         max_output_tokens: request.output_limit(),
         deadline: context.deadline,
     };
+    let features = switchyard_core::tiers::Features::of(&request);
+    let resolution = super::choose_tier(app, context, resolution, Some(&features))?;
     let cheaper = super::downgrade(app, context, &resolution, &facts).await?;
     let resolution = match &cheaper {
         Some(route) => app.router.resolve(route)?,

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod analytics;
 pub mod chat;
 pub mod embeddings;
+pub mod feedback;
 pub mod keys;
 pub mod meta;
 pub mod spend;
@@ -117,6 +118,10 @@ pub fn annotate(response: &mut Response, context: &RequestContext, served: Optio
             HeaderName::from_static("x-switchyard-cache"),
             HeaderValue::from_static(status.as_header()),
         );
+    }
+    if let Some((tier, reason)) = &context.tier {
+        insert(headers, "x-switchyard-tier", tier);
+        insert(headers, "x-switchyard-tier-reason", reason);
     }
     if let Some(budget) = &context.downgraded_by {
         insert(headers, "x-switchyard-budget-downgrade", budget);
@@ -339,6 +344,63 @@ pub fn quota<'q>(
 
 /// The routes to try: the resolved one, then its fallbacks (their own fallbacks are not
 /// followed).
+/// Stage 6, for a route with quality tiers: the classifier (or the client's
+/// `x-switchyard-tier`, or the cheap tier's poor feedback) picks the tier, whose route then
+/// serves the request. `features`: `None` for requests the classifier does not read
+/// (embeddings), which go to the cheapest tier unless hinted.
+pub fn choose_tier<'a>(
+    app: &'a AppState,
+    context: &mut RequestContext,
+    resolution: Resolution<'a>,
+    features: Option<&switchyard_core::tiers::Features>,
+) -> Result<Resolution<'a>, GatewayError> {
+    use switchyard_core::tiers::{Choice, choose, resolve_hint};
+    let Resolution::Route(route) = &resolution else {
+        return Ok(resolution);
+    };
+    if route.tiers.is_empty() {
+        return Ok(resolution);
+    }
+    let hint = match context.tier_hint.as_deref() {
+        None => None,
+        Some(hint) => Some(resolve_hint(hint, &route.tiers).ok_or_else(|| {
+            GatewayError::invalid_request(format!(
+                "x-switchyard-tier must be `cheap`, `strong` or one of the tiers of `{}`: {}",
+                route.name,
+                route.tiers.join(", ")
+            ))
+            .with_param("x-switchyard-tier")
+        })?),
+    };
+    let choice = match features {
+        Some(features) => choose(
+            &route.classifier,
+            features,
+            route.tiers.len(),
+            hint,
+            app.quality.mean(&route.name, &route.tiers[0]),
+        ),
+        None => Choice {
+            tier: hint.unwrap_or(0),
+            reason: if hint.is_some() {
+                "hint"
+            } else {
+                "not classified"
+            },
+        },
+    };
+    let tier = &route.tiers[choice.tier.min(route.tiers.len() - 1)];
+    tracing::debug!(route = %route.name, tier = %tier, reason = choice.reason, "tier chosen");
+    let asked = route.name.clone();
+    let chosen = tier.clone();
+    context.record(|draft| {
+        draft.asked_route = Some(asked);
+        draft.tier = Some(chosen);
+    });
+    context.tier = Some((tier.clone(), choice.reason));
+    app.router.resolve(tier)
+}
+
 /// Stage 4, before planning: a `downgrade` budget that cannot afford the request (its most
 /// expensive target at the output limit) sends it to the budget's cheaper route. Returns
 /// that route's name.
