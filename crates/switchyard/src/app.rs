@@ -190,6 +190,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/spend", get(spend::spend))
         .route("/admin/budgets", get(spend::budgets))
         .route("/admin/quality", get(feedback::quality))
+        .route("/admin/cost/savings", get(spend::savings))
         .route("/admin/providers/{name}/drain", post(admin::drain))
         .route("/admin/providers/{name}/enable", post(admin::enable))
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TestGateway, post_json};
+use common::{TestGateway, get_json, post_json};
 use serde_json::json;
 use switchyard_testkit::mock::{Behavior, MockHandle, MockProvider};
 
@@ -93,4 +93,101 @@ async fn a_cheap_provider_over_the_latency_objective_loses_the_traffic() {
         providers[switched..].iter().all(|p| p == "together"),
         "{providers:?}"
     );
+}
+
+/// The savings report: provider switching (least-cost away from the route's default
+/// provider), tiering (easy prompts to the cheap tier) and the cache, each priced from the
+/// requests' own token counts, adding up to the baseline minus what was spent.
+#[tokio::test]
+async fn the_savings_report_says_where_the_money_was_saved() {
+    let mocks = [
+        mock("fireworks").await,
+        mock("together").await,
+        mock("groq").await,
+        mock("mini").await,
+        mock("maxi").await,
+    ];
+    let mut text: String = mocks.iter().map(provider).collect();
+    for (name, model, input, output) in [
+        ("fireworks", "llama-70b", 0.90, 0.90),
+        ("together", "llama-70b", 0.88, 0.88),
+        ("groq", "llama-70b", 0.59, 0.79),
+        ("mini", "small", 0.15, 0.60),
+        ("maxi", "large", 2.50, 10.00),
+    ] {
+        text.push_str(&format!(
+            "[[prices]]\nprovider = \"{name}\"\nmodel = \"{model}\"\ninput = {input}\noutput = {output}\n"
+        ));
+    }
+    text.push_str(
+        "[[routes]]\nmodel = \"llama\"\nstrategy = \"least-cost\"\ncache = { enabled = true }\n\
+         targets = [{ provider = \"fireworks\", model = \"llama-70b\" }, \
+         { provider = \"together\", model = \"llama-70b\" }, \
+         { provider = \"groq\", model = \"llama-70b\" }]\n\
+         [[routes]]\nmodel = \"assistant\"\ntiers = [\"assistant-cheap\", \"assistant-strong\"]\n\
+         [[routes]]\nmodel = \"assistant-cheap\"\ntargets = [{ provider = \"mini\", model = \"small\" }]\n\
+         [[routes]]\nmodel = \"assistant-strong\"\ntargets = [{ provider = \"maxi\", model = \"large\" }]\n",
+    );
+    let gateway = TestGateway::start(&text, &[]).await;
+    let url = gateway.url("/v1/chat/completions");
+    let ask = |model: &str, prompt: &str| json!({"model": model, "max_tokens": 50, "messages": [{"role": "user", "content": prompt}]});
+    let cost = |headers: &reqwest::header::HeaderMap| -> f64 {
+        headers["x-switchyard-cost-usd"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // One llama request at groq, then the same again from the cache.
+    let (_, headers, body) = post_json(&url, &ask("llama", "tell me a fact"), &[]).await;
+    assert_eq!(headers["x-switchyard-provider"], "groq");
+    let llama_cost = cost(&headers);
+    let usage = &body["usage"];
+    let (input, output) = (
+        usage["prompt_tokens"].as_f64().unwrap(),
+        usage["completion_tokens"].as_f64().unwrap(),
+    );
+    let at_fireworks = (input * 0.90 + output * 0.90) / 1e6;
+    let (_, headers, _) = post_json(&url, &ask("llama", "tell me a fact"), &[]).await;
+    assert_eq!(headers["x-switchyard-cache"], "HIT");
+    // One easy prompt to the tiered route: served by the cheap tier.
+    let (_, headers, body) = post_json(&url, &ask("assistant", "hello there"), &[]).await;
+    assert_eq!(headers["x-switchyard-tier"], "assistant-cheap");
+    let easy_cost = cost(&headers);
+    let usage = &body["usage"];
+    let at_maxi = (usage["prompt_tokens"].as_f64().unwrap() * 2.50
+        + usage["completion_tokens"].as_f64().unwrap() * 10.00)
+        / 1e6;
+
+    gateway.state.budgets.flush().await.unwrap();
+    let report = get_json(&gateway.url("/admin/cost/savings?from=-1h"), None).await;
+    let total = &report["total"];
+    let figure = |name: &str| total[name].as_f64().unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-8;
+    assert!(
+        close(figure("actual_usd"), llama_cost + easy_cost),
+        "{report}"
+    );
+    assert!(
+        close(figure("provider_switching_usd"), at_fireworks - llama_cost),
+        "{report}"
+    );
+    assert!(
+        close(figure("cache_usd"), at_fireworks),
+        "a hit saves the baseline: {report}"
+    );
+    assert!(
+        close(figure("tiering_usd"), at_maxi - easy_cost),
+        "{report}"
+    );
+    assert!(close(
+        figure("saved_usd"),
+        figure("cache_usd") + figure("tiering_usd") + figure("provider_switching_usd")
+    ));
+    assert!(
+        close(figure("baseline_usd"), 2.0 * at_fireworks + at_maxi),
+        "{report}"
+    );
+    assert_eq!(total["requests"], 3);
+    assert!(report["saved_share"].as_f64().unwrap() > 0.5, "{report}");
 }

@@ -834,8 +834,16 @@ fn tier_mistakes_are_named() {
     let with = |route: &str| format!("{GOOD}\n[[routes]]\nmodel = \"tiered\"\n{route}\n");
     let cases = [
         ("tiers = [\"smart\"]", "routes[1].tiers", "at least two"),
-        ("tiers = [\"smart\", \"nowhere\"]", "routes[1].tiers[1]", "unknown route"),
-        ("tiers = [\"smart\", \"tiered\"]", "routes[1].tiers[1]", "has tiers itself"),
+        (
+            "tiers = [\"smart\", \"nowhere\"]",
+            "routes[1].tiers[1]",
+            "unknown route",
+        ),
+        (
+            "tiers = [\"smart\", \"tiered\"]",
+            "routes[1].tiers[1]",
+            "has tiers itself",
+        ),
         (
             "tiers = [\"smart\", \"smart\"]\ntargets = [{ provider = \"openai\", model = \"gpt-4o\" }]",
             "routes[1].tiers",

@@ -169,6 +169,15 @@ CREATE TABLE IF NOT EXISTS switchyard_spend (
 );
 ",
     ),
+    // What the savings report compares the spend with.
+    (
+        5,
+        "
+ALTER TABLE switchyard_spend ADD COLUMN IF NOT EXISTS baseline_nanos BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE switchyard_spend ADD COLUMN IF NOT EXISTS default_nanos BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE switchyard_spend ADD COLUMN IF NOT EXISTS hit_baseline_nanos BIGINT NOT NULL DEFAULT 0;
+",
+    ),
 ];
 
 /// The migration after which the by-key cells are derived from the keyed ones.
@@ -700,6 +709,9 @@ impl PostgresStore {
                     &totals.unpriced,
                     &totals.input_tokens,
                     &totals.output_tokens,
+                    &totals.baseline_nanos,
+                    &totals.default_nanos,
+                    &totals.hit_baseline_nanos,
                 ],
             )
             .await
@@ -750,14 +762,17 @@ impl PostgresStore {
             .map(|row| {
                 Ok(SpendLine {
                     member: row.try_get(0)?,
-                    totals: SpendTotals {
-                        cost_nanos: row.try_get(1)?,
-                        saved_nanos: row.try_get(2)?,
-                        requests: row.try_get(3)?,
-                        unpriced: row.try_get(4)?,
-                        input_tokens: row.try_get(5)?,
-                        output_tokens: row.try_get(6)?,
-                    },
+                    totals: spend::totals_from([
+                        row.try_get(1)?,
+                        row.try_get(2)?,
+                        row.try_get(3)?,
+                        row.try_get(4)?,
+                        row.try_get(5)?,
+                        row.try_get(6)?,
+                        row.try_get(7)?,
+                        row.try_get(8)?,
+                        row.try_get(9)?,
+                    ]),
                 })
             })
             .collect::<Result<_, tokio_postgres::Error>>()

@@ -50,6 +50,15 @@ pub struct SpendTotals {
     pub input_tokens: i64,
     /// Output tokens.
     pub output_tokens: i64,
+    /// What the requests would have cost at the default provider of the route the client
+    /// asked for (its strongest tier, for a tiered route), with no cache: the baseline of
+    /// the savings report, nano-dollars.
+    pub baseline_nanos: i64,
+    /// What the requests that went upstream would have cost at the default provider of the
+    /// route that served them.
+    pub default_nanos: i64,
+    /// The part of `baseline_nanos` that cache hits account for.
+    pub hit_baseline_nanos: i64,
 }
 
 impl SpendTotals {
@@ -61,6 +70,11 @@ impl SpendTotals {
         self.unpriced = self.unpriced.saturating_add(other.unpriced);
         self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
         self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.baseline_nanos = self.baseline_nanos.saturating_add(other.baseline_nanos);
+        self.default_nanos = self.default_nanos.saturating_add(other.default_nanos);
+        self.hit_baseline_nanos = self
+            .hit_baseline_nanos
+            .saturating_add(other.hit_baseline_nanos);
     }
 }
 
@@ -144,7 +158,9 @@ pub fn report_sql(table: &str, column: SpendColumn, dollar: bool) -> String {
     format!(
         "SELECT {column}, CAST(SUM(cost_nanos) AS BIGINT), CAST(SUM(saved_nanos) AS BIGINT), \
          CAST(SUM(requests) AS BIGINT), CAST(SUM(unpriced) AS BIGINT), \
-         CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT) FROM {table} \
+         CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), \
+         CAST(SUM(baseline_nanos) AS BIGINT), CAST(SUM(default_nanos) AS BIGINT), \
+         CAST(SUM(hit_baseline_nanos) AS BIGINT) FROM {table} \
          WHERE bucket_ms >= {from} AND bucket_ms < {to} GROUP BY {column} \
          ORDER BY SUM(cost_nanos) DESC, {column}"
     )
@@ -152,7 +168,7 @@ pub fn report_sql(table: &str, column: SpendColumn, dollar: bool) -> String {
 
 /// The SQL that adds one cell into the ledger.
 pub fn upsert_sql(table: &str, dollar: bool) -> String {
-    let p: Vec<String> = (1..=12)
+    let p: Vec<String> = (1..=15)
         .map(|n| {
             if dollar {
                 format!("${n}")
@@ -163,14 +179,18 @@ pub fn upsert_sql(table: &str, dollar: bool) -> String {
         .collect();
     format!(
         "INSERT INTO {table} (bucket_ms, key, team, route, model, provider, cost_nanos, \
-         saved_nanos, requests, unpriced, input_tokens, output_tokens) VALUES ({}) \
+         saved_nanos, requests, unpriced, input_tokens, output_tokens, baseline_nanos, \
+         default_nanos, hit_baseline_nanos) VALUES ({}) \
          ON CONFLICT (bucket_ms, key, team, route, model, provider) DO UPDATE SET \
          cost_nanos = {table}.cost_nanos + excluded.cost_nanos, \
          saved_nanos = {table}.saved_nanos + excluded.saved_nanos, \
          requests = {table}.requests + excluded.requests, \
          unpriced = {table}.unpriced + excluded.unpriced, \
          input_tokens = {table}.input_tokens + excluded.input_tokens, \
-         output_tokens = {table}.output_tokens + excluded.output_tokens",
+         output_tokens = {table}.output_tokens + excluded.output_tokens, \
+         baseline_nanos = {table}.baseline_nanos + excluded.baseline_nanos, \
+         default_nanos = {table}.default_nanos + excluded.default_nanos, \
+         hit_baseline_nanos = {table}.hit_baseline_nanos + excluded.hit_baseline_nanos",
         p.join(", ")
     )
 }
@@ -189,7 +209,40 @@ pub const TABLE_COLUMNS: &str = "
     unpriced BIGINT NOT NULL,
     input_tokens BIGINT NOT NULL,
     output_tokens BIGINT NOT NULL,
+    baseline_nanos BIGINT NOT NULL DEFAULT 0,
+    default_nanos BIGINT NOT NULL DEFAULT 0,
+    hit_baseline_nanos BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (bucket_ms, key, team, route, model, provider)";
+
+/// The columns added after the ledger first shipped, for stores created before them.
+pub const ADDED_COLUMNS: [&str; 3] = ["baseline_nanos", "default_nanos", "hit_baseline_nanos"];
+
+/// A report line's totals from the columns after the member, in the order of
+/// [`report_sql`].
+pub fn totals_from(values: [i64; 9]) -> SpendTotals {
+    let [
+        cost,
+        saved,
+        requests,
+        unpriced,
+        input,
+        output,
+        baseline,
+        default,
+        hit_baseline,
+    ] = values;
+    SpendTotals {
+        cost_nanos: cost,
+        saved_nanos: saved,
+        requests,
+        unpriced,
+        input_tokens: input,
+        output_tokens: output,
+        baseline_nanos: baseline,
+        default_nanos: default,
+        hit_baseline_nanos: hit_baseline,
+    }
+}
 
 /// One line of a spend report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -213,7 +266,7 @@ mod tests {
             "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) FROM spend WHERE bucket_ms >= $1 AND bucket_ms < $2 AND team = $3"
         );
         assert!(spent_sql("spend", None, false).ends_with("bucket_ms < ?2"));
-        assert!(upsert_sql("spend", false).contains("?12)"));
+        assert!(upsert_sql("spend", false).contains("?15)"));
         assert_eq!(SpendColumn::parse("provider"), Some(SpendColumn::Provider));
         assert_eq!(SpendColumn::parse("key; DROP TABLE spend"), None);
     }

@@ -135,6 +135,27 @@ fn open(path: Option<&Path>, schema: &str, cache_kib: i64) -> Result<Connection,
     Ok(connection)
 }
 
+/// Adds the spend ledger's columns that a ledger from an earlier version lacks.
+fn migrate_spend(connection: &Connection) -> Result<(), StoreError> {
+    for column in spend::ADDED_COLUMNS {
+        let has: i64 = connection
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('spend') WHERE name = ?1",
+                [column],
+                |row| row.get(0),
+            )
+            .map_err(sql_error("reading the spend ledger's columns"))?;
+        if has == 0 {
+            connection
+                .execute_batch(&format!(
+                    "ALTER TABLE spend ADD COLUMN {column} BIGINT NOT NULL DEFAULT 0"
+                ))
+                .map_err(sql_error("adding a spend ledger column"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Adds the columns a request log from an earlier version lacks (`saved_usd`).
 fn migrate_requests(connection: &Connection) -> Result<(), StoreError> {
     let has: i64 = connection
@@ -270,6 +291,7 @@ impl SqliteStore {
                 spend::TABLE_COLUMNS
             ))
             .map_err(sql_error("creating the spend ledger"))?;
+        migrate_spend(&analytics)?;
         let requests = open(requests_path.as_deref(), REQUESTS_SCHEMA, LOG_CACHE_KIB)?;
         migrate_requests(&requests)?;
         Ok(SqliteStore {
@@ -639,6 +661,9 @@ impl SqliteStore {
                         totals.unpriced,
                         totals.input_tokens,
                         totals.output_tokens,
+                        totals.baseline_nanos,
+                        totals.default_nanos,
+                        totals.hit_baseline_nanos,
                     ])
                     .map_err(sql_error("writing the spend ledger"))?;
             }
@@ -681,14 +706,17 @@ impl SqliteStore {
             .query_map(params![to_i64(from_ms), to_i64(to_ms)], |row| {
                 Ok(SpendLine {
                     member: row.get(0)?,
-                    totals: SpendTotals {
-                        cost_nanos: row.get(1)?,
-                        saved_nanos: row.get(2)?,
-                        requests: row.get(3)?,
-                        unpriced: row.get(4)?,
-                        input_tokens: row.get(5)?,
-                        output_tokens: row.get(6)?,
-                    },
+                    totals: spend::totals_from([
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
+                        row.get(6)?,
+                        row.get(7)?,
+                        row.get(8)?,
+                        row.get(9)?,
+                    ]),
                 })
             })
             .map_err(sql_error("reading a spend report"))?;

@@ -76,6 +76,9 @@ pub struct Draft {
     pub asked_route: Option<String>,
     /// For a tiered route: the tier that served.
     pub tier: Option<String>,
+    /// The default target (provider, model) of the route the client asked for (its strongest
+    /// tier, for a tiered route): the savings report's baseline.
+    pub baseline_target: Option<(String, String)>,
 }
 
 /// The draft shared between the stages of one request. A std mutex: it is only ever held for
@@ -280,6 +283,7 @@ fn settle_spend(
     for hold in holds {
         hold.settle(charged.unwrap_or(0.0));
     }
+    let savings = savings(app, draft, provider, model, charged);
     app.budgets.record(
         SpendKey {
             bucket_ms: crate::analytics::spend::bucket(time_ms),
@@ -296,8 +300,68 @@ fn settle_spend(
             unpriced: i64::from(charged.is_none()),
             input_tokens: i64::try_from(draft.usage.input).unwrap_or(i64::MAX),
             output_tokens: i64::try_from(draft.usage.output).unwrap_or(i64::MAX),
+            baseline_nanos: savings.baseline,
+            default_nanos: savings.default,
+            hit_baseline_nanos: savings.hit_baseline,
         },
     );
+}
+
+/// What a request is compared with in the savings report, nano-dollars.
+#[derive(Debug, Default)]
+struct Savings {
+    baseline: i64,
+    default: i64,
+    hit_baseline: i64,
+}
+
+/// The request's baseline (its usage at the default target of the route asked for, with no
+/// cache) and, when it went upstream, its usage at the default target of the route that
+/// served it. The same token counts are priced at each (another model would have produced
+/// other counts: an approximation, stated in the report). A price that is not known makes
+/// that comparison the request's own cost: no saving is claimed that cannot be priced.
+fn savings(
+    app: &AppState,
+    draft: &Draft,
+    provider: &str,
+    model: &str,
+    charged: Option<f64>,
+) -> Savings {
+    let pricing = &app.config.pricing;
+    if draft.cache == Some(CacheStatus::Hit.as_event()) {
+        let saved = pricing.cost(provider, model, &draft.saved_usage);
+        let baseline = draft
+            .baseline_target
+            .as_ref()
+            .and_then(|(p, m)| pricing.cost(p, m, &draft.saved_usage))
+            .or(saved)
+            .map_or(0, to_nanos);
+        return Savings {
+            baseline,
+            default: 0,
+            hit_baseline: baseline,
+        };
+    }
+    let Some(actual) = charged else {
+        return Savings::default();
+    };
+    let default = draft
+        .route
+        .as_deref()
+        .and_then(|route| app.router.route(route))
+        .and_then(|route| route.targets.iter().min_by_key(|target| target.priority))
+        .and_then(|target| pricing.cost(&target.provider.name, &target.model, &draft.usage))
+        .unwrap_or(actual);
+    let baseline = draft
+        .baseline_target
+        .as_ref()
+        .and_then(|(p, m)| pricing.cost(p, m, &draft.usage))
+        .unwrap_or(default);
+    Savings {
+        baseline: to_nanos(baseline),
+        default: to_nanos(default),
+        hit_baseline: 0,
+    }
 }
 
 impl Drop for PendingEvent {

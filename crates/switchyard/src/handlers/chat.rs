@@ -78,6 +78,7 @@ async fn handle(
         max_output_tokens: request.output_limit(),
         deadline: context.deadline,
     };
+    super::record_baseline(app, context, &resolution);
     let features = switchyard_core::tiers::Features::of(&request);
     let resolution = super::choose_tier(app, context, resolution, Some(&features))?;
     let cheaper = super::downgrade(app, context, &resolution, &facts).await?;

@@ -56,6 +56,7 @@ async fn handle(
         max_output_tokens: Some(0),
         deadline: context.deadline,
     };
+    super::record_baseline(app, context, &resolution);
     let resolution = super::choose_tier(app, context, resolution, None)?;
     let cheaper = super::downgrade(app, context, &resolution, &facts).await?;
     let resolution = match &cheaper {

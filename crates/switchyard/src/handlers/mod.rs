@@ -344,6 +344,25 @@ pub fn quota<'q>(
 
 /// The routes to try: the resolved one, then its fallbacks (their own fallbacks are not
 /// followed).
+/// Records the savings report's baseline: the default target (lowest priority, first in
+/// the file) of the route the client asked for, or of its strongest tier.
+pub fn record_baseline(app: &AppState, context: &RequestContext, resolution: &Resolution<'_>) {
+    let targets = match resolution {
+        Resolution::Route(route) => match route.tiers.last() {
+            Some(strongest) => app
+                .router
+                .route(strongest)
+                .map_or(&[][..], |route| route.targets.as_slice()),
+            None => resolution.targets(),
+        },
+        Resolution::Direct { .. } => resolution.targets(),
+    };
+    if let Some(target) = targets.iter().min_by_key(|target| target.priority) {
+        let baseline = (target.provider.name.clone(), target.model.clone());
+        context.record(|draft| draft.baseline_target = Some(baseline));
+    }
+}
+
 /// Stage 6, for a route with quality tiers: the classifier (or the client's
 /// `x-switchyard-tier`, or the cheap tier's poor feedback) picks the tier, whose route then
 /// serves the request. `features`: `None` for requests the classifier does not read
