@@ -818,7 +818,10 @@ fn a_route_latency_objective_is_read_and_checked() {
     };
     let config = load(&with("objective = { ttft_p95 = \"800ms\" }"), &keys(&[])).unwrap();
     let route = config.routes.iter().find(|r| r.name == "cheapest").unwrap();
-    assert_eq!(route.objective.bound(true), Some(std::time::Duration::from_millis(800)));
+    assert_eq!(
+        route.objective.bound(true),
+        Some(std::time::Duration::from_millis(800))
+    );
     assert_eq!(route.objective.bound(false), None);
     for bad in ["objective = {}", "objective = { latency_p95 = \"0s\" }"] {
         let error = load(&with(bad), &keys(&[])).unwrap_err();
