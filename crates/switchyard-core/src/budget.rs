@@ -288,6 +288,111 @@ impl Ledger {
     }
 }
 
+/// The spend ledger's bucket: 15 minutes (every time zone's midnight falls on a quarter hour,
+/// so a period is a whole number of buckets).
+pub const BUCKET_MS: u64 = 15 * 60 * 1000;
+
+/// The half-life of the spend rate: spend three hours old weighs half as much as spend now.
+/// Long enough that one burst moves the rate only a little (a dollar spent adds
+/// `ln 2 / 3 h`, about $0.23 an hour, then fades), short enough that a quiet night brings it
+/// well down by morning.
+pub const RATE_HALF_LIFE_MS: u64 = 3 * 3_600_000;
+
+/// How far back the spend rate reads: a day (eight half-lives; anything older would weigh
+/// under 0.4 %), so a period that has just started has the rate from before it.
+pub const RATE_HISTORY_MS: u64 = 24 * 3_600_000;
+
+const HOUR_MS: f64 = 3_600_000.0;
+
+/// Where the rate's history starts, `now_ms` being in the ledger bucket it is: whole buckets
+/// only, so the spend a forecast needs bucket by bucket is from here on.
+pub fn rate_history_start(now_ms: u64) -> u64 {
+    (now_ms - now_ms % BUCKET_MS).saturating_sub(RATE_HISTORY_MS)
+}
+
+/// A member's spend in its current period and where it is heading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Forecast {
+    /// Spend in the period so far, nano-dollars.
+    pub spent: i64,
+    /// The recent spend rate, nano-dollars per hour (see [`forecast`]).
+    pub rate_per_hour: f64,
+    /// `spent + rate × the time left in the period`, nano-dollars; `None` for a `total`
+    /// budget, whose period never ends.
+    pub projected: Option<i64>,
+}
+
+/// Forecasts the end-of-period spend of one member from its spend per ledger bucket.
+///
+/// `buckets` are `(bucket start ms, nano-dollars)`, in any order, holding at least the
+/// member's spend from the earlier of `window.start_ms` and [`rate_history_start`] on.
+/// Spend before the history start may come folded into any entries between the period's
+/// start and the history start (the store sends a month's first days as one row): the rate
+/// never reads them, the spend does.
+///
+/// **The rate** is an exponentially weighted mean of the spend rate over the last day
+/// ([`RATE_HISTORY_MS`]) with a half-life of [`RATE_HALF_LIFE_MS`], in continuous time:
+/// a bucket that ended `a` ago and lasted `d` weighs `(1 - 2^(-d/h)) · 2^(-a/h)`. Empty
+/// buckets count as a zero rate, so quiet hours lower it. The current bucket counts for
+/// the part of it that has passed (its spend over its age, weighed by that age), so a
+/// request a minute ago adds about as much as one in a full bucket, never its spend over a
+/// minute. The sum is divided by the weight of the whole history (`1 - 2^(-span/h)`), so a
+/// steady rate reads exactly as itself; a member that started spending an hour ago is
+/// under-read for a few hours, which is the price of one burst not reading as a trend.
+///
+/// **The projection** is `spent + rate × (end − now)`; a `total` period has no end, so none.
+pub fn forecast(window: Window, now_ms: u64, buckets: &[(u64, i64)]) -> Forecast {
+    let current = now_ms - now_ms % BUCKET_MS;
+    let history_start = rate_history_start(now_ms);
+    let half_life = RATE_HALF_LIFE_MS as f64;
+    // 1 - 2^(-ms/h), precise for short stretches.
+    let weight_of = |ms: f64| -(-(ms / half_life) * std::f64::consts::LN_2).exp_m1();
+    let mut spent: i64 = 0;
+    let mut weighted = 0.0;
+    let mut in_current: i64 = 0;
+    for &(bucket_ms, nanos) in buckets {
+        let nanos = nanos.max(0);
+        let in_period =
+            bucket_ms >= window.start_ms && window.end_ms.is_none_or(|end| bucket_ms < end);
+        if in_period {
+            spent = spent.saturating_add(nanos);
+        }
+        if bucket_ms < history_start || nanos == 0 {
+            continue;
+        }
+        if bucket_ms >= current {
+            // The bucket now running, or one ahead of this clock (another instance's).
+            in_current = in_current.saturating_add(nanos);
+            continue;
+        }
+        let width = BUCKET_MS as f64;
+        let rate = nanos as f64 / (width / HOUR_MS);
+        let age = (now_ms - (bucket_ms + BUCKET_MS)) as f64;
+        weighted += rate * weight_of(width) * (-(age / half_life) * std::f64::consts::LN_2).exp();
+    }
+    let elapsed = now_ms - current;
+    if in_current > 0 {
+        // A spend at the very start of the bucket has been seen for a millisecond.
+        let elapsed = elapsed.max(1) as f64;
+        weighted += in_current as f64 / (elapsed / HOUR_MS) * weight_of(elapsed);
+    }
+    let span = (now_ms - history_start) as f64;
+    let rate_per_hour = if span > 0.0 {
+        weighted / weight_of(span)
+    } else {
+        0.0
+    };
+    let projected = window.end_ms.map(|end| {
+        let hours_left = end.saturating_sub(now_ms) as f64 / HOUR_MS;
+        spent.saturating_add((rate_per_hour * hours_left).round() as i64)
+    });
+    Forecast {
+        spent,
+        rate_per_hour,
+        projected,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -415,6 +520,176 @@ mod tests {
             vec![1.0]
         );
         assert!(crossed(&marks, limit, to_nanos(10.0), to_nanos(12.0)).is_empty());
+    }
+
+    const USD: i64 = 1_000_000_000;
+    const HOUR: u64 = 3_600_000;
+    const MINUTE: u64 = 60_000;
+
+    /// 2026-11-29T00:00:00Z, and that day as a daily period.
+    fn day() -> (u64, Window) {
+        let start = ms("2026-11-29T00:00:00Z");
+        (
+            start,
+            Window {
+                start_ms: start,
+                end_ms: Some(start + 24 * HOUR),
+            },
+        )
+    }
+
+    /// `usd` in each bucket of `[from, to)`.
+    fn steady(from: u64, to: u64, usd: f64) -> Vec<(u64, i64)> {
+        (from..to)
+            .step_by(BUCKET_MS as usize)
+            .map(|bucket| (bucket, (usd * USD as f64) as i64))
+            .collect()
+    }
+
+    fn close(actual: f64, expected: f64) -> bool {
+        (actual - expected).abs() <= expected.abs() * 1e-9 + 1e-9
+    }
+
+    /// `2^x`.
+    fn two(x: f64) -> f64 {
+        2f64.powf(x)
+    }
+
+    fn usd_per_hour(forecast: &Forecast) -> f64 {
+        forecast.rate_per_hour / USD as f64
+    }
+
+    #[test]
+    fn no_spend_forecasts_nothing_and_a_total_period_has_no_end() {
+        let (start, today) = day();
+        let none = forecast(today, start + 12 * HOUR, &[]);
+        assert_eq!(
+            none,
+            Forecast {
+                spent: 0,
+                rate_per_hour: 0.0,
+                projected: Some(0)
+            }
+        );
+        let total = Window {
+            start_ms: 0,
+            end_ms: None,
+        };
+        // The spend before the rate's history comes folded into one entry: spent, not a rate.
+        let all = forecast(total, start + 12 * HOUR, &[(0, 70 * USD), (start, USD)]);
+        assert_eq!(all.spent, 71 * USD);
+        assert!(all.rate_per_hour > 0.0, "yesterday's dollar is recent");
+        assert_eq!(all.projected, None, "a total budget never ends");
+    }
+
+    #[test]
+    fn a_steady_rate_reads_as_itself_and_projects_to_the_end_of_the_period() {
+        let (start, today) = day();
+        let now = start + 12 * HOUR + 5 * MINUTE;
+        // $1 a quarter hour ($4 an hour) since yesterday, a third of that in the five minutes
+        // of the bucket now running.
+        let mut series = steady(start - 24 * HOUR, start + 12 * HOUR, 1.0);
+        series.push((start + 12 * HOUR, USD / 3));
+        let f = forecast(today, now, &series);
+        assert_eq!(f.spent, 48 * USD + USD / 3, "only today's buckets");
+        assert!(close(usd_per_hour(&f), 4.0), "{f:?}");
+        // 48.33 spent + 4 $/h × 11 h 55 min = 96: the day at $4 an hour.
+        let projected = f.projected.unwrap();
+        assert!((projected - 96 * USD).abs() < 1_000, "{f:?}");
+    }
+
+    #[test]
+    fn a_burst_moves_the_rate_a_little_and_quiet_hours_halve_it() {
+        let (start, today) = day();
+        let burst = [(start + 9 * HOUR, 10 * USD)];
+        // Just after it: $10 in a quarter hour is $40 an hour, weighed by one bucket's
+        // weight, 1 - 2^(-1/12), over the day's, 1 - 2^(-8).
+        let just_after = forecast(today, start + 9 * HOUR + 15 * MINUTE, &burst);
+        let expected = 40.0 * (1.0 - two(-1.0 / 12.0)) / (1.0 - two(-8.0));
+        assert!(close(usd_per_hour(&just_after), expected), "{just_after:?}");
+        assert!(expected < 2.3, "not $40 an hour: {expected}");
+        // Three quiet hours (one half-life) later, half of it.
+        let quiet = forecast(today, start + 12 * HOUR + 15 * MINUTE, &burst);
+        assert!(close(usd_per_hour(&quiet), expected / 2.0), "{quiet:?}");
+        // 10 + 1.127 $/h × 11 h 45 min.
+        let projected = 10.0 + expected / 2.0 * 11.75;
+        assert!(
+            (quiet.projected.unwrap() as f64 / USD as f64 - projected).abs() < 1e-6,
+            "{quiet:?}"
+        );
+    }
+
+    #[test]
+    fn the_running_bucket_counts_for_the_part_that_has_passed() {
+        let (start, today) = day();
+        let now = start + 12 * HOUR + 5 * MINUTE;
+        // $1 in the five minutes so far: $12 an hour over five minutes, weighed by five
+        // minutes' weight, 1 - 2^(-5/180), over the whole history's (24 h 5 min).
+        let history = 1.0 - two(-(24.0 * 60.0 + 5.0) / 180.0);
+        let running = forecast(today, now, &[(start + 12 * HOUR, USD)]);
+        let expected = 12.0 * (1.0 - two(-5.0 / 180.0)) / history;
+        assert!(close(usd_per_hour(&running), expected), "{running:?}");
+        // The same dollar in the bucket before: $4 an hour for a quarter hour, five minutes
+        // old.
+        let before = forecast(today, now, &[(start + 11 * HOUR + 45 * MINUTE, USD)]);
+        let expected_before = 4.0 * (1.0 - two(-1.0 / 12.0)) * two(-5.0 / 180.0) / history;
+        assert!(close(usd_per_hour(&before), expected_before), "{before:?}");
+        // Either way about ln 2 / 3 h a dollar, never $12 an hour.
+        let per_dollar = std::f64::consts::LN_2 / 3.0;
+        for rate in [expected, expected_before] {
+            assert!((rate / per_dollar - 1.0).abs() < 0.05, "{rate}");
+        }
+    }
+
+    #[test]
+    fn a_period_just_started_has_the_rate_from_before_it() {
+        let (start, today) = day();
+        let now = start + 10 * MINUTE;
+        // Yesterday at $4 an hour to midnight, then $0.50 in the first ten minutes ($3 an
+        // hour).
+        let mut series = steady(start - 24 * HOUR, start, 1.0);
+        series.push((start, USD / 2));
+        let f = forecast(today, now, &series);
+        assert_eq!(f.spent, USD / 2, "yesterday is not today's spend");
+        let history = 1.0 - two(-(24.0 * 60.0 + 10.0) / 180.0);
+        let yesterday = 4.0 * two(-10.0 / 180.0) * (1.0 - two(-8.0));
+        let first_minutes = 3.0 * (1.0 - two(-10.0 / 180.0));
+        let expected = (yesterday + first_minutes) / history;
+        assert!(close(usd_per_hour(&f), expected), "{f:?}");
+        let projected = 0.5 + expected * (23.0 + 50.0 / 60.0);
+        assert!(
+            (f.projected.unwrap() as f64 / USD as f64 - projected).abs() < 1e-6,
+            "{f:?}"
+        );
+        // Without yesterday the first minutes alone read as a slow start.
+        let fresh = forecast(today, now, &[(start, USD / 2)]);
+        assert!(close(usd_per_hour(&fresh), first_minutes / history));
+        assert!(usd_per_hour(&fresh) < 0.2);
+    }
+
+    #[test]
+    fn spend_folded_before_the_history_counts_as_spent_but_not_as_rate() {
+        let month = Window {
+            start_ms: ms("2026-11-01T00:00:00Z"),
+            end_ms: Some(ms("2026-12-01T00:00:00Z")),
+        };
+        let now = ms("2026-11-29T12:00:00Z");
+        let f = forecast(
+            month,
+            now,
+            &[
+                (month.start_ms, 100 * USD),
+                (ms("2026-10-31T23:45:00Z"), USD),
+            ],
+        );
+        assert_eq!(
+            f.spent,
+            100 * USD,
+            "last month's bucket is not this month's"
+        );
+        assert_eq!(f.rate_per_hour, 0.0);
+        assert_eq!(f.projected, Some(100 * USD));
+        assert_eq!(rate_history_start(now + 7 * MINUTE), now - 24 * HOUR);
     }
 
     proptest! {

@@ -37,6 +37,12 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
     state
         .budgets
         .spawn_flusher(state.config.analytics.flush_interval);
+    let keys = Arc::clone(&state.keys);
+    state
+        .budgets
+        .spawn_forecaster(crate::budget::forecast::FORECAST_INTERVAL, move || {
+            keys.list()
+        });
     let receiver = state
         .event_receiver
         .lock()

@@ -3,7 +3,8 @@
 //! on one instance and on two sharing the real Redis (with the ledger in the real Postgres);
 //! a downgrade budget moves traffic to its cheaper route; streams settle to their cost and a
 //! client that disconnects mid-stream settles to what was produced; the ledger survives a
-//! restart; `/admin/spend` and `/admin/budgets` answer from it.
+//! restart; `/admin/spend` and `/admin/budgets` answer from it, with each member's spend
+//! rate and forecast; two instances sharing Redis report a forecast past a budget once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -516,4 +517,137 @@ async fn an_unreachable_redis_admits_or_refuses_as_configured() {
             "{mode}: {metrics}"
         );
     }
+}
+
+#[tokio::test]
+async fn admin_budgets_shows_each_members_rate_and_forecast() {
+    let mock = mock().await;
+    let gateway = gateway(
+        &config(
+            &mock,
+            "[[budgets.limits]]\nname = \"team-daily\"\nscope = \"team\"\namount_usd = 100.0\n\
+             period = \"daily\"\n\
+             [[budgets.limits]]\nname = \"lifetime\"\nscope = \"global\"\namount_usd = 100.0\n\
+             period = \"total\"\n",
+        ),
+        None,
+    )
+    .await;
+    let (id, secret) = create_key(
+        &gateway,
+        json!({"name": "k", "team": "research", "budget_usd": 10.0, "budget_period": "monthly"}),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(ask(&gateway, &secret, &chat("strong")).await.0, 200);
+    }
+    let budgets = get_json(&gateway.url("/admin/budgets"), Some(MASTER)).await;
+    let research = &budgets["budgets"][0]["members"][0];
+    assert_eq!(research["member"], "research", "{budgets}");
+    let spent = research["spent_usd"].as_f64().unwrap();
+    assert!(spent > 0.0, "{budgets}");
+    // Spend just now projects past itself for the rest of the day.
+    assert!(
+        research["rate_usd_per_hour"].as_f64().unwrap() > 0.0,
+        "{budgets}"
+    );
+    assert!(
+        research["forecast_usd"].as_f64().unwrap() >= spent,
+        "{budgets}"
+    );
+    let lifetime = &budgets["budgets"][1]["members"][0];
+    assert_eq!(lifetime["member"], "*");
+    assert!(
+        lifetime["forecast_usd"].is_null(),
+        "a total budget has no end to forecast: {budgets}"
+    );
+    let own = &budgets["keys"][0];
+    assert_eq!(own["id"], id.as_str());
+    assert!(own["forecast_usd"].as_f64().unwrap() >= own["spent_usd"].as_f64().unwrap());
+    assert!(
+        own["rate_usd_per_hour"].as_f64().unwrap() > 0.0,
+        "{budgets}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_sharing_redis_report_a_forecast_once() {
+    let db = common::TestDb::new("switchyard_test_budget_forecasts").await;
+    let mock = mock().await;
+    // A budget name of this run's own, so earlier runs' marks in Redis do not count.
+    let name = format!("forecast-{:x}", fastrand::u64(..));
+    let text = config(
+        &mock,
+        &format!(
+            "[storage]\nredis_url = \"{REDIS}\"\npostgres_url = \"{}\"\n\
+             [[budgets.limits]]\nname = \"{name}\"\nscope = \"global\"\namount_usd = 0.5\n\
+             period = \"daily\"\n",
+            db.url
+        ),
+    );
+    let a = gateway(&text, None).await;
+    let b = gateway(&text, None).await;
+    // A dollar spent now: past the amount already, so past it by any forecast.
+    a.state.budgets.record(
+        switchyard::analytics::spend::SpendKey {
+            bucket_ms: switchyard::analytics::spend::bucket(now_ms()),
+            key: "k".to_owned(),
+            team: String::new(),
+            route: "strong".to_owned(),
+            model: "mock-big".to_owned(),
+            provider: "alpha".to_owned(),
+        },
+        &switchyard::analytics::spend::SpendTotals {
+            cost_nanos: 1_000_000_000,
+            requests: 1,
+            ..Default::default()
+        },
+    );
+    a.state.budgets.flush().await.unwrap();
+    for instance in [&a, &b, &a, &b] {
+        instance.state.budgets.forecast_round(&[]).await.unwrap();
+    }
+    // Each instance's start-up round may have run meanwhile too; between them, one event.
+    let forecasts: Vec<_> = [&a, &b]
+        .iter()
+        .flat_map(|instance| instance.state.budgets.events())
+        .filter(|event| event.budget == name)
+        .collect();
+    assert_eq!(forecasts.len(), 1, "{forecasts:?}");
+    assert!(forecasts[0].forecast_usd.unwrap() >= 1.0);
+    let series = format!("switchyard_budget_forecast_events_total{{budget=\"{name}\"}} 1");
+    let mut counted = 0;
+    for instance in [&a, &b] {
+        let metrics = client()
+            .get(instance.url("/metrics"))
+            .bearer_auth(MASTER)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        counted += usize::from(metrics.contains(&series));
+    }
+    assert_eq!(counted, 1, "counted where it was reported");
+    let shown = get_json(&b.url("/admin/budgets"), Some(MASTER)).await;
+    let events = shown["events"].as_array().unwrap();
+    assert!(
+        events.is_empty() || events[0]["kind"] == "forecast",
+        "{shown}"
+    );
+    for instance in [a, b] {
+        instance.stop().await;
+    }
+    db.finish().await;
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
 }

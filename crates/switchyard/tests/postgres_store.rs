@@ -1207,3 +1207,108 @@ async fn a_table_from_before_the_by_key_cube_is_migrated() {
     drop(store);
     db.finish().await;
 }
+
+/// Writes a small ledger and reads the budget forecasts' series from `store`: per member and
+/// quarter hour from the detail start, one folded row before it, nothing outside the range.
+async fn spend_series_on(store: &Store) {
+    use switchyard::analytics::spend::{BUCKET_MS, SpendColumn, SpendKey, SpendPoint, SpendTotals};
+    let cell = |bucket: u64, key: &str, team: &str, route: &str, nanos: i64| {
+        (
+            SpendKey {
+                bucket_ms: T0 + bucket * BUCKET_MS,
+                key: key.to_owned(),
+                team: team.to_owned(),
+                route: route.to_owned(),
+                model: "m".to_owned(),
+                provider: "p".to_owned(),
+            },
+            SpendTotals {
+                cost_nanos: nanos,
+                requests: 1,
+                ..SpendTotals::default()
+            },
+        )
+    };
+    store
+        .write_spend(vec![
+            cell(0, "a", "red", "r1", 1), // before the range
+            cell(1, "a", "red", "r1", 10),
+            cell(2, "a", "red", "r2", 20),
+            cell(2, "b", "red", "r1", 40),
+            cell(3, "b", "", "r1", 80),
+            cell(4, "a", "red", "r1", 100),
+            cell(4, "a", "red", "r2", 200),
+            cell(5, "b", "blue", "r1", 400),
+            cell(6, "a", "red", "r1", 800), // past the range
+        ])
+        .await
+        .unwrap();
+    let point = |member: &str, bucket: u64, cost_nanos: i64| SpendPoint {
+        member: member.to_owned(),
+        bucket_ms: T0 + bucket * BUCKET_MS,
+        cost_nanos,
+    };
+    let (from, detail, to) = (T0 + BUCKET_MS, T0 + 3 * BUCKET_MS, T0 + 6 * BUCKET_MS);
+    // By team: buckets 1 and 2 fold into one row at the range's start.
+    let by_team = store
+        .spend_series(Some(SpendColumn::Team), from, detail, to)
+        .await
+        .unwrap();
+    assert_eq!(
+        by_team,
+        vec![
+            point("", 3, 80),
+            point("blue", 5, 400),
+            point("red", 1, 70),
+            point("red", 4, 300),
+        ]
+    );
+    let by_key = store
+        .spend_series(Some(SpendColumn::Key), from, detail, to)
+        .await
+        .unwrap();
+    assert_eq!(
+        by_key,
+        vec![
+            point("a", 1, 30),
+            point("a", 4, 300),
+            point("b", 1, 40),
+            point("b", 3, 80),
+            point("b", 5, 400),
+        ]
+    );
+    // Everything (global), all in detail.
+    let all = store.spend_series(None, from, from, to).await.unwrap();
+    assert_eq!(
+        all,
+        vec![
+            point("", 1, 10),
+            point("", 2, 60),
+            point("", 3, 80),
+            point("", 4, 300),
+            point("", 5, 400),
+        ]
+    );
+    assert!(
+        store
+            .spend_series(Some(SpendColumn::Route), to, to, to + BUCKET_MS)
+            .await
+            .unwrap()
+            .iter()
+            .all(|point| point.bucket_ms == to),
+        "only the range asked"
+    );
+}
+
+#[tokio::test]
+async fn the_spend_series_of_a_budget_forecast_in_sqlite_and_postgres() {
+    let sqlite = Store::Sqlite(Arc::new(
+        switchyard::analytics::sqlite::SqliteStore::open(None).unwrap(),
+    ));
+    spend_series_on(&sqlite).await;
+    let db = Db::new("switchyard_test_spend_series").await;
+    let postgres = Store::Postgres(Arc::new(db.store().await));
+    spend_series_on(&postgres).await;
+    drop(postgres);
+    db.finish().await;
+}

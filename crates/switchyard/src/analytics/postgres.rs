@@ -42,7 +42,7 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement, Transaction};
 
-use super::spend::{self, SpendColumn, SpendKey, SpendLine, SpendTotals};
+use super::spend::{self, SpendColumn, SpendKey, SpendLine, SpendPoint, SpendTotals};
 use super::store::{
     Batch, ByKeyBackfill, CellsQuery, LoggedRequest, Names, Param, Pruned, RequestsPage,
     RequestsQuery, Retention, StoreError, StoredCell, filter_value, number_placeholders,
@@ -777,6 +777,36 @@ impl PostgresStore {
             })
             .collect::<Result<_, tokio_postgres::Error>>()
             .map_err(self.failed("reading a spend report"))
+    }
+
+    /// The spend per member of `column` and bucket over `[from_ms, to_ms)`, every instance's
+    /// included, the buckets before `detail_from_ms` folded into one row at `from_ms` (see
+    /// `spend::series_sql`).
+    pub async fn spend_series(
+        &self,
+        column: Option<SpendColumn>,
+        from_ms: u64,
+        detail_from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<SpendPoint>, StoreError> {
+        let sql = spend::series_sql("switchyard_spend", column, true);
+        let rows = self
+            .read(
+                &sql,
+                &[&to_i64(from_ms), &to_i64(detail_from_ms), &to_i64(to_ms)],
+                "a spend series",
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SpendPoint {
+                    member: row.try_get(0)?,
+                    bucket_ms: u64::try_from(row.try_get::<_, i64>(1)?).unwrap_or(0),
+                    cost_nanos: row.try_get(2)?,
+                })
+            })
+            .collect::<Result<_, tokio_postgres::Error>>()
+            .map_err(self.failed("reading a spend series"))
     }
 
     /// Deletes rollups past their tier's retention and trims the request log by age, then

@@ -10,8 +10,8 @@
 
 use serde::Serialize;
 
-/// The bucket width.
-pub const BUCKET_MS: u64 = 15 * 60 * 1000;
+/// The bucket width (15 minutes; the budget forecasts read buckets of the same width).
+pub const BUCKET_MS: u64 = switchyard_core::budget::BUCKET_MS;
 
 /// The bucket holding `time_ms`.
 pub fn bucket(time_ms: u64) -> u64 {
@@ -166,6 +166,24 @@ pub fn report_sql(table: &str, column: SpendColumn, dollar: bool) -> String {
     )
 }
 
+/// The SQL of the spend series the budget forecasts read: the spend per member of `column`
+/// (an empty member with none) and bucket over `[?1, ?3)`, the buckets before `?2` folded
+/// into one row at `?1`, so a month's series is a day of buckets and one row for the rest.
+/// `$n` with `dollar`.
+pub fn series_sql(table: &str, column: Option<SpendColumn>, dollar: bool) -> String {
+    let (from, detail, to) = if dollar {
+        ("$1", "$2", "$3")
+    } else {
+        ("?1", "?2", "?3")
+    };
+    let member = column.map_or("CAST('' AS TEXT)", SpendColumn::column);
+    format!(
+        "SELECT {member}, CASE WHEN bucket_ms < {detail} THEN {from} ELSE bucket_ms END, \
+         CAST(SUM(cost_nanos) AS BIGINT) FROM {table} \
+         WHERE bucket_ms >= {from} AND bucket_ms < {to} GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+}
+
 /// The SQL that adds one cell into the ledger.
 pub fn upsert_sql(table: &str, dollar: bool) -> String {
     let p: Vec<String> = (1..=15)
@@ -254,6 +272,17 @@ pub struct SpendLine {
     pub totals: SpendTotals,
 }
 
+/// One point of a spend series: a member's spend in one bucket (or folded buckets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpendPoint {
+    /// The member of the grouping column (empty: none, or no column).
+    pub member: String,
+    /// The bucket's start, unix ms (the range's start for the folded row).
+    pub bucket_ms: u64,
+    /// Spend, nano-dollars.
+    pub cost_nanos: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +296,13 @@ mod tests {
         );
         assert!(spent_sql("spend", None, false).ends_with("bucket_ms < ?2"));
         assert!(upsert_sql("spend", false).contains("?15)"));
+        assert_eq!(
+            series_sql("spend", Some(SpendColumn::Route), false),
+            "SELECT route, CASE WHEN bucket_ms < ?2 THEN ?1 ELSE bucket_ms END, \
+             CAST(SUM(cost_nanos) AS BIGINT) FROM spend \
+             WHERE bucket_ms >= ?1 AND bucket_ms < ?3 GROUP BY 1, 2 ORDER BY 1, 2"
+        );
+        assert!(series_sql("spend", None, true).starts_with("SELECT CAST('' AS TEXT), "));
         assert_eq!(SpendColumn::parse("provider"), Some(SpendColumn::Provider));
         assert_eq!(SpendColumn::parse("key; DROP TABLE spend"), None);
     }

@@ -18,7 +18,7 @@ use switchyard_core::analytics::query::{Dim, Fold, SketchRef};
 use switchyard_core::analytics::rollup::ANY_KEY;
 use switchyard_core::analytics::{Cube, Dims, Rollup, Tier};
 
-use super::spend::{self, SpendColumn, SpendKey, SpendLine, SpendTotals};
+use super::spend::{self, SpendColumn, SpendKey, SpendLine, SpendPoint, SpendTotals};
 use super::store::{
     Batch, ByKeyBackfill, CellsQuery, LoggedRequest, Names, Param, Pruned, RequestsPage,
     RequestsQuery, Retention, StoreError, StoredCell, filter_value, number_placeholders,
@@ -722,6 +722,35 @@ impl SqliteStore {
             .map_err(sql_error("reading a spend report"))?;
         rows.collect::<Result<_, _>>()
             .map_err(sql_error("reading a spend report"))
+    }
+
+    /// The spend per member of `column` and bucket over `[from_ms, to_ms)`, the buckets
+    /// before `detail_from_ms` folded into one row at `from_ms` (see `spend::series_sql`).
+    pub fn spend_series(
+        &self,
+        column: Option<SpendColumn>,
+        from_ms: u64,
+        detail_from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<SpendPoint>, StoreError> {
+        let connection = self.analytics_reader();
+        let mut statement = connection
+            .prepare_cached(&spend::series_sql("spend", column, false))
+            .map_err(sql_error("preparing a spend series"))?;
+        let rows = statement
+            .query_map(
+                params![to_i64(from_ms), to_i64(detail_from_ms), to_i64(to_ms)],
+                |row| {
+                    Ok(SpendPoint {
+                        member: row.get(0)?,
+                        bucket_ms: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                        cost_nanos: row.get(2)?,
+                    })
+                },
+            )
+            .map_err(sql_error("reading a spend series"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql_error("reading a spend series"))
     }
 }
 

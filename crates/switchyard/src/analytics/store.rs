@@ -21,7 +21,7 @@ use switchyard_core::analytics::{Cube, Dims, RequestEvent, Rollup, RollupRow, Sk
 use switchyard_core::config::StorageConfig;
 
 use super::postgres::PostgresStore;
-use super::spend::{SpendColumn, SpendKey, SpendLine, SpendTotals};
+use super::spend::{SpendColumn, SpendKey, SpendLine, SpendPoint, SpendTotals};
 use super::sqlite::SqliteStore;
 
 /// A store failure.
@@ -617,6 +617,29 @@ impl Store {
                 blocking(move || store.spend_report(column, from_ms, to_ms)).await
             }
             Store::Postgres(store) => store.spend_report(column, from_ms, to_ms).await,
+        }
+    }
+
+    /// The spend per member of `column` (one empty member with none) and ledger bucket over
+    /// `[from_ms, to_ms)`, the buckets before `detail_from_ms` folded into one row at
+    /// `from_ms`: what the budget forecasts read, one query for all of a budget's members.
+    pub async fn spend_series(
+        &self,
+        column: Option<SpendColumn>,
+        from_ms: u64,
+        detail_from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<SpendPoint>, StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                let store = Arc::clone(store);
+                blocking(move || store.spend_series(column, from_ms, detail_from_ms, to_ms)).await
+            }
+            Store::Postgres(store) => {
+                store
+                    .spend_series(column, from_ms, detail_from_ms, to_ms)
+                    .await
+            }
         }
     }
 }

@@ -24,7 +24,11 @@
 //! 15-minute bucket, key, team, route, model and provider) that a task writes to the
 //! analytics store every flush interval, and at shutdown. A failed write keeps the buffer for
 //! the next flush: spend is never dropped.
+//!
+//! **Forecasts** ([`forecast`]): each member's end-of-period spend projected from its recent
+//! rate, read from the ledger, in `/admin/budgets` and as `forecast` events.
 
+pub mod forecast;
 pub mod redis;
 
 use std::collections::{HashMap, VecDeque};
@@ -39,7 +43,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use switchyard_core::budget::{
-    BudgetScope, Ledger, Members, Period, Reservation, Window, crossed, to_nanos, to_usd, window,
+    BudgetScope, Ledger, Members, NANOS_PER_USD, Period, Reservation, Window, crossed, to_nanos,
+    to_usd, window,
 };
 use switchyard_core::config::budgets::KEY_BUDGET;
 use switchyard_core::config::{BudgetAction, BudgetConfig, BudgetFailMode, BudgetRule};
@@ -209,21 +214,37 @@ pub struct Downgrade {
     pub route: String,
 }
 
-/// A soft threshold crossed: the spend of a budget passed a share of its amount.
+/// What a budget event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetEventKind {
+    /// The spend crossed a soft threshold (found when a request settles).
+    Threshold,
+    /// The forecast of the period's spend reached the amount (found by the forecaster, once
+    /// per member and period).
+    Forecast,
+}
+
+/// A budget event: a soft threshold crossed (the spend of a budget passed a share of its
+/// amount), or the spend forecast to pass the amount by the end of the period.
 #[derive(Debug, Clone, Serialize)]
 pub struct BudgetEvent {
     /// When, unix ms.
     pub time_ms: u64,
+    /// `threshold` or `forecast`.
+    pub kind: BudgetEventKind,
     /// The budget.
     pub budget: String,
     /// Its scope.
     pub scope: &'static str,
     /// The member whose spend crossed it.
     pub member: String,
-    /// The share crossed (0.8 = 80 %).
+    /// The share crossed (0.8 = 80 %); 1 for a forecast (the amount).
     pub threshold: f64,
-    /// Spend after the request that crossed it, USD.
+    /// Spend after the request that crossed it (a forecast: spend so far), USD.
     pub spent_usd: f64,
+    /// A forecast event's projected spend at the end of the period, USD.
+    pub forecast_usd: Option<f64>,
     /// The budget's amount, USD.
     pub amount_usd: f64,
     /// Its period.
@@ -238,6 +259,7 @@ pub struct BudgetMetrics {
     refusals: Family<BudgetLabels, Counter>,
     downgrades: Family<BudgetLabels, Counter>,
     thresholds: Family<ThresholdLabels, Counter>,
+    forecasts: Family<BudgetLabels, Counter>,
     store_errors: Counter,
     ledger_pending: Gauge,
     ledger_write_failures: Counter,
@@ -261,6 +283,7 @@ impl BudgetMetrics {
             refusals: Family::default(),
             downgrades: Family::default(),
             thresholds: Family::default(),
+            forecasts: Family::default(),
             store_errors: Counter::default(),
             ledger_pending: Gauge::default(),
             ledger_write_failures: Counter::default(),
@@ -279,6 +302,11 @@ impl BudgetMetrics {
             "switchyard_budget_threshold_events",
             "Soft budget thresholds crossed",
             metrics.thresholds.clone(),
+        );
+        registry.register(
+            "switchyard_budget_forecast_events",
+            "Budget members whose forecast spend reached the amount (once per member and period)",
+            metrics.forecasts.clone(),
         );
         registry.register(
             "switchyard_budget_store_errors",
@@ -319,6 +347,9 @@ pub struct Budgets {
     flushing: tokio::sync::Mutex<()>,
     metrics: BudgetMetrics,
     recent: Mutex<VecDeque<BudgetEvent>>,
+    /// The (budget, member, period) whose forecast was reported, with the period's end (to
+    /// forget them after): once per period, however the forecast moves.
+    forecasted: Mutex<HashMap<CounterKey, Option<u64>>>,
     clock: Arc<dyn Fn() -> u64 + Send + Sync>,
     settlements: Option<tokio::sync::mpsc::UnboundedSender<Settlement>>,
     key_budget: Arc<str>,
@@ -390,6 +421,7 @@ impl Budgets {
             flushing: tokio::sync::Mutex::new(()),
             metrics,
             recent: Mutex::new(VecDeque::new()),
+            forecasted: Mutex::new(HashMap::new()),
             clock,
             settlements,
             key_budget: Arc::from(KEY_BUDGET),
@@ -776,11 +808,13 @@ impl Budgets {
         for threshold in crossed(&charge.thresholds, charge.limit, before, after) {
             let event = BudgetEvent {
                 time_ms: self.now_ms(),
+                kind: BudgetEventKind::Threshold,
                 budget: charge.budget().to_string(),
                 scope: charge.scope.as_str(),
                 member: charge.member().to_owned(),
                 threshold,
                 spent_usd: to_usd(after),
+                forecast_usd: None,
                 amount_usd: to_usd(charge.limit),
                 period: charge.period,
                 period_start_ms: charge.window.start_ms,
@@ -800,12 +834,17 @@ impl Budgets {
                     threshold: format!("{threshold}"),
                 })
                 .inc();
-            let mut recent = lock(&self.recent);
-            if recent.len() == RECENT_EVENTS {
-                recent.pop_front();
-            }
-            recent.push_back(event);
+            self.push_event(event);
         }
+    }
+
+    /// Keeps `event` among the recent ones.
+    fn push_event(&self, event: BudgetEvent) {
+        let mut recent = lock(&self.recent);
+        if recent.len() == RECENT_EVENTS {
+            recent.pop_front();
+        }
+        recent.push_back(event);
     }
 
     /// The most recent budget events, oldest first.
@@ -916,9 +955,9 @@ impl Budgets {
         self.store.spend_report(column, from_ms, to_ms).await
     }
 
-    /// The budgets and their current periods, for `GET /admin/budgets`: spend per member
-    /// from the ledger (this instance's buffer flushed first; others' lag by at most their
-    /// flush interval), keys with their own budget included.
+    /// The budgets and their current periods, for `GET /admin/budgets`: spend, rate and
+    /// forecast per member from the ledger (this instance's buffer flushed first; others' lag
+    /// by at most their flush interval), keys with their own budget included.
     pub async fn snapshot(
         &self,
         keys: &[Arc<switchyard_core::keys::VirtualKey>],
@@ -927,22 +966,7 @@ impl Budgets {
         let now = self.now_ms();
         let mut budgets = Vec::with_capacity(self.rules.len());
         for rule in &self.rules {
-            let period = window(rule.config.period, &rule.config.timezone, now);
-            let to = period.end_ms.unwrap_or(u64::MAX / 2);
-            let members: Vec<(String, i64)> = match column_of(rule.config.scope) {
-                None => vec![(
-                    "*".to_owned(),
-                    self.store.spent(None, "", period.start_ms, to).await?,
-                )],
-                Some(column) => self
-                    .store
-                    .spend_report(column, period.start_ms, to)
-                    .await?
-                    .into_iter()
-                    .filter(|line| !line.member.is_empty() && rule.config.covers(&line.member))
-                    .map(|line| (line.member, line.totals.cost_nanos))
-                    .collect(),
-            };
+            let forecasts = self.rule_forecasts(rule, now).await?;
             budgets.push(BudgetView {
                 name: rule.name.to_string(),
                 scope: rule.config.scope.as_str(),
@@ -959,49 +983,49 @@ impl Budgets {
                     BudgetAction::Downgrade(route) => Some(route.clone()),
                 },
                 thresholds: rule.config.thresholds.clone(),
-                period_start_ms: period.start_ms,
-                period_end_ms: period.end_ms,
-                members: members
+                period_start_ms: forecasts.window.start_ms,
+                period_end_ms: forecasts.window.end_ms,
+                members: forecasts
+                    .members
                     .into_iter()
-                    .map(|(member, spent)| MemberView {
+                    .map(|(member, forecast)| MemberView {
                         member,
-                        spent_usd: to_usd(spent),
+                        spent_usd: to_usd(forecast.spent),
                         used: if rule.limit > 0 {
-                            spent as f64 / rule.limit as f64
+                            forecast.spent as f64 / rule.limit as f64
                         } else {
                             1.0
                         },
+                        rate_usd_per_hour: forecast.rate_per_hour / NANOS_PER_USD,
+                        forecast_usd: forecast.projected.map(to_usd),
                     })
                     .collect(),
             });
         }
-        let mut key_budgets = Vec::new();
-        for key in keys {
-            let Some(usd) = key.settings.budget_usd else {
-                continue;
-            };
-            let period = key.settings.budget_period.unwrap_or(Period::Monthly);
-            let span = window(period, &self.timezone, now);
-            let spent = self
-                .store
-                .spent(
-                    Some(SpendColumn::Key),
-                    &key.id,
-                    span.start_ms,
-                    span.end_ms.unwrap_or(u64::MAX / 2),
-                )
-                .await?;
-            key_budgets.push(KeyBudgetView {
-                id: key.id.clone(),
-                name: key.settings.name.clone(),
-                amount_usd: usd,
-                period,
-                period_start_ms: span.start_ms,
-                period_end_ms: span.end_ms,
-                spent_usd: to_usd(spent),
-                used: if usd > 0.0 { to_usd(spent) / usd } else { 1.0 },
-            });
-        }
+        let key_budgets = self
+            .key_forecasts(keys, now)
+            .await?
+            .into_iter()
+            .map(|key| {
+                let spent = to_usd(key.forecast.spent);
+                KeyBudgetView {
+                    id: key.key.id.clone(),
+                    name: key.key.settings.name.clone(),
+                    amount_usd: key.amount_usd,
+                    period: key.period,
+                    period_start_ms: key.window.start_ms,
+                    period_end_ms: key.window.end_ms,
+                    spent_usd: spent,
+                    used: if key.amount_usd > 0.0 {
+                        spent / key.amount_usd
+                    } else {
+                        1.0
+                    },
+                    rate_usd_per_hour: key.forecast.rate_per_hour / NANOS_PER_USD,
+                    forecast_usd: key.forecast.projected.map(to_usd),
+                }
+            })
+            .collect();
         Ok(Snapshot {
             counters: self.store_kind(),
             timezone: self.timezone.iana_name().unwrap_or("UTC").to_owned(),
@@ -1164,7 +1188,7 @@ pub struct Snapshot {
     pub budgets: Vec<BudgetView>,
     /// Keys with a budget of their own.
     pub keys: Vec<KeyBudgetView>,
-    /// Recent threshold events, oldest first.
+    /// Recent budget events (thresholds and forecasts), oldest first.
     pub events: Vec<BudgetEvent>,
 }
 
@@ -1193,11 +1217,12 @@ pub struct BudgetView {
     pub period_start_ms: u64,
     /// Its end (none for `total`).
     pub period_end_ms: Option<u64>,
-    /// Members with spend this period.
+    /// Members with spend this period or in the last day (the rate's history), largest
+    /// spend first.
     pub members: Vec<MemberView>,
 }
 
-/// A member's spend this period.
+/// A member's spend this period and where it is heading.
 #[derive(Debug, Serialize)]
 pub struct MemberView {
     /// The member (`*` for global).
@@ -1206,6 +1231,11 @@ pub struct MemberView {
     pub spent_usd: f64,
     /// Share of the amount spent.
     pub used: f64,
+    /// The recent spend rate (exponentially weighted, a three-hour half-life), USD an hour.
+    pub rate_usd_per_hour: f64,
+    /// The spend projected at the end of the period (spent + rate × time left), USD; none
+    /// for a `total` budget, which never ends.
+    pub forecast_usd: Option<f64>,
 }
 
 /// A key's own budget now.
@@ -1227,6 +1257,10 @@ pub struct KeyBudgetView {
     pub spent_usd: f64,
     /// Share of the amount spent.
     pub used: f64,
+    /// The recent spend rate, USD an hour.
+    pub rate_usd_per_hour: f64,
+    /// The spend projected at the end of the period, USD; none for `total`.
+    pub forecast_usd: Option<f64>,
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //! A period's hash starts from the durable ledger: a script that finds it unseeded says so,
 //! the caller reads the ledger and seeds it (taking the larger of what Redis and the ledger
 //! hold, so nothing is counted twice), then tries again. That also restores the counters
-//! after Redis loses its data.
+//! after Redis loses its data. A period's forecast, once reported, is marked beside its hash
+//! (`…:forecast`, `SET NX`), so one instance reports it.
 
 use std::time::Duration;
 
@@ -256,6 +257,21 @@ impl RedisCounters {
             reply.get(1).copied().unwrap_or(0),
             reply.get(2).copied().unwrap_or(0),
         ))
+    }
+}
+
+impl RedisCounters {
+    /// Sets `key` unless it exists (`SET NX`, for `ttl_ms`; zero: for ever); whether this
+    /// call set it. The instances agree this way on which of them reports a forecast.
+    pub async fn claim(&self, key: &str, ttl_ms: u64) -> Result<bool, redis::RedisError> {
+        let mut command = redis::cmd("SET");
+        command.arg(key).arg(1).arg("NX");
+        if ttl_ms > 0 {
+            command.arg("PX").arg(ttl_ms);
+        }
+        let mut connection = self.connection.clone();
+        let reply: Option<String> = command.query_async(&mut connection).await?;
+        Ok(reply.is_some())
     }
 }
 

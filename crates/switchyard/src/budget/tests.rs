@@ -250,6 +250,8 @@ amount_usd = 10.0
     let events = f.budgets.events();
     assert_eq!(events.len(), 1);
     assert_eq!((events[0].threshold, events[0].member.as_str()), (0.5, "t"));
+    assert_eq!(events[0].kind, BudgetEventKind::Threshold);
+    assert_eq!(events[0].forecast_usd, None);
     ask(0.1).await.settle(0.1);
     assert_eq!(f.budgets.events().len(), 1, "no repeat below the next mark");
     ask(2.5).await.settle(2.5);
@@ -390,4 +392,163 @@ amount_usd = 1.0
         hold.settle(0.1);
     }
     assert!(reserve(&f, "late", 0.0).await.is_err(), "spent in full");
+}
+
+/// 2026-11-29T12:00:00Z.
+const NOON: u64 = LATE - (11 * 3_600 + 59 * 60) * 1_000;
+
+/// Spends `usd` as `key` in every quarter hour of `[from, to)`.
+fn spend_steadily(f: &Fixture, key: &str, from: u64, to: u64, usd: f64) {
+    for time in (from..to).step_by(crate::analytics::spend::BUCKET_MS as usize) {
+        f.budgets.record(spend_key(key, time), &totals(usd));
+    }
+}
+
+#[tokio::test]
+async fn a_forecast_past_the_amount_is_reported_once_per_member_and_period() {
+    let f = fixture(
+        r#"
+[[budgets.limits]]
+name = "daily"
+scope = "key"
+amount_usd = 60.0
+period = "daily"
+
+[[budgets.limits]]
+name = "lifetime"
+scope = "global"
+amount_usd = 1.0
+period = "total"
+"#,
+    );
+    f.clock.store(NOON, Ordering::SeqCst);
+    let midnight = NOON - 12 * 3_600_000;
+    // `k` spends $1 a quarter hour from midnight: $48 by noon, at about $4 an hour.
+    spend_steadily(&f, "k", midnight, NOON, 1.0);
+    f.budgets.record(spend_key("small", midnight), &totals(0.1));
+    f.budgets.flush().await.unwrap();
+
+    let events = f.budgets.forecast_round(&[]).await.unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    assert_eq!(event.kind, BudgetEventKind::Forecast);
+    assert_eq!(
+        (event.budget.as_str(), event.member.as_str()),
+        ("daily", "k")
+    );
+    assert_eq!(event.period_start_ms, midnight);
+    assert!((event.spent_usd - 48.0).abs() < 1e-9);
+    // Twelve hours at $4 an hour, read over a day's history of which half was quiet:
+    // 4 (1 - 2^-4) / (1 - 2^-8) an hour.
+    let rate = 4.0 * (1.0 - 2f64.powi(-4)) / (1.0 - 2f64.powi(-8));
+    let expected = 48.0 + rate * 12.0;
+    assert!(
+        (event.forecast_usd.unwrap() - expected).abs() < 1e-6,
+        "{event:?}"
+    );
+    assert_eq!(
+        f.budgets.events().len(),
+        1,
+        "among the recent events; the total budget has no forecast though spent past"
+    );
+    let json = serde_json::to_value(event).unwrap();
+    assert_eq!(json["kind"], "forecast");
+
+    // A minute later: still past, not reported again.
+    f.clock.store(NOON + 60_000, Ordering::SeqCst);
+    assert!(f.budgets.forecast_round(&[]).await.unwrap().is_empty());
+    // Six quiet hours bring the forecast under the amount (48 + 0.94 × 6)...
+    f.clock.store(NOON + 6 * 3_600_000, Ordering::SeqCst);
+    let snapshot = f.budgets.snapshot(&[]).await.unwrap();
+    let k = &snapshot.budgets[0].members[0];
+    assert_eq!(k.member, "k");
+    assert!(k.forecast_usd.unwrap() < 60.0, "{k:?}");
+    assert!(f.budgets.forecast_round(&[]).await.unwrap().is_empty());
+    // ... and a burst takes it past again: the same period, so still no second event.
+    spend_steadily(
+        &f,
+        "k",
+        NOON + 6 * 3_600_000 - 3_600_000,
+        NOON + 6 * 3_600_000,
+        2.0,
+    );
+    f.budgets.flush().await.unwrap();
+    let snapshot = f.budgets.snapshot(&[]).await.unwrap();
+    assert!(snapshot.budgets[0].members[0].forecast_usd.unwrap() >= 60.0);
+    assert!(f.budgets.forecast_round(&[]).await.unwrap().is_empty());
+
+    // A new day is a new period: spending at that pace again is reported again.
+    let tomorrow = midnight + 24 * 3_600_000;
+    f.clock.store(tomorrow + 12 * 3_600_000, Ordering::SeqCst);
+    spend_steadily(&f, "k", tomorrow, tomorrow + 12 * 3_600_000, 1.0);
+    f.budgets.flush().await.unwrap();
+    let events = f.budgets.forecast_round(&[]).await.unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].period_start_ms, tomorrow);
+}
+
+#[tokio::test]
+async fn the_snapshot_shows_each_members_rate_and_forecast_and_keys_their_own() {
+    let f = fixture(
+        r#"
+[[budgets.limits]]
+name = "teams"
+scope = "team"
+amount_usd = 100.0
+period = "daily"
+
+[[budgets.limits]]
+name = "org"
+scope = "global"
+amount_usd = 1000.0
+period = "daily"
+"#,
+    );
+    f.clock.store(NOON, Ordering::SeqCst);
+    let midnight = NOON - 12 * 3_600_000;
+    let before = f.budgets.snapshot(&[]).await.unwrap();
+    assert!(before.budgets[0].members.is_empty());
+    let everyone = &before.budgets[1].members;
+    assert_eq!(everyone.len(), 1, "the global member, spend or not");
+    assert_eq!(
+        (everyone[0].member.as_str(), everyone[0].forecast_usd),
+        ("*", Some(0.0))
+    );
+    // A steady dollar a quarter hour for a day: $4 an hour.
+    for time in
+        (midnight - 12 * 3_600_000..NOON).step_by(crate::analytics::spend::BUCKET_MS as usize)
+    {
+        let mut cell = spend_key("k", time);
+        cell.team = "research".to_owned();
+        f.budgets.record(cell, &totals(1.0));
+    }
+    let key = Arc::new(switchyard_core::keys::VirtualKey {
+        id: "k".to_owned(),
+        hash: [0; 32],
+        prefix: "sk-sy-k".to_owned(),
+        settings: switchyard_core::keys::KeySettings {
+            name: "k".to_owned(),
+            budget_usd: Some(50.0),
+            budget_period: Some(Period::Daily),
+            enabled: true,
+            ..Default::default()
+        },
+        created_at_ms: 0,
+        updated_at_ms: 0,
+        revoked_at_ms: None,
+    });
+    let snapshot = f.budgets.snapshot(&[key]).await.unwrap();
+    let research = &snapshot.budgets[0].members[0];
+    assert_eq!(research.member, "research");
+    assert!((research.spent_usd - 48.0).abs() < 1e-9);
+    assert!(
+        (research.rate_usd_per_hour - 4.0).abs() < 1e-9,
+        "{research:?}"
+    );
+    assert!((research.forecast_usd.unwrap() - 96.0).abs() < 1e-6);
+    let everyone = &snapshot.budgets[1].members[0];
+    assert!((everyone.forecast_usd.unwrap() - 96.0).abs() < 1e-6);
+    let own = &snapshot.keys[0];
+    assert!((own.forecast_usd.unwrap() - 96.0).abs() < 1e-6, "{own:?}");
+    assert!((own.rate_usd_per_hour - 4.0).abs() < 1e-9);
 }
