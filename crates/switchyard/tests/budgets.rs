@@ -73,19 +73,7 @@ fn cost(headers: &reqwest::header::HeaderMap) -> f64 {
 }
 
 async fn create_key(gateway: &TestGateway, settings: Value) -> (String, String) {
-    let (status, key) = common::call(
-        gateway,
-        reqwest::Method::POST,
-        "/admin/keys",
-        MASTER,
-        Some(settings),
-    )
-    .await;
-    assert_eq!(status, 201, "{key}");
-    (
-        key["id"].as_str().unwrap().to_owned(),
-        key["secret"].as_str().unwrap().to_owned(),
-    )
+    common::create_key(gateway, MASTER, settings).await
 }
 
 async fn spend(gateway: &TestGateway, query: &str) -> Value {

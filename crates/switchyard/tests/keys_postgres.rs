@@ -56,29 +56,11 @@ async fn admin(
 }
 
 async fn create(gateway: &TestGateway, settings: Value) -> (String, String) {
-    let (status, key) = admin(
-        gateway,
-        reqwest::Method::POST,
-        "/admin/keys",
-        Some(settings),
-    )
-    .await;
-    assert_eq!(status, 201, "{key}");
-    (
-        key["id"].as_str().unwrap().to_owned(),
-        key["secret"].as_str().unwrap().to_owned(),
-    )
+    common::create_key(gateway, MASTER, settings).await
 }
 
 async fn chat(gateway: &TestGateway, key: &str, model: &str) -> (u16, Value) {
-    call(
-        gateway,
-        reqwest::Method::POST,
-        "/v1/chat/completions",
-        key,
-        Some(json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})),
-    )
-    .await
+    common::chat_as(gateway, key, model).await
 }
 
 /// How long until `gateway` answers a chat with `key` with `status` (and `code`, if given);

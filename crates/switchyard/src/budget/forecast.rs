@@ -293,33 +293,19 @@ impl Budgets {
     where
         K: Fn() -> Vec<Arc<VirtualKey>> + Send + Sync + 'static,
     {
-        let budgets = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut failing = false;
-            loop {
-                ticker.tick().await;
-                let Some(budgets) = budgets.upgrade() else {
-                    return;
-                };
+        self.spawn_rounds(
+            interval,
+            "could not read the spend ledger for budget forecasts",
+            "budget forecasts are being computed again",
+            move |budgets| {
                 let keys = keys();
-                if !budgets.forecasts_anything(&keys) {
-                    continue;
-                }
-                match budgets.forecast_round(&keys).await {
-                    Ok(_) if failing => {
-                        failing = false;
-                        tracing::info!("budget forecasts are being computed again");
+                async move {
+                    if budgets.forecasts_anything(&keys) {
+                        budgets.forecast_round(&keys).await?;
                     }
-                    Ok(_) => {}
-                    Err(error) if !failing => {
-                        failing = true;
-                        tracing::warn!(%error, "could not read the spend ledger for budget forecasts");
-                    }
-                    Err(_) => {}
+                    Ok(())
                 }
-            }
-        });
+            },
+        );
     }
 }

@@ -916,6 +916,30 @@ impl Budgets {
 
     /// Flushes the ledger every `interval` until the budgets are dropped.
     pub fn spawn_flusher(self: &Arc<Self>, interval: Duration) {
+        self.spawn_rounds(
+            interval,
+            "could not write the spend ledger; keeping the spend for the next flush",
+            "the spend ledger is being written again",
+            |budgets| async move {
+                let flushed = budgets.flush().await;
+                budgets.prune();
+                flushed
+            },
+        );
+    }
+
+    /// Runs `round` every `interval` (the first at once) until the budgets are dropped,
+    /// warning once when rounds start failing and saying once when they work again.
+    fn spawn_rounds<R, F>(
+        self: &Arc<Self>,
+        interval: Duration,
+        failing_message: &'static str,
+        recovered_message: &'static str,
+        round: R,
+    ) where
+        R: Fn(Arc<Budgets>) -> F + Send + 'static,
+        F: std::future::Future<Output = Result<(), StoreError>> + Send,
+    {
         let budgets = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
@@ -926,19 +950,18 @@ impl Budgets {
                 let Some(budgets) = budgets.upgrade() else {
                     return;
                 };
-                match budgets.flush().await {
+                match round(budgets).await {
                     Ok(()) if failing => {
                         failing = false;
-                        tracing::info!("the spend ledger is being written again");
+                        tracing::info!("{recovered_message}");
                     }
                     Ok(()) => {}
                     Err(error) if !failing => {
                         failing = true;
-                        tracing::warn!(%error, "could not write the spend ledger; keeping the spend for the next flush");
+                        tracing::warn!(%error, "{failing_message}");
                     }
                     Err(_) => {}
                 }
-                budgets.prune();
             }
         });
     }

@@ -297,3 +297,36 @@ pub async fn call(
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
     )
 }
+
+/// Creates a virtual key through the admin API (as `admin`); returns its id and secret.
+pub async fn create_key(
+    gateway: &TestGateway,
+    admin: &str,
+    settings: serde_json::Value,
+) -> (String, String) {
+    let (status, key) = call(
+        gateway,
+        reqwest::Method::POST,
+        "/admin/keys",
+        admin,
+        Some(settings),
+    )
+    .await;
+    assert_eq!(status, 201, "{key}");
+    (
+        key["id"].as_str().unwrap().to_owned(),
+        key["secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// A one-message chat with `model` as `key`.
+pub async fn chat_as(gateway: &TestGateway, key: &str, model: &str) -> (u16, serde_json::Value) {
+    call(
+        gateway,
+        reqwest::Method::POST,
+        "/v1/chat/completions",
+        key,
+        Some(serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})),
+    )
+    .await
+}
