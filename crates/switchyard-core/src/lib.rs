@@ -33,6 +33,7 @@ pub mod pricing;
 pub mod provider;
 pub mod ratelimit;
 pub mod routing;
+pub mod simulate;
 pub mod strategy;
 pub mod tiers;
 pub mod wire;

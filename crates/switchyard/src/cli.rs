@@ -39,6 +39,9 @@ pub enum Command {
     /// Manage virtual keys: in the data directory (a running gateway on it follows within a
     /// second), or through a running gateway's admin API with --url.
     Keys(Box<crate::keys_cli::KeysArgs>),
+    /// Cost tools: `simulate` replays the request log under another config's routes and
+    /// prices, offline.
+    Cost(crate::cost_cli::CostArgs),
 }
 
 /// `serve` options.
@@ -88,6 +91,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         Command::Serve(args) => serve(args).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Keys(args) => crate::keys_cli::run(*args).await,
+        Command::Cost(args) => crate::cost_cli::run(args).await,
         Command::Config {
             command: ConfigCommand::Check { file },
         } => {

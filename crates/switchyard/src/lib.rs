@@ -33,6 +33,7 @@ pub mod cache;
 pub mod chain;
 pub mod cli;
 pub mod context;
+pub mod cost_cli;
 pub mod demo;
 pub mod error;
 pub mod failover;

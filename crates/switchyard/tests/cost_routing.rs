@@ -191,3 +191,74 @@ async fn the_savings_report_says_where_the_money_was_saved() {
     assert_eq!(total["requests"], 3);
     assert!(report["saved_share"].as_f64().unwrap() > 0.5, "{report}");
 }
+
+/// `switchyard cost simulate` replays the recorded request log under another config, offline.
+#[tokio::test]
+async fn the_simulator_replays_recorded_traffic_under_another_config() {
+    let dear = mock("dear").await;
+    let cheap = mock("cheap").await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let prices = "[[prices]]\nprovider = \"dear\"\nmodel = \"m\"\ninput = 2.0\noutput = 2.0\n\
+                  [[prices]]\nprovider = \"cheap\"\nmodel = \"m\"\ninput = 1.0\noutput = 1.0\n";
+    let recorded = format!(
+        "{}{}{prices}[[routes]]\nmodel = \"r\"\ntargets = [{{ provider = \"dear\", model = \"m\" }}]\n",
+        provider(&dear),
+        provider(&cheap)
+    );
+    let gateway = TestGateway::start(&recorded, &[("SWITCHYARD_DATA_DIR", &data_dir)]).await;
+    let mut spent = 0.0;
+    for i in 0..5 {
+        let (status, headers, _) = post_json(
+            &gateway.url("/v1/chat/completions"),
+            &json!({"model": "r", "messages": [{"role": "user", "content": format!("question {i}")}]}),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 200);
+        spent += headers["x-switchyard-cost-usd"]
+            .to_str()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap();
+    }
+    gateway.stop().await;
+
+    let alternative = dir.path().join("alternative.toml");
+    std::fs::write(
+        &alternative,
+        format!(
+            "{}{}{prices}[[routes]]\nmodel = \"r\"\nstrategy = \"least-cost\"\n\
+             targets = [{{ provider = \"dear\", model = \"m\" }}, {{ provider = \"cheap\", model = \"m\" }}]\n",
+            provider(&dear),
+            provider(&cheap)
+        ),
+    )
+    .unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["cost", "simulate", "--config"])
+        .arg(&alternative)
+        .args(["--data-dir", &data_dir, "--from", "1h", "--json"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["requests"], 5, "{report}");
+    assert!(
+        (report["recorded_usd"].as_f64().unwrap() - spent).abs() < 1e-9,
+        "{report}"
+    );
+    assert!(
+        (report["simulated_usd"].as_f64().unwrap() - spent / 2.0).abs() < 1e-9,
+        "{report}"
+    );
+    assert_eq!(report["providers"]["cheap"]["simulated"], 5.0);
+    assert_eq!(report["providers"]["dear"]["recorded"], 5.0);
+    assert_eq!(report["truncated"], false);
+}
