@@ -154,11 +154,21 @@ impl Quality {
         request_id: &str,
         score: f64,
     ) -> Result<Arc<Served>, Refused> {
-        let served = self
-            .served
+        let served = self.lookup(principal, request_id)?;
+        self.record(&served, score);
+        Ok(served)
+    }
+
+    /// The request `principal` made under `request_id`, if it can be rated.
+    pub fn lookup(&self, principal: &str, request_id: &str) -> Result<Arc<Served>, Refused> {
+        self.served
             .get(request_id)
             .filter(|served| served.principal == principal)
-            .ok_or(Refused::Unknown)?;
+            .ok_or(Refused::Unknown)
+    }
+
+    /// Counts `score` for `served` (metrics and rolling means).
+    pub fn record(&self, served: &Served, score: f64) {
         self.histogram
             .get_or_create(&ScoreLabels {
                 route: served.route.clone(),
@@ -172,7 +182,6 @@ impl Quality {
             .entry((served.route.clone(), served.tier.clone()))
             .or_default()
             .push(score);
-        Ok(served)
     }
 
     /// The mean of `tier`'s recent scores under `route`, once it has enough of them.

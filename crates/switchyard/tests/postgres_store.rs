@@ -217,7 +217,7 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
     let tables: Vec<String> = db
         .admin
         .query(
@@ -233,6 +233,7 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
     assert_eq!(
         tables,
         [
+            "switchyard_feedback",
             "switchyard_requests",
             "switchyard_rollups",
             "switchyard_schema_migrations",

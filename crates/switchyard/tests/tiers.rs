@@ -150,4 +150,17 @@ async fn poor_feedback_on_the_cheap_tier_moves_traffic_to_the_strong_one() {
         .unwrap();
     assert_eq!(cheap["scores"], 20, "{quality}");
     assert!((cheap["mean"].as_f64().unwrap() - (0.1 + 19.0 * 0.2) / 20.0).abs() < 1e-9);
+    // The scores are stored too, per route, tier and model.
+    let stored = &quality["stored"][0];
+    assert_eq!(
+        (
+            stored["route"].as_str(),
+            stored["tier"].as_str(),
+            stored["model"].as_str()
+        ),
+        (Some("assistant"), Some("assistant-cheap"), Some("small")),
+        "{quality}"
+    );
+    assert_eq!(stored["scores"], 20);
+    assert!((stored["mean"].as_f64().unwrap() - (0.1 + 19.0 * 0.2) / 20.0).abs() < 1e-9);
 }

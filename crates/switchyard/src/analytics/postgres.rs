@@ -42,7 +42,9 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement, Transaction};
 
-use super::spend::{self, SpendColumn, SpendKey, SpendLine, SpendPoint, SpendTotals};
+use super::spend::{
+    self, FeedbackRow, QualityLine, SpendColumn, SpendKey, SpendLine, SpendPoint, SpendTotals,
+};
 use super::store::{
     Batch, ByKeyBackfill, CellsQuery, LoggedRequest, Names, Param, Pruned, RequestsPage,
     RequestsQuery, Retention, StoreError, StoredCell, filter_value, number_placeholders,
@@ -176,6 +178,22 @@ CREATE TABLE IF NOT EXISTS switchyard_spend (
 ALTER TABLE switchyard_spend ADD COLUMN IF NOT EXISTS baseline_nanos BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE switchyard_spend ADD COLUMN IF NOT EXISTS default_nanos BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE switchyard_spend ADD COLUMN IF NOT EXISTS hit_baseline_nanos BIGINT NOT NULL DEFAULT 0;
+",
+    ),
+    // Quality feedback (see `spend::FEEDBACK_COLUMNS`, which this must match).
+    (
+        6,
+        "
+CREATE TABLE IF NOT EXISTS switchyard_feedback (
+    time_ms BIGINT NOT NULL,
+    request_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    route TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    model TEXT NOT NULL,
+    score DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS switchyard_feedback_by_time ON switchyard_feedback (time_ms);
 ",
     ),
 ];
@@ -745,6 +763,51 @@ impl PostgresStore {
             .transpose()
             .map_err(self.failed("reading the spend ledger"))
             .map(Option::unwrap_or_default)
+    }
+
+    /// Stores a feedback score.
+    pub async fn write_feedback(&self, row: &FeedbackRow) -> Result<(), StoreError> {
+        let writer = self.writer().await?;
+        writer
+            .client
+            .execute(
+                &spend::feedback_insert_sql("switchyard_feedback", true),
+                &[
+                    &to_i64(row.time_ms),
+                    &row.request_id,
+                    &row.key,
+                    &row.route,
+                    &row.tier,
+                    &row.model,
+                    &row.score,
+                ],
+            )
+            .await
+            .map(|_| ())
+            .map_err(self.failed("storing feedback"))
+    }
+
+    /// Feedback in `[from_ms, to_ms)` per route, tier and model, every instance's.
+    pub async fn quality(&self, from_ms: u64, to_ms: u64) -> Result<Vec<QualityLine>, StoreError> {
+        let rows = self
+            .read(
+                &spend::quality_sql("switchyard_feedback", true),
+                &[&to_i64(from_ms), &to_i64(to_ms)],
+                "a quality report",
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(spend::quality_line(
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                    row.try_get(4)?,
+                ))
+            })
+            .collect::<Result<_, tokio_postgres::Error>>()
+            .map_err(self.failed("reading a quality report"))
     }
 
     /// The spend in `[from_ms, to_ms)` grouped by `column`, largest first.

@@ -262,6 +262,94 @@ pub fn totals_from(values: [i64; 9]) -> SpendTotals {
     }
 }
 
+/// One quality feedback score, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackRow {
+    /// When it was given, unix ms.
+    pub time_ms: u64,
+    /// The rated request.
+    pub request_id: String,
+    /// The key that gave it.
+    pub key: String,
+    /// The route asked for.
+    pub route: String,
+    /// The tier that served (empty for an untiered route).
+    pub tier: String,
+    /// The model that answered.
+    pub model: String,
+    /// 0 (bad) to 1 (good).
+    pub score: f64,
+}
+
+/// Feedback summed per route, tier and model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QualityLine {
+    /// The route asked for.
+    pub route: String,
+    /// The tier (`null` for an untiered route).
+    pub tier: Option<String>,
+    /// The model.
+    pub model: String,
+    /// Scores.
+    pub scores: i64,
+    /// Their mean.
+    pub mean: f64,
+}
+
+/// The feedback table's columns.
+pub const FEEDBACK_COLUMNS: &str = "
+    time_ms BIGINT NOT NULL,
+    request_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    route TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    model TEXT NOT NULL,
+    score DOUBLE PRECISION NOT NULL";
+
+/// The SQL of the quality report over `[from, to)`.
+pub fn quality_sql(table: &str, dollar: bool) -> String {
+    let (from, to) = if dollar { ("$1", "$2") } else { ("?1", "?2") };
+    format!(
+        "SELECT route, tier, model, CAST(count(*) AS BIGINT), CAST(avg(score) AS DOUBLE PRECISION) \
+         FROM {table} WHERE time_ms >= {from} AND time_ms < {to} \
+         GROUP BY route, tier, model ORDER BY route, tier, model"
+    )
+}
+
+/// The SQL that stores one score.
+pub fn feedback_insert_sql(table: &str, dollar: bool) -> String {
+    let p: Vec<String> = (1..=7)
+        .map(|n| {
+            if dollar {
+                format!("${n}")
+            } else {
+                format!("?{n}")
+            }
+        })
+        .collect();
+    format!(
+        "INSERT INTO {table} (time_ms, request_id, key, route, tier, model, score) VALUES ({})",
+        p.join(", ")
+    )
+}
+
+/// A quality line from its columns.
+pub fn quality_line(
+    route: String,
+    tier: String,
+    model: String,
+    scores: i64,
+    mean: f64,
+) -> QualityLine {
+    QualityLine {
+        route,
+        tier: Some(tier).filter(|tier| !tier.is_empty()),
+        model,
+        scores,
+        mean,
+    }
+}
+
 /// One line of a spend report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SpendLine {

@@ -18,7 +18,9 @@ use switchyard_core::analytics::query::{Dim, Fold, SketchRef};
 use switchyard_core::analytics::rollup::ANY_KEY;
 use switchyard_core::analytics::{Cube, Dims, Rollup, Tier};
 
-use super::spend::{self, SpendColumn, SpendKey, SpendLine, SpendPoint, SpendTotals};
+use super::spend::{
+    self, FeedbackRow, QualityLine, SpendColumn, SpendKey, SpendLine, SpendPoint, SpendTotals,
+};
 use super::store::{
     Batch, ByKeyBackfill, CellsQuery, LoggedRequest, Names, Param, Pruned, RequestsPage,
     RequestsQuery, Retention, StoreError, StoredCell, filter_value, number_placeholders,
@@ -292,6 +294,13 @@ impl SqliteStore {
             ))
             .map_err(sql_error("creating the spend ledger"))?;
         migrate_spend(&analytics)?;
+        analytics
+            .execute_batch(&format!(
+                "CREATE TABLE IF NOT EXISTS feedback ({}); \
+                 CREATE INDEX IF NOT EXISTS feedback_by_time ON feedback (time_ms);",
+                spend::FEEDBACK_COLUMNS
+            ))
+            .map_err(sql_error("creating the feedback table"))?;
         let requests = open(requests_path.as_deref(), REQUESTS_SCHEMA, LOG_CACHE_KIB)?;
         migrate_requests(&requests)?;
         Ok(SqliteStore {
@@ -689,6 +698,46 @@ impl SqliteStore {
             None => statement.query_row(params![from, to], |row| row.get(0)),
         };
         result.map_err(sql_error("reading the spend ledger"))
+    }
+
+    /// Stores a feedback score.
+    pub fn write_feedback(&self, row: &FeedbackRow) -> Result<(), StoreError> {
+        lock(&self.analytics)
+            .prepare_cached(&spend::feedback_insert_sql("feedback", false))
+            .and_then(|mut insert| {
+                insert.execute(params![
+                    to_i64(row.time_ms),
+                    row.request_id,
+                    row.key,
+                    row.route,
+                    row.tier,
+                    row.model,
+                    row.score,
+                ])
+            })
+            .map(|_| ())
+            .map_err(sql_error("storing feedback"))
+    }
+
+    /// Feedback in `[from_ms, to_ms)` per route, tier and model.
+    pub fn quality(&self, from_ms: u64, to_ms: u64) -> Result<Vec<QualityLine>, StoreError> {
+        let connection = self.analytics_reader();
+        let mut statement = connection
+            .prepare_cached(&spend::quality_sql("feedback", false))
+            .map_err(sql_error("preparing a quality report"))?;
+        let rows = statement
+            .query_map(params![to_i64(from_ms), to_i64(to_ms)], |row| {
+                Ok(spend::quality_line(
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                ))
+            })
+            .map_err(sql_error("reading a quality report"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql_error("reading a quality report"))
     }
 
     /// The spend in `[from_ms, to_ms)` grouped by `column`, largest first.

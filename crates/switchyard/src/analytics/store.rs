@@ -21,7 +21,9 @@ use switchyard_core::analytics::{Cube, Dims, RequestEvent, Rollup, RollupRow, Sk
 use switchyard_core::config::StorageConfig;
 
 use super::postgres::PostgresStore;
-use super::spend::{SpendColumn, SpendKey, SpendLine, SpendPoint, SpendTotals};
+use super::spend::{
+    FeedbackRow, QualityLine, SpendColumn, SpendKey, SpendLine, SpendPoint, SpendTotals,
+};
 use super::sqlite::SqliteStore;
 
 /// A store failure.
@@ -601,6 +603,28 @@ impl Store {
                 blocking(move || store.spent(column, &member, from_ms, to_ms)).await
             }
             Store::Postgres(store) => store.spent(column, member, from_ms, to_ms).await,
+        }
+    }
+
+    /// Stores a feedback score.
+    pub async fn write_feedback(&self, row: FeedbackRow) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                let store = Arc::clone(store);
+                blocking(move || store.write_feedback(&row)).await
+            }
+            Store::Postgres(store) => store.write_feedback(&row).await,
+        }
+    }
+
+    /// Feedback in `[from_ms, to_ms)` per route, tier and model.
+    pub async fn quality(&self, from_ms: u64, to_ms: u64) -> Result<Vec<QualityLine>, StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                let store = Arc::clone(store);
+                blocking(move || store.quality(from_ms, to_ms)).await
+            }
+            Store::Postgres(store) => store.quality(from_ms, to_ms).await,
         }
     }
 
