@@ -29,7 +29,7 @@ use switchyard_core::pricing::Pricing;
 
 use crate::budget::{Budgets, Hold, Spender};
 use crate::ratelimit::{Admission, RateLimiter};
-use crate::tracker::{InFlight, Tracker};
+use crate::tracker::{CandidateAsk, InFlight, Tracker};
 use std::sync::Arc;
 
 /// One route of a plan.
@@ -173,10 +173,14 @@ where
                 tracker.candidate(
                     target,
                     state,
-                    facts.stream,
-                    facts.input_tokens,
-                    facts.max_output_tokens,
-                    route.objective.bound(facts.stream),
+                    CandidateAsk {
+                        stream: facts.stream,
+                        input_tokens: facts.input_tokens,
+                        max_output_tokens: facts.max_output_tokens,
+                        // Only `least-cost` reads prices and the latency objective.
+                        by_cost: route.strategy == Strategy::LeastCost,
+                        objective: route.objective.bound(facts.stream),
+                    },
                 )
             })
             .collect();

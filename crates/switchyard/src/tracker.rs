@@ -93,6 +93,22 @@ impl std::fmt::Debug for Tracker {
     }
 }
 
+/// What a routing strategy needs to know about a request to view a target.
+#[derive(Debug, Clone, Copy)]
+pub struct CandidateAsk {
+    /// Streamed (latency is judged by time to first token).
+    pub stream: bool,
+    /// Estimated input tokens.
+    pub input_tokens: u64,
+    /// The client's output limit.
+    pub max_output_tokens: Option<u32>,
+    /// The strategy orders by cost: price the request and judge the latency objective
+    /// (other strategies read neither, so the request path skips both).
+    pub by_cost: bool,
+    /// The route's latency objective for this kind of request.
+    pub objective: Option<Duration>,
+}
+
 /// Per-provider state.
 #[derive(Debug)]
 pub struct ProviderState {
@@ -316,11 +332,15 @@ impl Tracker {
         &self,
         target: &Target,
         state: &TargetState,
-        stream: bool,
-        expected_input_tokens: u64,
-        max_output_tokens: Option<u32>,
-        objective: Option<Duration>,
+        ask: CandidateAsk,
     ) -> CandidateView {
+        let CandidateAsk {
+            stream,
+            input_tokens: expected_input_tokens,
+            max_output_tokens,
+            by_cost,
+            objective,
+        } = ask;
         let now = self.now();
         let in_flight = state.in_flight.load(Ordering::Relaxed);
         let available = state.is_available(target, now, in_flight);
@@ -338,30 +358,34 @@ impl Tracker {
         let cached_share = stats.cached_share.unwrap_or(0.0);
         // Unknown until enough recent samples say otherwise: a target is held back only by
         // what it did lately.
-        let meets_objective = objective.is_none_or(|bound| {
-            let recent = if stream {
-                &stats.recent_ttft
-            } else {
-                &stats.recent_latency
-            };
-            recent
-                .p95(now, OBJECTIVE_MAX_AGE, OBJECTIVE_MIN_SAMPLES)
-                .is_none_or(|p95| p95 <= u64::try_from(bound.as_micros()).unwrap_or(u64::MAX))
-        });
+        let meets_objective = !by_cost
+            || objective.is_none_or(|bound| {
+                let recent = if stream {
+                    &stats.recent_ttft
+                } else {
+                    &stats.recent_latency
+                };
+                recent
+                    .p95(now, OBJECTIVE_MAX_AGE, OBJECTIVE_MIN_SAMPLES)
+                    .is_none_or(|p95| p95 <= u64::try_from(bound.as_micros()).unwrap_or(u64::MAX))
+            });
         drop(stats);
         // Input and output at their own prices, the share this target has lately read from
         // its prompt cache at the cached rate; a target without a known price is never taken
         // for the cheapest.
-        let usage = TokenUsage {
-            input: expected_input_tokens,
-            output: expected_output as u64,
-            cached_input: (expected_input_tokens as f64 * cached_share) as u64,
-            ..TokenUsage::default()
+        let expected_cost = if by_cost {
+            let usage = TokenUsage {
+                input: expected_input_tokens,
+                output: expected_output as u64,
+                cached_input: (expected_input_tokens as f64 * cached_share) as u64,
+                ..TokenUsage::default()
+            };
+            self.pricing
+                .cost(&target.provider.name, &target.model, &usage)
+                .unwrap_or(f64::MAX)
+        } else {
+            0.0
         };
-        let expected_cost = self
-            .pricing
-            .cost(&target.provider.name, &target.model, &usage)
-            .unwrap_or(f64::MAX);
         CandidateView {
             available,
             priority: target.priority,

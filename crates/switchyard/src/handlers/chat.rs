@@ -79,8 +79,7 @@ async fn handle(
         deadline: context.deadline,
     };
     super::record_baseline(app, context, &resolution);
-    let features = switchyard_core::tiers::Features::of(&request);
-    let resolution = super::choose_tier(app, context, resolution, Some(&features))?;
+    let resolution = super::choose_tier(app, context, resolution, Some(&request))?;
     let cheaper = super::downgrade(app, context, &resolution, &facts).await?;
     let resolution = match &cheaper {
         Some(route) => app.router.resolve(route)?,

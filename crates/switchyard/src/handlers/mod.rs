@@ -365,15 +365,16 @@ pub fn record_baseline(app: &AppState, context: &RequestContext, resolution: &Re
 
 /// Stage 6, for a route with quality tiers: the classifier (or the client's
 /// `x-switchyard-tier`, or the cheap tier's poor feedback) picks the tier, whose route then
-/// serves the request. `features`: `None` for requests the classifier does not read
-/// (embeddings), which go to the cheapest tier unless hinted.
+/// serves the request. `chat`: `None` for requests the classifier does not read
+/// (embeddings), which go to the cheapest tier unless hinted. The request is read only for
+/// a tiered route.
 pub fn choose_tier<'a>(
     app: &'a AppState,
     context: &mut RequestContext,
     resolution: Resolution<'a>,
-    features: Option<&switchyard_core::tiers::Features>,
+    chat: Option<&switchyard_core::wire::ChatRequest>,
 ) -> Result<Resolution<'a>, GatewayError> {
-    use switchyard_core::tiers::{Choice, choose, resolve_hint};
+    use switchyard_core::tiers::{Choice, Features, choose, resolve_hint};
     let Resolution::Route(route) = &resolution else {
         return Ok(resolution);
     };
@@ -391,10 +392,10 @@ pub fn choose_tier<'a>(
             .with_param("x-switchyard-tier")
         })?),
     };
-    let choice = match features {
-        Some(features) => choose(
+    let choice = match chat {
+        Some(chat) => choose(
             &route.classifier,
-            features,
+            &Features::of(chat),
             route.tiers.len(),
             hint,
             app.quality.mean(&route.name, &route.tiers[0]),
