@@ -576,3 +576,34 @@ only = ["alpha/mock-a"]
     assert_eq!(mock.calls(), 3);
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_refused_request_is_logged_under_its_route() {
+    let (_mock, gateway) = setup(
+        r#"
+[[rate_limits.limits]]
+name = "one"
+scope = "key"
+requests = 1
+per = "1h"
+[[routes]]
+model = "assistant"
+[[routes.targets]]
+provider = "alpha"
+model = "mock-a"
+"#,
+        Behavior::default(),
+    )
+    .await;
+    let url = gateway.url("/v1/chat/completions");
+    let body = chat(json!({"model": "assistant"}));
+    assert_eq!(post_json(&url, &body, &[]).await.0, 200);
+    assert_eq!(post_json(&url, &body, &[]).await.0, 429);
+    let rows = common::logged_requests(&gateway, None, 2).await;
+    let refused = rows.iter().find(|row| row["status"] == 429).unwrap();
+    // Refused before any attempt, it is still filed under the route it asked for (the
+    // dashboard's filters and per-route alerts rely on it).
+    assert_eq!(refused["route"], "assistant");
+    assert_eq!(refused["error_class"], "rate_limited");
+    assert!(refused["provider"].is_null());
+}

@@ -63,6 +63,7 @@ async fn handle(
         Some(route) => app.router.resolve(route)?,
         None => resolution,
     };
+    super::record_route(context, &resolution);
     let plan = super::plan(app, &resolution);
     crate::chain::rate_limit::admit(
         app,

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod analytics;
 pub mod chat;
+pub mod dashboard;
 pub mod embeddings;
 pub mod feedback;
 pub mod keys;
@@ -342,8 +343,6 @@ pub fn quota<'q>(
     })
 }
 
-/// The routes to try: the resolved one, then its fallbacks (their own fallbacks are not
-/// followed).
 /// Records the savings report's baseline: the default target (lowest priority, first in
 /// the file) of the route the client asked for, or of its strongest tier.
 pub fn record_baseline(app: &AppState, context: &RequestContext, resolution: &Resolution<'_>) {
@@ -461,6 +460,16 @@ pub async fn downgrade(
     Ok(Some(downgrade.route))
 }
 
+/// Records the route that will serve (after tiers and budget downgrades), so that a request
+/// refused before any attempt (a rate limit, no available provider) is filed under it too.
+/// An attempt that is answered overwrites it with the route that answered.
+pub fn record_route(context: &RequestContext, resolution: &Resolution<'_>) {
+    let route = resolution.route_name().to_owned();
+    context.record(|draft| draft.route = Some(route));
+}
+
+/// The routes to try: the resolved one, then its fallbacks (their own fallbacks are not
+/// followed).
 pub fn plan<'a>(app: &'a AppState, resolution: &'a Resolution<'a>) -> Vec<PlannedRoute<'a>> {
     let mut plan = Vec::with_capacity(1 + resolution.fallbacks().len());
     plan.push(PlannedRoute {
