@@ -16,7 +16,8 @@ use crate::analytics::{self, Analytics, EventSink, Metrics};
 use crate::cache::ResponseCache;
 use crate::chain::{account, auth, request_id};
 use crate::handlers::{
-    admin, analytics as analytics_api, chat, embeddings, feedback, keys as keys_api, meta, spend,
+    admin, analytics as analytics_api, chat, dashboard, embeddings, feedback, keys as keys_api,
+    meta, spend,
 };
 use crate::ratelimit::RateLimiter;
 use crate::tracker::{TokioClock, Tracker};
@@ -198,6 +199,9 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .route("/healthz", get(meta::healthz))
         .route("/readyz", get(meta::readyz))
+        .route("/dashboard", get(dashboard::redirect))
+        .route("/dashboard/", get(dashboard::index))
+        .route("/dashboard/{file}", get(dashboard::file))
         .fallback(meta::not_found)
         .method_not_allowed_fallback(meta::method_not_allowed)
         // Outermost last: the request id wraps the panic catch, so that even the answer to a

@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use switchyard_core::config::{
-    self, RawBudget, RawBudgets, RawConfig, RawPrice, RawProvider, RawRoute, RawRouteCache,
-    RawTarget,
+    self, RawBudget, RawBudgets, RawConfig, RawLimit, RawPrice, RawProvider, RawRateLimits,
+    RawRoute, RawRouteCache, RawTarget,
 };
 use switchyard_testkit::mock::{Behavior, MockHandle, MockProvider};
 
@@ -105,6 +105,12 @@ const DEMO_PRICES: &[(&str, &str, f64, f64)] = &[
 
 /// The route whose answers the demo caches (for 30 s).
 const CACHED_ROUTE: &str = "fast";
+
+/// The route the demo rate-limits: 30 requests a minute with bursts of 5. The steady traffic
+/// stays under it; a burst of [`BURST`] requests every [`BURST_EVERY`] rounds does not.
+const LIMITED_ROUTE: &str = "quickest";
+const BURST: usize = 8;
+const BURST_EVERY: u64 = 80;
 
 /// Runs the demo until Ctrl-C.
 pub async fn run(args: DemoArgs) -> Result<(), String> {
@@ -229,11 +235,24 @@ fn demo_config(mocks: &[MockHandle]) -> RawConfig {
         ],
         ..RawBudgets::default()
     };
+    let rate_limits = RawRateLimits {
+        limits: vec![RawLimit {
+            name: Some("quickest-rpm".to_owned()),
+            scope: "model".to_owned(),
+            only: vec![LIMITED_ROUTE.to_owned()],
+            requests: Some(30),
+            per: Some(Duration::from_secs(60)),
+            burst: Some(5),
+            ..RawLimit::default()
+        }],
+        ..RawRateLimits::default()
+    };
     RawConfig {
         providers,
         routes,
         prices,
         budgets,
+        rate_limits,
         ..RawConfig::default()
     }
 }
@@ -252,6 +271,8 @@ fn banner(base: &str, auth: bool) -> String {
          \x20 steady (Anthropic format) slower, reliable\n\
          \x20 flaky  (Gemini format)    fails 1 request in 4; route `demo` fails over from it\n\
          Routes: demo, fast, smart, quickest (least-latency). Background traffic is running.\n\
+         Route `quickest` is limited to 30 requests a minute (bursts of 5); the traffic sends\n\
+         a burst now and then, so some of it gets 429.\n\
          Route `fast` caches answers for 30 s: send the same request twice and look for\n\
          `x-switchyard-cache: HIT`.\n\
          \n\
@@ -265,6 +286,7 @@ fn banner(base: &str, auth: bool) -> String {
          \x20 curl {base}/admin/cache{auth_header}       # cache entries, hits, misses\n\
          \x20 curl '{base}/admin/spend?group_by=route'{auth_header}  # what each route cost\n\
          \x20 curl {base}/admin/budgets{auth_header}     # budgets (`smart` moves to `fast` past $0.01 a day)\n\
+         Dashboard: {base}/dashboard/ (sign in with the master key)\n\
          Or point any OpenAI SDK at base_url={base}/v1.\n\
          Press Ctrl-C to stop."
     )
@@ -289,6 +311,7 @@ async fn traffic(base: String, master_key: Option<String>) {
         "Explain circuit breakers briefly",
     ];
     let url = format!("{base}/v1/chat/completions");
+    let key = master_key.as_deref();
     let mut interval = tokio::time::interval(Duration::from_millis(750));
     let mut sent: u64 = 0;
     let mut failed: u64 = 0;
@@ -297,28 +320,47 @@ async fn traffic(base: String, master_key: Option<String>) {
         let (route, _, _) = ROUTES[(round % ROUTES.len() as u64) as usize];
         // Each route sees every prompt in turn, so cached answers come round again.
         let prompt = prompts[((round / ROUTES.len() as u64) % prompts.len() as u64) as usize];
-        let body = serde_json::json!({
-            "model": route,
-            "stream": round % 3 == 0,
-            "messages": [{"role": "user", "content": prompt}],
-        });
-        let mut request = client
-            .post(&url)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string());
-        if let Some(key) = &master_key {
-            request = request.bearer_auth(key);
+        let mut outcomes = vec![send(&client, &url, key, route, prompt, round % 3 == 0).await];
+        // Now and then (first after a few seconds) a burst that the rate limit partly refuses.
+        if round % BURST_EVERY == 8 {
+            let burst = (0..BURST).map(|_| send(&client, &url, key, LIMITED_ROUTE, prompt, false));
+            outcomes.extend(futures_util::future::join_all(burst).await);
         }
-        sent += 1;
-        let ok = match request.send().await {
-            Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
-            Err(_) => false,
-        };
-        if !ok {
-            failed += 1;
+        for ok in outcomes {
+            sent += 1;
+            if !ok {
+                failed += 1;
+            }
+            if sent.is_multiple_of(40) {
+                tracing::info!(sent, failed, "demo traffic");
+            }
         }
-        if sent.is_multiple_of(40) {
-            tracing::info!(sent, failed, "demo traffic");
-        }
+    }
+}
+
+/// One demo request; true when it was answered in full with a success.
+async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    master_key: Option<&str>,
+    route: &str,
+    prompt: &str,
+    stream: bool,
+) -> bool {
+    let body = serde_json::json!({
+        "model": route,
+        "stream": stream,
+        "messages": [{"role": "user", "content": prompt}],
+    });
+    let mut request = client
+        .post(url)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body.to_string());
+    if let Some(key) = master_key {
+        request = request.bearer_auth(key);
+    }
+    match request.send().await {
+        Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
+        Err(_) => false,
     }
 }

@@ -141,12 +141,14 @@ pub async fn account(State(app): State<AppState>, mut request: Request, next: Ne
     )
 }
 
-/// API requests are accounted; health checks, metric scrapes and the admin API are not.
+/// API requests are accounted; health checks, metric scrapes, the admin API and the
+/// dashboard's files are not.
 fn is_accounted(path: &str) -> bool {
     !matches!(
         path,
-        "/healthz" | "/readyz" | "/metrics" | "/v1/feedback" | "/feedback"
+        "/healthz" | "/readyz" | "/metrics" | "/v1/feedback" | "/feedback" | "/dashboard"
     ) && !path.starts_with("/admin/")
+        && !path.starts_with("/dashboard/")
 }
 
 /// The event of a request whose body is still being sent.
