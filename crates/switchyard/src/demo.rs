@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use switchyard_core::config::{
-    self, RawBudget, RawBudgets, RawConfig, RawPrice, RawProvider, RawRoute, RawRouteCache,
-    RawTarget,
+    self, RawAlertRule, RawAlerts, RawBudget, RawBudgets, RawConfig, RawPrice, RawProvider,
+    RawRoute, RawRouteCache, RawTarget,
 };
 use switchyard_testkit::mock::{Behavior, MockHandle, MockProvider};
 
@@ -234,7 +234,41 @@ fn demo_config(mocks: &[MockHandle]) -> RawConfig {
         routes,
         prices,
         budgets,
+        alerts: demo_alerts(),
         ..RawConfig::default()
+    }
+}
+
+/// Alert rules that the demo's traffic trips, sent to the log (no notifier is configured):
+/// a provider's p95 latency over 30 s wanders around 200 ms as the mix of streamed and plain
+/// requests changes (failover hides `flaky`'s errors from the clients, and so from an error
+/// rate), so `slow-provider` fires and resolves now and then; `smart-soft` is spent within
+/// minutes, which fires `smart-budget` once for the day.
+fn demo_alerts() -> RawAlerts {
+    RawAlerts {
+        interval: Some(Duration::from_secs(2)),
+        rules: vec![
+            RawAlertRule {
+                name: "slow-provider".to_owned(),
+                metric: "latency_p95".to_owned(),
+                scope: Some("provider".to_owned()),
+                threshold: Some(200.0),
+                window: Some(Duration::from_secs(30)),
+                for_duration: Some(Duration::from_secs(4)),
+                cooldown: Some(Duration::from_secs(30)),
+                min_requests: Some(5),
+                ..RawAlertRule::default()
+            },
+            RawAlertRule {
+                name: "smart-budget".to_owned(),
+                metric: "budget_used".to_owned(),
+                budget: Some("smart-soft".to_owned()),
+                threshold: Some(0.8),
+                severity: Some("info".to_owned()),
+                ..RawAlertRule::default()
+            },
+        ],
+        ..RawAlerts::default()
     }
 }
 
@@ -265,6 +299,7 @@ fn banner(base: &str, auth: bool) -> String {
          \x20 curl {base}/admin/cache{auth_header}       # cache entries, hits, misses\n\
          \x20 curl '{base}/admin/spend?group_by=route'{auth_header}  # what each route cost\n\
          \x20 curl {base}/admin/budgets{auth_header}     # budgets (`smart` moves to `fast` past $0.01 a day)\n\
+         \x20 curl {base}/admin/alerts{auth_header}      # alerts (also in the log): slow providers, budgets\n\
          Or point any OpenAI SDK at base_url={base}/v1.\n\
          Press Ctrl-C to stop."
     )
