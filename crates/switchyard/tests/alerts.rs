@@ -496,3 +496,77 @@ async fn the_postgres_store_keeps_the_history() {
     drop((store, again));
     db.finish().await;
 }
+
+#[tokio::test]
+async fn budget_spend_per_key_and_rate_limit_rules_read_their_sources() {
+    let mock = MockProvider::builder().name("alpha").spawn().await.unwrap();
+    let (_receiver, hook) = Receiver::start().await;
+    let extra = r#"
+[[alerts.rules]]
+name = "spend-per-key"
+metric = "cost_per_hour"
+scope = "key"
+threshold = 0.0
+
+[[alerts.rules]]
+name = "daily-used"
+metric = "budget_used"
+budget = "daily"
+threshold = 0.000001
+
+[[alerts.rules]]
+name = "limited"
+metric = "rate_limited_rate"
+threshold = 0.1
+
+[[prices]]
+provider = "alpha"
+model = "mock-1"
+input = 1000.0
+output = 1000.0
+
+[[budgets.limits]]
+name = "daily"
+scope = "global"
+amount_usd = 10.0
+period = "daily"
+
+[[rate_limits.limits]]
+scope = "global"
+requests = 2
+per = "1m"
+"#;
+    let gateway = gateway(&config(&mock, &hook, extra), None).await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(chat(&gateway).await);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
+    let body = alerts_until(&gateway, |b| b["firing"].as_array().unwrap().len() == 3).await;
+    let firing = body["firing"].as_array().unwrap();
+    let by_rule = |rule: &str| {
+        firing
+            .iter()
+            .find(|a| a["rule"] == rule)
+            .unwrap_or_else(|| panic!("{rule} not firing: {body}"))
+    };
+    // Per key, from the store's minute rollups; the master key's principal.
+    let spend = by_rule("spend-per-key");
+    assert_eq!(spend["scope"], "key");
+    assert_eq!(spend["member"], "master");
+    assert!(spend["value"].as_f64().unwrap() > 0.0);
+    let budget = by_rule("daily-used");
+    assert_eq!(budget["scope"], "budget");
+    assert_eq!(budget["member"], "daily/*");
+    assert!(budget["value"].as_f64().unwrap() > 0.000001);
+    let limited = by_rule("limited");
+    assert_eq!(limited["member"], "*");
+    // Refusals over requests (4 of 6 in the end; the value is what it was when it fired).
+    let value = limited["value"].as_f64().unwrap();
+    assert!(value > 0.1 && value <= 1.0, "{limited}");
+    gateway.stop().await;
+}

@@ -41,7 +41,7 @@ pub struct Sample {
     /// When, unix ms.
     at_ms: u64,
     /// Request events dropped since start.
-    dropped: u64,
+    pub(super) dropped: u64,
     /// Rate-limit refusals since start, per key (read only when a rule needs them).
     refusals: HashMap<String, u64>,
 }
@@ -59,6 +59,18 @@ impl Sample {
             at_ms: now_ms,
             dropped: app.events.counts().dropped.load(Ordering::Relaxed),
             refusals: by_key,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Sample {
+    /// A sample of the drop counter alone.
+    pub(super) fn dropped_at(at_ms: u64, dropped: u64) -> Self {
+        Sample {
+            at_ms,
+            dropped,
+            refusals: HashMap::new(),
         }
     }
 }

@@ -530,3 +530,74 @@ async fn the_sqlite_store_keeps_the_history_across_a_restart() {
     store.prune(3).await.unwrap();
     assert_eq!(store.load(10).await.unwrap().len(), 2);
 }
+
+#[test]
+fn counters_are_differenced_over_the_window() {
+    use super::sources::{Sample, Samples};
+    let window = Duration::from_secs(10);
+    let mut samples = Samples::default();
+    // A counter counting from zero at start: a window reaching back past the first sample
+    // counts everything.
+    samples.push(Sample::dropped_at(1_000, 3), window);
+    assert_eq!(samples.growth(1_000, window, |s| s.dropped), 3);
+    for second in 2..=30 {
+        samples.push(Sample::dropped_at(second * 1_000, second * 2), window);
+    }
+    // At 30 s: 60 now, 40 at 20 s.
+    assert_eq!(samples.growth(30_000, window, |s| s.dropped), 20);
+    // Only what the longest window needs is kept.
+    samples.push(Sample::dropped_at(31_000, 62), window);
+    assert_eq!(samples.growth(31_000, window, |s| s.dropped), 20);
+}
+
+#[test]
+fn a_rule_reads_the_live_tier_or_the_stored_minutes() {
+    use super::sources::window_query;
+    use switchyard_core::alerts::{AlertMetric, AlertScope, Direction, Severity};
+    use switchyard_core::analytics::Tier;
+    use switchyard_core::analytics::query::{Dim, Metric};
+    let mut rule = switchyard_core::config::AlertRule {
+        name: "r".to_owned(),
+        metric: AlertMetric::ErrorRate,
+        scope: AlertScope::Provider,
+        member: None,
+        budget: None,
+        threshold: 0.1,
+        direction: Direction::Above,
+        window: Duration::from_secs(60),
+        for_duration: Duration::ZERO,
+        cooldown: Duration::ZERO,
+        severity: Severity::Warning,
+        notifiers: vec![0],
+        min_requests: 1,
+    };
+    let now = 1_700_000_123_456;
+    let query = window_query(&rule, vec![Metric::ErrorRate], now);
+    assert_eq!(query.tier, Tier::Second);
+    // Sixty whole seconds, the current one included.
+    assert_eq!(query.to_ms, 1_700_000_124_000);
+    assert_eq!(query.from_ms, 1_700_000_064_000);
+    assert_eq!(query.interval_ms, 60_000);
+    assert_eq!(query.group_by, vec![Dim::Provider]);
+    assert!(query.filter.equals.is_empty());
+    // One member: filtered, not split.
+    rule.member = Some("alpha".to_owned());
+    let query = window_query(&rule, vec![Metric::ErrorRate], now);
+    assert!(query.group_by.is_empty());
+    assert_eq!(
+        query.filter.equals,
+        vec![(Dim::Provider, "alpha".to_owned())]
+    );
+    // Past the live tier's 5 minutes, or per key: the stored minutes.
+    rule.window = Duration::from_secs(3_600);
+    let query = window_query(&rule, vec![Metric::Cost], now);
+    assert_eq!(query.tier, Tier::Minute);
+    assert_eq!(query.from_ms, Tier::Minute.bucket(now - 3_600_000));
+    assert_eq!(query.to_ms, now + 1);
+    rule.window = Duration::from_secs(60);
+    rule.scope = AlertScope::Key;
+    rule.member = None;
+    let query = window_query(&rule, vec![Metric::Cost], now);
+    assert_eq!(query.tier, Tier::Minute);
+    assert_eq!(query.group_by, vec![Dim::Key]);
+}
