@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the repo: formatting and lints, the wasm build of the core, the Rust
-# unit, golden and socket-level tests, and the real-client suite (the official OpenAI Python
-# SDK against the running binary). This is the one test command; .ci/run calls it.
+# unit, golden and socket-level tests, the real-client suite (the official OpenAI Python
+# SDK against the running binary) and the dashboard in headless Chromium. This is the one
+# test command; .ci/run calls it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,3 +26,6 @@ cargo test --workspace
 step "OpenAI SDK suite against the running binary"
 cargo build -p switchyard -p switchyard-testkit --bins
 SWITCHYARD_BIN_DIR="${CARGO_TARGET_DIR:-$PWD/target}/debug" scripts/sdk-tests.sh
+
+step "the dashboard in headless Chromium"
+SWITCHYARD_BIN_DIR="${CARGO_TARGET_DIR:-$PWD/target}/debug" scripts/dashboard-tests.sh

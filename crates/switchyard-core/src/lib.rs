@@ -4,6 +4,8 @@
 //! Cloudflare Worker. Everything here is pure: no tokio, no sockets, no clock of its own.
 //!
 //! # Layout
+//! - [`alerts`]: alert metrics, scopes and severities, and the pending → firing → resolved
+//!   state machine (deduplication, `for`, cooldown), with time passed in.
 //! - [`analytics`]: the request event every request leaves behind.
 //! - [`clock`]: injected monotonic time ([`clock::Clock`], [`clock::ManualClock`]).
 //! - [`wire`]: OpenAI wire types (chat, stream chunks, embeddings, usage, models) and body
@@ -21,6 +23,7 @@
 //!   Anthropic Messages, Gemini), building upstream requests and translating answers, stream
 //!   events and errors.
 
+pub mod alerts;
 pub mod analytics;
 pub mod budget;
 pub mod cache;

@@ -475,7 +475,7 @@ function renderAlerts(report, error) {
   const recent = ((report && report.recent) || []).filter((a) => !firing.some((f) => f.id === a.id)).slice(0, 8);
   $('k-alerts').textContent = String(firing.length);
   const item = (alert) => el('div', { class: `alert ${alert.state} ${alert.severity || ''}` },
-    el('div', {}, el('b', {}, alert.rule), alert.member ? ` · ${alert.member}` : '', ' ',
+    el('div', {}, el('b', {}, alert.rule), alert.member && alert.member !== '*' ? ` · ${alert.member}` : '', ' ',
       pill(alert.state, alert.state === 'firing' ? (alert.severity === 'critical' ? 'bad' : 'warn') : 'good')),
     el('div', {}, alert.message || ''),
     el('div', { class: 'when' }, alert.state === 'resolved' && alert.resolved_at
@@ -539,7 +539,11 @@ function renderRequests(report) {
 function renderWaterfall(row) {
   const target = $('waterfall');
   const stages = normaliseStages(row.stages);
-  const total = Math.max(row.latency_us || 0, sum(stages.map((s) => s.us)), 1);
+  const staged = sum(stages.map((s) => s.us));
+  // What the stages do not cover is the answer's body reaching the client (a stream's
+  // tokens after the first byte, for one).
+  if ((row.latency_us || 0) - staged > 1000) stages.push({ name: 'body', us: row.latency_us - staged });
+  const total = Math.max(row.latency_us || 0, staged, 1);
   let start = 0;
   const rows = stages.map((stage, index) => {
     const left = (start / total) * 100;

@@ -16,8 +16,8 @@ use crate::analytics::{self, Analytics, EventSink, Metrics};
 use crate::cache::ResponseCache;
 use crate::chain::{account, auth, request_id};
 use crate::handlers::{
-    admin, analytics as analytics_api, chat, dashboard, embeddings, feedback, keys as keys_api,
-    meta, spend,
+    admin, alerts as alerts_api, analytics as analytics_api, chat, dashboard, embeddings, feedback,
+    keys as keys_api, meta, spend,
 };
 use crate::ratelimit::RateLimiter;
 use crate::tracker::{TokioClock, Tracker};
@@ -72,6 +72,8 @@ pub struct AppInner {
     pub budgets: Arc<crate::budget::Budgets>,
     /// Quality feedback.
     pub quality: crate::quality::Quality,
+    /// Alert rules, their state, notifiers and history.
+    pub alerts: Arc<crate::alerts::Alerts>,
 }
 
 impl AppState {
@@ -130,6 +132,13 @@ impl AppState {
             Arc::new(crate::cache::unix_ms),
         )?;
         let quality = crate::quality::Quality::new(metrics.quality.clone());
+        let alerts = crate::alerts::Alerts::new(
+            &config.alerts,
+            &config.storage,
+            Arc::new(crate::cache::unix_ms),
+        )
+        .await
+        .map_err(|error| format!("alerts: {error}"))?;
         let tracker = Tracker::new(&config, clock);
         let (events, event_receiver) = analytics::channel();
         Ok(AppState(Arc::new(AppInner {
@@ -145,11 +154,25 @@ impl AppState {
             keys,
             budgets,
             quality,
+            alerts,
             analytics,
             connections: AtomicI64::new(0),
             models_body,
             ready: AtomicBool::new(true),
         })))
+    }
+}
+
+impl AppState {
+    /// A handle that does not keep the state alive (for background tasks that should end
+    /// with it).
+    pub fn downgrade(&self) -> std::sync::Weak<AppInner> {
+        Arc::downgrade(&self.0)
+    }
+
+    /// The state behind `weak`, while it lives.
+    pub fn upgrade(weak: &std::sync::Weak<AppInner>) -> Option<AppState> {
+        weak.upgrade().map(AppState)
     }
 }
 
@@ -192,6 +215,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/budgets", get(spend::budgets))
         .route("/admin/quality", get(feedback::quality))
         .route("/admin/cost/savings", get(spend::savings))
+        .route("/admin/alerts", get(alerts_api::list))
+        .route("/admin/alerts/test", post(alerts_api::test))
         .route("/admin/providers/{name}/drain", post(admin::drain))
         .route("/admin/providers/{name}/enable", post(admin::enable))
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));

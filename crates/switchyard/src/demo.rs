@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use switchyard_core::config::{
-    self, RawBudget, RawBudgets, RawConfig, RawLimit, RawPrice, RawProvider, RawRateLimits,
-    RawRoute, RawRouteCache, RawTarget,
+    self, RawAlertRule, RawAlerts, RawBudget, RawBudgets, RawConfig, RawLimit, RawPrice,
+    RawProvider, RawRateLimits, RawRoute, RawRouteCache, RawTarget,
 };
 use switchyard_testkit::mock::{Behavior, MockHandle, MockProvider};
 
@@ -253,7 +253,54 @@ fn demo_config(mocks: &[MockHandle]) -> RawConfig {
         prices,
         budgets,
         rate_limits,
+        alerts: demo_alerts(),
         ..RawConfig::default()
+    }
+}
+
+/// Alert rules that the demo's traffic trips, sent to the log (no notifier is configured):
+/// a provider's p95 latency over 30 s wanders around 200 ms as the mix of streamed and plain
+/// requests changes (failover hides `flaky`'s errors from the clients, and so from an error
+/// rate), so `slow-provider` fires and resolves now and then; `smart-soft` is spent within
+/// minutes, which fires `smart-budget` once for the day; `refusals` fires after each burst over
+/// `quickest`'s rate limit.
+fn demo_alerts() -> RawAlerts {
+    RawAlerts {
+        interval: Some(Duration::from_secs(2)),
+        rules: vec![
+            RawAlertRule {
+                name: "slow-provider".to_owned(),
+                metric: "latency_p95".to_owned(),
+                scope: Some("provider".to_owned()),
+                threshold: Some(200.0),
+                window: Some(Duration::from_secs(30)),
+                for_duration: Some(Duration::from_secs(4)),
+                cooldown: Some(Duration::from_secs(30)),
+                min_requests: Some(5),
+                ..RawAlertRule::default()
+            },
+            // The bursts over `quickest`'s limit (see LIMITED_ROUTE) trip this one within
+            // seconds of the start.
+            RawAlertRule {
+                name: "refusals".to_owned(),
+                metric: "rate_limited_rate".to_owned(),
+                scope: Some("global".to_owned()),
+                threshold: Some(0.05),
+                window: Some(Duration::from_secs(60)),
+                cooldown: Some(Duration::from_secs(60)),
+                severity: Some("info".to_owned()),
+                ..RawAlertRule::default()
+            },
+            RawAlertRule {
+                name: "smart-budget".to_owned(),
+                metric: "budget_used".to_owned(),
+                budget: Some("smart-soft".to_owned()),
+                threshold: Some(0.8),
+                severity: Some("info".to_owned()),
+                ..RawAlertRule::default()
+            },
+        ],
+        ..RawAlerts::default()
     }
 }
 
@@ -286,6 +333,7 @@ fn banner(base: &str, auth: bool) -> String {
          \x20 curl {base}/admin/cache{auth_header}       # cache entries, hits, misses\n\
          \x20 curl '{base}/admin/spend?group_by=route'{auth_header}  # what each route cost\n\
          \x20 curl {base}/admin/budgets{auth_header}     # budgets (`smart` moves to `fast` past $0.01 a day)\n\
+         \x20 curl {base}/admin/alerts{auth_header}      # alerts (also in the log): slow providers, budgets\n\
          Dashboard: {base}/dashboard/ (sign in with the master key)\n\
          Or point any OpenAI SDK at base_url={base}/v1.\n\
          Press Ctrl-C to stop."

@@ -5,6 +5,8 @@
 //! crate adds the server, the request chain, the transport, and the CLI.
 //!
 //! # Layout
+//! - [`alerts`]: alert rules evaluated in the background, their notifiers (webhook, Slack,
+//!   Telegram, log) and their history.
 //! - [`analytics`]: the request-event channel and the Prometheus metrics it feeds.
 //! - [`app`]: shared state and the router, where the chain's order is written down.
 //! - [`chain`]: cross-cutting stages as middleware (request id and context, auth).
@@ -26,6 +28,7 @@
 //! - [`postgres`]: what the Postgres stores share (connection config, error messages).
 //! - [`cli`]: `serve`, `demo`, `config check`; [`demo`]: simulated providers and traffic.
 
+pub mod alerts;
 pub mod analytics;
 pub mod app;
 pub mod budget;

@@ -34,6 +34,7 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
     spawn_limiter_sweep(&state);
     spawn_cache_sweep(&state);
     spawn_key_reload(&state);
+    crate::alerts::spawn(&state);
     state
         .budgets
         .spawn_flusher(state.config.analytics.flush_interval);
@@ -138,6 +139,7 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
     if let Err(error) = state.budgets.flush().await {
         tracing::error!(%error, "could not write the spend ledger at shutdown");
     }
+    state.alerts.persist(crate::cache::unix_ms()).await;
 }
 
 /// Forgets idle in-memory rate-limit counters once a minute, so that one-off users and IPs

@@ -5,6 +5,7 @@
 //! With no config file, [`discover`] builds the raw config from provider API keys found in the
 //! environment, and the same validation runs on it.
 
+pub mod alerts;
 pub mod budgets;
 pub mod cache;
 pub mod limits;
@@ -17,15 +18,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use alerts::{AlertConfig, AlertRule, NotifierConfig, NotifierKind};
 pub use budgets::{BudgetAction, BudgetConfig, BudgetFailMode, BudgetRule};
 pub use cache::{CacheConfig, CachePolicy, CacheScope};
 pub use limits::{FailMode, LimitConfig, RateLimitConfig};
 pub use presets::{PRESETS, Preset, kind_names, preset};
 pub use raw::{
-    RawAnalytics, RawBreaker, RawBudget, RawBudgets, RawCache, RawClassifier, RawConfig,
-    RawHealthCheck, RawLimit, RawObjective, RawPrice, RawProvider, RawRateLimits, RawRoute,
-    RawRouteCache, RawRouting, RawServer, RawStorage, RawTarget, RawTelemetry, RawTimeouts,
-    RawUpstream,
+    RawAlertRule, RawAlerts, RawAnalytics, RawBreaker, RawBudget, RawBudgets, RawCache, RawChatId,
+    RawClassifier, RawConfig, RawHealthCheck, RawLimit, RawNotifier, RawObjective, RawPrice,
+    RawProvider, RawRateLimits, RawRoute, RawRouteCache, RawRouting, RawServer, RawStorage,
+    RawTarget, RawTelemetry, RawTimeouts, RawUpstream,
 };
 
 use crate::health::{Backoff, BreakerConfig};
@@ -126,6 +128,8 @@ pub struct Config {
     pub pricing: crate::pricing::Pricing,
     /// Spending budgets.
     pub budgets: BudgetConfig,
+    /// Alert rules and notifiers.
+    pub alerts: AlertConfig,
 }
 
 /// The environment variable naming the data directory.
@@ -530,6 +534,15 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
     let rate_limits = limits::validate(&raw.rate_limits, &providers)?;
     let pricing = validate_prices(&raw.prices, &providers, &routes)?;
     let budgets = budgets::validate(&raw.budgets, &|name| route_names.contains(name))?;
+    let alerts = alerts::validate(
+        &raw.alerts,
+        env,
+        &alerts::Known {
+            provider: &|name| providers.iter().any(|p| p.name == name),
+            route: &|name| route_names.contains(name),
+            budget: &|name| budgets.rules.iter().any(|rule| rule.name == name),
+        },
+    )?;
     Ok(Config {
         server,
         upstream,
@@ -543,6 +556,7 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         cache: cache_config,
         pricing,
         budgets,
+        alerts,
     })
 }
 

@@ -48,6 +48,108 @@ pub struct RawConfig {
     /// `[budgets]`.
     #[serde(default)]
     pub budgets: RawBudgets,
+    /// `[alerts]`: rules and notifiers.
+    #[serde(default)]
+    pub alerts: RawAlerts,
+}
+
+/// `[alerts]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    /// How often the rules are evaluated. Default 5s.
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// Alerts kept for `GET /admin/alerts`. Default 200.
+    pub history: Option<usize>,
+    /// `[[alerts.rules]]`.
+    #[serde(default)]
+    pub rules: Vec<RawAlertRule>,
+    /// `[[alerts.notifiers]]`.
+    #[serde(default)]
+    pub notifiers: Vec<RawNotifier>,
+}
+
+/// One `[[alerts.rules]]` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlertRule {
+    /// Unique name.
+    pub name: String,
+    /// `error_rate`, `latency_p95`, `ttft_p95`, `cost_per_hour`, `budget_used`,
+    /// `budget_forecast`, `provider_down`, `breaker_open`, `cache_hit_rate`,
+    /// `rate_limited_rate` or `dropped_events`.
+    pub metric: String,
+    /// `global`, `route`, `provider`, `model` or `key`. Default: the metric's first.
+    pub scope: Option<String>,
+    /// The one member watched; default: each member separately.
+    pub member: Option<String>,
+    /// Budget metrics: the one budget watched.
+    pub budget: Option<String>,
+    /// The threshold in the metric's unit (shares for rates and budgets).
+    pub threshold: Option<f64>,
+    /// `above` or `below`. Default: `below` for the cache hit rate, else `above`.
+    pub direction: Option<String>,
+    /// The window of a windowed metric. Default 1m (`cost_per_hour` 1h,
+    /// `dropped_events` 5m).
+    #[serde(default, with = "humantime_serde")]
+    pub window: Option<Duration>,
+    /// How long the breach must hold before the alert fires. Default 0s.
+    #[serde(default, rename = "for", with = "humantime_serde")]
+    pub for_duration: Option<Duration>,
+    /// Least time from a resolution to the next firing. Default 5m.
+    #[serde(default, with = "humantime_serde")]
+    pub cooldown: Option<Duration>,
+    /// `info`, `warning` (default) or `critical`.
+    pub severity: Option<String>,
+    /// The notifiers it goes to. Default: all.
+    pub notifiers: Option<Vec<String>>,
+    /// Per-request metrics: fewer requests in the window count as no data. Default 1.
+    pub min_requests: Option<u64>,
+}
+
+/// One `[[alerts.notifiers]]` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotifier {
+    /// Unique name.
+    pub name: String,
+    /// `webhook`, `slack`, `telegram` or `log`.
+    pub kind: String,
+    /// Webhook and Slack: the URL.
+    pub url: Option<String>,
+    /// Webhook and Slack: the environment variable holding the URL (when it embeds a token).
+    pub url_env: Option<String>,
+    /// Webhook: the environment variable holding the HMAC-SHA256 signing secret.
+    pub secret_env: Option<String>,
+    /// Telegram: the environment variable holding the bot token. Default
+    /// `TELEGRAM_BOT_TOKEN`.
+    pub bot_token_env: Option<String>,
+    /// Telegram: the chats to send to (numbers, or `@channel` names).
+    #[serde(default)]
+    pub chat_ids: Vec<RawChatId>,
+    /// Telegram: the Bot API base URL. Default `https://api.telegram.org`.
+    pub api_base: Option<String>,
+    /// Notifications waiting for delivery, at most. Default 256.
+    pub queue: Option<usize>,
+    /// Attempts per delivery. Default 5.
+    pub max_attempts: Option<u32>,
+    /// One attempt's deadline. Default 10s.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// The first retry's delay, doubled per attempt. Default 1s.
+    #[serde(default, with = "humantime_serde")]
+    pub retry_backoff: Option<Duration>,
+}
+
+/// A Telegram chat id as written: a number or a string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawChatId {
+    /// A numeric id (negative for groups and channels).
+    Number(i64),
+    /// A numeric id as a string, or `@channelname`.
+    Text(String),
 }
 
 /// `[budgets]`.

@@ -79,7 +79,8 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         .counts()
         .dropped
         .load(std::sync::atomic::Ordering::Relaxed);
-    let text = app.metrics.render(dropped, &app.connections);
+    let mut text = app.metrics.render(dropped, &app.connections);
+    app.alerts.render_metrics(&mut text);
     let mut response = Response::new(Body::from(text));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -2,6 +2,7 @@
 //! transport) for each OpenAI endpoint, plus models, health and the fallbacks.
 
 pub mod admin;
+pub mod alerts;
 pub mod analytics;
 pub mod chat;
 pub mod dashboard;
