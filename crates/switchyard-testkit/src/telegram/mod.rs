@@ -184,7 +184,8 @@ impl BotApiHandle {
     }
 
     /// The next call to `method` fails with `status`: a Bot API error whose `parameters`
-    /// are `parameters` (e.g. `{"retry_after": 3}` with 429).
+    /// are `parameters` (e.g. `{"retry_after": 3}` with 429). A `description` field among
+    /// them is the error's description instead.
     pub fn push_failure(&self, method: &str, status: u16, parameters: Value) {
         self.shared
             .lock()
@@ -289,8 +290,16 @@ async fn handle(
         .get_mut(&method)
         .and_then(VecDeque::pop_front);
     let response = match failure {
-        Some((status, parameters)) => {
+        Some((status, mut parameters)) => {
+            let scripted = parameters
+                .as_object_mut()
+                .and_then(|fields| fields.remove("description"));
             let description = match status {
+                _ if scripted.is_some() => scripted
+                    .as_ref()
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
                 429 => format!(
                     "Too Many Requests: retry after {}",
                     parameters["retry_after"].as_i64().unwrap_or(1)
@@ -329,7 +338,7 @@ fn answer(shared: &Shared, method: &str, body: &Value) -> Response {
             };
             let visible = match checked_text(body) {
                 Ok(visible) => visible,
-                Err(response) => return response,
+                Err(problem) => return bad_request(&problem),
             };
             let mut state = shared.lock();
             state.next_message_id += 1;
@@ -344,7 +353,7 @@ fn answer(shared: &Shared, method: &str, body: &Value) -> Response {
             };
             let visible = match checked_text(body) {
                 Ok(visible) => visible,
-                Err(response) => return response,
+                Err(problem) => return bad_request(&problem),
             };
             let mut state = shared.lock();
             match state.texts.get(&(chat, id)) {
@@ -388,20 +397,22 @@ fn answer(shared: &Shared, method: &str, body: &Value) -> Response {
     }
 }
 
-/// Checks `text` (and its HTML when `parse_mode` says so); returns the visible text.
-fn checked_text(body: &Value) -> Result<String, Response> {
+/// Checks `text` (and its HTML when `parse_mode` says so); the visible text, or the Bad
+/// Request's description.
+fn checked_text(body: &Value) -> Result<String, String> {
     let text = body["text"].as_str().unwrap_or_default();
     let visible = match body["parse_mode"].as_str() {
-        Some("HTML") => html::parse(text)
-            .map_err(|problem| bad_request(&format!("can't parse entities: {problem}")))?,
-        Some(other) => return Err(bad_request(&format!("unsupported parse_mode {other}"))),
+        Some("HTML") => {
+            html::parse(text).map_err(|problem| format!("can't parse entities: {problem}"))?
+        }
+        Some(other) => return Err(format!("unsupported parse_mode {other}")),
         None => text.to_owned(),
     };
     if visible.trim().is_empty() {
-        return Err(bad_request("message text is empty"));
+        return Err("message text is empty".to_owned());
     }
     if visible.encode_utf16().count() > MAX_TEXT {
-        return Err(bad_request("message is too long"));
+        return Err("message is too long".to_owned());
     }
     Ok(visible)
 }

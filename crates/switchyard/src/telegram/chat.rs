@@ -103,13 +103,8 @@ pub async fn answer(bot: &Bot, app: &AppState, message: &Message, from: &User, t
     drop(typing);
     match outcome {
         Ok(completion) => {
-            let delivered = bot
-                .send_formatted(chat, &completion.text, editor.message(), reply_to)
-                .await;
-            if !delivered {
-                bot.say(chat, "Sorry, part of the answer could not be delivered.")
-                    .await;
-            }
+            // Remembered and counted before it is delivered: a /usage or a next message
+            // right after the answer already sees it.
             if let Err(error) = bot
                 .memory
                 .remember(chat, text.to_owned(), completion.text.clone())
@@ -125,6 +120,13 @@ pub async fn answer(bot: &Bot, app: &AppState, message: &Message, from: &User, t
             };
             if let Err(error) = bot.memory.add_usage(from.id, today, usage).await {
                 tracing::warn!(%error, "telegram: could not record usage");
+            }
+            let delivered = bot
+                .send_formatted(chat, &completion.text, editor.message(), reply_to)
+                .await;
+            if !delivered {
+                bot.say(chat, "Sorry, part of the answer could not be delivered.")
+                    .await;
             }
         }
         Err(problem) => {

@@ -219,6 +219,13 @@ fn emphasis(text: &str, start: usize) -> Option<(String, usize)> {
     while search + width <= bytes.len() {
         let at = search;
         search += 1;
+        // A code span is opaque: a marker inside it closes nothing.
+        if bytes[at] == b'`'
+            && let Some(len) = text[at + 1..].find('`')
+        {
+            search = at + 1 + len + 1;
+            continue;
+        }
         if bytes[at] != marker {
             continue;
         }
@@ -431,6 +438,10 @@ mod tests {
         assert_eq!(valid("`unclosed code"), "`unclosed code");
         assert_eq!(valid("**a *b** c*"), "<b>a *b</b> c*");
         assert_eq!(
+            valid("**bold *x `co*de` y**"),
+            "<b>bold *x <code>co*de</code> y</b>"
+        );
+        assert_eq!(
             valid("```\nunclosed <fence>"),
             "<pre><code>unclosed &lt;fence&gt;</code></pre>"
         );
@@ -469,7 +480,7 @@ mod tests {
     #[test]
     fn long_answers_split_on_paragraphs_and_code() {
         let paragraph = "word ".repeat(100);
-        let text = vec![paragraph.trim(); 12].join("\n\n");
+        let text = [paragraph.trim(); 12].join("\n\n");
         let pieces = split(&text, MAX_MESSAGE);
         assert_eq!(pieces.len(), 2);
         for piece in &pieces {
