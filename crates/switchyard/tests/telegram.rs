@@ -398,6 +398,22 @@ async fn admin_commands_are_refused_to_others() {
 }
 
 #[tokio::test]
+async fn alerts_shows_the_configured_rules() {
+    let setup = setup(
+        "streaming = \"message\"",
+        "[[alerts.rules]]\nname = \"mock-errors\"\nmetric = \"error_rate\"\nscope = \"provider\"\nthreshold = 0.5\n",
+    )
+    .await;
+    let sent = converse(&setup, private(1, ADMIN, "/alerts"), 1).await;
+    assert!(
+        sent[0].contains("Alerts: 1 rules") && sent[0].contains("Nothing is firing"),
+        "{}",
+        sent[0]
+    );
+    setup.gateway.stop().await;
+}
+
+#[tokio::test]
 async fn polling_advances_the_offset() {
     let setup = setup(
         "mode = \"polling\"\npoll_timeout = \"1s\"\nstreaming = \"message\"",

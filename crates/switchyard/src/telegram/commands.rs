@@ -2,8 +2,8 @@
 //!
 //! Everyone: `/start`, `/help`, `/model [NAME]`, `/reset`, `/usage`. Admins (configured user
 //! ids) only: `/stats` (the analytics query over 1 h, 24 h and 7 d), `/providers` (the
-//! tracker's health), `/drain NAME`, `/enable NAME`, `/alerts`. They read the gateway's own
-//! state, the same as the admin API.
+//! tracker's health), `/drain NAME`, `/enable NAME`, `/alerts` (firing and recently resolved
+//! alerts). They read the gateway's own state, the same as the admin API.
 
 use switchyard_core::analytics::Tier;
 use switchyard_core::analytics::query::{Fold, Query};
@@ -65,7 +65,7 @@ pub async fn run(
         "stats" => stats(app).await,
         "providers" => providers(app),
         "drain" | "enable" => drain(app, &command),
-        "alerts" => "Alerting is not configured on this gateway.".to_owned(),
+        "alerts" => alerts(app),
         other => format!("Unknown command /{other}. /help lists the commands."),
     }
 }
@@ -238,6 +238,61 @@ fn providers(app: &AppState) -> String {
             lines.push(format!(
                 "- `{}`: breaker {}, {} requests, {errors} errors, p95 {p95}",
                 target.model, target.breaker, target.requests
+            ));
+        }
+    }
+    lines.join("\n")
+}
+
+fn alerts(app: &AppState) -> String {
+    let rules = app.alerts.rules();
+    if rules.is_empty() {
+        return "Alerting is not configured on this gateway (no [[alerts.rules]]).".to_owned();
+    }
+    let view = app.alerts.view(5);
+    let notifiers = app.alerts.notifier_names();
+    let mut lines = vec![format!(
+        "Alerts: {} rules; notifiers: {}",
+        rules.len(),
+        if notifiers.is_empty() {
+            "none".to_owned()
+        } else {
+            notifiers.join(", ")
+        }
+    )];
+    let since = |ms: u64| {
+        let ago = crate::cache::unix_ms().saturating_sub(ms);
+        wait_text(std::time::Duration::from_millis(ago))
+    };
+    if view.firing.is_empty() {
+        lines.push("Nothing is firing.".to_owned());
+    } else {
+        lines.push("*Firing*".to_owned());
+        for alert in &view.firing {
+            lines.push(format!(
+                "- `{}` ({}) {}: {} ({} ago)",
+                alert.rule,
+                alert.severity,
+                alert.member,
+                alert.message,
+                since(alert.started_at)
+            ));
+        }
+    }
+    let resolved: Vec<_> = view
+        .recent
+        .iter()
+        .filter(|alert| alert.state == "resolved")
+        .collect();
+    if !resolved.is_empty() {
+        lines.push("*Recently resolved*".to_owned());
+        for alert in resolved {
+            lines.push(format!(
+                "- `{}` ({}) {}, fired {} ago",
+                alert.rule,
+                alert.severity,
+                alert.member,
+                since(alert.started_at)
             ));
         }
     }
