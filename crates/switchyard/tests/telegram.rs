@@ -717,3 +717,22 @@ async fn webhook_mode_without_a_secret_does_not_start() {
     let error = switchyard::AppState::new(config).await.err().unwrap();
     assert!(error.contains("set-webhook"), "{error}");
 }
+
+#[tokio::test]
+async fn errors_never_show_the_token() {
+    // Nothing listens on port 1.
+    let client = BotApi::new("http://127.0.0.1:1", &Secret::new(TOKEN)).unwrap();
+    let error = client.get_me().await.unwrap_err().to_string();
+    assert!(
+        error.contains("getMe") && !error.contains("test-token"),
+        "{error}"
+    );
+    assert!(!format!("{client:?}").contains("test-token"));
+    let api = MockBotApi::spawn("another:token").await.unwrap();
+    let client = BotApi::new(&api.base_url(), &Secret::new(TOKEN)).unwrap();
+    let error = client.get_me().await.unwrap_err().to_string();
+    assert!(
+        error.contains("Unauthorized") && !error.contains("test-token"),
+        "{error}"
+    );
+}

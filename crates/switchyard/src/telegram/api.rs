@@ -133,7 +133,7 @@ impl BotApi {
     ) -> Result<T, BotApiError> {
         let transport = |error: reqwest::Error| BotApiError::Transport {
             method,
-            message: error.without_url().to_string(),
+            message: describe(&error.without_url()),
         };
         let body = serde_json::to_vec(params).map_err(|error| BotApiError::Transport {
             method,
@@ -279,6 +279,19 @@ impl BotApi {
     pub async fn get_webhook_info(&self) -> Result<Value, BotApiError> {
         self.call("getWebhookInfo", &json!({})).await
     }
+}
+
+/// An error and its causes, `: `-separated (reqwest's own text is terse: "error sending
+/// request"). The URL, which holds the token, must already be stripped.
+fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The update kinds the bot reads (set with the webhook and asked for when polling).
