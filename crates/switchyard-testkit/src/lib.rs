@@ -12,6 +12,9 @@
 //!   - `mock::openai`, `mock::anthropic`, `mock::gemini`: one file per wire format, pure
 //!     functions from request JSON to response JSON and stream events.
 //!   - `mock::control`: the `/__mock/*` control API for out-of-process users.
+//! - [`telegram`]: a mock Telegram Bot API server that records every call and checks message
+//!   texts (Telegram's HTML parse mode, 4096 characters) as Telegram does; `telegram::html`
+//!   is that check.
 //! - `src/bin/switchyard-mock.rs`: the mock as a standalone binary.
 //!
 //! The mock does not depend on `switchyard-core` on purpose: it is an independent reading of
@@ -19,3 +22,4 @@
 
 pub mod load;
 pub mod mock;
+pub mod telegram;

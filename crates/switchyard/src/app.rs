@@ -74,6 +74,8 @@ pub struct AppInner {
     pub quality: crate::quality::Quality,
     /// Alert rules, their state, notifiers and history.
     pub alerts: Arc<crate::alerts::Alerts>,
+    /// The Telegram bot, when `[telegram]` is configured.
+    pub telegram: Option<Arc<crate::telegram::Bot>>,
 }
 
 impl AppState {
@@ -139,6 +141,13 @@ impl AppState {
         )
         .await
         .map_err(|error| format!("alerts: {error}"))?;
+        let telegram = match &config.telegram {
+            Some(telegram) => Some(Arc::new(crate::telegram::Bot::new(
+                telegram,
+                config.storage.data_dir.as_deref(),
+            )?)),
+            None => None,
+        };
         let tracker = Tracker::new(&config, clock);
         let (events, event_receiver) = analytics::channel();
         Ok(AppState(Arc::new(AppInner {
@@ -155,6 +164,7 @@ impl AppState {
             budgets,
             quality,
             alerts,
+            telegram,
             analytics,
             connections: AtomicI64::new(0),
             models_body,
@@ -227,6 +237,8 @@ pub fn router(state: AppState) -> Router {
         .route("/dashboard", get(dashboard::redirect))
         .route("/dashboard/", get(dashboard::index))
         .route("/dashboard/{file}", get(dashboard::file))
+        // Checked by its own secret, not by the client auth stage.
+        .route("/telegram/webhook", post(crate::telegram::webhook))
         .fallback(meta::not_found)
         .method_not_allowed_fallback(meta::method_not_allowed)
         // Outermost last: the request id wraps the panic catch, so that even the answer to a

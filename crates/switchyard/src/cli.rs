@@ -1,4 +1,5 @@
-//! The `switchyard` command line: `serve` (the default), `demo`, `config check` and `keys`.
+//! The `switchyard` command line: `serve` (the default), `demo`, `config check`, `keys`,
+//! `cost` and `telegram`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -42,6 +43,9 @@ pub enum Command {
     /// Cost tools: `simulate` replays the request log under another config's routes and
     /// prices, offline.
     Cost(crate::cost_cli::CostArgs),
+    /// The Telegram bot's webhook: set it (with a new secret stored in the data directory),
+    /// delete it, or show it (TELEGRAM_BOT_TOKEN, TELEGRAM_API_URL).
+    Telegram(Box<crate::telegram_cli::TelegramArgs>),
 }
 
 /// `serve` options.
@@ -92,6 +96,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Keys(args) => crate::keys_cli::run(*args).await,
         Command::Cost(args) => crate::cost_cli::run(args).await,
+        Command::Telegram(args) => crate::telegram_cli::run(*args).await,
         Command::Config {
             command: ConfigCommand::Check { file },
         } => {

@@ -27,6 +27,8 @@
 //!   `switchyard keys`.
 //! - [`postgres`]: what the Postgres stores share (connection config, error messages).
 //! - [`cli`]: `serve`, `demo`, `config check`; [`demo`]: simulated providers and traffic.
+//! - [`telegram`]: the Telegram bot, a client of the gateway in the same process (webhook or
+//!   polling); [`telegram_cli`]: `switchyard telegram set-webhook|delete-webhook|info`.
 
 pub mod alerts;
 pub mod analytics;
@@ -48,6 +50,8 @@ pub mod postgres;
 pub mod quality;
 pub mod ratelimit;
 pub mod server;
+pub mod telegram;
+pub mod telegram_cli;
 pub mod telemetry;
 pub mod timing;
 pub mod tracker;

@@ -35,6 +35,7 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
     spawn_cache_sweep(&state);
     spawn_key_reload(&state);
     crate::alerts::spawn(&state);
+    crate::telegram::spawn_poller(&state);
     state
         .budgets
         .spawn_flusher(state.config.analytics.flush_interval);

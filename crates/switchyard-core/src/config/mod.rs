@@ -11,6 +11,7 @@ pub mod cache;
 pub mod limits;
 mod presets;
 mod raw;
+pub mod telegram;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -130,6 +131,8 @@ pub struct Config {
     pub budgets: BudgetConfig,
     /// Alert rules and notifiers.
     pub alerts: AlertConfig,
+    /// The Telegram bot; `None` when it is off.
+    pub telegram: Option<telegram::TelegramConfig>,
 }
 
 /// The environment variable naming the data directory.
@@ -543,6 +546,7 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
             budget: &|name| budgets.rules.iter().any(|rule| rule.name == name),
         },
     )?;
+    let telegram = telegram::validate(raw.telegram.as_ref(), env, &routes, &providers)?;
     Ok(Config {
         server,
         upstream,
@@ -557,6 +561,7 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         pricing,
         budgets,
         alerts,
+        telegram,
     })
 }
 

@@ -51,6 +51,8 @@ pub struct RawConfig {
     /// `[alerts]`: rules and notifiers.
     #[serde(default)]
     pub alerts: RawAlerts,
+    /// `[telegram]`: the Telegram bot, when the section is there.
+    pub telegram: Option<super::telegram::RawTelegram>,
 }
 
 /// `[alerts]`.

@@ -141,12 +141,19 @@ pub async fn account(State(app): State<AppState>, mut request: Request, next: Ne
     )
 }
 
-/// API requests are accounted; health checks, metric scrapes, the admin API and the
-/// dashboard's files are not.
+/// API requests are accounted; health checks, metric scrapes, the admin API, the
+/// dashboard's files and Telegram's webhook calls are not (the bot's own chat completions
+/// are, as API requests).
 fn is_accounted(path: &str) -> bool {
     !matches!(
         path,
-        "/healthz" | "/readyz" | "/metrics" | "/v1/feedback" | "/feedback" | "/dashboard"
+        "/healthz"
+            | "/readyz"
+            | "/metrics"
+            | "/v1/feedback"
+            | "/feedback"
+            | "/dashboard"
+            | "/telegram/webhook"
     ) && !path.starts_with("/admin/")
         && !path.starts_with("/dashboard/")
 }
