@@ -736,3 +736,49 @@ async fn errors_never_show_the_token() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn alerts_reach_the_admin_chats_through_the_bots_client() {
+    // A Telegram notifier that names nothing sends with the bot's token, to the bot's Bot
+    // API, to the admins' chats.
+    let setup = setup(
+        "",
+        "[[alerts.notifiers]]\nname = \"admins\"\nkind = \"telegram\"\n",
+    )
+    .await;
+    let answer = client()
+        .post(setup.gateway.url("/admin/alerts/test"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
+    let sent = setup.api.wait_for("sendMessage", 1).await;
+    assert_eq!(sent[0].body["chat_id"], ADMIN);
+    assert!(!sent[0].text().is_empty());
+    // A refusal is reported by the test endpoint (one attempt; real alerts are retried
+    // after Telegram's `retry_after`, see the notifier's own tests).
+    setup
+        .api
+        .push_failure("sendMessage", 429, json!({"retry_after": 1}));
+    let answer = client()
+        .post(setup.gateway.url("/admin/alerts/test"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let answer: Value = answer.parse().unwrap();
+    let delivery = &answer["results"][0];
+    assert_eq!(delivery["outcome"], "failed", "{answer}");
+    assert!(
+        delivery["error"].as_str().unwrap().contains("429"),
+        "{answer}"
+    );
+    assert!(!answer.to_string().contains("test-token"), "{answer}");
+    setup.gateway.stop().await;
+}

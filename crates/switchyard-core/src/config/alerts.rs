@@ -180,6 +180,9 @@ pub(super) struct Known<'a> {
     pub(super) provider: &'a dyn Fn(&str) -> bool,
     pub(super) route: &'a dyn Fn(&str) -> bool,
     pub(super) budget: &'a dyn Fn(&str) -> bool,
+    /// The Telegram bot, when `[telegram]` is configured: a Telegram notifier defaults to its
+    /// token, its Bot API URL and its admins' chats.
+    pub(super) bot: Option<&'a super::telegram::TelegramConfig>,
 }
 
 pub(super) fn validate(
@@ -204,7 +207,7 @@ pub(super) fn validate(
     let mut notifiers: Vec<NotifierConfig> = Vec::with_capacity(raw.notifiers.len());
     for (index, notifier) in raw.notifiers.iter().enumerate() {
         let key = format!("alerts.notifiers[{index}]");
-        let notifier = validate_notifier(notifier, &key, env)?;
+        let notifier = validate_notifier(notifier, &key, env, known.bot)?;
         if notifiers.iter().any(|n| n.name == notifier.name) {
             return Err(ConfigError::new(
                 format!("{key}.name"),
@@ -544,6 +547,7 @@ fn validate_notifier(
     raw: &RawNotifier,
     key: &str,
     env: &dyn Env,
+    bot: Option<&super::telegram::TelegramConfig>,
 ) -> Result<NotifierConfig, ConfigError> {
     let name = check_name(&raw.name, key)?;
     // Keys that belong to other kinds are mistakes, not silently ignored.
@@ -585,15 +589,30 @@ fn validate_notifier(
             not_for("url", raw.url.is_some(), "webhook or slack")?;
             not_for("url_env", raw.url_env.is_some(), "webhook or slack")?;
             not_for("secret_env", raw.secret_env.is_some(), "webhook")?;
-            let variable = raw.bot_token_env.as_deref().unwrap_or(TELEGRAM_TOKEN_ENV);
-            let token = secret_from(env, variable, &format!("{key}.bot_token_env"))?;
-            if raw.chat_ids.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{key}.chat_ids"),
-                    "name at least one chat id to send to",
-                ));
-            }
+            // Unless the notifier names its own, the bot's token, Bot API and admins.
+            let token = match (&raw.bot_token_env, bot) {
+                (None, Some(bot)) => bot.token.clone(),
+                (variable, _) => secret_from(
+                    env,
+                    variable.as_deref().unwrap_or(TELEGRAM_TOKEN_ENV),
+                    &format!("{key}.bot_token_env"),
+                )?,
+            };
             let mut chat_ids = Vec::with_capacity(raw.chat_ids.len());
+            if raw.chat_ids.is_empty() {
+                match bot {
+                    Some(bot) if !bot.admins.is_empty() => {
+                        chat_ids.extend(bot.admins.iter().map(i64::to_string));
+                    }
+                    _ => {
+                        return Err(ConfigError::new(
+                            format!("{key}.chat_ids"),
+                            "name at least one chat id to send to (or configure [telegram] \
+                             with admins: their chats are the default)",
+                        ));
+                    }
+                }
+            }
             for (index, chat) in raw.chat_ids.iter().enumerate() {
                 let id = match chat {
                     RawChatId::Number(number) => number.to_string(),
@@ -613,9 +632,10 @@ fn validate_notifier(
                 }
                 chat_ids.push(id);
             }
-            let api_base = match &raw.api_base {
-                Some(base) => check_url(base, &format!("{key}.api_base"))?,
-                None => TELEGRAM_API.to_owned(),
+            let api_base = match (&raw.api_base, bot) {
+                (Some(base), _) => check_url(base, &format!("{key}.api_base"))?,
+                (None, Some(bot)) => bot.api_url.clone(),
+                (None, None) => TELEGRAM_API.to_owned(),
             };
             NotifierKind::Telegram {
                 api_base: api_base.trim_end_matches('/').to_owned(),

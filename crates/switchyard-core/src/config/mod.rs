@@ -537,6 +537,7 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
     let rate_limits = limits::validate(&raw.rate_limits, &providers)?;
     let pricing = validate_prices(&raw.prices, &providers, &routes)?;
     let budgets = budgets::validate(&raw.budgets, &|name| route_names.contains(name))?;
+    let telegram = telegram::validate(raw.telegram.as_ref(), env, &routes, &providers)?;
     let alerts = alerts::validate(
         &raw.alerts,
         env,
@@ -544,9 +545,9 @@ pub fn validate(raw: &RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
             provider: &|name| providers.iter().any(|p| p.name == name),
             route: &|name| route_names.contains(name),
             budget: &|name| budgets.rules.iter().any(|rule| rule.name == name),
+            bot: telegram.as_ref(),
         },
     )?;
-    let telegram = telegram::validate(raw.telegram.as_ref(), env, &routes, &providers)?;
     Ok(Config {
         server,
         upstream,

@@ -77,8 +77,18 @@ impl Notifier {
     ) -> Result<Self, String> {
         // reqwest panics when building a client without a TLS crypto provider.
         crate::install_crypto_provider();
+        // Telegram goes through the bot's own Bot API client (see crate::telegram::api).
+        let bot = match &config.kind {
+            NotifierKind::Telegram {
+                api_base, token, ..
+            } => Some(
+                crate::telegram::api::BotApi::new(api_base, token)
+                    .map_err(|error| format!("alerts.notifiers `{}`: {error}", config.name))?,
+            ),
+            _ => None,
+        };
         let client = match config.kind {
-            NotifierKind::Log => None,
+            NotifierKind::Log | NotifierKind::Telegram { .. } => None,
             _ => Some(
                 reqwest::Client::builder()
                     .timeout(config.timeout)
@@ -97,6 +107,7 @@ impl Notifier {
         let worker = Worker {
             config: config.clone(),
             client,
+            bot,
             history,
             metrics: Arc::clone(&metrics),
         };
@@ -225,6 +236,7 @@ struct Failure {
 struct Worker {
     config: NotifierConfig,
     client: Option<reqwest::Client>,
+    bot: Option<crate::telegram::api::BotApi>,
     history: Arc<Mutex<History>>,
     metrics: Arc<AlertMetrics>,
 }
@@ -310,28 +322,36 @@ impl Worker {
                 )
                 .await
             }
-            (
-                NotifierKind::Telegram {
-                    api_base,
-                    token,
-                    chat_ids,
-                },
-                Some(client),
-            ) => {
-                let url = &format!("{api_base}/bot{}/sendMessage", token.expose());
+            (NotifierKind::Telegram { chat_ids, .. }, _) => {
+                let Some(bot) = &self.bot else {
+                    return Delivery {
+                        retry_delays_ms: delays,
+                        ..delivery(
+                            &self.config.name,
+                            notification.event,
+                            "failed",
+                            attempts,
+                            crate::cache::unix_ms(),
+                            Some("no Bot API client".to_owned()),
+                        )
+                    };
+                };
+                let timeout = self.config.timeout;
                 let mut failures = Vec::new();
                 for chat in chat_ids {
-                    let body = &Bytes::from(telegram_body(chat, notification).to_string());
+                    let body = &telegram_body(chat, notification);
                     let mut chat_attempts = 0;
+                    // One call per attempt: the retries and their delays are this worker's.
                     let sent = self
                         .retrying(
                             job.max_attempts,
                             &mut chat_attempts,
                             &mut delays,
                             || async move {
-                                post(client, url, body.clone(), &[])
+                                bot.call_once::<Value>("sendMessage", body, timeout)
                                     .await
-                                    .and_then(|answer| answer.check_telegram())
+                                    .map(drop)
+                                    .map_err(telegram_failure)
                             },
                         )
                         .await;
@@ -440,29 +460,28 @@ impl Answer {
             retry_after: self.retry_after,
         })
     }
+}
 
-    /// Telegram answers `{"ok": false, "description", "parameters": {"retry_after"}}`.
-    fn check_telegram(self) -> Result<(), Failure> {
-        let parsed: Option<Value> = serde_json::from_slice(&self.body).ok();
-        let ok = parsed.as_ref().and_then(|v| v["ok"].as_bool());
-        if self.status.is_success() && ok != Some(false) {
-            return Ok(());
-        }
-        let retry_after = parsed
-            .as_ref()
-            .and_then(|v| v["parameters"]["retry_after"].as_u64())
-            .map(Duration::from_secs)
-            .or(self.retry_after);
-        let description = parsed
-            .as_ref()
-            .and_then(|v| v["description"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| self.quoted_body());
-        Err(Failure {
-            message: format!("HTTP {}: {description}", self.status.as_u16()),
-            retryable: self.status == http::StatusCode::TOO_MANY_REQUESTS
-                || self.status.is_server_error(),
+/// A failed Bot API call as a delivery failure: Telegram's 429 (with its `retry_after`) and
+/// 5xx, and calls that got no answer, are retried.
+fn telegram_failure(error: crate::telegram::api::BotApiError) -> Failure {
+    use crate::telegram::api::BotApiError;
+    match error {
+        BotApiError::Refused {
+            code,
+            description,
             retry_after,
-        })
+            ..
+        } => Failure {
+            message: format!("HTTP {code}: {description}"),
+            retryable: code == 429 || code >= 500,
+            retry_after: retry_after.map(Duration::from_secs),
+        },
+        BotApiError::Transport { message, .. } => Failure {
+            message,
+            retryable: true,
+            retry_after: None,
+        },
     }
 }
 
@@ -612,7 +631,7 @@ pub fn telegram_body(chat: &str, notification: &Notification) -> Value {
     json!({
         "chat_id": chat_id,
         "text": notification.alert.message,
-        "disable_web_page_preview": true,
+        "link_preview_options": { "is_disabled": true },
     })
 }
 

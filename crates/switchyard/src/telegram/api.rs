@@ -125,7 +125,9 @@ impl BotApi {
         }
     }
 
-    async fn call_once<T: DeserializeOwned>(
+    /// One call of `method`, without retrying a 429: for callers with a retry policy of their
+    /// own (the alert notifier). `timeout` bounds the whole call.
+    pub async fn call_once<T: DeserializeOwned>(
         &self,
         method: &'static str,
         params: &Value,

@@ -341,3 +341,45 @@ fn unknown_keys_are_rejected() {
     );
     assert!(error.message.contains("threshhold"), "{error}");
 }
+
+#[test]
+fn a_telegram_notifier_defaults_to_the_bots_token_api_and_admin_chats() {
+    let bot = "[telegram]\nmodels = [\"smart\"]\nadmins = [42, 7]\n\
+               [[alerts.notifiers]]\nname = \"ops\"\nkind = \"telegram\"\n";
+    let config = load(
+        bot,
+        &[
+            ("TELEGRAM_BOT_TOKEN", "123:bot"),
+            ("TELEGRAM_API_URL", "http://127.0.0.1:9"),
+            ("TELEGRAM_WEBHOOK_SECRET", "s3cret"),
+        ],
+    )
+    .unwrap();
+    match &config.alerts.notifiers[0].kind {
+        NotifierKind::Telegram {
+            api_base,
+            token,
+            chat_ids,
+        } => {
+            assert_eq!(api_base, "http://127.0.0.1:9");
+            assert_eq!(token.expose(), "123:bot");
+            assert_eq!(chat_ids, &["42", "7"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without admins there is no default chat.
+    let no_admins = error(
+        "[telegram]\nmodels = [\"smart\"]\n\
+         [[alerts.notifiers]]\nname = \"ops\"\nkind = \"telegram\"\n",
+        &[
+            ("TELEGRAM_BOT_TOKEN", "123:bot"),
+            ("TELEGRAM_WEBHOOK_SECRET", "s3cret"),
+        ],
+    );
+    assert_eq!(no_admins.key, "alerts.notifiers[0].chat_ids");
+    assert!(
+        no_admins.message.contains("admins"),
+        "{}",
+        no_admins.message
+    );
+}
