@@ -1,0 +1,1 @@
+//! The Worker itself (wasm32 only).
