@@ -17,23 +17,24 @@ use switchyard_core::analytics::{Aggregator, Query, RequestEvent, query::Fold};
 use switchyard_core::analytics::{Answer, Cube, Dims, Rollup, Tier};
 use switchyard_core::wire::TokenUsage;
 
-/// The D1 schema: request events, and virtual keys (the native stores' columns, the hash as
-/// hex). Idempotent; the Worker runs it once per isolate before its first D1 use.
-pub const SCHEMA: [&str; 4] = [
-    "CREATE TABLE IF NOT EXISTS request_events (\
-        time_unix_ms INTEGER NOT NULL, request_id TEXT NOT NULL, principal TEXT NOT NULL, \
-        endpoint TEXT NOT NULL, route TEXT, provider TEXT, model TEXT, stream INTEGER NOT NULL, \
-        status INTEGER NOT NULL, error_class TEXT, tokens_in INTEGER NOT NULL, \
-        tokens_out INTEGER NOT NULL, tokens_cached INTEGER NOT NULL, \
-        tokens_reasoning INTEGER NOT NULL, cost_usd REAL, saved_usd REAL, \
-        latency_us INTEGER NOT NULL, ttft_us INTEGER, upstream_us INTEGER, \
-        attempts INTEGER NOT NULL, cache TEXT NOT NULL, rate_limit TEXT)",
-    "CREATE INDEX IF NOT EXISTS request_events_time ON request_events (time_unix_ms)",
-    "CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, \
-        prefix TEXT NOT NULL, settings TEXT NOT NULL, created_at_ms INTEGER NOT NULL, \
-        updated_at_ms INTEGER NOT NULL, revoked_at_ms INTEGER)",
-    "CREATE INDEX IF NOT EXISTS keys_hash ON keys (hash)",
-];
+/// The D1 schema (`schema.sql`): request events, and virtual keys (the native stores'
+/// columns, the hash as hex). Idempotent; the Worker runs it once per isolate before its
+/// first D1 use.
+pub const SCHEMA_SQL: &str = include_str!("../schema.sql");
+
+/// The statements of [`SCHEMA_SQL`], comments left out, one at a time (D1 prepares one
+/// statement per call).
+pub fn schema_statements() -> Vec<String> {
+    let code: Vec<&str> = SCHEMA_SQL
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("--"))
+        .collect();
+    code.join("\n")
+        .split(';')
+        .map(|statement| statement.trim().to_owned())
+        .filter(|statement| !statement.is_empty())
+        .collect()
+}
 
 /// The insert of one [`EventRow`], its parameters in [`EventRow::params`] order.
 pub const INSERT: &str = "INSERT INTO request_events (time_unix_ms, request_id, principal, \
@@ -300,6 +301,25 @@ mod tests {
             cache: "miss",
             rate_limit: None,
             stages: vec![],
+        }
+    }
+
+    #[test]
+    fn the_schema_has_the_columns_the_insert_names() {
+        let statements = schema_statements();
+        assert_eq!(statements.len(), 3);
+        assert!(
+            statements
+                .iter()
+                .all(|s| s.trim_start().starts_with("CREATE"))
+        );
+        let columns = INSERT
+            .split_once('(')
+            .and_then(|(_, rest)| rest.split_once(')'))
+            .map(|(columns, _)| columns)
+            .unwrap();
+        for column in columns.split(',') {
+            assert!(statements[0].contains(column.trim()), "{column}");
         }
     }
 

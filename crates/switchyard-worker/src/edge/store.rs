@@ -46,7 +46,7 @@ fn binding_missing(name: &str, error: worker::Error) -> GatewayError {
 async fn database(env: &Env) -> Result<D1Database, GatewayError> {
     let db = env.d1(DB).map_err(|error| binding_missing(DB, error))?;
     if !SCHEMA_READY.with(Cell::get) {
-        for statement in analytics::SCHEMA {
+        for statement in analytics::schema_statements() {
             db.prepare(statement).run().await.map_err(|error| {
                 GatewayError::internal(format!("could not create the D1 tables: {error}"))
             })?;
