@@ -137,7 +137,7 @@ compatibility_date = "2025-06-01"
 SWITCHYARD_MASTER_KEY = "${MASTER}"
 ALPHA_KEY = "alpha-key"
 BETA_KEY = "beta-key"
-SWITCHYARD_CONFIG = '''${config}'''
+SWITCHYARD_CONFIG_TOML = '''${config}'''
 
 [[kv_namespaces]]
 binding = "CACHE"

@@ -6,7 +6,7 @@
 //! transport and Cloudflare's stores for state.
 //!
 //! # Layout
-//! - [`settings`]: the validated config from the `SWITCHYARD_CONFIG` var (TOML) and the
+//! - [`settings`]: the validated config from the `SWITCHYARD_CONFIG_TOML` var (TOML) and the
 //!   Worker's vars and secrets, or from provider keys found among them.
 //! - [`auth`]: the master key and virtual keys (looked up in D1 by the SHA-256 of the
 //!   presented secret, as the native stores keep them).

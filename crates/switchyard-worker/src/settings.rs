@@ -1,5 +1,5 @@
 //! The Worker's configuration: the same TOML file as the native gateway, held in the
-//! `SWITCHYARD_CONFIG` var (wrangler.toml `[vars]`), with the secrets it names
+//! `SWITCHYARD_CONFIG_TOML` var (wrangler.toml `[vars]`), with the secrets it names
 //! (`api_key_env`, `master_key_env`) read from the Worker's secrets and vars. Without that
 //! var, providers are discovered from the API keys present, as `switchyard serve` does with
 //! no config file.
@@ -10,7 +10,7 @@
 use switchyard_core::config::{self, Config, ConfigError, Env};
 
 /// The var holding the TOML config.
-pub const CONFIG_VAR: &str = "SWITCHYARD_CONFIG";
+pub const CONFIG_VAR: &str = "SWITCHYARD_CONFIG_TOML";
 
 /// Builds the validated config from the TOML text (if any) and the Worker's environment.
 pub fn load(toml: Option<&str>, env: &dyn Env) -> Result<Config, ConfigError> {
