@@ -37,8 +37,10 @@ impl DurableObject for RateLimiter {
         let ask: Ask = req.json().await?;
         if !self.loaded.get() {
             // Storage reads hold the object's input gate: no other charge interleaves.
-            let saved: Option<Counter> = self.state.storage().get(COUNTER).await.unwrap_or(None);
-            *self.counter.borrow_mut() = saved;
+            // Stored as JSON text: nanosecond times exceed JavaScript's safe integers.
+            let saved: Option<String> = self.state.storage().get(COUNTER).await.unwrap_or(None);
+            *self.counter.borrow_mut() =
+                saved.and_then(|text| serde_json::from_str::<Counter>(&text).ok());
             self.loaded.set(true);
         }
         let now = Date::now().as_millis().saturating_mul(1_000_000);
@@ -50,7 +52,9 @@ impl DurableObject for RateLimiter {
         if decision.admitted
             && let Some(snapshot) = snapshot
         {
-            self.state.storage().put(COUNTER, snapshot).await?;
+            let text = serde_json::to_string(&snapshot)
+                .map_err(|error| worker::Error::RustError(error.to_string()))?;
+            self.state.storage().put(COUNTER, text).await?;
         }
         Response::from_json(&decision)
     }
