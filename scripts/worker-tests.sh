@@ -27,8 +27,13 @@ export SWITCHYARD_MOCK_BIN="$CARGO_TARGET_DIR/debug/switchyard-mock"
 export WORKER_DIR="$ROOT/crates/switchyard-worker"
 WRANGLER_BIN="$(command -v wrangler)"
 export WRANGLER_BIN
+export WORKER_TEST_LOG="$CARGO_TARGET_DIR/worker-e2e.log"
 status=0
 node --test --test-concurrency=1 "$ROOT"/tests/worker/*.test.mjs || status=$?
+if [[ $status -ne 0 && -f "$WORKER_TEST_LOG" ]]; then
+    echo "worker-tests: the last lines of wrangler's and the mocks' output ($WORKER_TEST_LOG):" >&2
+    tail -n 60 "$WORKER_TEST_LOG" >&2
+fi
 finished=$(date +%s)
 echo "worker-tests: tools $((tools_done - started))s, build $((built - tools_done))s, tests $((finished - built))s" >&2
 exit "$status"

@@ -4,6 +4,7 @@
 //   SWITCHYARD_MOCK_BIN  the switchyard-mock binary
 //   WORKER_DIR           crates/switchyard-worker (its build/worker/shim.mjs must exist)
 //   WRANGLER_BIN         wrangler 4.x
+//   WORKER_TEST_LOG      (optional) where the children's output is written at the end
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFile } from "node:child_process";
@@ -73,6 +74,15 @@ const ask = (model, text, extra = {}) => ({
   ...extra,
 });
 
+// The content of the first choice of an SSE answer.
+function streamed(text) {
+  return text
+    .split("\n\n")
+    .filter((frame) => frame.startsWith("data: ") && !frame.includes("[DONE]"))
+    .map((frame) => JSON.parse(frame.slice(6)).choices?.[0]?.delta?.content ?? "")
+    .join("");
+}
+
 async function calls(mock) {
   return (await (await fetch(`${mock}/__mock/calls`)).json()).calls;
 }
@@ -114,6 +124,34 @@ targets = [{ provider = "alpha", model = "m" }]
 [routes.cache]
 enabled = true
 ttl = "5m"
+
+[[providers]]
+name = "claude"
+kind = "anthropic"
+base_url = "${alpha}"
+api_key_env = "ALPHA_KEY"
+
+[[providers]]
+name = "gem"
+kind = "gemini"
+base_url = "${alpha}"
+api_key_env = "ALPHA_KEY"
+
+[[routes]]
+model = "claude"
+targets = [{ provider = "claude", model = "claude-test" }]
+
+[[routes]]
+model = "gemini"
+targets = [{ provider = "gem", model = "gemini-test" }]
+
+[[routes]]
+model = "embed"
+targets = [{ provider = "alpha", model = "embedder" }]
+
+[[routes]]
+model = "slow"
+targets = [{ provider = "beta", model = "m", priority = 0, timeouts = { first_byte = "300ms" } }, { provider = "alpha", model = "m", priority = 1 }]
 
 [[routes]]
 model = "limited"
@@ -190,6 +228,8 @@ new_sqlite_classes = ["RateLimiter"]
 });
 
 after(() => {
+  // What the mocks and wrangler printed, for a failed run (scripts/worker-tests.sh shows it).
+  if (process.env.WORKER_TEST_LOG) writeFileSync(process.env.WORKER_TEST_LOG, logs);
   for (const child of children) {
     try {
       process.kill(-child.pid, "SIGTERM");
@@ -240,6 +280,56 @@ test("a failing first provider fails over to the second", async () => {
   assert.equal((await calls(beta)) - before, 1, "beta was tried first");
 });
 
+test("a provider slower than its first-byte timeout fails over", async () => {
+  const set = await fetch(`${beta}/__mock/behavior`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ latency_ms: 3000 }),
+  });
+  assert.equal(set.status, 200);
+  const started = Date.now();
+  const response = await post(ask("slow", "quick now"));
+  assert.equal(response.status, 200, await response.clone().text());
+  assert.equal(response.headers.get("x-switchyard-provider"), "alpha");
+  assert.equal(response.headers.get("x-switchyard-attempts"), "2");
+  assert.ok(Date.now() - started < 2500, "the slow provider was abandoned");
+});
+
+test("Anthropic and Gemini providers are translated both ways, JSON and stream", async () => {
+  for (const model of ["claude", "gemini"]) {
+    const response = await post(ask(model, `hi ${model}`));
+    const body = await response.json();
+    assert.equal(response.status, 200, JSON.stringify(body));
+    assert.equal(body.object, "chat.completion");
+    assert.match(body.choices[0].message.content, new RegExp(`hi ${model}`));
+    assert.ok(body.usage.prompt_tokens > 0);
+    const stream = await post(ask(model, `stream ${model}`, { stream: true, stream_options: { include_usage: true } }));
+    assert.equal(stream.status, 200);
+    const text = await stream.text();
+    const chunks = text
+      .split("\n\n")
+      .filter((frame) => frame.startsWith("data: ") && !frame.includes("[DONE]"))
+      .map((frame) => JSON.parse(frame.slice(6)));
+    const content = chunks.map((c) => c.choices?.[0]?.delta?.content ?? "").join("");
+    assert.match(content, new RegExp(`stream ${model}`));
+    assert.ok(chunks.some((c) => c.usage), "the usage chunk was asked for");
+    assert.ok(text.trimEnd().endsWith("data: [DONE]"));
+  }
+});
+
+test("embeddings go through the same path", async () => {
+  const response = await fetch(`${gateway}/v1/embeddings`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${MASTER}`, "content-type": "application/json" },
+    body: JSON.stringify({ model: "embed", input: ["one", "two"] }),
+  });
+  const body = await response.json();
+  assert.equal(response.status, 200, JSON.stringify(body));
+  assert.equal(body.data.length, 2);
+  assert.ok(body.data[0].embedding.length > 0);
+  assert.equal(response.headers.get("x-switchyard-provider"), "alpha");
+});
+
 test("the Durable Object limiter refuses past the limit with a 429", async () => {
   for (let i = 0; i < 2; i++) {
     const response = await post(ask("limited", `n${i}`));
@@ -277,6 +367,25 @@ test("an identical request is answered from the cache", async () => {
   assert.equal(upstreamCalls, 0, "a hit goes nowhere upstream");
   assert.equal(second.headers.get("x-switchyard-cost-usd"), "0");
   assert.deepEqual(await second.json(), firstBody);
+});
+
+test("a streamed answer is cached and replayed, as a stream or as JSON", async () => {
+  const first = await post(ask("cached", "stream me once", { stream: true }));
+  assert.equal(first.headers.get("x-switchyard-cache"), "MISS");
+  assert.match(streamed(await first.text()), /alpha says: stream me once/);
+  let again;
+  for (let i = 0; i < 40; i++) {
+    again = await post(ask("cached", "stream me once", { stream: true }));
+    if (again.headers.get("x-switchyard-cache") === "HIT") break;
+    await again.text();
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  assert.equal(again.headers.get("x-switchyard-cache"), "HIT");
+  assert.match(again.headers.get("content-type"), /text\/event-stream/);
+  assert.match(streamed(await again.text()), /alpha says: stream me once/);
+  const json = await post(ask("cached", "stream me once"));
+  assert.equal(json.headers.get("x-switchyard-cache"), "HIT");
+  assert.match((await json.json()).choices[0].message.content, /stream me once/);
 });
 
 test("virtual keys authenticate by their hash and are held to their models", async () => {

@@ -1,4 +1,5 @@
-//! `POST /v1/chat/completions` at the edge, the native chain's stages in the same order:
+//! `POST /v1/chat/completions` and `POST /v1/embeddings` at the edge, the native chain's
+//! stages in the same order:
 //!
 //! 1. **auth**: master key or virtual key (401 before anything else runs).
 //! 2. **account**: whatever happens next, one request event goes to D1 (batched, after the
@@ -13,40 +14,123 @@
 //! 7. **provider adapter**: the core's pure translation (OpenAI-compatible, Anthropic,
 //!    Gemini), over `fetch`.
 //!
+//! A call that does not answer its headers within the target's `first_byte` timeout counts as
+//! a retryable timeout. Streamed answers are assembled as they pass ([`StreamRecorder`]) and
+//! cached like JSON ones, and replayed as a stream or returned as JSON on a hit.
+//!
 //! Not at the edge: circuit breakers and latency tracking (an isolate is short-lived and
 //! one of many), budgets, quality tiers, and per-call provider quotas.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use eventsource_stream::Eventsource;
 use futures_channel::oneshot;
+use futures_util::future::{Either, select};
 use futures_util::{Stream, StreamExt, stream};
 use http::HeaderMap;
 use switchyard_core::analytics::RequestEvent;
 use switchyard_core::cache::policy::is_sampled;
-use switchyard_core::cache::{CacheKey, CacheStatus, Directive, Entry, Plan, replay_chunks};
+use switchyard_core::cache::{
+    CacheKey, CacheStatus, Directive, Entry, Plan, StreamRecorder, replay_chunks,
+};
 use switchyard_core::config::Target;
 use switchyard_core::error::{ErrorKind, GatewayError, Origin};
 use switchyard_core::provider::{self, CallInfo, SseEvent, StreamDecoder, StreamItem};
 use switchyard_core::strategy::{self, CandidateView};
-use switchyard_core::wire::{ChatRequest, TokenUsage};
+use switchyard_core::wire::{ChatRequest, EmbeddingsRequest, TokenUsage};
 use worker::wasm_bindgen::JsValue;
-use worker::{Context, Env, Fetch, Headers, Method, Request, RequestInit, Response};
+use worker::{
+    AbortController, Context, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response,
+};
 
 use super::{Gateway, authenticate, error_response, internal, now_ms, random_u64, store};
 use crate::auth::{self, Principal};
 use crate::limits::{self, Subject};
 use crate::respond;
 
-const ENDPOINT: &str = "/v1/chat/completions";
+/// The two endpoints that go to providers.
+enum Call {
+    /// `/v1/chat/completions`.
+    Chat(Box<ChatRequest>),
+    /// `/v1/embeddings`.
+    Embeddings(EmbeddingsRequest),
+}
+
+impl Call {
+    fn endpoint(&self) -> &'static str {
+        match self {
+            Call::Chat(_) => "/v1/chat/completions",
+            Call::Embeddings(_) => "/v1/embeddings",
+        }
+    }
+
+    fn model(&self) -> &str {
+        match self {
+            Call::Chat(request) => &request.model,
+            Call::Embeddings(request) => &request.model,
+        }
+    }
+
+    fn user(&self) -> Option<&str> {
+        match self {
+            Call::Chat(request) => request.user.as_deref(),
+            Call::Embeddings(request) => request.user.as_deref(),
+        }
+    }
+
+    fn stream(&self) -> Option<&ChatRequest> {
+        match self {
+            Call::Chat(request) if request.stream => Some(request),
+            _ => None,
+        }
+    }
+
+    fn raw(&self) -> Bytes {
+        match self {
+            Call::Chat(request) => request.raw.clone(),
+            Call::Embeddings(request) => request.raw.clone(),
+        }
+        .unwrap_or_default()
+    }
+
+    /// Whether the answer may be cached at all, and whether the request asks for sampling.
+    fn cacheable(&self) -> (bool, bool) {
+        match self {
+            Call::Chat(request) => (
+                request.logprobs != Some(true),
+                is_sampled(request.temperature),
+            ),
+            Call::Embeddings(_) => (true, false),
+        }
+    }
+
+    fn upstream(&self, call: &CallInfo<'_>) -> Result<provider::UpstreamRequest, GatewayError> {
+        match self {
+            Call::Chat(request) => provider::chat_request(call, request),
+            Call::Embeddings(request) => provider::embeddings_request(call, request),
+        }
+    }
+
+    fn answer(
+        &self,
+        call: &CallInfo<'_>,
+        body: &[u8],
+    ) -> Result<provider::Completion, GatewayError> {
+        match self {
+            Call::Chat(request) => provider::chat_response(call, request, body),
+            Call::Embeddings(request) => provider::embeddings_response(call, request, body),
+        }
+    }
+}
 
 /// What the request did so far: becomes its [`RequestEvent`].
 #[derive(Clone)]
 struct Account {
+    endpoint: &'static str,
     started_ms: u64,
     request_id: String,
     principal: String,
@@ -71,7 +155,7 @@ impl Account {
             time_unix_ms: self.started_ms,
             request_id: self.request_id.clone(),
             principal: self.principal.clone(),
-            endpoint: ENDPOINT.to_owned(),
+            endpoint: self.endpoint.to_owned(),
             route: self.route.clone(),
             provider: self.provider.clone(),
             model: self.model.clone(),
@@ -107,8 +191,9 @@ impl From<GatewayError> for Failure {
     }
 }
 
-/// Handles one chat completion (see the module docs for the order).
+/// Handles one chat completion or embeddings request (see the module docs for the order).
 pub async fn handle(
+    embeddings: bool,
     req: Request,
     env: &Env,
     ctx: &Context,
@@ -119,6 +204,11 @@ pub async fn handle(
     // 1. auth: a 401 leaves no event behind, as in the native chain.
     let principal = authenticate(&req, env, gateway).await?;
     let mut account = Account {
+        endpoint: if embeddings {
+            "/v1/embeddings"
+        } else {
+            "/v1/chat/completions"
+        },
         started_ms,
         request_id: request_id.to_owned(),
         principal: principal.label().to_owned(),
@@ -136,7 +226,7 @@ pub async fn handle(
         ttft_ms: None,
     };
     // 2. account: every outcome below records its event.
-    match serve(req, env, ctx, gateway, &principal, &mut account).await {
+    match serve(embeddings, req, env, ctx, gateway, &principal, &mut account).await {
         Ok(Served::Complete(response, status)) => {
             store::record(ctx, env, &account.event(status, None));
             Ok(response)
@@ -163,6 +253,7 @@ enum Served {
 }
 
 async fn serve(
+    embeddings: bool,
     mut req: Request,
     env: &Env,
     ctx: &Context,
@@ -183,9 +274,14 @@ async fn serve(
         )
         .into());
     }
-    let request = ChatRequest::from_bytes(Bytes::from(body))?;
-    account.stream = request.stream;
-    let resolution = gateway.router.resolve(&request.model)?;
+    let body = Bytes::from(body);
+    let request = if embeddings {
+        Call::Embeddings(EmbeddingsRequest::from_bytes(body)?)
+    } else {
+        Call::Chat(Box::new(ChatRequest::from_bytes(body)?))
+    };
+    account.stream = request.stream().is_some();
+    let resolution = gateway.router.resolve(request.model())?;
     let route = resolution.route_name().to_owned();
     account.route = Some(route.clone());
     if !principal.allows(&route) {
@@ -201,7 +297,7 @@ async fn serve(
         .flatten();
     let subject = Subject {
         route: &route,
-        user: request.user.as_deref().or(user_header.as_deref()),
+        user: request.user().or(user_header.as_deref()),
         ip: ip.as_deref(),
     };
     let mut decisions = Vec::new();
@@ -232,7 +328,8 @@ async fn serve(
         .router
         .route(&route)
         .map_or(config.cache.default, |route| route.cache);
-    let plan = if policy.enabled && request.logprobs != Some(true) {
+    let (cacheable, sampled) = request.cacheable();
+    let plan = if policy.enabled && cacheable {
         let mut headers = HeaderMap::new();
         for (name, value) in req.headers().entries() {
             if let (Ok(name), Ok(value)) = (
@@ -242,24 +339,20 @@ async fn serve(
                 headers.append(name, value);
             }
         }
-        Plan::new(
-            &policy,
-            &Directive::from_headers(&headers)?,
-            is_sampled(request.temperature),
-        )
+        Plan::new(&policy, &Directive::from_headers(&headers)?, sampled)
     } else {
         Plan::bypass()
     };
     let scope = principal.cache_scope(config.cache.scope);
     let cache_key = if plan.is_active() {
-        let mut namespace = String::from(ENDPOINT);
+        let mut namespace = String::from(request.endpoint());
         for target in resolution.targets() {
             namespace.push('\u{1f}');
             namespace.push_str(&target.provider.name);
             namespace.push('/');
             namespace.push_str(&target.model);
         }
-        let raw = request.raw.clone().unwrap_or_default();
+        let raw = request.raw();
         Some(format!(
             "cache:{}",
             CacheKey::new(&namespace, &scope, &route, &raw)?.hex()
@@ -277,7 +370,7 @@ async fn serve(
             .map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
         if entry.is_fresh(now_ms(), max_age) && entry.route == route && entry.scope == scope {
             account.cache = Some(CacheStatus::Hit);
-            return hit(&entry, &request, gateway, account, &limit_headers);
+            return hit(&entry, request.stream(), gateway, account, &limit_headers);
         }
     }
 
@@ -295,24 +388,15 @@ async fn serve(
             now_unix,
             request_id: &account.request_id,
         };
-        let upstream = provider::chat_request(&call, &request)?;
+        let upstream = request.upstream(&call)?;
         let sent_ms = now_ms();
-        let result = send(&upstream).await;
+        let result = send(&upstream, target.timeouts.first_byte).await;
         account.upstream_ms =
             Some(account.upstream_ms.unwrap_or(0) + now_ms().saturating_sub(sent_ms));
         let mut response = match result {
             Ok(response) => response,
             Err(error) => {
-                let error = GatewayError::new(
-                    ErrorKind::BadGateway,
-                    Origin::Upstream(target.provider.name.clone()),
-                    format!(
-                        "provider {} could not be reached: {error}",
-                        target.provider.name
-                    ),
-                )
-                .with_retryable(true);
-                last_error = Some(error);
+                last_error = Some(error.for_provider(&target.provider.name));
                 continue;
             }
         };
@@ -341,11 +425,26 @@ async fn serve(
             Some(plan.miss_status()),
         );
         headers.extend(limit_headers.iter().cloned());
-        if request.stream {
-            return stream_answer(
-                response, &call, &request, env, ctx, account, &headers, gateway, target,
-            )
-            .map(Served::Streaming);
+        if let Some(chat) = request.stream() {
+            let fill = match (plan.store, &cache_key) {
+                (true, Some(key)) => Some(Fill {
+                    key: key.clone(),
+                    route: route.clone(),
+                    scope: scope.clone(),
+                    ttl_ms: u64::try_from(plan.ttl.as_millis()).unwrap_or(u64::MAX),
+                    max_bytes: config.cache.max_entry_bytes,
+                }),
+                _ => None,
+            };
+            let passing = Passing {
+                call: &call,
+                request: chat,
+                gateway,
+                target,
+                fill,
+            };
+            return stream_answer(response, passing, env, ctx, account, &headers)
+                .map(Served::Streaming);
         }
         let body = match response.bytes().await {
             Ok(body) => body,
@@ -364,7 +463,7 @@ async fn serve(
                 continue;
             }
         };
-        let completion = match provider::chat_response(&call, &request, &body) {
+        let completion = match request.answer(&call, &body) {
             Ok(completion) => completion,
             Err(error) if error.retryable => {
                 last_error = Some(error);
@@ -394,7 +493,9 @@ async fn serve(
                 stored_unix_ms: stored,
                 expires_unix_ms: stored.saturating_add(ttl_ms),
             };
-            store::cache_put(ctx, env, key, &entry);
+            if entry.weight() <= config.cache.max_entry_bytes {
+                store::cache_put(ctx, env, key, &entry);
+            }
         }
         let answer = super::json_response(completion.body.to_vec()).map_err(internal)?;
         set_headers(&answer, &headers)?;
@@ -455,12 +556,47 @@ fn set_headers(
     Ok(())
 }
 
-/// Sends an upstream request with `fetch`.
-async fn send(upstream: &provider::UpstreamRequest) -> worker::Result<Response> {
+/// Why a call brought no answer.
+enum SendError {
+    /// No response headers within the first-byte timeout.
+    Timeout(Duration),
+    /// `fetch` failed (connection refused, reset, DNS...).
+    Failed(String),
+}
+
+impl SendError {
+    /// The retryable gateway error for a call to `provider`.
+    fn for_provider(self, provider: &str) -> GatewayError {
+        match self {
+            SendError::Timeout(after) => GatewayError::new(
+                ErrorKind::Timeout,
+                Origin::Upstream(provider.to_owned()),
+                format!(
+                    "provider {provider} did not answer within {} ms",
+                    after.as_millis()
+                ),
+            ),
+            SendError::Failed(problem) => GatewayError::new(
+                ErrorKind::BadGateway,
+                Origin::Upstream(provider.to_owned()),
+                format!("provider {provider} could not be reached: {problem}"),
+            ),
+        }
+        .with_retryable(true)
+    }
+}
+
+/// Sends an upstream request with `fetch`, giving up (and aborting it) when its headers take
+/// longer than `first_byte`.
+async fn send(
+    upstream: &provider::UpstreamRequest,
+    first_byte: Duration,
+) -> Result<Response, SendError> {
+    let failed = |error: worker::Error| SendError::Failed(error.to_string());
     let headers = Headers::new();
     for (name, value) in &upstream.headers {
         if let Ok(value) = value.to_str() {
-            headers.set(name.as_str(), value)?;
+            headers.set(name.as_str(), value).map_err(failed)?;
         }
     }
     let mut init = RequestInit::new();
@@ -470,14 +606,25 @@ async fn send(upstream: &provider::UpstreamRequest) -> worker::Result<Response> 
         let body = worker::js_sys::Uint8Array::from(upstream.body.as_ref());
         init.with_body(Some(JsValue::from(body)));
     }
-    let request = Request::new_with_init(&upstream.url, &init)?;
-    Fetch::Request(request).send().await
+    let request = Request::new_with_init(&upstream.url, &init).map_err(failed)?;
+    let controller = AbortController::default();
+    let signal = controller.signal();
+    let fetch = Fetch::Request(request);
+    let call = fetch.send_with_signal(&signal);
+    let timer = Delay::from(first_byte);
+    match select(pin!(call), timer).await {
+        Either::Left((result, _)) => result.map_err(failed),
+        Either::Right(((), _)) => {
+            controller.abort();
+            Err(SendError::Timeout(first_byte))
+        }
+    }
 }
 
 /// Answers from a cached entry: JSON as stored, or its replay as a stream.
 fn hit(
     entry: &Entry,
-    request: &ChatRequest,
+    stream: Option<&ChatRequest>,
     gateway: &Gateway,
     account: &mut Account,
     limit_headers: &[(&'static str, String)],
@@ -498,7 +645,7 @@ fn hit(
     );
     headers.push((respond::COST, respond::cost_text(Some(0.0))));
     headers.extend(limit_headers.iter().cloned());
-    let response = if request.stream {
+    let response = if let Some(request) = stream {
         let mut text = String::new();
         for chunk in replay_chunks(&entry.body, &entry.pieces, request.wants_stream_usage())? {
             text.push_str("data: ");
@@ -521,12 +668,34 @@ fn hit(
 
 type Events = Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, String>>>>;
 
+/// Where a streamed answer is cached once it completes.
+struct Fill {
+    key: String,
+    route: String,
+    scope: String,
+    ttl_ms: u64,
+    max_bytes: u64,
+}
+
+/// What a stream's end sends to the `waitUntil` task: its event, and its answer to cache.
+type Ended = (RequestEvent, Option<(String, Entry)>);
+
+/// The call a stream answers.
+struct Passing<'a> {
+    call: &'a CallInfo<'a>,
+    request: &'a ChatRequest,
+    gateway: &'a Rc<Gateway>,
+    target: &'a Target,
+    fill: Option<Fill>,
+}
+
 /// What the stream needs to complete its event when it ends.
 struct Ending {
     account: Account,
     gateway: Rc<Gateway>,
     target: Target,
-    sender: oneshot::Sender<RequestEvent>,
+    recorder: Option<(StreamRecorder, Fill)>,
+    sender: oneshot::Sender<Ended>,
 }
 
 /// The state of a stream being passed through.
@@ -552,12 +721,14 @@ impl Passthrough {
         for item in items {
             match item {
                 StreamItem::Chunk { data, content } => {
-                    if content
-                        && let Some(ending) = &mut self.ending
-                        && ending.account.ttft_ms.is_none()
-                    {
-                        let started = ending.account.started_ms;
-                        ending.account.ttft_ms = Some(now_ms().saturating_sub(started));
+                    if let Some(ending) = &mut self.ending {
+                        if content && ending.account.ttft_ms.is_none() {
+                            let started = ending.account.started_ms;
+                            ending.account.ttft_ms = Some(now_ms().saturating_sub(started));
+                        }
+                        if let Some((recorder, _)) = &mut ending.recorder {
+                            recorder.push(&data);
+                        }
                     }
                     self.queue.push_back(frame(&data));
                 }
@@ -569,8 +740,8 @@ impl Passthrough {
         }
     }
 
-    /// Ends the stream: an error goes to the client as a last event, and the request event
-    /// (with the stream's usage and cost) goes to the `waitUntil` task that writes it.
+    /// Ends the stream: the request event (with the stream's usage and cost), and the
+    /// assembled answer when it completed, go to the `waitUntil` task that writes them.
     fn end(&mut self, error: Option<(u16, String)>) {
         self.finished = true;
         let Some(ending) = self.ending.take() else {
@@ -580,9 +751,11 @@ impl Passthrough {
             mut account,
             gateway,
             target,
+            recorder,
             sender,
         } = ending;
-        if let Some(usage) = self.decoder.usage() {
+        let usage = self.decoder.usage();
+        if let Some(usage) = usage {
             account.usage = usage;
             account.cost_usd =
                 gateway
@@ -590,12 +763,34 @@ impl Passthrough {
                     .pricing
                     .cost(&target.provider.name, &target.model, &usage);
         }
+        let fill = match (&error, recorder) {
+            (None, Some((recorder, fill))) => recorder
+                .finish(usage.unwrap_or_default())
+                .map(|(body, pieces)| {
+                    let stored = now_ms();
+                    let entry = Entry {
+                        body,
+                        pieces,
+                        usage: usage.unwrap_or_default(),
+                        provider: target.provider.name.clone(),
+                        model: target.model.clone(),
+                        route: fill.route,
+                        scope: fill.scope,
+                        stored_unix_ms: stored,
+                        expires_unix_ms: stored.saturating_add(fill.ttl_ms),
+                    };
+                    (fill.key, entry, fill.max_bytes)
+                })
+                .filter(|(_, entry, max_bytes)| entry.weight() <= *max_bytes)
+                .map(|(key, entry, _)| (key, entry)),
+            _ => None,
+        };
         let (status, class) = match error {
             Some((status, class)) => (status, Some(class)),
             None => (200, None),
         };
         // The receiver lives as long as the request; a failed send has no one to tell.
-        let _ = sender.send(account.event(status, class));
+        let _ = sender.send((account.event(status, class), fill));
     }
 
     fn fail(&mut self, error: &GatewayError) {
@@ -612,17 +807,13 @@ impl Drop for Passthrough {
 }
 
 /// Passes an upstream stream through the adapter's decoder to the client.
-#[allow(clippy::too_many_arguments)]
 fn stream_answer(
     mut upstream: Response,
-    call: &CallInfo<'_>,
-    request: &ChatRequest,
+    passing: Passing<'_>,
     env: &Env,
     ctx: &Context,
     account: &Account,
     headers: &[(&'static str, String)],
-    gateway: &Rc<Gateway>,
-    target: &Target,
 ) -> Result<Response, Failure> {
     let bytes = upstream.stream().map_err(internal)?;
     let events: Events = Box::pin(
@@ -630,23 +821,31 @@ fn stream_answer(
             .eventsource()
             .map(|event| event.map_err(|error| error.to_string())),
     );
-    let (sender, receiver) = oneshot::channel::<RequestEvent>();
+    let (sender, receiver) = oneshot::channel::<Ended>();
     let writer_env = env.clone();
     ctx.wait_until(async move {
-        if let Ok(event) = receiver.await {
+        if let Ok((event, fill)) = receiver.await {
             store::queue(&event);
             store::flush(&writer_env).await;
+            if let Some((key, entry)) = fill {
+                store::cache_store(&writer_env, key, entry).await;
+            }
         }
+    });
+    let recorder = passing.fill.map(|fill| {
+        let max = usize::try_from(fill.max_bytes).unwrap_or(usize::MAX);
+        (StreamRecorder::new(max), fill)
     });
     let state = Passthrough {
         events,
-        decoder: StreamDecoder::new(call, request),
+        decoder: StreamDecoder::new(passing.call, passing.request),
         queue: VecDeque::new(),
         finished: false,
         ending: Some(Ending {
             account: account.clone(),
-            gateway: Rc::clone(gateway),
-            target: target.clone(),
+            gateway: Rc::clone(passing.gateway),
+            target: passing.target.clone(),
+            recorder,
             sender,
         }),
     };

@@ -2,7 +2,7 @@
 //! gateway state, and answers for errors. The request path of `/v1/chat/completions` is in
 //! [`chat`], the stores in [`store`], the rate-limit Durable Object in [`limiter`].
 //!
-//! Routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /admin/analytics`,
+//! Routes: `POST /v1/chat/completions`, `POST /v1/embeddings`, `GET /v1/models`, `GET /admin/analytics`,
 //! `GET /healthz`. Everything else is a 404 in OpenAI's error shape.
 
 mod chat;
@@ -179,7 +179,10 @@ async fn route(
     let gateway = gateway(env)?;
     match (method, path.as_str()) {
         (worker::Method::Post, "/v1/chat/completions") => {
-            chat::handle(req, env, ctx, &gateway, request_id, started_ms).await
+            chat::handle(false, req, env, ctx, &gateway, request_id, started_ms).await
+        }
+        (worker::Method::Post, "/v1/embeddings") => {
+            chat::handle(true, req, env, ctx, &gateway, request_id, started_ms).await
         }
         (worker::Method::Get, "/v1/models") => {
             authenticate(&req, env, &gateway).await?;
@@ -201,11 +204,13 @@ async fn route(
             let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
             store::analytics(env, &pairs).await
         }
-        (_, "/v1/chat/completions" | "/v1/models" | "/admin/analytics") => Err(GatewayError::new(
-            ErrorKind::MethodNotAllowed,
-            Origin::Client,
-            format!("{path} does not take this method"),
-        )),
+        (_, "/v1/chat/completions" | "/v1/embeddings" | "/v1/models" | "/admin/analytics") => {
+            Err(GatewayError::new(
+                ErrorKind::MethodNotAllowed,
+                Origin::Client,
+                format!("{path} does not take this method"),
+            ))
+        }
         _ => Err(GatewayError::new(
             ErrorKind::NotFound,
             Origin::Client,

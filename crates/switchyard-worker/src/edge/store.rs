@@ -174,32 +174,36 @@ pub async fn cache_get(env: &Env, key: &str) -> Result<Option<Entry>, GatewayErr
     }))
 }
 
-/// Stores `entry` under `key` after the response; KV expires it at its TTL (at least the 60
-/// seconds KV allows; the entry's own expiry is checked on every read).
+/// Stores `entry` under `key` after the response (see [`cache_store`]).
 pub fn cache_put(ctx: &Context, env: &Env, key: String, entry: &Entry) {
+    let env = env.clone();
+    let entry = entry.clone();
+    ctx.wait_until(async move { cache_store(&env, key, entry).await });
+}
+
+/// Stores `entry` under `key`; KV expires it at its TTL (at least the 60 seconds KV allows;
+/// the entry's own expiry is checked on every read). A failure is logged, never fatal.
+pub async fn cache_store(env: &Env, key: String, entry: Entry) {
     let bytes = entry.encode();
     let ttl_s = entry
         .expires_unix_ms
         .saturating_sub(entry.stored_unix_ms)
         .div_ceil(1_000)
         .max(60);
-    let env = env.clone();
-    ctx.wait_until(async move {
-        let stored = match env.kv(CACHE) {
-            Ok(kv) => match kv.put_bytes(&key, &bytes) {
-                Ok(put) => put
-                    .expiration_ttl(ttl_s)
-                    .execute()
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(error) => Err(error.to_string()),
-            },
+    let stored = match env.kv(CACHE) {
+        Ok(kv) => match kv.put_bytes(&key, &bytes) {
+            Ok(put) => put
+                .expiration_ttl(ttl_s)
+                .execute()
+                .await
+                .map_err(|e| e.to_string()),
             Err(error) => Err(error.to_string()),
-        };
-        if let Err(error) = stored {
-            console_error!("could not store a cached answer: {error}");
-        }
-    });
+        },
+        Err(error) => Err(error.to_string()),
+    };
+    if let Err(error) = stored {
+        console_error!("could not store a cached answer: {error}");
+    }
 }
 
 /// Charges one counter's Durable Object.
