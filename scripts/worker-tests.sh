@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end test of the Cloudflare Worker build: installs the Worker toolchain (cached, see
-# scripts/worker-tools.sh), builds the mock provider and the Worker, and runs
+# scripts/worker-tools.sh), lints the Worker's wasm32 code, builds the mock provider and the
+# Worker, and runs
 # tests/worker/*.test.mjs under `node --test`, which serves the Worker with
 # `wrangler dev --local` (workerd) against two mock providers on loopback.
 #
@@ -17,6 +18,9 @@ eval "$("$ROOT/scripts/worker-tools.sh" --env)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 tools_done=$(date +%s)
 
+# The Worker's wasm-only code (src/edge/) is invisible to the host's clippy: lint it here.
+echo "worker-tests: clippy on the Worker for wasm32" >&2
+nice -n 10 cargo clippy --quiet -p switchyard-worker --target wasm32-unknown-unknown -- -D warnings
 echo "worker-tests: building the mock provider" >&2
 nice -n 10 cargo build --quiet -p switchyard-testkit --bin switchyard-mock
 echo "worker-tests: building the Worker (worker-build --dev)" >&2

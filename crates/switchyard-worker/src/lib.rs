@@ -10,6 +10,7 @@
 //!   Worker's vars and secrets, or from provider keys found among them.
 //! - [`auth`]: the master key and virtual keys (looked up in D1 by the SHA-256 of the
 //!   presented secret, as the native stores keep them).
+//! - [`health`]: the core's circuit breaker per target, held by the isolate.
 //! - [`limits`]: which rate-limit counters a request is charged to, and the counter logic the
 //!   Durable Object runs (the core's token bucket and sliding window).
 //! - [`analytics`]: the D1 schema, request events as rows, and `/admin/analytics` answered
@@ -24,6 +25,7 @@
 
 pub mod analytics;
 pub mod auth;
+pub mod health;
 pub mod limits;
 pub mod respond;
 pub mod settings;

@@ -18,8 +18,8 @@
 //! a retryable timeout. Streamed answers are assembled as they pass ([`StreamRecorder`]) and
 //! cached like JSON ones, and replayed as a stream or returned as JSON on a hit.
 //!
-//! Not at the edge: circuit breakers and latency tracking (an isolate is short-lived and
-//! one of many), budgets, quality tiers, and per-call provider quotas.
+//! The isolate's circuit breakers leave failing targets out of the order and judge every
+//! call. Not at the edge: latency tracking, budgets, quality tiers, and per-call provider quotas.
 
 use std::collections::VecDeque;
 use std::pin::{Pin, pin};
@@ -47,8 +47,11 @@ use worker::{
     AbortController, Context, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response,
 };
 
-use super::{Gateway, authenticate, error_response, internal, now_ms, random_u64, store};
+use super::{
+    Gateway, authenticate, error_response, internal, now_ms, now_nanos, random_u64, store,
+};
 use crate::auth::{self, Principal};
+use crate::health::Verdict;
 use crate::limits::{self, Subject};
 use crate::respond;
 
@@ -378,7 +381,20 @@ async fn serve(
     let max_attempts = usize::try_from(config.routing.max_attempts.max(1)).unwrap_or(1);
     let now_unix = now_ms() / 1_000;
     let mut last_error = None;
-    for target in targets.iter().take(max_attempts) {
+    for target in &targets {
+        if account.attempts as usize >= max_attempts {
+            break;
+        }
+        let name = target_name(target);
+        let Some(was_probe) = gateway.breakers.borrow_mut().admit(&name, now_nanos()) else {
+            continue;
+        };
+        let judge = |verdict| {
+            gateway
+                .breakers
+                .borrow_mut()
+                .record(&name, now_nanos(), verdict, was_probe);
+        };
         account.attempts += 1;
         account.provider = Some(target.provider.name.clone());
         account.model = Some(target.model.clone());
@@ -396,6 +412,7 @@ async fn serve(
         let mut response = match result {
             Ok(response) => response,
             Err(error) => {
+                judge(Verdict::Failed);
                 last_error = Some(error.for_provider(&target.provider.name));
                 continue;
             }
@@ -411,12 +428,18 @@ async fn serve(
                 .map(Duration::from_secs);
             let body = response.bytes().await.unwrap_or_default();
             let error = provider::error_response(&target.provider, status, retry_after, &body);
+            judge(if error.retryable {
+                Verdict::Failed
+            } else {
+                Verdict::Answered
+            });
             if error.retryable {
                 last_error = Some(error);
                 continue;
             }
             return Err(error.into());
         }
+        judge(Verdict::Answered);
         let mut headers = respond::served(
             &route,
             &target.provider.name,
@@ -512,13 +535,22 @@ async fn serve(
         .into())
 }
 
-/// The targets of a route in the strategy's order. Every target counts as available: the
-/// edge keeps no breaker state (each isolate is short-lived and one of many).
+/// A target's breaker name.
+fn target_name(target: &Target) -> String {
+    format!("{}/{}", target.provider.name, target.model)
+}
+
+/// The available targets of a route (their breakers closed, or ready to probe) in the
+/// strategy's order.
 fn ordered(strategy: strategy::Strategy, targets: &[Target], gateway: &Gateway) -> Vec<Target> {
+    let now = now_nanos();
     let views: Vec<CandidateView> = targets
         .iter()
         .map(|target| CandidateView {
-            available: true,
+            available: gateway
+                .breakers
+                .borrow()
+                .available(&target_name(target), now),
             priority: target.priority,
             weight: target.weight,
             in_flight: 0,

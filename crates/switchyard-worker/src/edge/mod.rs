@@ -19,6 +19,7 @@ use switchyard_core::routing::ModelRouter;
 use worker::{Context, Date, Env, Headers, Request, Response, event};
 
 use crate::auth::{self, Principal};
+use crate::health::Breakers;
 use crate::respond;
 use crate::settings::{self, CONFIG_VAR};
 
@@ -28,6 +29,8 @@ pub(crate) struct Gateway {
     pub config: Config,
     /// Model names to targets.
     pub router: ModelRouter,
+    /// The isolate's circuit breakers (never borrowed across an `.await`).
+    pub breakers: RefCell<Breakers>,
 }
 
 thread_local! {
@@ -64,7 +67,12 @@ fn gateway(env: &Env) -> Result<Rc<Gateway>, GatewayError> {
         .with_code("config_invalid")
     })?;
     let router = ModelRouter::new(&config);
-    let gateway = Rc::new(Gateway { config, router });
+    let breakers = RefCell::new(Breakers::new(config.routing.breaker.clone()));
+    let gateway = Rc::new(Gateway {
+        config,
+        router,
+        breakers,
+    });
     GATEWAY.with(|cell| *cell.borrow_mut() = Some(Rc::clone(&gateway)));
     Ok(gateway)
 }
@@ -72,6 +80,11 @@ fn gateway(env: &Env) -> Result<Rc<Gateway>, GatewayError> {
 /// Unix milliseconds now.
 pub(crate) fn now_ms() -> u64 {
     Date::now().as_millis()
+}
+
+/// Unix nanoseconds now (millisecond resolution), the time the core's policies take.
+pub(crate) fn now_nanos() -> u64 {
+    now_ms().saturating_mul(1_000_000)
 }
 
 /// 16 random bytes as a request id (`Math.random` is enough for ids; nothing secret here).
