@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the repo: formatting and lints, the wasm build of the core, the Rust
 # unit, golden and socket-level tests, the real-client suite (the official OpenAI Python
-# SDK against the running binary) and the dashboard in headless Chromium. This is the one
-# test command; .ci/run calls it.
+# SDK against the running binary), the dashboard in headless Chromium, and the Cloudflare
+# Worker end to end under wrangler dev. This is the one test command; .ci/run calls it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,3 +29,6 @@ SWITCHYARD_BIN_DIR="${CARGO_TARGET_DIR:-$PWD/target}/debug" scripts/sdk-tests.sh
 
 step "the dashboard in headless Chromium"
 SWITCHYARD_BIN_DIR="${CARGO_TARGET_DIR:-$PWD/target}/debug" scripts/dashboard-tests.sh
+
+step "the Cloudflare Worker under wrangler dev (workerd)"
+scripts/worker-tests.sh
