@@ -15,11 +15,11 @@
 //! window divides the interval.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 
 use super::rollup::{Cube, Dims, Rollup, Tier};
 use super::sketch::{DecodeError, Sketch, SketchSum};
@@ -188,19 +188,24 @@ impl Metric {
     /// The metric's value for an aggregate over `span_ms` (with its quantiles); `null`
     /// where it is undefined.
     pub fn value(self, sum: &Sum, quantiles: &Quantiles, span_ms: u64) -> Value {
+        self.number(sum, quantiles, span_ms).into()
+    }
+
+    /// [`Metric::value`] without building a JSON value.
+    pub fn number(self, sum: &Sum, quantiles: &Quantiles, span_ms: u64) -> Number {
         let rollup = &sum.counters;
         let ratio = |part: u64| {
             if rollup.requests == 0 {
-                Value::Null
+                Number::Null
             } else {
                 float(part as f64 / rollup.requests as f64)
             }
         };
-        let millis = |micros: Option<f64>| micros.map_or(Value::Null, |us| float(us / 1_000.0));
+        let millis = |micros: Option<f64>| micros.map_or(Number::Null, |us| float(us / 1_000.0));
         match self {
-            Metric::Requests => rollup.requests.into(),
+            Metric::Requests => Number::Count(rollup.requests),
             Metric::Rps => float(rollup.requests as f64 * 1_000.0 / span_ms.max(1) as f64),
-            Metric::Errors => rollup.errors.into(),
+            Metric::Errors => Number::Count(rollup.errors),
             Metric::ErrorRate => ratio(rollup.errors),
             Metric::LatencyQuantile(q) => millis(quantiles.latency[quantile_slot(q)]),
             Metric::LatencyAvg => millis(
@@ -208,13 +213,13 @@ impl Metric {
                     .then(|| rollup.latency_sum_us as f64 / rollup.requests as f64),
             ),
             Metric::TtftQuantile(q) => millis(quantiles.ttft[quantile_slot(q)]),
-            Metric::TokensIn => rollup.tokens_in.into(),
-            Metric::TokensOut => rollup.tokens_out.into(),
-            Metric::TokensCached => rollup.tokens_cached.into(),
-            Metric::TokensReasoning => rollup.tokens_reasoning.into(),
+            Metric::TokensIn => Number::Count(rollup.tokens_in),
+            Metric::TokensOut => Number::Count(rollup.tokens_out),
+            Metric::TokensCached => Number::Count(rollup.tokens_cached),
+            Metric::TokensReasoning => Number::Count(rollup.tokens_reasoning),
             Metric::Cost => float(rollup.cost_usd),
-            Metric::CostUnknown => rollup.cost_unknown.into(),
-            Metric::CacheHits => rollup.cache_hits.into(),
+            Metric::CostUnknown => Number::Count(rollup.cost_unknown),
+            Metric::CacheHits => Number::Count(rollup.cache_hits),
             Metric::CacheHitRate => ratio(rollup.cache_hits),
         }
     }
@@ -253,8 +258,13 @@ fn quantile_slot(q: u8) -> usize {
 }
 
 /// A finite float rounded to 6 decimals, or `null`.
-fn float(value: f64) -> Value {
-    Number::from_f64((value * 1e6).round() / 1e6).map_or(Value::Null, Value::Number)
+fn float(value: f64) -> Number {
+    let rounded = (value * 1e6).round() / 1e6;
+    if rounded.is_finite() {
+        Number::Float(rounded)
+    } else {
+        Number::Null
+    }
 }
 
 /// Cells must match every filter given.
@@ -581,7 +591,66 @@ pub struct Series {
     /// Over the whole range.
     pub totals: Map<String, Value>,
     /// Per metric, one value per point of `t`.
-    pub values: Map<String, Value>,
+    pub values: Columns,
+}
+
+/// One metric's value at a point: held without allocation, serialised as JSON's number or
+/// `null` exactly as [`Metric::value`] gives it (a series has thousands of them, so the
+/// answer is written straight from these rather than through a `serde_json::Value` each).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Number {
+    /// Undefined (no requests, no latencies).
+    Null,
+    /// A count.
+    Count(u64),
+    /// A finite float, already rounded to 6 decimals.
+    Float(f64),
+}
+
+impl Serialize for Number {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Number::Null => serializer.serialize_unit(),
+            Number::Count(n) => serializer.serialize_u64(n),
+            Number::Float(x) => serializer.serialize_f64(x),
+        }
+    }
+}
+
+impl From<Number> for Value {
+    fn from(number: Number) -> Value {
+        match number {
+            Number::Null => Value::Null,
+            Number::Count(n) => n.into(),
+            Number::Float(x) => serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number),
+        }
+    }
+}
+
+/// A series' metric columns, serialised as a JSON object (keys in name order, as a
+/// `serde_json::Map` would write them).
+#[derive(Debug, Clone, Default)]
+pub struct Columns(Vec<(String, Vec<Number>)>);
+
+impl Columns {
+    /// The column of a metric by name.
+    pub fn get(&self, name: &str) -> Option<&[Number]> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, column)| column.as_slice())
+    }
+}
+
+impl Serialize for Columns {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, column) in &self.0 {
+            map.serialize_entry(name, column)?;
+        }
+        map.end()
+    }
 }
 
 /// The counters and latency sums of a point, a group or the whole answer.
@@ -610,6 +679,15 @@ pub enum SketchRef<'a> {
     Decoded(&'a Sketch),
     /// [`Sketch::encode`]'s bytes, straight from a store.
     Encoded(&'a [u8]),
+    /// A sketch's parts (see [`SketchSum::add_sparse`]).
+    Sparse {
+        /// Values of zero.
+        zeros: u32,
+        /// Bucket indexes, ascending.
+        indexes: &'a [u16],
+        /// Their counts.
+        counts: &'a [u32],
+    },
 }
 
 impl SketchSum {
@@ -620,6 +698,14 @@ impl SketchSum {
                 Ok(())
             }
             SketchRef::Encoded(bytes) => self.add_encoded(bytes),
+            SketchRef::Sparse {
+                zeros,
+                indexes,
+                counts,
+            } => {
+                self.add_sparse(zeros, indexes, counts);
+                Ok(())
+            }
         }
     }
 }
@@ -637,6 +723,12 @@ pub struct Fold<'q> {
     points: usize,
     /// Group values' hash → indexes into `groups`.
     index: HashMap<u64, Vec<usize>>,
+    /// Hashes the group values (foldhash: a cell's lookup hashed with SipHash was a tenth
+    /// of a cached 7-day query).
+    hasher: foldhash::fast::FixedState,
+    /// The group of the last cell added: cells come sorted by their dimensions, so the
+    /// next one often falls in it too.
+    last: Option<usize>,
     groups: Vec<(Vec<String>, Vec<Sum>)>,
 }
 
@@ -650,6 +742,8 @@ impl<'q> Fold<'q> {
             points: usize::try_from((query.to_ms - query.from_ms).div_ceil(query.interval_ms))
                 .unwrap_or(0),
             index: HashMap::new(),
+            hasher: foldhash::fast::FixedState::default(),
+            last: None,
             groups: Vec::new(),
         }
     }
@@ -673,33 +767,23 @@ impl<'q> Fold<'q> {
         {
             return Ok(());
         }
-        let mut hasher = std::hash::DefaultHasher::new();
-        for dim in &query.group_by {
-            dims[dim.index()].hash(&mut hasher);
-        }
-        let hash = hasher.finish();
-        let candidates = self.index.entry(hash).or_default();
-        let found = candidates.iter().copied().find(|&g| {
-            self.groups[g]
+        let groups = &self.groups;
+        let is = |g: usize| {
+            groups[g]
                 .0
                 .iter()
                 .zip(&query.group_by)
                 .all(|(value, dim)| value == dims[dim.index()])
-        });
+        };
+        let found = match self.last {
+            Some(last) if is(last) => Some(last),
+            _ => None,
+        };
         let group = match found {
             Some(group) => group,
-            None => {
-                let values = query
-                    .group_by
-                    .iter()
-                    .map(|dim| dims[dim.index()].to_owned())
-                    .collect();
-                self.groups
-                    .push((values, vec![Sum::default(); self.points]));
-                candidates.push(self.groups.len() - 1);
-                self.groups.len() - 1
-            }
+            None => self.group_of(dims),
         };
+        self.last = Some(group);
         let point = usize::try_from((bucket - query.from_ms) / query.interval_ms).unwrap_or(0);
         let Some(slot) = self.groups[group].1.get_mut(point) else {
             return Ok(());
@@ -713,6 +797,37 @@ impl<'q> Fold<'q> {
             slot.ttft.add_ref(ttft)?;
         }
         Ok(())
+    }
+
+    /// The group of a cell with these dimensions, added if new.
+    fn group_of(&mut self, dims: [&str; 5]) -> usize {
+        let query = self.query;
+        let mut hasher = self.hasher.build_hasher();
+        for dim in &query.group_by {
+            dims[dim.index()].hash(&mut hasher);
+        }
+        let hash = hasher.finish();
+        let candidates = self.index.entry(hash).or_default();
+        let groups = &self.groups;
+        let found = candidates.iter().copied().find(|&g| {
+            groups[g]
+                .0
+                .iter()
+                .zip(&query.group_by)
+                .all(|(value, dim)| value == dims[dim.index()])
+        });
+        if let Some(group) = found {
+            return group;
+        }
+        let values = query
+            .group_by
+            .iter()
+            .map(|dim| dims[dim.index()].to_owned())
+            .collect();
+        self.groups
+            .push((values, vec![Sum::default(); self.points]));
+        candidates.push(self.groups.len() - 1);
+        self.groups.len() - 1
     }
 
     /// The answer.
@@ -743,18 +858,22 @@ impl<'q> Fold<'q> {
                     .iter()
                     .map(|slot| Quantiles::of(slot, needs_sketches))
                     .collect();
-                let values = names
+                let mut values: Vec<(String, Vec<Number>)> = names
                     .iter()
                     .zip(&query.metrics)
                     .map(|(name, m)| {
-                        let column: Vec<Value> = slots
+                        let column: Vec<Number> = slots
                             .iter()
                             .zip(&quantiles)
-                            .map(|(slot, quantiles)| m.value(slot, quantiles, query.interval_ms))
+                            .map(|(slot, quantiles)| m.number(slot, quantiles, query.interval_ms))
                             .collect();
-                        (name.clone(), Value::Array(column))
+                        (name.clone(), column)
                     })
                     .collect();
+                // In name order, as a JSON map; a metric asked twice is written once.
+                values.sort_by(|a, b| a.0.cmp(&b.0));
+                values.dedup_by(|a, b| a.0 == b.0);
+                let values = Columns(values);
                 let labels = query
                     .group_by
                     .iter()

@@ -101,6 +101,16 @@ impl Sketch {
         self.zeros == 0 && self.bins.is_empty()
     }
 
+    /// Values of zero recorded.
+    pub fn zeros(&self) -> u32 {
+        self.zeros
+    }
+
+    /// The occupied buckets: (bucket index, count), sorted by index, no zero counts.
+    pub fn bins(&self) -> &[(u16, u32)] {
+        &self.bins
+    }
+
     /// Occupied buckets (a measure of its size).
     pub fn buckets(&self) -> usize {
         self.bins.len()
@@ -383,6 +393,30 @@ impl SketchSum {
         Ok(())
     }
 
+    /// Adds a sketch given as its parts ([`Sketch::zeros`], and [`Sketch::bins`] split into
+    /// indexes and counts of the same length, indexes ascending): what a cache can hold
+    /// without a vector per sketch, added with no decoding and one range check.
+    pub fn add_sparse(&mut self, zeros: u32, indexes: &[u16], counts: &[u32]) {
+        self.zeros += u64::from(zeros);
+        self.total += u64::from(zeros);
+        let (Some(&low), Some(&high)) = (indexes.first(), indexes.last()) else {
+            return;
+        };
+        if low > high {
+            return;
+        }
+        self.cover(low, high);
+        let offset = self.offset;
+        let mut added = 0u64;
+        for (&index, &count) in indexes.iter().zip(counts) {
+            if let Some(slot) = self.counts.get_mut(usize::from(index.wrapping_sub(offset))) {
+                *slot += u64::from(count);
+                added += u64::from(count);
+            }
+        }
+        self.total += added;
+    }
+
     /// Adds another sum: one addition per bucket of its range.
     pub fn add_sum(&mut self, other: &SketchSum) {
         self.zeros += other.zeros;
@@ -403,7 +437,9 @@ impl SketchSum {
         }
     }
 
-    /// Several quantiles (ascending) in one walk over the buckets, as [`Sketch::quantile`].
+    /// Several quantiles (ascending), as [`Sketch::quantile`]: those of the lower half in
+    /// one walk up from the lowest bucket, the others in one walk down from the highest (so
+    /// a p99 touches the few buckets above it, not the whole range).
     pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<f64>; N] {
         let mut out = [None; N];
         if self.total == 0 {
@@ -412,32 +448,60 @@ impl SketchSum {
         let ranks = qs.map(|q| {
             ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).clamp(1, self.total) - 1
         });
+        let split = ranks
+            .iter()
+            .position(|&rank| rank >= self.total / 2)
+            .unwrap_or(N);
+        let index_at = |at: usize| {
+            self.offset
+                .saturating_add(u16::try_from(at).unwrap_or(u16::MAX))
+        };
+        // Up: the ranks below `split`.
         let mut next = 0;
         let mut seen = self.zeros;
-        while next < N && ranks[next] < seen {
+        while next < split && ranks[next] < seen {
             out[next] = Some(0.0);
             next += 1;
         }
         let mut last = None;
         for (at, &count) in self.counts.iter().enumerate() {
-            if next == N {
+            if next == split {
                 break;
             }
             if count == 0 {
                 continue;
             }
-            let index = self
-                .offset
-                .saturating_add(u16::try_from(at).unwrap_or(u16::MAX));
+            let index = index_at(at);
             last = Some(index);
             seen += count;
-            while next < N && ranks[next] < seen {
+            while next < split && ranks[next] < seen {
                 out[next] = Some(value_of(index));
                 next += 1;
             }
         }
-        for slot in out.iter_mut().skip(next) {
+        for slot in out.iter_mut().take(split).skip(next) {
             *slot = last.map(value_of);
+        }
+        // Down: the others, largest first. A rank is in a bucket when fewer values than
+        // it lie below the bucket; ranks left at the bottom are zeros.
+        let mut above = 0u64;
+        let mut next = N;
+        for (at, &count) in self.counts.iter().enumerate().rev() {
+            if next == split {
+                break;
+            }
+            if count == 0 {
+                continue;
+            }
+            above += count;
+            let below = self.total.saturating_sub(above);
+            while next > split && ranks[next - 1] >= below {
+                out[next - 1] = Some(value_of(index_at(at)));
+                next -= 1;
+            }
+        }
+        for slot in out.iter_mut().take(next).skip(split) {
+            *slot = Some(0.0);
         }
         out
     }
@@ -629,13 +693,17 @@ mod tests {
             let mut merged = Sketch::new();
             let mut sum = SketchSum::default();
             let mut encoded_sum = SketchSum::default();
+            let mut sparse_sum = SketchSum::default();
             for part in &parts {
                 let mut sketch = Sketch::new();
                 for &v in part { sketch.add(v); }
                 merged.merge(&sketch);
                 sum.add(&sketch);
                 encoded_sum.add_encoded(&sketch.encode()).unwrap();
+                let (indexes, counts): (Vec<u16>, Vec<u32>) = sketch.bins().iter().copied().unzip();
+                sparse_sum.add_sparse(sketch.zeros(), &indexes, &counts);
             }
+            prop_assert_eq!(&sparse_sum, &sum);
             let mut twice = SketchSum::default();
             twice.add_sum(&sum);
             prop_assert_eq!(sum.count(), merged.count());
@@ -646,6 +714,12 @@ mod tests {
             prop_assert_eq!(a, merged.quantile(0.5));
             prop_assert_eq!(b, merged.quantile(q.max(0.5)));
             prop_assert_eq!(c, merged.quantile(0.99_f64.max(q)));
+            let low = [0.0, q.min(0.3), q.min(0.5), 0.5, q, 0.9_f64.max(q), 1.0];
+            let mut sorted = low;
+            sorted.sort_by(f64::total_cmp);
+            for (got, q) in sum.quantiles(sorted).into_iter().zip(sorted) {
+                prop_assert_eq!(got, merged.quantile(q), "q = {}", q);
+            }
         }
 
         #[test]
