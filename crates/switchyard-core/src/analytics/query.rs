@@ -237,19 +237,52 @@ pub struct Quantiles {
 impl Quantiles {
     /// Computed in one walk per sketch, for the sketches asked for (latency, ttft).
     pub fn of(sum: &Sum, (latency, ttft): (bool, bool)) -> Self {
-        let levels = QUANTILES.map(|q| f64::from(q) / 100.0);
+        Quantiles::wanted(sum, &Wanted([latency; 4], [ttft; 4]))
+    }
+
+    /// Only the quantiles `wanted` (the others stay `None`): a walk stops at the last one
+    /// it needs.
+    pub fn wanted(sum: &Sum, wanted: &Wanted) -> Self {
+        let pick = |sketch: &SketchSum, mask: &[bool; 4]| {
+            let mut levels = [0.0; 4];
+            let mut n = 0;
+            for (q, _) in QUANTILES.iter().zip(mask).filter(|(_, on)| **on) {
+                levels[n] = f64::from(*q) / 100.0;
+                n += 1;
+            }
+            let mut found = [None; 4];
+            sketch.quantiles_into(&levels[..n], &mut found[..n]);
+            let mut out = [None; 4];
+            let mut from = found.into_iter();
+            for (slot, _) in out.iter_mut().zip(mask).filter(|(_, on)| **on) {
+                *slot = from.next().flatten();
+            }
+            out
+        };
         Quantiles {
-            latency: if latency {
-                sum.latency.quantiles(levels)
-            } else {
-                [None; 4]
-            },
-            ttft: if ttft {
-                sum.ttft.quantiles(levels)
-            } else {
-                [None; 4]
-            },
+            latency: pick(&sum.latency, &wanted.0),
+            ttft: pick(&sum.ttft, &wanted.1),
         }
+    }
+}
+
+/// Which quantiles a query reads, in [`QUANTILES`] order: of the latency, of the time to
+/// first token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wanted(pub [bool; 4], pub [bool; 4]);
+
+impl Wanted {
+    /// The quantiles `metrics` read.
+    pub fn of(metrics: &[Metric]) -> Self {
+        let mut wanted = Wanted::default();
+        for metric in metrics {
+            match *metric {
+                Metric::LatencyQuantile(q) => wanted.0[quantile_slot(q)] = true,
+                Metric::TtftQuantile(q) => wanted.1[quantile_slot(q)] = true,
+                _ => {}
+            }
+        }
+        wanted
     }
 }
 
@@ -722,7 +755,7 @@ pub struct Fold<'q> {
     sketches: (bool, bool),
     points: usize,
     /// Group values' hash → indexes into `groups`.
-    index: HashMap<u64, Vec<usize>>,
+    index: HashMap<u64, Vec<usize>, foldhash::fast::FixedState>,
     /// Hashes the group values (foldhash: a cell's lookup hashed with SipHash was a tenth
     /// of a cached 7-day query).
     hasher: foldhash::fast::FixedState,
@@ -741,7 +774,7 @@ impl<'q> Fold<'q> {
             sketches: (query.needs_latency(), query.needs_ttft()),
             points: usize::try_from((query.to_ms - query.from_ms).div_ceil(query.interval_ms))
                 .unwrap_or(0),
-            index: HashMap::new(),
+            index: HashMap::default(),
             hasher: foldhash::fast::FixedState::default(),
             last: None,
             groups: Vec::new(),
@@ -834,9 +867,9 @@ impl<'q> Fold<'q> {
     pub fn finish(self) -> Answer {
         let query = self.query;
         let names: Vec<String> = query.metrics.iter().map(|m| m.name()).collect();
-        let needs_sketches = self.sketches;
+        let wanted = Wanted::of(&query.metrics);
         let totals_of = |sum: &Sum, span: u64| -> Map<String, Value> {
-            let quantiles = Quantiles::of(sum, needs_sketches);
+            let quantiles = Quantiles::wanted(sum, &wanted);
             names
                 .iter()
                 .zip(&query.metrics)
@@ -856,7 +889,7 @@ impl<'q> Fold<'q> {
                 all.add_sum(&total);
                 let quantiles: Vec<Quantiles> = slots
                     .iter()
-                    .map(|slot| Quantiles::of(slot, needs_sketches))
+                    .map(|slot| Quantiles::wanted(slot, &wanted))
                     .collect();
                 let mut values: Vec<(String, Vec<Number>)> = names
                     .iter()

@@ -286,6 +286,13 @@ impl Sketch {
     }
 }
 
+/// Buckets a quantile walk skips at a time while no rank falls in them (summed first,
+/// which the compiler vectorises).
+const WALK_CHUNK: usize = 16;
+
+/// Quantiles [`SketchSum::quantiles_into`] computes in one call, at most.
+pub const MAX_QUANTILES: usize = 8;
+
 /// Buckets of an encoded sketch decoded onto the stack at a time by
 /// [`SketchSum::add_encoded`] (latency sketches of real traffic hold a few dozen).
 const ENCODED_CHUNK: usize = 64;
@@ -437,21 +444,36 @@ impl SketchSum {
         }
     }
 
-    /// Several quantiles (ascending), as [`Sketch::quantile`]: those of the lower half in
-    /// one walk up from the lowest bucket, the others in one walk down from the highest (so
-    /// a p99 touches the few buckets above it, not the whole range).
+    /// Several quantiles (ascending), as [`Sketch::quantile`] (see
+    /// [`SketchSum::quantiles_into`]).
     pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<f64>; N] {
         let mut out = [None; N];
-        if self.total == 0 {
-            return out;
+        self.quantiles_into(&qs, &mut out);
+        out
+    }
+
+    /// Several quantiles (`qs` ascending) into `out` (as long), as [`Sketch::quantile`]:
+    /// those of the lower half in one walk up from the lowest bucket, the others in one
+    /// walk down from the highest (a p99 touches the buckets above it, not the whole
+    /// range); both walks skip a chunk of buckets at a time while no rank falls in
+    /// them.
+    pub fn quantiles_into(&self, qs: &[f64], out: &mut [Option<f64>]) {
+        let n = qs.len().min(out.len());
+        out.iter_mut().for_each(|slot| *slot = None);
+        if self.total == 0 || n == 0 {
+            return;
         }
-        let ranks = qs.map(|q| {
-            ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).clamp(1, self.total) - 1
-        });
+        let mut ranks = [0u64; MAX_QUANTILES];
+        let n = n.min(MAX_QUANTILES);
+        for (rank, q) in ranks.iter_mut().zip(qs).take(n) {
+            *rank =
+                ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).clamp(1, self.total) - 1;
+        }
+        let ranks = &ranks[..n];
         let split = ranks
             .iter()
             .position(|&rank| rank >= self.total / 2)
-            .unwrap_or(N);
+            .unwrap_or(n);
         let index_at = |at: usize| {
             self.offset
                 .saturating_add(u16::try_from(at).unwrap_or(u16::MAX))
@@ -463,47 +485,58 @@ impl SketchSum {
             out[next] = Some(0.0);
             next += 1;
         }
-        let mut last = None;
-        for (at, &count) in self.counts.iter().enumerate() {
-            if next == split {
-                break;
-            }
-            if count == 0 {
+        let mut at = 0;
+        while next < split && at < self.counts.len() {
+            let chunk = &self.counts[at..(at + WALK_CHUNK).min(self.counts.len())];
+            let sum: u64 = chunk.iter().sum();
+            if seen + sum <= ranks[next] {
+                seen += sum;
+                at += chunk.len();
                 continue;
             }
-            let index = index_at(at);
-            last = Some(index);
-            seen += count;
-            while next < split && ranks[next] < seen {
-                out[next] = Some(value_of(index));
-                next += 1;
+            for &count in chunk {
+                seen += count;
+                while count > 0 && next < split && ranks[next] < seen {
+                    out[next] = Some(value_of(index_at(at)));
+                    next += 1;
+                }
+                at += 1;
             }
         }
-        for slot in out.iter_mut().take(split).skip(next) {
-            *slot = last.map(value_of);
+        if next < split {
+            // Only if the counts fall short of the total: the highest bucket.
+            let last = self.counts.iter().rposition(|&count| count > 0);
+            for slot in out.iter_mut().take(split).skip(next) {
+                *slot = last.map(|at| value_of(index_at(at)));
+            }
         }
         // Down: the others, largest first. A rank is in a bucket when fewer values than
         // it lie below the bucket; ranks left at the bottom are zeros.
         let mut above = 0u64;
-        let mut next = N;
-        for (at, &count) in self.counts.iter().enumerate().rev() {
-            if next == split {
-                break;
-            }
-            if count == 0 {
+        let mut next = n;
+        let mut end = self.counts.len();
+        while next > split && end > 0 {
+            let start = end.saturating_sub(WALK_CHUNK);
+            let chunk = &self.counts[start..end];
+            let sum: u64 = chunk.iter().sum();
+            if ranks[next - 1] < self.total.saturating_sub(above + sum) {
+                above += sum;
+                end = start;
                 continue;
             }
-            above += count;
-            let below = self.total.saturating_sub(above);
-            while next > split && ranks[next - 1] >= below {
-                out[next - 1] = Some(value_of(index_at(at)));
-                next -= 1;
+            for (offset, &count) in chunk.iter().enumerate().rev() {
+                above += count;
+                let below = self.total.saturating_sub(above);
+                while count > 0 && next > split && ranks[next - 1] >= below {
+                    out[next - 1] = Some(value_of(index_at(start + offset)));
+                    next -= 1;
+                }
             }
+            end = start;
         }
         for slot in out.iter_mut().take(next).skip(split) {
             *slot = Some(0.0);
         }
-        out
     }
 
     /// The `q`-quantile by nearest rank, as [`Sketch::quantile`].
