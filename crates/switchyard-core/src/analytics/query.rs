@@ -762,7 +762,35 @@ pub struct Fold<'q> {
     /// The group of the last cell added: cells come sorted by their dimensions, so the
     /// next one often falls in it too.
     last: Option<usize>,
-    groups: Vec<(Vec<String>, Vec<Sum>)>,
+    groups: Vec<Group>,
+    /// Points before this one are final ([`Fold::seal_before`]).
+    sealed: usize,
+    /// The quantiles the metrics read.
+    wanted: Wanted,
+    /// Sketch sums' buffers of sealed points, for the next points.
+    pool: Vec<Vec<u64>>,
+}
+
+/// One group's points as they are folded.
+#[derive(Debug)]
+struct Group {
+    /// Its dimension values, in `group_by` order.
+    values: Vec<String>,
+    /// One sum per point; a sealed point keeps its counters, its sketches move to `total`.
+    slots: Vec<Sum>,
+    /// The quantiles of each sealed point.
+    quantiles: Vec<Quantiles>,
+    /// The sealed points' sketches, summed.
+    total: Sum,
+}
+
+impl Group {
+    fn is(&self, group_by: &[Dim], dims: &[&str; 5]) -> bool {
+        self.values
+            .iter()
+            .zip(group_by)
+            .all(|(value, dim)| value == dims[dim.index()])
+    }
 }
 
 impl<'q> Fold<'q> {
@@ -778,6 +806,9 @@ impl<'q> Fold<'q> {
             hasher: foldhash::fast::FixedState::default(),
             last: None,
             groups: Vec::new(),
+            sealed: 0,
+            wanted: Wanted::of(&query.metrics),
+            pool: Vec::new(),
         }
     }
 
@@ -800,16 +831,8 @@ impl<'q> Fold<'q> {
         {
             return Ok(());
         }
-        let groups = &self.groups;
-        let is = |g: usize| {
-            groups[g]
-                .0
-                .iter()
-                .zip(&query.group_by)
-                .all(|(value, dim)| value == dims[dim.index()])
-        };
         let found = match self.last {
-            Some(last) if is(last) => Some(last),
+            Some(last) if self.groups[last].is(&query.group_by, &dims) => Some(last),
             _ => None,
         };
         let group = match found {
@@ -818,10 +841,23 @@ impl<'q> Fold<'q> {
         };
         self.last = Some(group);
         let point = usize::try_from((bucket - query.from_ms) / query.interval_ms).unwrap_or(0);
-        let Some(slot) = self.groups[group].1.get_mut(point) else {
+        debug_assert!(point >= self.sealed, "a cell added to a sealed point");
+        let Some(slot) = self.groups[group].slots.get_mut(point) else {
             return Ok(());
         };
         slot.counters.merge_counters(counters);
+        // A point's first sketch reuses a sealed point's buffer.
+        for (wanted, sum) in [
+            (self.sketches.0, &mut slot.latency),
+            (self.sketches.1, &mut slot.ttft),
+        ] {
+            if wanted
+                && sum.is_unallocated()
+                && let Some(buffer) = self.pool.pop()
+            {
+                sum.give_buffer(buffer);
+            }
+        }
         // Only the sketches a metric reads are added (a sum of the other stays empty).
         if self.sketches.0 {
             slot.latency.add_ref(latency)?;
@@ -842,13 +878,10 @@ impl<'q> Fold<'q> {
         let hash = hasher.finish();
         let candidates = self.index.entry(hash).or_default();
         let groups = &self.groups;
-        let found = candidates.iter().copied().find(|&g| {
-            groups[g]
-                .0
-                .iter()
-                .zip(&query.group_by)
-                .all(|(value, dim)| value == dims[dim.index()])
-        });
+        let found = candidates
+            .iter()
+            .copied()
+            .find(|&g| groups[g].is(&query.group_by, &dims));
         if let Some(group) = found {
             return group;
         }
@@ -857,17 +890,52 @@ impl<'q> Fold<'q> {
             .iter()
             .map(|dim| dims[dim.index()].to_owned())
             .collect();
-        self.groups
-            .push((values, vec![Sum::default(); self.points]));
+        self.groups.push(Group {
+            values,
+            slots: vec![Sum::default(); self.points],
+            // Sealed points without cells: no quantiles.
+            quantiles: vec![Quantiles::default(); self.sealed],
+            total: Sum::default(),
+        });
         candidates.push(self.groups.len() - 1);
         self.groups.len() - 1
+    }
+
+    /// Declares that no cell before `time_ms` is still to come: the points that end by
+    /// then are final. Their quantiles are computed and their sketches added to their
+    /// group's total now, and the sketch sums' buffers are reused by the next points, so a
+    /// caller that adds cells in time order holds the sketch sums of a point or two, not of
+    /// the whole range (a 7-day hourly query held several MB of them). Cells of a sealed
+    /// point must not be added afterwards.
+    pub fn seal_before(&mut self, time_ms: u64) {
+        let query = self.query;
+        let upto = usize::try_from(time_ms.saturating_sub(query.from_ms) / query.interval_ms)
+            .unwrap_or(usize::MAX)
+            .min(self.points);
+        if upto <= self.sealed {
+            return;
+        }
+        for group in &mut self.groups {
+            for slot in &mut group.slots[self.sealed..upto] {
+                group.quantiles.push(Quantiles::wanted(slot, &self.wanted));
+                group.total.latency.add_sum(&slot.latency);
+                group.total.ttft.add_sum(&slot.ttft);
+                for sum in [&mut slot.latency, &mut slot.ttft] {
+                    if let Some(buffer) = sum.take_buffer() {
+                        self.pool.push(buffer);
+                    }
+                }
+            }
+        }
+        self.sealed = upto;
     }
 
     /// The answer.
     pub fn finish(self) -> Answer {
         let query = self.query;
         let names: Vec<String> = query.metrics.iter().map(|m| m.name()).collect();
-        let wanted = Wanted::of(&query.metrics);
+        let wanted = self.wanted;
+        let sealed = self.sealed;
         let totals_of = |sum: &Sum, span: u64| -> Map<String, Value> {
             let quantiles = Quantiles::wanted(sum, &wanted);
             names
@@ -881,16 +949,22 @@ impl<'q> Fold<'q> {
         let mut series: Vec<(u64, Vec<String>, Series)> = self
             .groups
             .into_iter()
-            .map(|(group, slots)| {
-                let mut total = Sum::default();
-                for slot in &slots {
+            .map(|group| {
+                let Group {
+                    values: group,
+                    slots,
+                    mut quantiles,
+                    mut total,
+                } = group;
+                // Sealed points: their counters (their sketches are in `total` already).
+                for slot in slots.iter().take(sealed) {
+                    total.counters.merge_counters(&slot.counters);
+                }
+                for slot in slots.iter().skip(sealed) {
                     total.add_sum(slot);
+                    quantiles.push(Quantiles::wanted(slot, &wanted));
                 }
                 all.add_sum(&total);
-                let quantiles: Vec<Quantiles> = slots
-                    .iter()
-                    .map(|slot| Quantiles::wanted(slot, &wanted))
-                    .collect();
                 let mut values: Vec<(String, Vec<Number>)> = names
                     .iter()
                     .zip(&query.metrics)

@@ -424,6 +424,27 @@ impl SketchSum {
         self.total += added;
     }
 
+    /// Whether no buffer is held (nothing added yet).
+    pub fn is_unallocated(&self) -> bool {
+        self.counts.capacity() == 0
+    }
+
+    /// Empties the sum and hands back its buffer (none if it held none), for
+    /// [`SketchSum::give_buffer`] to reuse.
+    pub fn take_buffer(&mut self) -> Option<Vec<u64>> {
+        let mut buffer = std::mem::take(self).counts;
+        buffer.clear();
+        (buffer.capacity() > 0).then_some(buffer)
+    }
+
+    /// Gives an empty sum a buffer to grow into (ignored unless the sum is empty).
+    pub fn give_buffer(&mut self, mut buffer: Vec<u64>) {
+        if self.total == 0 && self.counts.is_empty() {
+            buffer.clear();
+            self.counts = buffer;
+        }
+    }
+
     /// Adds another sum: one addition per bucket of its range.
     pub fn add_sum(&mut self, other: &SketchSum) {
         self.zeros += other.zeros;

@@ -20,7 +20,7 @@ use switchyard_core::analytics::rollup::ANY_KEY;
 use switchyard_core::analytics::{Cube, Dims, RequestEvent, Rollup, RollupRow, Sketch, Tier};
 use switchyard_core::config::StorageConfig;
 
-use super::hours::{HourCache, Lookup};
+use super::hours::{Hour, HourCache, Lookup};
 use super::postgres::PostgresStore;
 use super::spend::{
     FeedbackRow, QualityLine, SpendColumn, SpendKey, SpendLine, SpendPoint, SpendTotals,
@@ -794,15 +794,19 @@ fn fold_cached(
     now_ms: u64,
 ) -> Answer {
     let built = cache.fill(query.cube(), &lookup.reads, cells, versions, now_ms);
+    let mut hours: Vec<(u64, Arc<Hour>)> = built;
+    hours.extend(lookup.cached);
+    hours.sort_by_key(|(bucket, _)| *bucket);
+    hours.dedup_by_key(|(bucket, _)| *bucket);
     let mut fold = Fold::new(query);
-    let mut folded = std::collections::HashSet::with_capacity(lookup.cached.len() + built.len());
-    for (bucket, hour) in built.iter().chain(&lookup.cached) {
-        if folded.insert(*bucket) {
-            hour.fold_into(*bucket, &mut fold);
-        }
-    }
+    // The cells of the hours not held as `Hour`s (the open one) first, then the hours in
+    // time order, each point sealed once its last hour is in: the fold then holds the
+    // sketch sums of one point at a time.
     for cell in cells {
-        if !folded.contains(&cell.bucket_ms) {
+        if hours
+            .binary_search_by_key(&cell.bucket_ms, |(bucket, _)| *bucket)
+            .is_err()
+        {
             // Decoded sketches cannot be malformed.
             let _ = fold.add(
                 cell.bucket_ms,
@@ -812,6 +816,10 @@ fn fold_cached(
                 SketchRef::Decoded(&cell.rollup.ttft),
             );
         }
+    }
+    for (bucket, hour) in &hours {
+        fold.seal_before(*bucket);
+        hour.fold_into(*bucket, &mut fold);
     }
     fold.finish()
 }

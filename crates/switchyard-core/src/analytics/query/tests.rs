@@ -290,3 +290,58 @@ fn each_quantile_reads_its_own_sketch() {
         assert_eq!(point, got, "{metrics}");
     }
 }
+
+#[test]
+fn sealing_points_in_time_order_answers_the_same() {
+    // 12 hours, three groups appearing at different times, points of 1 h and of 3 h.
+    let from = NOW - NOW % 3_600_000 - 12 * 3_600_000;
+    let mut cells = Vec::new();
+    for h in 0..12u64 {
+        for (p, provider) in ["a", "b", "c"].into_iter().enumerate() {
+            if (h + p as u64) % 4 == 3 {
+                continue;
+            }
+            let latencies: Vec<u64> = (0..=h + p as u64).map(|i| 10 + i * 37 % 500).collect();
+            let mut cell = rollup(latencies.len() as u64, h % 2, &latencies, 0.25);
+            cell.ttft.add(1_000 * (h + 1));
+            cells.push((
+                from + h * 3_600_000,
+                dims(provider, "m", ANY_KEY, "2xx"),
+                cell,
+            ));
+        }
+    }
+    for interval in [3_600_000, 3 * 3_600_000] {
+        let query = Query {
+            from_ms: from,
+            to_ms: from + 12 * 3_600_000,
+            interval_ms: interval,
+            tier: Tier::Hour,
+            group_by: vec![Dim::Provider],
+            metrics: ["requests", "p50", "p99", "ttft_p95", "latency_avg", "cost"]
+                .into_iter()
+                .filter_map(Metric::parse)
+                .collect(),
+            filter: Filter::default(),
+        };
+        let whole = answer(&query, cells.iter().map(|(t, d, r)| (*t, d, r)));
+        let mut fold = Fold::new(&query);
+        for (t, d, r) in &cells {
+            fold.seal_before(*t);
+            fold.add(
+                *t,
+                d.as_strs(),
+                r,
+                SketchRef::Decoded(&r.latency),
+                SketchRef::Decoded(&r.ttft),
+            )
+            .unwrap();
+        }
+        let sealed = fold.finish();
+        assert_eq!(
+            serde_json::to_value(&sealed).unwrap(),
+            serde_json::to_value(&whole).unwrap(),
+            "interval {interval}"
+        );
+    }
+}
