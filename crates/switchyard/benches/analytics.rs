@@ -1,32 +1,40 @@
 //! Analytics benchmark: fills a SQLite store with the rollups of 7 days of synthetic traffic
-//! at 1000 requests per second, times the query API's work (store read, merge, JSON) on it,
-//! and measures the memory of the analytics subsystem at steady state in a fresh process.
+//! at 1000 requests per second, times the query API's work on it, and measures the memory of
+//! the analytics subsystem at steady state in a fresh process.
 //!
 //! `cargo bench -p switchyard --bench analytics` (add `-- --quick` for a smaller run).
 //!
 //! Traffic shape: 4 routes with 2 provider/model targets each, 20 keys, 97% 2xx, 2% 4xx,
 //! 1% 5xx, log-normal latencies around a per-target median. The stored cells are the ones
 //! the aggregator would have written for that traffic: per minute for the last 24 h and per
-//! hour for 7 days, keyless and keyed.
+//! hour for 7 days, keyless, keyed and by key.
 //!
-//! Each query line gives wall-clock p50/p99 next to SQLite's own scan of the same rows, timed
-//! in the same run: on a shared machine the ratio is the figure to compare across runs. No
-//! query is cached: every run reads the store and folds again. Queries split or filtered by
-//! the key alone read the by-key cube (one cell per key and window).
+//! Each query is timed three ways, interleaved run by run so that they share the machine's
+//! conditions: the handler's path (parse the query string, `Analytics::answer` with its
+//! query cache of closed hours, serialise the JSON body), the same path without the cache
+//! (`Store::answer`: read and fold every stored cell, what main did), and SQLite's own
+//! aggregate scan of the rows the uncached path reads (the baseline: on a shared machine
+//! the ratios are the figures to compare across runs). The first, cold run of each query
+//! (which fills the cache) is reported apart. The load average is printed with them.
 //!
-//! It uses the gateway's allocator (mimalloc), so that memory figures match the binary.
+//! Memory: the analytics subsystem's heap (the aggregator, as `/admin/analytics/status`
+//! reports it in `memory_bytes`, which includes the query cache) and the process's RSS
+//! growth. It uses the gateway's allocator (mimalloc), so that the RSS matches the binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use switchyard::analytics::Analytics;
 use switchyard::analytics::sqlite::SqliteStore;
-use switchyard::analytics::store::{Batch, CellsQuery, Retention};
-use switchyard_core::analytics::query::{Fold, Query};
+use switchyard::analytics::store::{Batch, CellsQuery, Retention, Store};
+use switchyard_core::analytics::query::Query;
 use switchyard_core::analytics::rollup::ANY_KEY;
 use switchyard_core::analytics::{Aggregator, Cube, Dims, RequestEvent, Rollup, RollupRow, Tier};
+use switchyard_core::config::AnalyticsConfig;
 use switchyard_core::wire::TokenUsage;
+use tokio::runtime::Runtime;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -206,68 +214,107 @@ fn parse(text: &str, now: u64) -> Query {
     Query::parse(pairs, now).unwrap()
 }
 
-fn run_query(store: &SqliteStore, text: &str, now: u64) -> usize {
-    let query = parse(text, now);
-    let started = Instant::now();
-    let mut fold = Fold::new(&query);
-    store.fold(&CellsQuery::of(&query), &mut fold).unwrap();
-    let read = started.elapsed();
-    let answer = fold.finish();
-    let finished = started.elapsed();
-    let bytes = serde_json::to_vec(&answer).unwrap().len();
-    if std::env::var_os("BENCH_PHASES").is_some() {
-        eprintln!(
-            "read+fold {:?} finish {:?} json {:?}",
-            read,
-            finished - read,
-            started.elapsed() - finished
-        );
-    }
-    bytes
+/// The analytics subsystem over `store`, as the gateway builds it.
+fn analytics(store: &Arc<SqliteStore>) -> Analytics {
+    Analytics::new(
+        Store::Sqlite(Arc::clone(store)),
+        AnalyticsConfig {
+            flush_interval: Duration::from_secs(1),
+            request_log: true,
+            request_log_max_age: Duration::from_secs(7 * 86_400),
+            request_log_max_bytes: 1 << 30,
+        },
+    )
+}
+
+/// The handler's path (`handlers::analytics::analytics`): parse the query string, answer
+/// (the query cache, then the store), serialise the JSON body. Returns the body's length.
+fn handler_path(runtime: &Runtime, analytics: &Analytics, text: &str) -> usize {
+    let query = parse(text, now_ms());
+    let answer = runtime.block_on(analytics.answer(query)).unwrap();
+    serde_json::to_vec(&answer).unwrap().len()
+}
+
+/// The same without the query cache (main's path before it): parse, read and fold every
+/// stored cell, serialise.
+fn uncached_path(runtime: &Runtime, analytics: &Analytics, text: &str) -> usize {
+    let query = parse(text, now_ms());
+    let answer = runtime.block_on(analytics.store.answer(query)).unwrap();
+    serde_json::to_vec(&answer).unwrap().len()
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-fn time_queries(store: &SqliteStore, dir: &Path, now: u64, runs: usize) {
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+fn time_queries(store: &Arc<SqliteStore>, dir: &Path, runs: usize) -> Analytics {
     // The baseline, timed in the same run: SQLite's own aggregate scan of exactly the rows
     // each query reads (counts and blob lengths summed in C, nothing decoded in Rust).
     let raw = rusqlite::Connection::open(dir.join("analytics.db")).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let analytics = analytics(store);
     let all = "requests,errors,p50,p95,p99,ttft_p50,tokens_in,tokens_out,cost,cache_hit_rate";
     let queries = [
         format!("from=-7d&interval=1h&group_by=provider,model&metrics={all}"),
         format!("from=-7d&interval=1d&metrics={all}"),
-        format!("from=-24h&interval=1m&metrics={all}"),
-        format!("from=-1h&interval=1m&group_by=route&metrics={all}"),
         "from=-7d&interval=1h&group_by=key&metrics=requests,cost,p95".to_owned(),
         "from=-7d&interval=7d&group_by=key&metrics=requests,cost".to_owned(),
+        format!("from=-7d&interval=1h&provider=provider-0&metrics={all}"),
+        format!("from=-24h&interval=1m&metrics={all}"),
+        format!("from=-1h&interval=1m&group_by=route&metrics={all}"),
     ];
     println!(
-        "query (each run: store read + sketch merge + JSON) against the baseline (SQLite's own \
-         scan of the same rows), {runs} runs:"
+        "queries, {runs} runs each, the three paths interleaved run by run; load average at the \
+         start {}:\n  handler path (parse, answer through the query cache, JSON) | the same \
+         without the cache (main's path) | SQLite's own scan of the rows the store path reads",
+        load_average()
     );
     // `BENCH_ONLY=N` runs only the N-th query (for profiling).
     let only: Option<usize> = std::env::var("BENCH_ONLY")
         .ok()
         .and_then(|n| n.parse().ok());
+    // `BENCH_CACHED_ONLY=1` times only the handler path (for profiling it).
+    let cached_only = std::env::var_os("BENCH_CACHED_ONLY").is_some();
     for (n, text) in queries.iter().enumerate() {
         if only.is_some_and(|only| only != n) {
             continue;
         }
-        let mut times = Vec::with_capacity(runs);
-        let mut bytes = 0;
-        for _ in 0..runs {
-            let started = Instant::now();
-            bytes = run_query(store, text, now);
-            times.push(started.elapsed());
-        }
-        times.sort_unstable();
-        let query = parse(text, now);
+        // The first query fills the cache (cold): timed apart.
+        let started = Instant::now();
+        let bytes = handler_path(&runtime, &analytics, text);
+        let cold = started.elapsed();
+        let query = parse(text, now_ms());
         let read = CellsQuery::of(&query);
+        let mut cached = Vec::with_capacity(runs);
+        let mut uncached = Vec::with_capacity(runs);
         let mut scans = Vec::with_capacity(runs);
         let mut rows = 0i64;
         for _ in 0..runs {
+            let started = Instant::now();
+            let same = handler_path(&runtime, &analytics, text);
+            cached.push(started.elapsed());
+            if cached_only {
+                continue;
+            }
+            let started = Instant::now();
+            let without = uncached_path(&runtime, &analytics, text);
+            uncached.push(started.elapsed());
+            assert!(same.abs_diff(without) < 64, "{same} vs {without} bytes");
             let started = Instant::now();
             rows = raw
                 .query_row(
@@ -284,16 +331,54 @@ fn time_queries(store: &SqliteStore, dir: &Path, now: u64, runs: usize) {
                 .unwrap();
             scans.push(started.elapsed());
         }
-        scans.sort_unstable();
+        if cached_only {
+            cached.sort_unstable();
+            println!(
+                "  {text}\n    cached p50 {:?} p99 {:?}",
+                percentile(&cached, 0.5),
+                percentile(&cached, 0.99)
+            );
+            continue;
+        }
+        for times in [&mut cached, &mut uncached, &mut scans] {
+            times.sort_unstable();
+        }
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let line = |times: &[Duration]| {
+            format!(
+                "{:>6.3} {:>6.3} {:>6.3}",
+                ms(percentile(times, 0.5)),
+                ms(percentile(times, 0.95)),
+                ms(percentile(times, 0.99))
+            )
+        };
+        let ratio = |times: &[Duration]| {
+            percentile(times, 0.5).as_secs_f64() / percentile(&scans, 0.5).as_secs_f64()
+        };
         println!(
-            "  p50 {:>7.3} ms  p99 {:>7.3} ms  | scan p50 {:>6.3} ms  ratio {:>4.1}x | {rows} rows, {bytes} B  {text}",
-            ms(percentile(&times, 0.5)),
-            ms(percentile(&times, 0.99)),
-            ms(percentile(&scans, 0.5)),
-            percentile(&times, 0.5).as_secs_f64() / percentile(&scans, 0.5).as_secs_f64(),
+            "  {text}\n    {rows} rows, {bytes} B; p50/p95/p99 ms: cached {} ({:.2}x scan; cold {:.3}) \
+             | uncached {} ({:.1}x) | scan {}",
+            line(&cached),
+            ratio(&cached),
+            ms(cold),
+            line(&uncached),
+            ratio(&uncached),
+            line(&scans),
         );
     }
+    let status = analytics
+        .hours
+        .stats
+        .hits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "  query cache: {} hours, {:.2} MiB, {status} hours served from it; load average at the \
+         end {}",
+        analytics.hours.len(),
+        analytics.hours.heap_bytes() as f64 / 1_048_576.0,
+        load_average()
+    );
+    analytics
 }
 
 fn rss_bytes() -> u64 {
@@ -311,7 +396,7 @@ fn rss_bytes() -> u64 {
 /// request log), then the 7-day queries.
 fn memory(dir: &Path, quick: bool) {
     let before = rss_bytes();
-    let store = SqliteStore::open(Some(dir)).unwrap();
+    let store = Arc::new(SqliteStore::open(Some(dir)).unwrap());
     let combos = combos();
     let mut aggregator = Aggregator::new();
     let start = now_ms() - 6 * 60_000;
@@ -375,7 +460,7 @@ fn memory(dir: &Path, quick: bool) {
     }
     let ingesting = rss_bytes();
     let now = now_ms();
-    time_queries(&store, dir, now, 20);
+    let analytics = time_queries(&store, dir, 20);
     store
         .prune(
             now,
@@ -387,13 +472,19 @@ fn memory(dir: &Path, quick: bool) {
         .unwrap();
     let after = rss_bytes();
     let mib = |bytes: u64| bytes as f64 / 1_048_576.0;
+    let cache = analytics.hours.heap_bytes() as u64;
+    let heap = aggregator.heap_bytes() as u64;
     println!(
-        "memory at steady state: aggregator heap {:.2} MiB ({} open cells, 1 s tier of {} windows); \
+        "memory at steady state: analytics heap {:.2} MiB (`memory_bytes`: aggregator {:.2} MiB \
+         with {} open cells and a 1 s tier of {} windows, query cache {:.2} MiB in {} hours); \
          process RSS growth over the store opened: {:.2} MiB after 1000 rps of ingestion, \
          {:.2} MiB after the queries above too",
-        mib(aggregator.heap_bytes() as u64),
+        mib(heap + cache),
+        mib(heap),
         aggregator.open_cells(),
         aggregator.second_requests().len(),
+        mib(cache),
+        analytics.hours.len(),
         mib(ingesting.saturating_sub(before)),
         mib(after.saturating_sub(before)),
     );
@@ -414,12 +505,12 @@ fn main() {
         return;
     }
     if let Some(at) = args.iter().position(|a| a == "--query") {
-        let store = SqliteStore::open(Some(Path::new(&args[at + 1]))).unwrap();
-        time_queries(&store, Path::new(&args[at + 1]), now_ms(), 100);
+        let store = Arc::new(SqliteStore::open(Some(Path::new(&args[at + 1]))).unwrap());
+        time_queries(&store, Path::new(&args[at + 1]), 100);
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(Some(dir.path())).unwrap();
+    let store = Arc::new(SqliteStore::open(Some(dir.path())).unwrap());
     let now = now_ms();
     let (rows, took) = fill(&store, now, quick);
     let size = std::fs::metadata(dir.path().join("analytics.db"))
@@ -432,7 +523,11 @@ fn main() {
         rows as f64 / took.as_secs_f64(),
         size as f64 / 1_048_576.0
     );
-    time_queries(&store, dir.path(), now, if quick { 50 } else { 200 });
+    drop(time_queries(
+        &store,
+        dir.path(),
+        if quick { 50 } else { 200 },
+    ));
     drop(store);
     let status = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--memory", dir.path().to_str().unwrap()])

@@ -321,3 +321,283 @@ async fn instances_sharing_postgres_answer_for_each_other() {
     two.stop().await;
     db.finish().await;
 }
+
+mod query_cache {
+    //! The query cache answers exactly what the store answers without it: on a cold cache,
+    //! from memory, after late and retried writes into cached hours, after a restart, and
+    //! over a file written before window versions existed.
+
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use serde_json::Value;
+    use switchyard::analytics::hours::{DEFAULT_MAX_BYTES, HourCache};
+    use switchyard::analytics::sqlite::SqliteStore;
+    use switchyard::analytics::store::{Batch, Store};
+    use switchyard_core::analytics::query::{Dim, Filter, Metric, Query};
+    use switchyard_core::analytics::rollup::ANY_KEY;
+    use switchyard_core::analytics::{Cube, Dims, Rollup, RollupRow, Tier};
+
+    pub const HOUR: u64 = 3_600_000;
+    /// An hour boundary; "now" in these tests is 20 minutes into the hour after `T0 + 6 h`.
+    pub const T0: u64 = 1_800_000_000_000 - 1_800_000_000_000 % HOUR;
+    pub const NOW: u64 = T0 + 6 * HOUR + 20 * 60_000;
+
+    fn dims(provider: &str, key: &str, status: &str) -> Dims {
+        Dims {
+            route: "chat".into(),
+            provider: provider.into(),
+            model: format!("{provider}-model").into(),
+            key: key.into(),
+            status_class: status.into(),
+        }
+    }
+
+    fn cell(seed: u64, requests: u64) -> Rollup {
+        let mut rollup = Rollup {
+            requests,
+            errors: requests / 7,
+            tokens_in: requests * 11,
+            tokens_out: requests * 5,
+            // Multiples of 1/1024: sums are exact in any order.
+            cost_usd: requests as f64 / 1024.0,
+            cache_hits: requests / 3,
+            ..Rollup::default()
+        };
+        for i in 0..requests {
+            let latency = 1_000 * (1 + (seed * 7 + i * 13) % 400);
+            rollup.latency.add(latency);
+            rollup.latency_sum_us += latency;
+            if i % 2 == 0 {
+                rollup.ttft.add(latency / 3);
+            }
+        }
+        rollup
+    }
+
+    /// The rows one instance writes for hour `bucket`: keyed cells and the keyless and
+    /// by-key cells summed from them.
+    pub fn hour_rows(bucket: u64, seed: u64, merge: bool) -> Vec<RollupRow> {
+        let mut rows = Vec::new();
+        let any: Arc<str> = Arc::from(ANY_KEY);
+        let mut derived: std::collections::BTreeMap<(Cube, Dims), Rollup> = Default::default();
+        for (p, provider) in ["alpha", "beta"].into_iter().enumerate() {
+            for (k, key) in ["k1", "k2", "k3"].into_iter().enumerate() {
+                for (s, status) in ["2xx", "5xx"].into_iter().enumerate() {
+                    let n = 1 + (seed + p as u64 * 5 + k as u64 * 3 + s as u64) % 9;
+                    let keyed = dims(provider, key, status);
+                    let rollup = cell(seed + bucket / HOUR + n, n);
+                    for cube in [Cube::Keyless, Cube::ByKey] {
+                        derived
+                            .entry((cube, cube.dims_of(&keyed, &any)))
+                            .or_default()
+                            .merge(&rollup);
+                    }
+                    rows.push(RollupRow {
+                        tier: Tier::Hour,
+                        bucket_ms: bucket,
+                        cube: Cube::Keyed,
+                        dims: keyed,
+                        rollup,
+                        merge,
+                    });
+                }
+            }
+        }
+        rows.extend(derived.into_iter().map(|((cube, dims), rollup)| RollupRow {
+            tier: Tier::Hour,
+            bucket_ms: bucket,
+            cube,
+            dims,
+            rollup,
+            merge,
+        }));
+        rows
+    }
+
+    pub fn batch(rows: Vec<RollupRow>) -> Arc<Batch> {
+        Arc::new(Batch {
+            rollups: rows,
+            requests: vec![],
+        })
+    }
+
+    /// The hourly queries the cache serves (keyless and by-key cubes) and one it leaves to
+    /// the store (keyed).
+    pub fn queries() -> Vec<Query> {
+        let metrics = vec![
+            Metric::Requests,
+            Metric::Errors,
+            Metric::LatencyQuantile(50),
+            Metric::LatencyQuantile(99),
+            Metric::TtftQuantile(50),
+            Metric::TokensIn,
+            Metric::Cost,
+            Metric::CacheHitRate,
+        ];
+        let query = |group_by: Vec<Dim>, filter: Vec<(Dim, &str)>, interval_ms: u64| Query {
+            from_ms: T0,
+            to_ms: NOW,
+            interval_ms,
+            tier: Tier::Hour,
+            group_by,
+            metrics: metrics.clone(),
+            filter: Filter {
+                equals: filter.into_iter().map(|(d, v)| (d, v.to_owned())).collect(),
+            },
+        };
+        vec![
+            query(vec![Dim::Provider, Dim::Model], vec![], HOUR),
+            query(vec![], vec![], 3 * HOUR),
+            query(vec![Dim::StatusClass], vec![(Dim::Provider, "beta")], HOUR),
+            query(vec![Dim::Key], vec![], HOUR),
+            query(vec![], vec![(Dim::Key, "k2")], 2 * HOUR),
+            query(vec![Dim::Key, Dim::Provider], vec![], HOUR),
+        ]
+    }
+
+    /// Equal JSON, floats to 1e-9 relative (sums may be added in another order).
+    pub fn assert_same(cached: &Value, uncached: &Value, path: &str) {
+        match (cached, uncached) {
+            (Value::Number(a), Value::Number(b)) if a.is_f64() || b.is_f64() => {
+                let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+                assert!(
+                    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0),
+                    "{path}: {a} vs {b}"
+                );
+            }
+            (Value::Array(a), Value::Array(b)) => {
+                assert_eq!(a.len(), b.len(), "{path}: lengths");
+                for (i, (a, b)) in a.iter().zip(b).enumerate() {
+                    assert_same(a, b, &format!("{path}[{i}]"));
+                }
+            }
+            (Value::Object(a), Value::Object(b)) => {
+                assert_eq!(
+                    a.keys().collect::<Vec<_>>(),
+                    b.keys().collect::<Vec<_>>(),
+                    "{path}: keys"
+                );
+                for (key, a) in a {
+                    assert_same(a, &b[key], &format!("{path}.{key}"));
+                }
+            }
+            (a, b) => assert_eq!(a, b, "{path}"),
+        }
+    }
+
+    /// Every query answered through `cache` and without it, compared; returns the
+    /// answers' total requests.
+    pub async fn compare(store: &Store, cache: &Arc<HourCache>, label: &str) -> Vec<u64> {
+        let mut totals = Vec::new();
+        for query in queries() {
+            let cached = store
+                .answer_cached(cache, query.clone(), NOW)
+                .await
+                .unwrap();
+            let uncached = store.answer(query.clone()).await.unwrap();
+            let (cached, uncached) = (
+                serde_json::to_value(&cached).unwrap(),
+                serde_json::to_value(&uncached).unwrap(),
+            );
+            assert_same(&cached, &uncached, &format!("{label} {query:?}"));
+            totals.push(cached["totals"]["requests"].as_u64().unwrap());
+        }
+        totals
+    }
+
+    #[tokio::test]
+    async fn cached_answers_equal_the_stores_through_late_writes_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::Sqlite(Arc::new(SqliteStore::open(Some(dir.path())).unwrap()));
+        // Six closed hours and the open one, written by one instance.
+        for h in 0..=6 {
+            store
+                .write("a", batch(hour_rows(T0 + h * HOUR, h, false)))
+                .await
+                .unwrap();
+        }
+        let cache = Arc::new(HourCache::new(DEFAULT_MAX_BYTES));
+        let cold = compare(&store, &cache, "cold").await;
+        // The keyless and by-key cubes' six closed hours are cached, the open one is not.
+        assert_eq!(cache.len(), 12);
+        let misses = cache.stats.misses.load(Ordering::Relaxed);
+        let warm = compare(&store, &cache, "warm").await;
+        assert_eq!(cold, warm);
+        assert!(cache.stats.hits.load(Ordering::Relaxed) >= 30);
+        assert_eq!(
+            cache.stats.misses.load(Ordering::Relaxed) - misses,
+            5,
+            "only the open hour is read again, once per cached query"
+        );
+
+        // A very late event into a cached hour (a merge row), and a write retried after an
+        // outage (whole-window rows replacing an instance's cells) into another.
+        store
+            .write("a", batch(hour_rows(T0 + 2 * HOUR, 40, true)))
+            .await
+            .unwrap();
+        store
+            .write("a", batch(hour_rows(T0 + 4 * HOUR, 41, false)))
+            .await
+            .unwrap();
+        let late = compare(&store, &cache, "late").await;
+        assert_ne!(late, warm, "the late writes count");
+
+        // A second instance writing to the same file (its rows are added).
+        store
+            .write("b", batch(hour_rows(T0 + HOUR, 42, false)))
+            .await
+            .unwrap();
+        let second = compare(&store, &cache, "second instance").await;
+        assert_ne!(second, late);
+
+        // A restart: the versions are in the file; a new cache fills from it.
+        drop(store);
+        let store = Store::Sqlite(Arc::new(SqliteStore::open(Some(dir.path())).unwrap()));
+        let cache = Arc::new(HourCache::new(DEFAULT_MAX_BYTES));
+        assert_eq!(compare(&store, &cache, "restarted").await, second);
+        store
+            .write("c", batch(hour_rows(T0 + 3 * HOUR, 43, true)))
+            .await
+            .unwrap();
+        let after = compare(&store, &cache, "written after the restart").await;
+        assert_ne!(after, second);
+
+        // A file written before window versions: none are stored, the hours are cached at
+        // version 0, and the next write into one still shows.
+        drop(store);
+        let connection = rusqlite::Connection::open(dir.path().join("analytics.db")).unwrap();
+        connection
+            .execute("DELETE FROM rollup_versions", [])
+            .unwrap();
+        drop(connection);
+        let store = Store::Sqlite(Arc::new(SqliteStore::open(Some(dir.path())).unwrap()));
+        let cache = Arc::new(HourCache::new(DEFAULT_MAX_BYTES));
+        assert_eq!(compare(&store, &cache, "unversioned").await, after);
+        store
+            .write("c", batch(hour_rows(T0 + 5 * HOUR, 44, true)))
+            .await
+            .unwrap();
+        assert_ne!(
+            compare(&store, &cache, "unversioned, then written").await,
+            after
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_cache_caches_nothing_more_and_still_answers() {
+        let store = Store::Sqlite(Arc::new(SqliteStore::open(None).unwrap()));
+        for h in 0..=6 {
+            store
+                .write("a", batch(hour_rows(T0 + h * HOUR, h, false)))
+                .await
+                .unwrap();
+        }
+        let cache = Arc::new(HourCache::new(4_096));
+        compare(&store, &cache, "small cache").await;
+        assert!(cache.heap_bytes() <= 4_096, "{} bytes", cache.heap_bytes());
+        assert!(cache.len() < 12);
+        compare(&store, &cache, "small cache, again").await;
+    }
+}

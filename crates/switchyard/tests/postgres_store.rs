@@ -15,7 +15,7 @@ use switchyard::analytics::store::{
     Batch, CellsQuery, Cursor, LoggedRequest, Pruned, RequestsQuery, Retention, Store, StoreError,
     StoredCell, rollup_horizon,
 };
-use switchyard_core::analytics::query::{Dim, Filter, Metric, Query, answer};
+use switchyard_core::analytics::query::{Dim, Filter, Metric, Number, Query, answer};
 use switchyard_core::analytics::rollup::DEFAULT_GRACE_MS;
 use switchyard_core::analytics::{
     Aggregator, Cube, Dims, RequestEvent, Rollup, RollupRow, Sketch, Tier,
@@ -217,7 +217,7 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
     let tables: Vec<String> = db
         .admin
         .query(
@@ -235,6 +235,7 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         [
             "switchyard_feedback",
             "switchyard_requests",
+            "switchyard_rollup_versions",
             "switchyard_rollups",
             "switchyard_schema_migrations",
             "switchyard_spend"
@@ -318,7 +319,10 @@ async fn two_instances_are_summed_by_a_query() {
     assert_eq!(float(&totals["ttft_p50"]), millis(&all_ttft, 0.5));
     // One minute point carries it all.
     assert_eq!(result.series.len(), 1);
-    assert_eq!(result.series[0].values["requests"][0], 100);
+    assert_eq!(
+        result.series[0].values.get("requests").unwrap()[0],
+        Number::Count(100)
+    );
 
     // The by-key cube, grouped by key: 50 each, across both instances.
     let q = query(vec![Dim::Key], Filter::default());
@@ -1312,4 +1316,171 @@ async fn the_spend_series_of_a_budget_forecast_in_sqlite_and_postgres() {
     spend_series_on(&postgres).await;
     drop(postgres);
     db.finish().await;
+}
+
+mod query_cache {
+    //! The query cache of one instance sees what another instance sharing the store writes
+    //! into the hours it holds, and answers exactly what the store answers without it.
+
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use serde_json::Value;
+    use switchyard::analytics::hours::{DEFAULT_MAX_BYTES, HourCache};
+    use switchyard::analytics::store::{Batch, Store};
+    use switchyard_core::analytics::query::{Dim, Filter, Metric, Query};
+    use switchyard_core::analytics::rollup::ANY_KEY;
+    use switchyard_core::analytics::{Cube, Dims, Rollup, RollupRow, Tier};
+
+    use super::{Db, StoreDb};
+
+    const HOUR: u64 = 3_600_000;
+    const T0: u64 = 1_800_000_000_000 - 1_800_000_000_000 % HOUR;
+    /// 20 minutes into the hour after `T0 + 4 h`.
+    const NOW: u64 = T0 + 4 * HOUR + 20 * 60_000;
+
+    /// The rows one instance writes for an hour: keyed cells, and the keyless and by-key
+    /// cells summed from them.
+    fn hour_rows(bucket: u64, seed: u64, merge: bool) -> Arc<Batch> {
+        let any: Arc<str> = Arc::from(ANY_KEY);
+        let mut rows = Vec::new();
+        let mut derived: std::collections::BTreeMap<(Cube, Dims), Rollup> = Default::default();
+        for (p, provider) in ["alpha", "beta"].into_iter().enumerate() {
+            for (k, key) in ["k1", "k2"].into_iter().enumerate() {
+                let n = 1 + (seed + p as u64 * 3 + k as u64) % 7;
+                let mut rollup = Rollup {
+                    requests: n,
+                    errors: n / 3,
+                    tokens_in: n * 10,
+                    cost_usd: n as f64 / 512.0,
+                    ..Rollup::default()
+                };
+                for i in 0..n {
+                    let latency = 1_000 * (1 + (seed * 11 + i * 17) % 300);
+                    rollup.latency.add(latency);
+                    rollup.latency_sum_us += latency;
+                    rollup.ttft.add(latency / 2);
+                }
+                let keyed = Dims {
+                    route: "chat".into(),
+                    provider: provider.into(),
+                    model: "m".into(),
+                    key: key.into(),
+                    status_class: "2xx".into(),
+                };
+                for cube in [Cube::Keyless, Cube::ByKey] {
+                    derived
+                        .entry((cube, cube.dims_of(&keyed, &any)))
+                        .or_default()
+                        .merge(&rollup);
+                }
+                rows.push((Cube::Keyed, keyed, rollup));
+            }
+        }
+        rows.extend(derived.into_iter().map(|((cube, dims), r)| (cube, dims, r)));
+        Arc::new(Batch {
+            rollups: rows
+                .into_iter()
+                .map(|(cube, dims, rollup)| RollupRow {
+                    tier: Tier::Hour,
+                    bucket_ms: bucket,
+                    cube,
+                    dims,
+                    rollup,
+                    merge,
+                })
+                .collect(),
+            requests: vec![],
+        })
+    }
+
+    fn queries() -> Vec<Query> {
+        let query = |group_by: Vec<Dim>, filter: Vec<(Dim, &str)>| Query {
+            from_ms: T0,
+            to_ms: NOW,
+            interval_ms: HOUR,
+            tier: Tier::Hour,
+            group_by,
+            metrics: vec![
+                Metric::Requests,
+                Metric::Errors,
+                Metric::LatencyQuantile(50),
+                Metric::LatencyQuantile(99),
+                Metric::TtftQuantile(95),
+                Metric::Cost,
+            ],
+            filter: Filter {
+                equals: filter.into_iter().map(|(d, v)| (d, v.to_owned())).collect(),
+            },
+        };
+        vec![
+            query(vec![Dim::Provider, Dim::Model], vec![]),
+            query(vec![], vec![(Dim::Provider, "beta")]),
+            query(vec![Dim::Key], vec![]),
+        ]
+    }
+
+    /// Every query through `cache` and without it: the same JSON (costs are multiples of
+    /// 1/512, so sums are exact in any order). Returns the total requests of each.
+    async fn compare(store: &Store, cache: &Arc<HourCache>, label: &str) -> Vec<u64> {
+        let mut totals = Vec::new();
+        for query in queries() {
+            let cached = store
+                .answer_cached(cache, query.clone(), NOW)
+                .await
+                .unwrap();
+            let uncached = store.answer(query).await.unwrap();
+            let cached: Value = serde_json::to_value(&cached).unwrap();
+            assert_eq!(cached, serde_json::to_value(&uncached).unwrap(), "{label}");
+            totals.push(cached["totals"]["requests"].as_u64().unwrap());
+        }
+        totals
+    }
+
+    #[tokio::test]
+    async fn a_cache_sees_another_instances_writes_and_restarts_clean() {
+        let db = Db::new("switchyard_test_query_cache").await;
+        let a = Store::Postgres(Arc::new(db.store().await));
+        let b = Store::Postgres(Arc::new(db.store().await));
+        for h in 0..=4 {
+            a.write("a", hour_rows(T0 + h * HOUR, h, false))
+                .await
+                .unwrap();
+        }
+        let (cache_a, cache_b) = (
+            Arc::new(HourCache::new(DEFAULT_MAX_BYTES)),
+            Arc::new(HourCache::new(DEFAULT_MAX_BYTES)),
+        );
+        let cold = compare(&a, &cache_a, "cold").await;
+        assert_eq!(cache_a.len(), 8, "four closed hours of two cubes");
+        assert_eq!(compare(&a, &cache_a, "warm").await, cold);
+        assert!(cache_a.stats.hits.load(Ordering::Relaxed) >= 12);
+        assert_eq!(compare(&b, &cache_b, "b cold").await, cold);
+
+        // Instance b: its own rows in a closed hour (a write retried after an outage), and
+        // a very late event into another (a merge row).
+        b.write("b", hour_rows(T0 + HOUR, 20, false)).await.unwrap();
+        b.write("b", hour_rows(T0 + 3 * HOUR, 21, true))
+            .await
+            .unwrap();
+        let shared = compare(&a, &cache_a, "after b wrote").await;
+        assert_ne!(shared, cold, "b's writes count on a");
+        assert_eq!(compare(&b, &cache_b, "b after its writes").await, shared);
+
+        // Instance a merges into an hour b has cached.
+        a.write("a", hour_rows(T0 + 2 * HOUR, 22, true))
+            .await
+            .unwrap();
+        let merged = compare(&b, &cache_b, "b after a merged").await;
+        assert_ne!(merged, shared);
+        assert_eq!(compare(&a, &cache_a, "a after it merged").await, merged);
+
+        // A restart of a: a new connection and an empty cache.
+        drop(a);
+        let a = Store::Postgres(Arc::new(db.store().await));
+        let cache_a = Arc::new(HourCache::new(DEFAULT_MAX_BYTES));
+        assert_eq!(compare(&a, &cache_a, "restarted").await, merged);
+        drop((a, b));
+        db.finish().await;
+    }
 }

@@ -15,11 +15,11 @@
 //! window divides the interval.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 
 use super::rollup::{Cube, Dims, Rollup, Tier};
 use super::sketch::{DecodeError, Sketch, SketchSum};
@@ -188,19 +188,24 @@ impl Metric {
     /// The metric's value for an aggregate over `span_ms` (with its quantiles); `null`
     /// where it is undefined.
     pub fn value(self, sum: &Sum, quantiles: &Quantiles, span_ms: u64) -> Value {
+        self.number(sum, quantiles, span_ms).into()
+    }
+
+    /// [`Metric::value`] without building a JSON value.
+    pub fn number(self, sum: &Sum, quantiles: &Quantiles, span_ms: u64) -> Number {
         let rollup = &sum.counters;
         let ratio = |part: u64| {
             if rollup.requests == 0 {
-                Value::Null
+                Number::Null
             } else {
                 float(part as f64 / rollup.requests as f64)
             }
         };
-        let millis = |micros: Option<f64>| micros.map_or(Value::Null, |us| float(us / 1_000.0));
+        let millis = |micros: Option<f64>| micros.map_or(Number::Null, |us| float(us / 1_000.0));
         match self {
-            Metric::Requests => rollup.requests.into(),
+            Metric::Requests => Number::Count(rollup.requests),
             Metric::Rps => float(rollup.requests as f64 * 1_000.0 / span_ms.max(1) as f64),
-            Metric::Errors => rollup.errors.into(),
+            Metric::Errors => Number::Count(rollup.errors),
             Metric::ErrorRate => ratio(rollup.errors),
             Metric::LatencyQuantile(q) => millis(quantiles.latency[quantile_slot(q)]),
             Metric::LatencyAvg => millis(
@@ -208,13 +213,13 @@ impl Metric {
                     .then(|| rollup.latency_sum_us as f64 / rollup.requests as f64),
             ),
             Metric::TtftQuantile(q) => millis(quantiles.ttft[quantile_slot(q)]),
-            Metric::TokensIn => rollup.tokens_in.into(),
-            Metric::TokensOut => rollup.tokens_out.into(),
-            Metric::TokensCached => rollup.tokens_cached.into(),
-            Metric::TokensReasoning => rollup.tokens_reasoning.into(),
+            Metric::TokensIn => Number::Count(rollup.tokens_in),
+            Metric::TokensOut => Number::Count(rollup.tokens_out),
+            Metric::TokensCached => Number::Count(rollup.tokens_cached),
+            Metric::TokensReasoning => Number::Count(rollup.tokens_reasoning),
             Metric::Cost => float(rollup.cost_usd),
-            Metric::CostUnknown => rollup.cost_unknown.into(),
-            Metric::CacheHits => rollup.cache_hits.into(),
+            Metric::CostUnknown => Number::Count(rollup.cost_unknown),
+            Metric::CacheHits => Number::Count(rollup.cache_hits),
             Metric::CacheHitRate => ratio(rollup.cache_hits),
         }
     }
@@ -232,19 +237,52 @@ pub struct Quantiles {
 impl Quantiles {
     /// Computed in one walk per sketch, for the sketches asked for (latency, ttft).
     pub fn of(sum: &Sum, (latency, ttft): (bool, bool)) -> Self {
-        let levels = QUANTILES.map(|q| f64::from(q) / 100.0);
+        Quantiles::wanted(sum, &Wanted([latency; 4], [ttft; 4]))
+    }
+
+    /// Only the quantiles `wanted` (the others stay `None`): a walk stops at the last one
+    /// it needs.
+    pub fn wanted(sum: &Sum, wanted: &Wanted) -> Self {
+        let pick = |sketch: &SketchSum, mask: &[bool; 4]| {
+            let mut levels = [0.0; 4];
+            let mut n = 0;
+            for (q, _) in QUANTILES.iter().zip(mask).filter(|(_, on)| **on) {
+                levels[n] = f64::from(*q) / 100.0;
+                n += 1;
+            }
+            let mut found = [None; 4];
+            sketch.quantiles_into(&levels[..n], &mut found[..n]);
+            let mut out = [None; 4];
+            let mut from = found.into_iter();
+            for (slot, _) in out.iter_mut().zip(mask).filter(|(_, on)| **on) {
+                *slot = from.next().flatten();
+            }
+            out
+        };
         Quantiles {
-            latency: if latency {
-                sum.latency.quantiles(levels)
-            } else {
-                [None; 4]
-            },
-            ttft: if ttft {
-                sum.ttft.quantiles(levels)
-            } else {
-                [None; 4]
-            },
+            latency: pick(&sum.latency, &wanted.0),
+            ttft: pick(&sum.ttft, &wanted.1),
         }
+    }
+}
+
+/// Which quantiles a query reads, in [`QUANTILES`] order: of the latency, of the time to
+/// first token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wanted(pub [bool; 4], pub [bool; 4]);
+
+impl Wanted {
+    /// The quantiles `metrics` read.
+    pub fn of(metrics: &[Metric]) -> Self {
+        let mut wanted = Wanted::default();
+        for metric in metrics {
+            match *metric {
+                Metric::LatencyQuantile(q) => wanted.0[quantile_slot(q)] = true,
+                Metric::TtftQuantile(q) => wanted.1[quantile_slot(q)] = true,
+                _ => {}
+            }
+        }
+        wanted
     }
 }
 
@@ -253,8 +291,13 @@ fn quantile_slot(q: u8) -> usize {
 }
 
 /// A finite float rounded to 6 decimals, or `null`.
-fn float(value: f64) -> Value {
-    Number::from_f64((value * 1e6).round() / 1e6).map_or(Value::Null, Value::Number)
+fn float(value: f64) -> Number {
+    let rounded = (value * 1e6).round() / 1e6;
+    if rounded.is_finite() {
+        Number::Float(rounded)
+    } else {
+        Number::Null
+    }
 }
 
 /// Cells must match every filter given.
@@ -581,7 +624,66 @@ pub struct Series {
     /// Over the whole range.
     pub totals: Map<String, Value>,
     /// Per metric, one value per point of `t`.
-    pub values: Map<String, Value>,
+    pub values: Columns,
+}
+
+/// One metric's value at a point: held without allocation, serialised as JSON's number or
+/// `null` exactly as [`Metric::value`] gives it (a series has thousands of them, so the
+/// answer is written straight from these rather than through a `serde_json::Value` each).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Number {
+    /// Undefined (no requests, no latencies).
+    Null,
+    /// A count.
+    Count(u64),
+    /// A finite float, already rounded to 6 decimals.
+    Float(f64),
+}
+
+impl Serialize for Number {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Number::Null => serializer.serialize_unit(),
+            Number::Count(n) => serializer.serialize_u64(n),
+            Number::Float(x) => serializer.serialize_f64(x),
+        }
+    }
+}
+
+impl From<Number> for Value {
+    fn from(number: Number) -> Value {
+        match number {
+            Number::Null => Value::Null,
+            Number::Count(n) => n.into(),
+            Number::Float(x) => serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number),
+        }
+    }
+}
+
+/// A series' metric columns, serialised as a JSON object (keys in name order, as a
+/// `serde_json::Map` would write them).
+#[derive(Debug, Clone, Default)]
+pub struct Columns(Vec<(String, Vec<Number>)>);
+
+impl Columns {
+    /// The column of a metric by name.
+    pub fn get(&self, name: &str) -> Option<&[Number]> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, column)| column.as_slice())
+    }
+}
+
+impl Serialize for Columns {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, column) in &self.0 {
+            map.serialize_entry(name, column)?;
+        }
+        map.end()
+    }
 }
 
 /// The counters and latency sums of a point, a group or the whole answer.
@@ -610,6 +712,15 @@ pub enum SketchRef<'a> {
     Decoded(&'a Sketch),
     /// [`Sketch::encode`]'s bytes, straight from a store.
     Encoded(&'a [u8]),
+    /// A sketch's parts (see [`SketchSum::add_sparse`]).
+    Sparse {
+        /// Values of zero.
+        zeros: u32,
+        /// Bucket indexes, ascending.
+        indexes: &'a [u16],
+        /// Their counts.
+        counts: &'a [u32],
+    },
 }
 
 impl SketchSum {
@@ -620,6 +731,14 @@ impl SketchSum {
                 Ok(())
             }
             SketchRef::Encoded(bytes) => self.add_encoded(bytes),
+            SketchRef::Sparse {
+                zeros,
+                indexes,
+                counts,
+            } => {
+                self.add_sparse(zeros, indexes, counts);
+                Ok(())
+            }
         }
     }
 }
@@ -636,8 +755,42 @@ pub struct Fold<'q> {
     sketches: (bool, bool),
     points: usize,
     /// Group values' hash → indexes into `groups`.
-    index: HashMap<u64, Vec<usize>>,
-    groups: Vec<(Vec<String>, Vec<Sum>)>,
+    index: HashMap<u64, Vec<usize>, foldhash::fast::FixedState>,
+    /// Hashes the group values (foldhash: a cell's lookup hashed with SipHash was a tenth
+    /// of a cached 7-day query).
+    hasher: foldhash::fast::FixedState,
+    /// The group of the last cell added: cells come sorted by their dimensions, so the
+    /// next one often falls in it too.
+    last: Option<usize>,
+    groups: Vec<Group>,
+    /// Points before this one are final ([`Fold::seal_before`]).
+    sealed: usize,
+    /// The quantiles the metrics read.
+    wanted: Wanted,
+    /// Sketch sums' buffers of sealed points, for the next points.
+    pool: Vec<Vec<u64>>,
+}
+
+/// One group's points as they are folded.
+#[derive(Debug)]
+struct Group {
+    /// Its dimension values, in `group_by` order.
+    values: Vec<String>,
+    /// One sum per point; a sealed point keeps its counters, its sketches move to `total`.
+    slots: Vec<Sum>,
+    /// The quantiles of each sealed point.
+    quantiles: Vec<Quantiles>,
+    /// The sealed points' sketches, summed.
+    total: Sum,
+}
+
+impl Group {
+    fn is(&self, group_by: &[Dim], dims: &[&str; 5]) -> bool {
+        self.values
+            .iter()
+            .zip(group_by)
+            .all(|(value, dim)| value == dims[dim.index()])
+    }
 }
 
 impl<'q> Fold<'q> {
@@ -649,8 +802,13 @@ impl<'q> Fold<'q> {
             sketches: (query.needs_latency(), query.needs_ttft()),
             points: usize::try_from((query.to_ms - query.from_ms).div_ceil(query.interval_ms))
                 .unwrap_or(0),
-            index: HashMap::new(),
+            index: HashMap::default(),
+            hasher: foldhash::fast::FixedState::default(),
+            last: None,
             groups: Vec::new(),
+            sealed: 0,
+            wanted: Wanted::of(&query.metrics),
+            pool: Vec::new(),
         }
     }
 
@@ -673,38 +831,33 @@ impl<'q> Fold<'q> {
         {
             return Ok(());
         }
-        let mut hasher = std::hash::DefaultHasher::new();
-        for dim in &query.group_by {
-            dims[dim.index()].hash(&mut hasher);
-        }
-        let hash = hasher.finish();
-        let candidates = self.index.entry(hash).or_default();
-        let found = candidates.iter().copied().find(|&g| {
-            self.groups[g]
-                .0
-                .iter()
-                .zip(&query.group_by)
-                .all(|(value, dim)| value == dims[dim.index()])
-        });
+        let found = match self.last {
+            Some(last) if self.groups[last].is(&query.group_by, &dims) => Some(last),
+            _ => None,
+        };
         let group = match found {
             Some(group) => group,
-            None => {
-                let values = query
-                    .group_by
-                    .iter()
-                    .map(|dim| dims[dim.index()].to_owned())
-                    .collect();
-                self.groups
-                    .push((values, vec![Sum::default(); self.points]));
-                candidates.push(self.groups.len() - 1);
-                self.groups.len() - 1
-            }
+            None => self.group_of(dims),
         };
+        self.last = Some(group);
         let point = usize::try_from((bucket - query.from_ms) / query.interval_ms).unwrap_or(0);
-        let Some(slot) = self.groups[group].1.get_mut(point) else {
+        debug_assert!(point >= self.sealed, "a cell added to a sealed point");
+        let Some(slot) = self.groups[group].slots.get_mut(point) else {
             return Ok(());
         };
         slot.counters.merge_counters(counters);
+        // A point's first sketch reuses a sealed point's buffer.
+        for (wanted, sum) in [
+            (self.sketches.0, &mut slot.latency),
+            (self.sketches.1, &mut slot.ttft),
+        ] {
+            if wanted
+                && sum.is_unallocated()
+                && let Some(buffer) = self.pool.pop()
+            {
+                sum.give_buffer(buffer);
+            }
+        }
         // Only the sketches a metric reads are added (a sum of the other stays empty).
         if self.sketches.0 {
             slot.latency.add_ref(latency)?;
@@ -715,13 +868,76 @@ impl<'q> Fold<'q> {
         Ok(())
     }
 
+    /// The group of a cell with these dimensions, added if new.
+    fn group_of(&mut self, dims: [&str; 5]) -> usize {
+        let query = self.query;
+        let mut hasher = self.hasher.build_hasher();
+        for dim in &query.group_by {
+            dims[dim.index()].hash(&mut hasher);
+        }
+        let hash = hasher.finish();
+        let candidates = self.index.entry(hash).or_default();
+        let groups = &self.groups;
+        let found = candidates
+            .iter()
+            .copied()
+            .find(|&g| groups[g].is(&query.group_by, &dims));
+        if let Some(group) = found {
+            return group;
+        }
+        let values = query
+            .group_by
+            .iter()
+            .map(|dim| dims[dim.index()].to_owned())
+            .collect();
+        self.groups.push(Group {
+            values,
+            slots: vec![Sum::default(); self.points],
+            // Sealed points without cells: no quantiles.
+            quantiles: vec![Quantiles::default(); self.sealed],
+            total: Sum::default(),
+        });
+        candidates.push(self.groups.len() - 1);
+        self.groups.len() - 1
+    }
+
+    /// Declares that no cell before `time_ms` is still to come: the points that end by
+    /// then are final. Their quantiles are computed and their sketches added to their
+    /// group's total now, and the sketch sums' buffers are reused by the next points, so a
+    /// caller that adds cells in time order holds the sketch sums of a point or two, not of
+    /// the whole range (a 7-day hourly query held several MB of them). Cells of a sealed
+    /// point must not be added afterwards.
+    pub fn seal_before(&mut self, time_ms: u64) {
+        let query = self.query;
+        let upto = usize::try_from(time_ms.saturating_sub(query.from_ms) / query.interval_ms)
+            .unwrap_or(usize::MAX)
+            .min(self.points);
+        if upto <= self.sealed {
+            return;
+        }
+        for group in &mut self.groups {
+            for slot in &mut group.slots[self.sealed..upto] {
+                group.quantiles.push(Quantiles::wanted(slot, &self.wanted));
+                group.total.latency.add_sum(&slot.latency);
+                group.total.ttft.add_sum(&slot.ttft);
+                for sum in [&mut slot.latency, &mut slot.ttft] {
+                    if let Some(buffer) = sum.take_buffer() {
+                        self.pool.push(buffer);
+                    }
+                }
+            }
+        }
+        self.sealed = upto;
+    }
+
     /// The answer.
     pub fn finish(self) -> Answer {
         let query = self.query;
         let names: Vec<String> = query.metrics.iter().map(|m| m.name()).collect();
-        let needs_sketches = self.sketches;
+        let wanted = self.wanted;
+        let sealed = self.sealed;
         let totals_of = |sum: &Sum, span: u64| -> Map<String, Value> {
-            let quantiles = Quantiles::of(sum, needs_sketches);
+            let quantiles = Quantiles::wanted(sum, &wanted);
             names
                 .iter()
                 .zip(&query.metrics)
@@ -733,28 +949,38 @@ impl<'q> Fold<'q> {
         let mut series: Vec<(u64, Vec<String>, Series)> = self
             .groups
             .into_iter()
-            .map(|(group, slots)| {
-                let mut total = Sum::default();
-                for slot in &slots {
+            .map(|group| {
+                let Group {
+                    values: group,
+                    slots,
+                    mut quantiles,
+                    mut total,
+                } = group;
+                // Sealed points: their counters (their sketches are in `total` already).
+                for slot in slots.iter().take(sealed) {
+                    total.counters.merge_counters(&slot.counters);
+                }
+                for slot in slots.iter().skip(sealed) {
                     total.add_sum(slot);
+                    quantiles.push(Quantiles::wanted(slot, &wanted));
                 }
                 all.add_sum(&total);
-                let quantiles: Vec<Quantiles> = slots
-                    .iter()
-                    .map(|slot| Quantiles::of(slot, needs_sketches))
-                    .collect();
-                let values = names
+                let mut values: Vec<(String, Vec<Number>)> = names
                     .iter()
                     .zip(&query.metrics)
                     .map(|(name, m)| {
-                        let column: Vec<Value> = slots
+                        let column: Vec<Number> = slots
                             .iter()
                             .zip(&quantiles)
-                            .map(|(slot, quantiles)| m.value(slot, quantiles, query.interval_ms))
+                            .map(|(slot, quantiles)| m.number(slot, quantiles, query.interval_ms))
                             .collect();
-                        (name.clone(), Value::Array(column))
+                        (name.clone(), column)
                     })
                     .collect();
+                // In name order, as a JSON map; a metric asked twice is written once.
+                values.sort_by(|a, b| a.0.cmp(&b.0));
+                values.dedup_by(|a, b| a.0 == b.0);
+                let values = Columns(values);
                 let labels = query
                     .group_by
                     .iter()

@@ -101,6 +101,16 @@ impl Sketch {
         self.zeros == 0 && self.bins.is_empty()
     }
 
+    /// Values of zero recorded.
+    pub fn zeros(&self) -> u32 {
+        self.zeros
+    }
+
+    /// The occupied buckets: (bucket index, count), sorted by index, no zero counts.
+    pub fn bins(&self) -> &[(u16, u32)] {
+        &self.bins
+    }
+
     /// Occupied buckets (a measure of its size).
     pub fn buckets(&self) -> usize {
         self.bins.len()
@@ -276,6 +286,13 @@ impl Sketch {
     }
 }
 
+/// Buckets a quantile walk skips at a time while no rank falls in them (summed first,
+/// which the compiler vectorises).
+const WALK_CHUNK: usize = 16;
+
+/// Quantiles [`SketchSum::quantiles_into`] computes in one call, at most.
+pub const MAX_QUANTILES: usize = 8;
+
 /// Buckets of an encoded sketch decoded onto the stack at a time by
 /// [`SketchSum::add_encoded`] (latency sketches of real traffic hold a few dozen).
 const ENCODED_CHUNK: usize = 64;
@@ -383,6 +400,51 @@ impl SketchSum {
         Ok(())
     }
 
+    /// Adds a sketch given as its parts ([`Sketch::zeros`], and [`Sketch::bins`] split into
+    /// indexes and counts of the same length, indexes ascending): what a cache can hold
+    /// without a vector per sketch, added with no decoding and one range check.
+    pub fn add_sparse(&mut self, zeros: u32, indexes: &[u16], counts: &[u32]) {
+        self.zeros += u64::from(zeros);
+        self.total += u64::from(zeros);
+        let (Some(&low), Some(&high)) = (indexes.first(), indexes.last()) else {
+            return;
+        };
+        if low > high {
+            return;
+        }
+        self.cover(low, high);
+        let offset = self.offset;
+        let mut added = 0u64;
+        for (&index, &count) in indexes.iter().zip(counts) {
+            if let Some(slot) = self.counts.get_mut(usize::from(index.wrapping_sub(offset))) {
+                *slot += u64::from(count);
+                added += u64::from(count);
+            }
+        }
+        self.total += added;
+    }
+
+    /// Whether no buffer is held (nothing added yet).
+    pub fn is_unallocated(&self) -> bool {
+        self.counts.capacity() == 0
+    }
+
+    /// Empties the sum and hands back its buffer (none if it held none), for
+    /// [`SketchSum::give_buffer`] to reuse.
+    pub fn take_buffer(&mut self) -> Option<Vec<u64>> {
+        let mut buffer = std::mem::take(self).counts;
+        buffer.clear();
+        (buffer.capacity() > 0).then_some(buffer)
+    }
+
+    /// Gives an empty sum a buffer to grow into (ignored unless the sum is empty).
+    pub fn give_buffer(&mut self, mut buffer: Vec<u64>) {
+        if self.total == 0 && self.counts.is_empty() {
+            buffer.clear();
+            self.counts = buffer;
+        }
+    }
+
     /// Adds another sum: one addition per bucket of its range.
     pub fn add_sum(&mut self, other: &SketchSum) {
         self.zeros += other.zeros;
@@ -403,43 +465,99 @@ impl SketchSum {
         }
     }
 
-    /// Several quantiles (ascending) in one walk over the buckets, as [`Sketch::quantile`].
+    /// Several quantiles (ascending), as [`Sketch::quantile`] (see
+    /// [`SketchSum::quantiles_into`]).
     pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<f64>; N] {
         let mut out = [None; N];
-        if self.total == 0 {
-            return out;
+        self.quantiles_into(&qs, &mut out);
+        out
+    }
+
+    /// Several quantiles (`qs` ascending) into `out` (as long), as [`Sketch::quantile`]:
+    /// those of the lower half in one walk up from the lowest bucket, the others in one
+    /// walk down from the highest (a p99 touches the buckets above it, not the whole
+    /// range); both walks skip a chunk of buckets at a time while no rank falls in
+    /// them.
+    pub fn quantiles_into(&self, qs: &[f64], out: &mut [Option<f64>]) {
+        let n = qs.len().min(out.len());
+        out.iter_mut().for_each(|slot| *slot = None);
+        if self.total == 0 || n == 0 {
+            return;
         }
-        let ranks = qs.map(|q| {
-            ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).clamp(1, self.total) - 1
-        });
+        let mut ranks = [0u64; MAX_QUANTILES];
+        let n = n.min(MAX_QUANTILES);
+        for (rank, q) in ranks.iter_mut().zip(qs).take(n) {
+            *rank =
+                ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).clamp(1, self.total) - 1;
+        }
+        let ranks = &ranks[..n];
+        let split = ranks
+            .iter()
+            .position(|&rank| rank >= self.total / 2)
+            .unwrap_or(n);
+        let index_at = |at: usize| {
+            self.offset
+                .saturating_add(u16::try_from(at).unwrap_or(u16::MAX))
+        };
+        // Up: the ranks below `split`.
         let mut next = 0;
         let mut seen = self.zeros;
-        while next < N && ranks[next] < seen {
+        while next < split && ranks[next] < seen {
             out[next] = Some(0.0);
             next += 1;
         }
-        let mut last = None;
-        for (at, &count) in self.counts.iter().enumerate() {
-            if next == N {
-                break;
-            }
-            if count == 0 {
+        let mut at = 0;
+        while next < split && at < self.counts.len() {
+            let chunk = &self.counts[at..(at + WALK_CHUNK).min(self.counts.len())];
+            let sum: u64 = chunk.iter().sum();
+            if seen + sum <= ranks[next] {
+                seen += sum;
+                at += chunk.len();
                 continue;
             }
-            let index = self
-                .offset
-                .saturating_add(u16::try_from(at).unwrap_or(u16::MAX));
-            last = Some(index);
-            seen += count;
-            while next < N && ranks[next] < seen {
-                out[next] = Some(value_of(index));
-                next += 1;
+            for &count in chunk {
+                seen += count;
+                while count > 0 && next < split && ranks[next] < seen {
+                    out[next] = Some(value_of(index_at(at)));
+                    next += 1;
+                }
+                at += 1;
             }
         }
-        for slot in out.iter_mut().skip(next) {
-            *slot = last.map(value_of);
+        if next < split {
+            // Only if the counts fall short of the total: the highest bucket.
+            let last = self.counts.iter().rposition(|&count| count > 0);
+            for slot in out.iter_mut().take(split).skip(next) {
+                *slot = last.map(|at| value_of(index_at(at)));
+            }
         }
-        out
+        // Down: the others, largest first. A rank is in a bucket when fewer values than
+        // it lie below the bucket; ranks left at the bottom are zeros.
+        let mut above = 0u64;
+        let mut next = n;
+        let mut end = self.counts.len();
+        while next > split && end > 0 {
+            let start = end.saturating_sub(WALK_CHUNK);
+            let chunk = &self.counts[start..end];
+            let sum: u64 = chunk.iter().sum();
+            if ranks[next - 1] < self.total.saturating_sub(above + sum) {
+                above += sum;
+                end = start;
+                continue;
+            }
+            for (offset, &count) in chunk.iter().enumerate().rev() {
+                above += count;
+                let below = self.total.saturating_sub(above);
+                while count > 0 && next > split && ranks[next - 1] >= below {
+                    out[next - 1] = Some(value_of(index_at(start + offset)));
+                    next -= 1;
+                }
+            }
+            end = start;
+        }
+        for slot in out.iter_mut().take(next).skip(split) {
+            *slot = Some(0.0);
+        }
     }
 
     /// The `q`-quantile by nearest rank, as [`Sketch::quantile`].
@@ -629,13 +747,17 @@ mod tests {
             let mut merged = Sketch::new();
             let mut sum = SketchSum::default();
             let mut encoded_sum = SketchSum::default();
+            let mut sparse_sum = SketchSum::default();
             for part in &parts {
                 let mut sketch = Sketch::new();
                 for &v in part { sketch.add(v); }
                 merged.merge(&sketch);
                 sum.add(&sketch);
                 encoded_sum.add_encoded(&sketch.encode()).unwrap();
+                let (indexes, counts): (Vec<u16>, Vec<u32>) = sketch.bins().iter().copied().unzip();
+                sparse_sum.add_sparse(sketch.zeros(), &indexes, &counts);
             }
+            prop_assert_eq!(&sparse_sum, &sum);
             let mut twice = SketchSum::default();
             twice.add_sum(&sum);
             prop_assert_eq!(sum.count(), merged.count());
@@ -646,6 +768,12 @@ mod tests {
             prop_assert_eq!(a, merged.quantile(0.5));
             prop_assert_eq!(b, merged.quantile(q.max(0.5)));
             prop_assert_eq!(c, merged.quantile(0.99_f64.max(q)));
+            let low = [0.0, q.min(0.3), q.min(0.5), 0.5, q, 0.9_f64.max(q), 1.0];
+            let mut sorted = low;
+            sorted.sort_by(f64::total_cmp);
+            for (got, q) in sum.quantiles(sorted).into_iter().zip(sorted) {
+                prop_assert_eq!(got, merged.quantile(q), "q = {}", q);
+            }
         }
 
         #[test]

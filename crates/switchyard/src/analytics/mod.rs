@@ -20,6 +20,7 @@ use prometheus_client::registry::{Registry, Unit};
 use switchyard_core::analytics::RequestEvent;
 use tokio::sync::mpsc;
 
+pub mod hours;
 pub mod pipeline;
 pub mod postgres;
 pub mod spend;

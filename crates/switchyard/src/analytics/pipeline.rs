@@ -22,6 +22,9 @@ use switchyard_core::config::AnalyticsConfig;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use switchyard_core::analytics::query::{Answer, Fold, Query};
+
+use super::hours::{self, HourCache};
 use super::store::{Batch, Retention, Store, StoreError};
 use super::{Consumer, Metrics, SinkCounts};
 
@@ -71,6 +74,8 @@ pub struct Analytics {
     pub instance: Arc<str>,
     /// Live tiers and open windows.
     aggregator: Mutex<Aggregator>,
+    /// Closed hours of the keyless and by-key cubes, for queries.
+    pub hours: Arc<HourCache>,
     config: AnalyticsConfig,
     /// Counters.
     pub stats: PipelineStats,
@@ -93,7 +98,18 @@ pub struct Status {
     lost: u64,
     pruned: u64,
     memory_bytes: u64,
+    query_cache: QueryCacheStatus,
     last_error: Option<String>,
+}
+
+/// The query cache's part of the status.
+#[derive(Debug, Serialize)]
+struct QueryCacheStatus {
+    hours: usize,
+    bytes: usize,
+    max_bytes: usize,
+    hits: u64,
+    misses: u64,
 }
 
 /// Unix milliseconds now.
@@ -172,6 +188,7 @@ impl Analytics {
             store,
             instance: Arc::from(instance),
             aggregator: Mutex::new(Aggregator::new()),
+            hours: Arc::new(HourCache::new(hours::DEFAULT_MAX_BYTES)),
             config,
             stats: PipelineStats::default(),
             last_error: Mutex::new(None),
@@ -201,8 +218,33 @@ impl Analytics {
             lost: load(&self.stats.lost),
             pruned: load(&self.stats.pruned),
             memory_bytes: load(&self.stats.memory_bytes),
+            query_cache: QueryCacheStatus {
+                hours: self.hours.len(),
+                bytes: self.hours.heap_bytes(),
+                max_bytes: self.hours.max_bytes(),
+                hits: load(&self.hours.stats.hits),
+                misses: load(&self.hours.stats.misses),
+            },
             last_error: lock(&self.last_error).clone(),
         }
+    }
+
+    /// Answers a parsed query: the live 1 s tier from memory, the stored tiers from the
+    /// store, closed hours from the query cache.
+    pub async fn answer(&self, query: Query) -> Result<Answer, StoreError> {
+        if query.tier == Tier::Second {
+            let (from, to) = query.bucket_range();
+            let mut fold = Fold::new(&query);
+            self.aggregator().fold_seconds(from, to, &mut fold);
+            return Ok(fold.finish());
+        }
+        self.store.answer_cached(&self.hours, query, now_ms()).await
+    }
+
+    /// Heap bytes of the subsystem now, outside the background task's buffers: the
+    /// aggregation and the query cache.
+    pub fn heap_bytes(&self) -> usize {
+        lock(&self.aggregator).heap_bytes() + self.hours.heap_bytes()
     }
 
     /// Starts the background task.
@@ -337,7 +379,7 @@ impl Analytics {
         self.stats
             .pending
             .store(pending.len() as u64, Ordering::Relaxed);
-        let memory = lock(&self.aggregator).heap_bytes() + pending.heap_bytes();
+        let memory = self.heap_bytes() + pending.heap_bytes();
         self.stats
             .memory_bytes
             .store(memory as u64, Ordering::Relaxed);

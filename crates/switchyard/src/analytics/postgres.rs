@@ -48,7 +48,7 @@ use super::spend::{
 use super::store::{
     Batch, ByKeyBackfill, CellsQuery, LoggedRequest, Names, Param, Pruned, RequestsPage,
     RequestsQuery, Retention, StoreError, StoredCell, filter_value, number_placeholders,
-    rollup_horizon, sketch_from, stages_from_json, stages_json, to_i64, to_u64,
+    rollup_horizon, sketch_from, stages_from_json, stages_json, to_i64, to_u64, versioned_windows,
 };
 use crate::postgres::{Migrations, connection_config, describe};
 
@@ -194,6 +194,19 @@ CREATE TABLE IF NOT EXISTS switchyard_feedback (
     score DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS switchyard_feedback_by_time ON switchyard_feedback (time_ms);
+",
+    ),
+    // Rollup window versions, bumped by every write into an hour window (the query cache
+    // checks them; see `store::versioned_windows`).
+    (
+        7,
+        "
+CREATE TABLE IF NOT EXISTS switchyard_rollup_versions (
+    tier SMALLINT NOT NULL,
+    bucket BIGINT NOT NULL,
+    version BIGINT NOT NULL,
+    PRIMARY KEY (tier, bucket)
+);
 ",
     ),
 ];
@@ -582,6 +595,23 @@ impl PostgresStore {
                 .await
                 .map_err(self.failed("writing the request log"))?;
         }
+        // Last, so that the version rows (shared with the other instances) stay locked only
+        // until the commit; in window order, so that concurrent writers cannot deadlock.
+        let windows = versioned_windows(&batch.rollups);
+        if !windows.is_empty() {
+            let tiers: Vec<i16> = windows.iter().map(|(tier, _)| tier.code()).collect();
+            let buckets: Vec<i64> = windows.iter().map(|&(_, b)| to_i64(b)).collect();
+            tx.execute(
+                "INSERT INTO switchyard_rollup_versions (tier, bucket, version) \
+                 SELECT tier, bucket, 1 FROM unnest($1::smallint[], $2::bigint[]) AS w (tier, bucket) \
+                 ORDER BY tier, bucket \
+                 ON CONFLICT (tier, bucket) \
+                 DO UPDATE SET version = switchyard_rollup_versions.version + 1",
+                &[&tiers, &buckets],
+            )
+            .await
+            .map_err(self.failed("bumping rollup versions"))?;
+        }
         tx.commit().await.map_err(self.failed("committing a write"))
     }
 
@@ -664,6 +694,29 @@ impl PostgresStore {
             })
             .collect::<Result<Vec<_>, tokio_postgres::Error>>()
             .map_err(self.failed("reading an analytics query"))
+    }
+
+    /// The versions of `tier`'s windows in `[from_ms, to_ms)` that were ever written, in
+    /// window order: one small indexed read.
+    pub async fn versions(
+        &self,
+        tier: Tier,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<(u64, i64)>, StoreError> {
+        let (code, from, to) = (tier.code(), to_i64(from_ms), to_i64(to_ms));
+        let rows = self
+            .read(
+                "SELECT bucket, version FROM switchyard_rollup_versions \
+                 WHERE tier = $1 AND bucket >= $2 AND bucket < $3 ORDER BY bucket",
+                &[&code, &from, &to],
+                "a rollup version read",
+            )
+            .await?;
+        rows.iter()
+            .map(|row| Ok((to_u64(row.try_get(0)?), row.try_get(1)?)))
+            .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+            .map_err(self.failed("reading rollup versions"))
     }
 
     /// A page of the request log, newest first, continuing after `query.before`.
@@ -897,6 +950,12 @@ impl PostgresStore {
                 )
                 .await
                 .map_err(self.failed("pruning rollups"))?;
+            tx.execute(
+                "DELETE FROM switchyard_rollup_versions WHERE tier = $1 AND bucket < $2",
+                &[&tier.code(), &to_i64(rollup_horizon(tier, now_ms))],
+            )
+            .await
+            .map_err(self.failed("pruning rollup versions"))?;
         }
         let oldest = to_i64(now_ms.saturating_sub(retention.request_log_max_age_ms));
         pruned.requests_by_age = tx

@@ -24,7 +24,7 @@ use super::spend::{
 use super::store::{
     Batch, ByKeyBackfill, CellsQuery, LoggedRequest, Names, Param, Pruned, RequestsPage,
     RequestsQuery, Retention, StoreError, StoredCell, filter_value, number_placeholders,
-    rollup_horizon, sketch_from, stages_from_json, stages_json, to_i64, to_u64,
+    rollup_horizon, sketch_from, stages_from_json, stages_json, to_i64, to_u64, versioned_windows,
 };
 
 const STORE: &str = "sqlite";
@@ -64,6 +64,12 @@ CREATE TABLE IF NOT EXISTS rollups (
     latency BLOB NOT NULL,
     ttft BLOB NOT NULL,
     PRIMARY KEY (tier, cube, bucket, instance, route, provider, model, key, status_class)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollup_versions (
+    tier INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (tier, bucket)
 ) WITHOUT ROWID;
 ";
 
@@ -371,6 +377,16 @@ impl SqliteStore {
                         .execute(params_from_iter(key.iter().chain(&values.params())))
                         .map_err(sql_error("writing a rollup"))?;
                 }
+                let mut bump = tx
+                    .prepare_cached(
+                        "INSERT INTO rollup_versions VALUES (?1, ?2, 1) \
+                         ON CONFLICT (tier, bucket) DO UPDATE SET version = version + 1",
+                    )
+                    .map_err(sql_error("preparing a rollup version bump"))?;
+                for (tier, bucket) in versioned_windows(&batch.rollups) {
+                    bump.execute(params![tier.code(), to_i64(bucket)])
+                        .map_err(sql_error("bumping a rollup version"))?;
+                }
             }
             tx.commit().map_err(sql_error("committing rollups"))?;
         }
@@ -523,6 +539,31 @@ impl SqliteStore {
         })
     }
 
+    /// The versions of `tier`'s windows in `[from_ms, to_ms)` that were ever written
+    /// (see [`versioned_windows`]), in window order.
+    pub fn versions(
+        &self,
+        tier: Tier,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<(u64, i64)>, StoreError> {
+        let connection = self.analytics_reader();
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT bucket, version FROM rollup_versions \
+                 WHERE tier = ?1 AND bucket >= ?2 AND bucket < ?3 ORDER BY bucket",
+            )
+            .map_err(sql_error("preparing a rollup version read"))?;
+        let rows = statement
+            .query_map(
+                params![tier.code(), to_i64(from_ms), to_i64(to_ms)],
+                |row| Ok((to_u64(row.get(0)?), row.get(1)?)),
+            )
+            .map_err(sql_error("reading rollup versions"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql_error("reading rollup versions"))
+    }
+
     /// A page of the request log, newest first.
     pub fn requests(&self, query: &RequestsQuery) -> Result<RequestsPage, StoreError> {
         let mut sql = String::from(
@@ -597,6 +638,12 @@ impl SqliteStore {
                     )
                     .map_err(sql_error("pruning rollups"))?;
                 pruned.rollups += removed as u64;
+                connection
+                    .execute(
+                        "DELETE FROM rollup_versions WHERE tier = ?1 AND bucket < ?2",
+                        params![tier.code(), to_i64(rollup_horizon(tier, now_ms))],
+                    )
+                    .map_err(sql_error("pruning rollup versions"))?;
             }
         }
         let connection = lock(&self.requests);

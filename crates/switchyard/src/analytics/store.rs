@@ -15,11 +15,12 @@
 use std::sync::Arc;
 
 use serde::Serialize;
-use switchyard_core::analytics::query::{Answer, Dim, Filter, Fold, Query, answer};
+use switchyard_core::analytics::query::{Answer, Dim, Filter, Fold, Query, SketchRef, answer};
 use switchyard_core::analytics::rollup::ANY_KEY;
 use switchyard_core::analytics::{Cube, Dims, RequestEvent, Rollup, RollupRow, Sketch, Tier};
 use switchyard_core::config::StorageConfig;
 
+use super::hours::{Hour, HourCache, Lookup};
 use super::postgres::PostgresStore;
 use super::spend::{
     FeedbackRow, QualityLine, SpendColumn, SpendKey, SpendLine, SpendPoint, SpendTotals,
@@ -460,6 +461,26 @@ impl Names {
     }
 }
 
+/// The tier whose windows carry a version: the one the query cache keeps
+/// ([`super::hours`]).
+pub const VERSIONED_TIER: Tier = Tier::Hour;
+
+/// The windows whose version a write of `rows` bumps: the distinct [`VERSIONED_TIER`]
+/// windows it touches, in order (so that writers sharing a store lock version rows in the
+/// same order and cannot deadlock). A version changes with every write into its window, in
+/// the write's own transaction: a reader that sees a version also sees every row written
+/// before it.
+pub fn versioned_windows(rows: &[RollupRow]) -> Vec<(Tier, u64)> {
+    let mut windows: Vec<(Tier, u64)> = rows
+        .iter()
+        .filter(|row| row.tier == VERSIONED_TIER)
+        .map(|row| (row.tier, row.bucket_ms))
+        .collect();
+    windows.sort_unstable();
+    windows.dedup();
+    windows
+}
+
 /// Milliseconds as the stores' signed 64-bit integers.
 pub fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
@@ -548,6 +569,86 @@ impl Store {
                 Ok(answer(
                     &query,
                     cells.iter().map(|c| (c.bucket_ms, &c.dims, &c.rollup)),
+                ))
+            }
+        }
+    }
+
+    /// The versions of `tier`'s windows in `[from_ms, to_ms)` (a window never written has
+    /// none; treat it as 0), in window order.
+    pub async fn versions(
+        &self,
+        tier: Tier,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<(u64, i64)>, StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                let store = Arc::clone(store);
+                blocking(move || store.versions(tier, from_ms, to_ms)).await
+            }
+            Store::Postgres(store) => store.versions(tier, from_ms, to_ms).await,
+        }
+    }
+
+    /// Answers an analytics query, the closed hours from `cache` where it holds them at
+    /// their current version (see [`super::hours`]); queries the cache does not cover go to
+    /// [`Store::answer`]. The answer is the same either way.
+    pub async fn answer_cached(
+        &self,
+        cache: &Arc<HourCache>,
+        query: Query,
+        now_ms: u64,
+    ) -> Result<Answer, StoreError> {
+        let cube = query.cube();
+        if !HourCache::covers(query.tier, cube) {
+            return self.answer(query).await;
+        }
+        let (from, to) = query.bucket_range();
+        match self {
+            Store::Sqlite(store) => {
+                let store = Arc::clone(store);
+                let cache = Arc::clone(cache);
+                let work = move || {
+                    let versions = store.versions(VERSIONED_TIER, from, to)?;
+                    let lookup = cache.lookup(cube, from, to, &versions);
+                    let mut cells = Vec::new();
+                    for &(from, to) in &lookup.reads {
+                        cells.extend(store.cells(&whole_cells(cube, from, to))?);
+                    }
+                    Ok(fold_cached(
+                        &query, &cache, lookup, &cells, &versions, now_ms,
+                    ))
+                };
+                // On a worker of the multi-threaded runtime the query runs on this thread
+                // while its other tasks move to another: no wake-up of another thread on
+                // the query's path (on a loaded machine, milliseconds at the tail).
+                // Elsewhere (a current-thread runtime) it goes to the blocking pool.
+                if tokio::runtime::Handle::current().runtime_flavor()
+                    == tokio::runtime::RuntimeFlavor::MultiThread
+                {
+                    tokio::task::block_in_place(work)
+                } else {
+                    blocking(work).await
+                }
+            }
+            Store::Postgres(store) => {
+                let versions = store.versions(VERSIONED_TIER, from, to).await?;
+                let lookup = cache.lookup(cube, from, to, &versions);
+                let reads: Vec<CellsQuery> = lookup
+                    .reads
+                    .iter()
+                    .map(|&(from, to)| whole_cells(cube, from, to))
+                    .collect();
+                // Pipelined on the reader connection.
+                let cells: Vec<StoredCell> =
+                    futures_util::future::try_join_all(reads.iter().map(|read| store.cells(read)))
+                        .await?
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                Ok(fold_cached(
+                    &query, cache, lookup, &cells, &versions, now_ms,
                 ))
             }
         }
@@ -666,6 +767,61 @@ impl Store {
             }
         }
     }
+}
+
+/// Everything a cube holds in `[from_ms, to_ms)` of the versioned tier: every dimension,
+/// both sketches, no filter (what the cache keeps serves any query on the cube).
+fn whole_cells(cube: Cube, from_ms: u64, to_ms: u64) -> CellsQuery {
+    CellsQuery {
+        tier: VERSIONED_TIER,
+        cube,
+        from_ms,
+        to_ms,
+        filter: Filter::default(),
+        sketches: true,
+        dims: [true; 5],
+    }
+}
+
+/// Folds a query from the cached hours and the cells read for the others (caching the
+/// closed ones), each window once.
+fn fold_cached(
+    query: &Query,
+    cache: &HourCache,
+    lookup: Lookup,
+    cells: &[StoredCell],
+    versions: &[(u64, i64)],
+    now_ms: u64,
+) -> Answer {
+    let built = cache.fill(query.cube(), &lookup.reads, cells, versions, now_ms);
+    let mut hours: Vec<(u64, Arc<Hour>)> = built;
+    hours.extend(lookup.cached);
+    hours.sort_by_key(|(bucket, _)| *bucket);
+    hours.dedup_by_key(|(bucket, _)| *bucket);
+    let mut fold = Fold::new(query);
+    // The cells of the hours not held as `Hour`s (the open one) first, then the hours in
+    // time order, each point sealed once its last hour is in: the fold then holds the
+    // sketch sums of one point at a time.
+    for cell in cells {
+        if hours
+            .binary_search_by_key(&cell.bucket_ms, |(bucket, _)| *bucket)
+            .is_err()
+        {
+            // Decoded sketches cannot be malformed.
+            let _ = fold.add(
+                cell.bucket_ms,
+                cell.dims.as_strs(),
+                &cell.rollup,
+                SketchRef::Decoded(&cell.rollup.latency),
+                SketchRef::Decoded(&cell.rollup.ttft),
+            );
+        }
+    }
+    for (bucket, hour) in &hours {
+        fold.seal_before(*bucket);
+        hour.fold_into(*bucket, &mut fold);
+    }
+    fold.finish()
 }
 
 async fn blocking<T: Send + 'static>(

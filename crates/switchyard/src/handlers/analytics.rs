@@ -12,7 +12,7 @@
 use axum::Json;
 use axum::extract::{Query as QueryString, State};
 use axum::response::{IntoResponse, Response};
-use switchyard_core::analytics::query::{Fold, Query};
+use switchyard_core::analytics::query::Query;
 use switchyard_core::{ErrorKind, GatewayError, Origin};
 
 use crate::analytics::pipeline::now_ms;
@@ -50,13 +50,7 @@ pub async fn analytics(
         Ok(query) => query,
         Err(error) => return invalid(error.param, error.to_string()),
     };
-    let (from, to) = query.bucket_range();
-    if query.tier == switchyard_core::analytics::Tier::Second {
-        let mut fold = Fold::new(&query);
-        app.analytics.aggregator().fold_seconds(from, to, &mut fold);
-        return Json(fold.finish()).into_response();
-    }
-    match app.analytics.store.answer(query).await {
+    match app.analytics.answer(query).await {
         Ok(answer) => Json(answer).into_response(),
         Err(error) => unavailable(&error),
     }

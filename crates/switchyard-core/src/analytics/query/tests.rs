@@ -160,8 +160,9 @@ fn answers_match_hand_computed_values() {
     assert_eq!(openai.totals["cache_hit_rate"], serde_json::json!(0.0));
     // 4 requests over the 1 h range (the range is the point here).
     assert_eq!(answer.t, [hour]);
-    assert_eq!(openai.values["requests"], serde_json::json!([4]));
-    let rps = openai.values["rps"][0].as_f64().unwrap();
+    let values = serde_json::to_value(&openai.values).unwrap();
+    assert_eq!(values["requests"], serde_json::json!([4]));
+    let rps = values["rps"][0].as_f64().unwrap();
     assert!((rps - 4.0 / 3_600.0).abs() < 1e-6, "{rps}");
 }
 
@@ -187,7 +188,7 @@ fn points_are_zero_filled_and_keyed_queries_read_the_keyed_cube() {
     assert_eq!(answer.totals["requests"], 2);
     assert_eq!(answer.t.len(), 10);
     assert_eq!(answer.t[2], q.from_ms + 120_000);
-    let values = &answer.series[0].values;
+    let values = serde_json::to_value(&answer.series[0].values).unwrap();
     assert_eq!(
         values["requests"],
         serde_json::json!([0, 0, 2, 0, 0, 0, 0, 0, 0, 0])
@@ -283,7 +284,64 @@ fn each_quantile_reads_its_own_sketch() {
             (got - expected).abs() <= expected * 0.02,
             "{metrics}: {got}"
         );
-        let point = answer.series[0].values[name][0].as_f64().unwrap();
+        let point = serde_json::to_value(&answer.series[0].values).unwrap()[name][0]
+            .as_f64()
+            .unwrap();
         assert_eq!(point, got, "{metrics}");
+    }
+}
+
+#[test]
+fn sealing_points_in_time_order_answers_the_same() {
+    // 12 hours, three groups appearing at different times, points of 1 h and of 3 h.
+    let from = NOW - NOW % 3_600_000 - 12 * 3_600_000;
+    let mut cells = Vec::new();
+    for h in 0..12u64 {
+        for (p, provider) in ["a", "b", "c"].into_iter().enumerate() {
+            if (h + p as u64) % 4 == 3 {
+                continue;
+            }
+            let latencies: Vec<u64> = (0..=h + p as u64).map(|i| 10 + i * 37 % 500).collect();
+            let mut cell = rollup(latencies.len() as u64, h % 2, &latencies, 0.25);
+            cell.ttft.add(1_000 * (h + 1));
+            cells.push((
+                from + h * 3_600_000,
+                dims(provider, "m", ANY_KEY, "2xx"),
+                cell,
+            ));
+        }
+    }
+    for interval in [3_600_000, 3 * 3_600_000] {
+        let query = Query {
+            from_ms: from,
+            to_ms: from + 12 * 3_600_000,
+            interval_ms: interval,
+            tier: Tier::Hour,
+            group_by: vec![Dim::Provider],
+            metrics: ["requests", "p50", "p99", "ttft_p95", "latency_avg", "cost"]
+                .into_iter()
+                .filter_map(Metric::parse)
+                .collect(),
+            filter: Filter::default(),
+        };
+        let whole = answer(&query, cells.iter().map(|(t, d, r)| (*t, d, r)));
+        let mut fold = Fold::new(&query);
+        for (t, d, r) in &cells {
+            fold.seal_before(*t);
+            fold.add(
+                *t,
+                d.as_strs(),
+                r,
+                SketchRef::Decoded(&r.latency),
+                SketchRef::Decoded(&r.ttft),
+            )
+            .unwrap();
+        }
+        let sealed = fold.finish();
+        assert_eq!(
+            serde_json::to_value(&sealed).unwrap(),
+            serde_json::to_value(&whole).unwrap(),
+            "interval {interval}"
+        );
     }
 }
