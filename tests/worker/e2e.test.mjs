@@ -154,6 +154,11 @@ model = "slow"
 targets = [{ provider = "beta", model = "m", priority = 0, timeouts = { first_byte = "300ms" } }, { provider = "alpha", model = "m", priority = 1 }]
 
 [[routes]]
+model = "quickest"
+strategy = "least-latency"
+targets = [{ provider = "beta", model = "m" }, { provider = "alpha", model = "m" }]
+
+[[routes]]
 model = "limited"
 targets = [{ provider = "alpha", model = "m" }]
 
@@ -248,6 +253,11 @@ test("a chat completion is served by the route's provider, with the gateway's he
   assert.equal(response.headers.get("x-switchyard-attempts"), "1");
   assert.ok(response.headers.get("x-switchyard-cost-usd"));
   assert.match(response.headers.get("x-request-id"), /^[0-9a-f]{32}$/);
+  // Each stage's time, as the native gateway reports it.
+  const timing = response.headers.get("server-timing");
+  for (const stage of ["auth", "parse", "route", "upstream", "total"]) {
+    assert.match(timing, new RegExp(`${stage};dur=\\d+\\.\\d{3}`), timing);
+  }
 });
 
 test("a stream is passed through as server-sent events up to [DONE]", async () => {
@@ -278,6 +288,28 @@ test("a failing first provider fails over to the second", async () => {
   assert.equal(response.headers.get("x-switchyard-provider"), "alpha");
   assert.equal(response.headers.get("x-switchyard-attempts"), "2");
   assert.equal((await calls(beta)) - before, 1, "beta was tried first");
+});
+
+test("least-latency moves to the provider that answers faster", async () => {
+  const slow = await fetch(`${beta}/__mock/behavior`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ latency_ms: 700 }),
+  });
+  assert.equal(slow.status, 200);
+  const served = [];
+  for (let i = 0; i < 5; i += 1) {
+    const response = await post(ask("quickest", `which is quicker ${i}`));
+    assert.equal(response.status, 200, await response.clone().text());
+    served.push(response.headers.get("x-switchyard-provider"));
+  }
+  // An untried target ranks at 500 ms: once beta has shown 700 ms, alpha is tried and kept.
+  assert.deepEqual(served.slice(-3), ["alpha", "alpha", "alpha"], served.join(","));
+  await fetch(`${beta}/__mock/behavior`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({}),
+  });
 });
 
 test("a provider slower than its first-byte timeout fails over", async () => {

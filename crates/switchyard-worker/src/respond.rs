@@ -55,6 +55,23 @@ pub fn served(
     headers
 }
 
+/// The `Server-Timing` header of an answer: each stage's duration (microseconds in, shown in
+/// milliseconds with three decimals, as the native gateway writes it), then the total.
+pub fn server_timing(stages: &[(&str, u64)], total_us: u64) -> String {
+    let mut header = String::new();
+    for (name, micros) in stages.iter().copied().chain([("total", total_us)]) {
+        if !header.is_empty() {
+            header.push_str(", ");
+        }
+        header.push_str(&format!(
+            "{name};dur={}.{:03}",
+            micros / 1000,
+            micros % 1000
+        ));
+    }
+    header
+}
+
 /// A request id from 16 random bytes: 32 lowercase hex digits.
 pub fn request_id(random: &[u8; 16]) -> String {
     switchyard_core::cache::key::hex(random)
@@ -70,6 +87,18 @@ mod tests {
         assert_eq!(cost_text(Some(0.0)), "0");
         assert_eq!(cost_text(Some(2.5)), "2.5");
         assert_eq!(cost_text(None), "unknown");
+    }
+
+    #[test]
+    fn server_timing_lists_the_stages_then_the_total() {
+        assert_eq!(
+            server_timing(
+                &[("auth", 0), ("ratelimit", 3_250), ("upstream", 41_000)],
+                45_001
+            ),
+            "auth;dur=0.000, ratelimit;dur=3.250, upstream;dur=41.000, total;dur=45.001"
+        );
+        assert_eq!(server_timing(&[], 7), "total;dur=0.007");
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //! cached like JSON ones, and replayed as a stream or returned as JSON on a hit.
 //!
 //! The isolate's circuit breakers leave failing targets out of the order and judge every
-//! call. Not at the edge: latency tracking, budgets, quality tiers, and per-call provider quotas.
+//! call; its peak-EWMA of each target's time to headers ranks targets for `least-latency`.
+//! Not at the edge: budgets, quality tiers, and per-call provider quotas.
 
 use std::collections::VecDeque;
 use std::pin::{Pin, pin};
@@ -149,9 +150,34 @@ struct Account {
     saved_usd: Option<f64>,
     upstream_ms: Option<u64>,
     ttft_ms: Option<u64>,
+    /// Each stage's duration in microseconds, in the order they ran (`Server-Timing`, and the
+    /// event's per-stage timings). A Worker's clock moves only across I/O, so stages without
+    /// any (auth by master key, routing) read 0.
+    stages: Vec<(&'static str, u64)>,
+    /// When the last stage ended (unix ms).
+    lap_ms: u64,
 }
 
 impl Account {
+    /// Ends `stage` now; a stage that runs again (upstream, per attempt) adds up.
+    fn lap(&mut self, stage: &'static str) {
+        let now = now_ms();
+        let micros = now.saturating_sub(self.lap_ms).saturating_mul(1_000);
+        self.lap_ms = now;
+        match self.stages.iter_mut().find(|(name, _)| *name == stage) {
+            Some((_, total)) => *total += micros,
+            None => self.stages.push((stage, micros)),
+        }
+    }
+
+    /// The `Server-Timing` header so far.
+    fn server_timing(&self) -> String {
+        let total = now_ms()
+            .saturating_sub(self.started_ms)
+            .saturating_mul(1_000);
+        respond::server_timing(&self.stages, total)
+    }
+
     fn event(&self, status: u16, error_class: Option<String>) -> RequestEvent {
         let now = now_ms();
         RequestEvent {
@@ -174,7 +200,7 @@ impl Account {
             attempts: self.attempts,
             cache: self.cache.map_or("none", CacheStatus::as_event),
             rate_limit: self.rate_limit.clone(),
-            stages: Vec::new(),
+            stages: self.stages.clone(),
         }
     }
 }
@@ -227,16 +253,30 @@ pub async fn handle(
         saved_usd: None,
         upstream_ms: None,
         ttft_ms: None,
+        stages: Vec::new(),
+        lap_ms: started_ms,
     };
+    account.lap("auth");
     // 2. account: every outcome below records its event.
     match serve(embeddings, req, env, ctx, gateway, &principal, &mut account).await {
-        Ok(Served::Complete(response, status)) => {
+        Ok(Served::Complete(mut response, status)) => {
             store::record(ctx, env, &account.event(status, None));
+            let _ = response
+                .headers_mut()
+                .set("server-timing", &account.server_timing());
             Ok(response)
         }
         // The stream records its own event when it ends.
-        Ok(Served::Streaming(response)) => Ok(response),
-        Err(failure) => {
+        Ok(Served::Streaming(mut response)) => {
+            let _ = response
+                .headers_mut()
+                .set("server-timing", &account.server_timing());
+            Ok(response)
+        }
+        Err(mut failure) => {
+            failure
+                .headers
+                .push(("server-timing", account.server_timing()));
             let class = failure.error.kind.as_str().to_owned();
             store::record(
                 ctx,
@@ -284,9 +324,11 @@ async fn serve(
         Call::Chat(Box::new(ChatRequest::from_bytes(body)?))
     };
     account.stream = request.stream().is_some();
+    account.lap("parse");
     let resolution = gateway.router.resolve(request.model())?;
     let route = resolution.route_name().to_owned();
     account.route = Some(route.clone());
+    account.lap("route");
     if !principal.allows(&route) {
         return Err(auth::forbidden_route(&route).into());
     }
@@ -317,6 +359,7 @@ async fn serve(
         decisions.push(decision);
     }
     let limit_headers = limits::headers(&decisions);
+    account.lap("ratelimit");
 
     // Targets: the route's in strategy order, then each fallback route's.
     let mut targets: Vec<Target> = ordered(resolution.strategy(), resolution.targets(), gateway);
@@ -373,14 +416,20 @@ async fn serve(
             .map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
         if entry.is_fresh(now_ms(), max_age) && entry.route == route && entry.scope == scope {
             account.cache = Some(CacheStatus::Hit);
+            account.lap("cache");
             return hit(&entry, request.stream(), gateway, account, &limit_headers);
         }
+    }
+    if plan.lookup {
+        account.lap("cache");
     }
 
     // 5-7. failover over the targets.
     let max_attempts = usize::try_from(config.routing.max_attempts.max(1)).unwrap_or(1);
     let now_unix = now_ms() / 1_000;
     let mut last_error = None;
+    // The calls borrow it while the account records each attempt's stages.
+    let request_id = account.request_id.clone();
     for target in &targets {
         if account.attempts as usize >= max_attempts {
             break;
@@ -402,13 +451,22 @@ async fn serve(
             provider: &target.provider,
             model: &target.model,
             now_unix,
-            request_id: &account.request_id,
+            request_id: &request_id,
         };
         let upstream = request.upstream(&call)?;
         let sent_ms = now_ms();
         let result = send(&upstream, target.timeouts.first_byte).await;
-        account.upstream_ms =
-            Some(account.upstream_ms.unwrap_or(0) + now_ms().saturating_sub(sent_ms));
+        let waited_ms = now_ms().saturating_sub(sent_ms);
+        account.upstream_ms = Some(account.upstream_ms.unwrap_or(0) + waited_ms);
+        account.lap("upstream");
+        if result.is_ok() {
+            // Time to the answer's headers: what `least-latency` ranks targets by here.
+            gateway.breakers.borrow_mut().observe_latency(
+                &name,
+                now_nanos(),
+                Duration::from_millis(waited_ms),
+            );
+        }
         let mut response = match result {
             Ok(response) => response,
             Err(error) => {
@@ -554,7 +612,10 @@ fn ordered(strategy: strategy::Strategy, targets: &[Target], gateway: &Gateway) 
             priority: target.priority,
             weight: target.weight,
             in_flight: 0,
-            latency_cost: 0.0,
+            latency_cost: gateway
+                .breakers
+                .borrow()
+                .latency_cost(&target_name(target), now),
             // A nominal thousand tokens each way: enough to rank targets by price.
             expected_cost: gateway
                 .config
