@@ -257,11 +257,11 @@ impl Drop for ConfigFile {
 
 /// The gateway config the harness runs with: one OpenAI-shaped provider, the mock, serving
 /// every `mock-*` model, and no master key (the gateway only listens on loopback). With
-/// `otlp`, the gateway exports its traces to the mock too; with `limits`, every request
+/// `otlp`, the gateway exports its traces to that collector; with `limits`, every request
 /// passes three rate limits that never refuse (fresh names per run, so Redis keys are new).
 pub fn gateway_config(
     mock: SocketAddr,
-    otlp: bool,
+    otlp: Option<SocketAddr>,
     limits: Option<LimitStore>,
     cache: Option<CacheMode>,
 ) -> String {
@@ -273,8 +273,10 @@ pub fn gateway_config(
          base_url = \"http://{mock}/v1\"\n\
          models = [\"mock-*\"]\n"
     );
-    if otlp {
-        config.push_str(&format!("[telemetry]\notlp_endpoint = \"http://{mock}\"\n"));
+    if let Some(collector) = otlp {
+        config.push_str(&format!(
+            "[telemetry]\notlp_endpoint = \"http://{collector}\"\n"
+        ));
     }
     if let Some(store) = limits {
         if store == LimitStore::Redis {
@@ -312,14 +314,15 @@ mod tests {
     #[test]
     fn the_gateway_config_points_at_the_mock() {
         let mock = SocketAddr::from(([127, 0, 0, 1], 4321));
-        let config = gateway_config(mock, false, None, None);
+        let config = gateway_config(mock, None, None, None);
         assert!(config.contains("base_url = \"http://127.0.0.1:4321/v1\""));
         assert!(config.contains("models = [\"mock-*\"]"));
         assert!(config.contains("kind = \"openai\""));
         assert!(!config.contains("[telemetry]"));
-        let config = gateway_config(mock, true, None, None);
-        assert!(config.ends_with("[telemetry]\notlp_endpoint = \"http://127.0.0.1:4321\"\n"));
-        let config = gateway_config(mock, false, Some(LimitStore::Redis), Some(CacheMode::Hit));
+        let collector: SocketAddr = "127.0.0.1:4322".parse().unwrap();
+        let config = gateway_config(mock, Some(collector), None, None);
+        assert!(config.ends_with("[telemetry]\notlp_endpoint = \"http://127.0.0.1:4322\"\n"));
+        let config = gateway_config(mock, None, Some(LimitStore::Redis), Some(CacheMode::Hit));
         assert!(config.contains("redis_url"));
         assert_eq!(config.matches("[[rate_limits.limits]]").count(), 3);
         assert!(config.contains("[cache]\nenabled = true\n"));

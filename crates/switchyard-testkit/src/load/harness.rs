@@ -94,10 +94,26 @@ pub async fn run(options: &LoadOptions, children: &mut Children) -> Result<Repor
     let mock_address = mock.address();
     let mock_pid = mock.pid();
 
+    // The trace collector is a mock of its own: the provider's latency, which the gateway's
+    // added latency is measured against, must not include receiving the gateway's traces.
+    let collector = if options.otlp && !options.direct_only {
+        let collector = start_mock(options, "collector", "127.0.0.1:0").await?;
+        progress(format_args!(
+            "trace collector (a mock) pid {} listening on {}",
+            collector.pid(),
+            collector.address()
+        ));
+        let address = collector.address();
+        children.providers.push(collector);
+        Some(address)
+    } else {
+        None
+    };
+
     if !options.direct_only {
         let config = children.keep_config(ConfigFile::create(&gateway_config(
             mock_address,
-            options.otlp,
+            collector,
             options.limits,
             options.cache,
         ))?);
@@ -165,10 +181,9 @@ pub async fn run(options: &LoadOptions, children: &mut Children) -> Result<Repor
         }
     }
     compare_with_direct(&mut scenarios);
-    let trace_exports = if options.otlp {
-        trace_exports(mock_address).await
-    } else {
-        None
+    let trace_exports = match collector {
+        Some(collector) => trace_exports(collector).await,
+        None => None,
     };
 
     let gateway = children.gateway.as_ref().map(|gateway| ProcessFacts {
