@@ -265,6 +265,22 @@ impl Rollup {
     pub fn heap_bytes(&self) -> usize {
         self.latency.heap_bytes() + self.ttft.heap_bytes()
     }
+
+    /// The counters in the stores' column order: requests, errors, tokens in, out, cached and
+    /// reasoning, requests of unknown cost, cache hits, and the latency sum (µs).
+    pub fn counters(&self) -> [u64; 9] {
+        [
+            self.requests,
+            self.errors,
+            self.tokens_in,
+            self.tokens_out,
+            self.tokens_cached,
+            self.tokens_reasoning,
+            self.cost_unknown,
+            self.cache_hits,
+            self.latency_sum_us,
+        ]
+    }
 }
 
 /// One cell on its way to the store.

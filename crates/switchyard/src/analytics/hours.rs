@@ -110,17 +110,7 @@ impl Hour {
             let ttft_end = add(rollup.ttft.bins())?;
             out.push(Cell {
                 dims: ids,
-                counts: [
-                    rollup.requests,
-                    rollup.errors,
-                    rollup.tokens_in,
-                    rollup.tokens_out,
-                    rollup.tokens_cached,
-                    rollup.tokens_reasoning,
-                    rollup.cost_unknown,
-                    rollup.cache_hits,
-                    rollup.latency_sum_us,
-                ],
+                counts: rollup.counters(),
                 cost_usd: rollup.cost_usd,
                 latency_end,
                 ttft_end,

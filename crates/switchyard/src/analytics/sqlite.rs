@@ -909,23 +909,22 @@ struct RollupValues {
 
 impl RollupValues {
     fn of(rollup: &Rollup) -> Self {
+        // The table has the cost between the token counters and the rest.
+        let [
+            requests,
+            errors,
+            tokens_in,
+            tokens_out,
+            cached,
+            reasoning,
+            unknown,
+            hits,
+            latency,
+        ] = rollup.counters().map(to_i64);
         RollupValues {
-            counts: [
-                rollup.requests,
-                rollup.errors,
-                rollup.tokens_in,
-                rollup.tokens_out,
-                rollup.tokens_cached,
-                rollup.tokens_reasoning,
-            ]
-            .map(to_i64),
+            counts: [requests, errors, tokens_in, tokens_out, cached, reasoning],
             cost_usd: rollup.cost_usd,
-            rest: [
-                rollup.cost_unknown,
-                rollup.cache_hits,
-                rollup.latency_sum_us,
-            ]
-            .map(to_i64),
+            rest: [unknown, hits, latency],
             latency: rollup.latency.encode(),
             ttft: rollup.ttft.encode(),
         }
