@@ -281,6 +281,34 @@ impl Rollup {
             self.latency_sum_us,
         ]
     }
+
+    /// A rollup of [`Rollup::counters`] and a cost, with empty sketches.
+    pub fn from_counters(counters: [u64; 9], cost_usd: f64) -> Self {
+        let [
+            requests,
+            errors,
+            tokens_in,
+            tokens_out,
+            tokens_cached,
+            tokens_reasoning,
+            cost_unknown,
+            cache_hits,
+            latency_sum_us,
+        ] = counters;
+        Rollup {
+            requests,
+            errors,
+            tokens_in,
+            tokens_out,
+            tokens_cached,
+            tokens_reasoning,
+            cost_usd,
+            cost_unknown,
+            cache_hits,
+            latency_sum_us,
+            ..Rollup::default()
+        }
+    }
 }
 
 /// One cell on its way to the store.
@@ -627,6 +655,25 @@ mod tests {
     }
 
     const T0: u64 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000;
+
+    #[test]
+    fn counters_round_trip_without_sketches() {
+        let rollup = Rollup {
+            requests: 1,
+            errors: 2,
+            tokens_in: 3,
+            tokens_out: 4,
+            tokens_cached: 5,
+            tokens_reasoning: 6,
+            cost_usd: 0.5,
+            cost_unknown: 7,
+            cache_hits: 8,
+            latency_sum_us: 9,
+            ..Rollup::default()
+        };
+        assert_eq!(rollup.counters(), [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(Rollup::from_counters(rollup.counters(), 0.5), rollup);
+    }
 
     #[test]
     fn an_event_lands_in_every_cube_of_both_stored_tiers() {

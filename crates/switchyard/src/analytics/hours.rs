@@ -146,30 +146,7 @@ impl Hour {
                     .get(usize::from(cell.dims[at]))
                     .map_or("", |name| name)
             };
-            let [
-                requests,
-                errors,
-                tokens_in,
-                tokens_out,
-                tokens_cached,
-                tokens_reasoning,
-                cost_unknown,
-                cache_hits,
-                latency_sum_us,
-            ] = cell.counts;
-            let counters = Rollup {
-                requests,
-                errors,
-                tokens_in,
-                tokens_out,
-                tokens_cached,
-                tokens_reasoning,
-                cost_usd: cell.cost_usd,
-                cost_unknown,
-                cache_hits,
-                latency_sum_us,
-                ..Rollup::default()
-            };
+            let counters = Rollup::from_counters(cell.counts, cell.cost_usd);
             let sketch = |zeros: u32, range: std::ops::Range<usize>| SketchRef::Sparse {
                 zeros,
                 indexes: self.indexes.get(range.clone()).unwrap_or_default(),

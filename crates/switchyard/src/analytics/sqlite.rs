@@ -896,7 +896,6 @@ fn read_counters(row: &rusqlite::Row<'_>) -> rusqlite::Result<Rollup> {
     })
 }
 
-/// Reads a whole rollup from columns 0..12.
 /// A rollup's value columns, in table order after the key columns (`requests` to `ttft`),
 /// ready to bind; the one place that lists them for writing.
 struct RollupValues {
@@ -957,6 +956,7 @@ impl RollupValues {
     }
 }
 
+/// Reads a whole rollup from columns 0..12.
 fn read_rollup(row: &rusqlite::Row<'_>) -> rusqlite::Result<Rollup> {
     Ok(Rollup {
         latency: sketch_from(row.get_ref(10)?.as_blob()?),
