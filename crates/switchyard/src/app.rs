@@ -76,6 +76,9 @@ pub struct AppInner {
     pub alerts: Arc<crate::alerts::Alerts>,
     /// The Telegram bot, when `[telegram]` is configured.
     pub telegram: Option<Arc<crate::telegram::Bot>>,
+    /// Trace export, when `[telemetry]` is configured; stopped (and flushed) when serving
+    /// ends.
+    pub telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 impl AppState {
@@ -95,11 +98,12 @@ impl AppState {
         let models_body = serde_json::to_vec(&router.list())
             .map(Bytes::from)
             .map_err(|error| format!("could not encode the model list: {error}"))?;
-        let transport = Transport::new(
-            config.upstream,
-            &config.providers,
-            config.telemetry.is_some(),
-        )?;
+        let transport = Transport::new(config.upstream, &config.providers)?;
+        let telemetry = config
+            .telemetry
+            .as_ref()
+            .map(crate::telemetry::Telemetry::start)
+            .transpose()?;
         let metrics = Arc::new(Metrics::new());
         let limiter = Arc::new(RateLimiter::new(
             &config.rate_limits,
@@ -169,6 +173,7 @@ impl AppState {
             connections: AtomicI64::new(0),
             models_body,
             ready: AtomicBool::new(true),
+            telemetry,
         })))
     }
 }

@@ -159,15 +159,11 @@ pub fn resolve_listen(flag: Option<&str>, config: &Config) -> Result<SocketAddr,
     Ok(listen)
 }
 
-/// Installs logging (and trace export, when configured), binds, announces the address on
-/// stdout, and serves until SIGINT/SIGTERM; then flushes the traces still pending.
+/// Installs logging, binds, announces the address on stdout, and serves until
+/// SIGINT/SIGTERM (trace export, when configured, is flushed as serving ends).
 pub async fn run_gateway(config: Config, listen: SocketAddr) -> Result<(), String> {
-    let telemetry = telemetry::init(config.telemetry.as_ref())?;
-    let served = serve_gateway(config, listen).await;
-    if let Some(telemetry) = telemetry {
-        telemetry.shutdown().await;
-    }
-    served
+    telemetry::init()?;
+    serve_gateway(config, listen).await
 }
 
 async fn serve_gateway(config: Config, listen: SocketAddr) -> Result<(), String> {

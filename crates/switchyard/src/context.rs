@@ -101,6 +101,8 @@ pub struct RequestContext {
     /// rather than entered around the whole request, which would cost an enter and an exit
     /// on every poll.
     pub span: tracing::Span,
+    /// The request's exported trace (a no-op unless trace export is on).
+    pub trace: crate::telemetry::RequestTrace,
 }
 
 impl RequestContext {

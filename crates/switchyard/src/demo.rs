@@ -138,14 +138,13 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let config = config::validate(&raw, &env).map_err(|error| format!("demo config: {error}"))?;
     let listen = crate::cli::resolve_listen(Some(&args.listen), &config)?;
     let master_key = config.server.master_key.clone();
-    let config_telemetry = config.telemetry.clone();
+    crate::telemetry::init()?;
     let state = AppState::new(config).await?;
     let listener = server::bind(listen).await?;
     let local = listener
         .local_addr()
         .map_err(|error| format!("could not read the listening address: {error}"))?;
     let base = format!("http://{local}");
-    let telemetry = crate::telemetry::init(config_telemetry.as_ref())?;
     announce(&banner(&base, master_key.is_some()));
     if !args.no_traffic {
         tokio::spawn(traffic(
@@ -156,9 +155,6 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     server::serve(listener, state, server::shutdown_signal()).await;
     for mock in &mocks {
         mock.shutdown().await;
-    }
-    if let Some(telemetry) = telemetry {
-        telemetry.shutdown().await;
     }
     Ok(())
 }

@@ -8,8 +8,8 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    // The log subscriber is installed by the command, once it knows whether traces are
-    // exported (`switchyard::telemetry::init`).
+    // The log subscriber is installed by the commands that serve
+    // (`switchyard::telemetry::init`).
     switchyard::install_crypto_provider();
     let cli = switchyard::cli::Cli::parse();
     let mut builder = tokio::runtime::Builder::new_multi_thread();

@@ -141,6 +141,10 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
         tracing::error!(%error, "could not write the spend ledger at shutdown");
     }
     state.alerts.persist(crate::cache::unix_ms()).await;
+    // Every root span has ended with its response: export what is pending.
+    if let Some(telemetry) = &state.telemetry {
+        telemetry.shutdown().await;
+    }
 }
 
 /// Forgets idle in-memory rate-limit counters once a minute, so that one-off users and IPs

@@ -3,60 +3,71 @@
 //!
 //! - Logs go to stderr, filtered by `RUST_LOG` (default `info`).
 //! - Every request opens a root `request` span ([`request_span`]), a span per stage
-//!   ([`crate::timing::Stage::span`]) and a span per provider call ([`provider_call_span`]),
-//!   all at DEBUG level: under the default log filter they are disabled, and a disabled span
-//!   costs a load of the global max level.
-//! - With `[telemetry]` (or `OTEL_EXPORTER_OTLP_ENDPOINT`), [`Telemetry`] adds an
-//!   OpenTelemetry layer that sees the gateway's spans whatever `RUST_LOG` says, and the SDK's
-//!   batch processor exports them in the background. Without it the layer is not installed
-//!   at all.
+//!   ([`crate::timing::Stage::span`]) and a span per provider call ([`RequestTrace::call`]),
+//!   all `tracing` spans at DEBUG level, for local subscribers: under the default log filter
+//!   they are disabled, and a disabled span costs a load of the global max level.
+//! - With `[telemetry]` (or `OTEL_EXPORTER_OTLP_ENDPOINT`), the app holds a [`Telemetry`]:
+//!   each request gets a [`RequestTrace`], and its spans are exported from what the request
+//!   path records anyway. A stage's span is made from its `Server-Timing` lap when the lap is
+//!   recorded ([`crate::timing::Timings`]), a provider call's from its [`CallSpan`] when the
+//!   call ends, and the root span when the response body is done. Each finished span goes
+//!   straight to the SDK's batch processor as `SpanData`.
 //! - W3C trace context, only while export is on: a client's `traceparent` becomes the root
 //!   span's parent, and each provider request carries its call span's `traceparent`. No
-//!   client header is ever forwarded upstream.
+//!   client header is ever forwarded upstream. The sampler is the SDK's parent-based ratio
+//!   sampler, asked once per request; an unsampled trace still propagates (flag `00`) but
+//!   builds no spans.
+//!
+//! Why not `tracing-opentelemetry`: bridging every `tracing` span into an OpenTelemetry span
+//! (per-span extension storage, attribute visitors, an SDK span per `tracing` span, each
+//! copied again into the processor's queue) cost about 45 µs of added p50 per request on the
+//! load harness; building the seven `SpanData` of a request directly costs a fraction of that
+//! (figures in ARCHITECTURE.md).
 //!
 //! Nothing here may block a request: a finished span goes into the processor's bounded queue
-//! (dropped when it is full) and is exported later.
-//!
-//! The batch processor is the SDK's own, on a thread of its own, not its tokio variant: that
-//! one wakes its task for every finished span, a cross-thread wake-up per span that cost about
-//! 10 µs per request (7 spans) when the span path was timed alone. The thread wakes once per
-//! batch, encodes it, and sends it itself ([`ExportClient`]), so that no export work runs on
-//! the workers that serve requests.
+//! (dropped when it is full) and is exported later. The batch processor is the SDK's own, on a
+//! thread of its own: it wakes once per batch (or every `OTEL_BSP_SCHEDULE_DELAY`), encodes
+//! it, and sends it itself ([`ExportClient`]), so that no export work runs on the workers that
+//! serve requests.
 
-use std::future::Future;
+use std::borrow::Cow;
 use std::io::IsTerminal;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags};
+use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_http::hyper::HyperClient;
 use opentelemetry_http::{HeaderExtractor, HeaderInjector, HttpClient, HttpError};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, ShouldSample,
+    SpanData, SpanEvents, SpanLinks, SpanProcessor,
+};
 use switchyard_core::GatewayError;
 use switchyard_core::config::{Provider, Target, TelemetryConfig};
 use switchyard_core::wire::TokenUsage;
-use tracing::field::Empty;
-use tracing::{Instrument, Level, Metadata, Span, Subscriber};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::{EnvFilter, FilterFn};
+use tracing::{Level, Span, Subscriber};
+use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::error::ErrorClass;
+use crate::timing::Stage;
 
 /// How long one export may take, connecting included.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,16 +78,31 @@ const TRACEPARENT: &str = "traceparent";
 /// disabled.
 pub const DEFAULT_LOG_FILTER: &str = "info";
 
-/// Trace export: the tracer provider and its batch processor. End with
-/// [`Telemetry::shutdown`], or the spans not yet exported are lost.
-pub struct Telemetry {
-    provider: SdkTracerProvider,
+/// Trace export: the batch processor, the sampler and the id generator. Cheap to clone. End
+/// with [`Telemetry::shutdown`], or the spans not yet exported are lost.
+#[derive(Clone)]
+pub struct Telemetry(Arc<Exporter>);
+
+struct Exporter {
+    processor: BatchSpanProcessor,
+    sampler: Sampler,
+    ids: RandomIdGenerator,
+    scope: InstrumentationScope,
     /// Where spans go, for the start-up log line.
     endpoint: String,
 }
 
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("endpoint", &self.0.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Telemetry {
-    /// Builds the OTLP/HTTP exporter, the batch processor and a parent-based ratio sampler.
+    /// Builds the OTLP/HTTP exporter, the batch processor (queue and batch sizes: the SDK's
+    /// defaults, or the standard `OTEL_BSP_*` variables) and a parent-based ratio sampler.
     pub fn start(config: &TelemetryConfig) -> Result<Self, String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -95,56 +121,92 @@ impl Telemetry {
             .with_timeout(EXPORT_TIMEOUT)
             .build()
             .map_err(|error| format!("telemetry: could not build the OTLP exporter: {error}"))?;
-        // Queue and batch sizes: the SDK's defaults, or the standard OTEL_BSP_* variables.
-        let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+        let mut processor = BatchSpanProcessor::builder(exporter).build();
+        processor.set_resource(
+            &Resource::builder()
+                .with_service_name(config.service_name.clone())
+                .build(),
+        );
+        tracing::info!(endpoint = %config.traces_endpoint, "exporting traces (OTLP/HTTP)");
+        Ok(Telemetry(Arc::new(Exporter {
+            processor,
+            sampler: Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
                 config.sample_ratio,
-            ))))
-            .with_resource(
-                Resource::builder()
-                    .with_service_name(config.service_name.clone())
-                    .build(),
-            )
-            .build();
-        Ok(Telemetry {
-            provider,
+            ))),
+            ids: RandomIdGenerator::default(),
+            scope: InstrumentationScope::builder("switchyard")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
             endpoint: config.traces_endpoint.clone(),
-        })
+        })))
     }
 
-    /// The `tracing` layer that turns the gateway's spans into OpenTelemetry spans. It sees
-    /// the gateway's spans and its warnings and errors (as span events), nothing else, and
-    /// does not depend on `RUST_LOG`.
-    pub fn layer<S>(&self) -> impl Layer<S> + Send + Sync + 'static
-    where
-        S: Subscriber + for<'span> LookupSpan<'span> + Send + Sync,
-    {
-        tracing_opentelemetry::layer()
-            .with_tracer(self.provider.tracer("switchyard"))
-            // Per-enter bookkeeping and attributes nobody asked for, on every request.
-            .with_tracked_inactivity(false)
-            .with_context_activation(false)
-            .with_location(false)
-            .with_threads(false)
-            .with_target(false)
-            .with_filter(FilterFn::new(exported).with_max_level_hint(Level::DEBUG))
+    /// Starts the trace of one request: continues the client's W3C trace context when it
+    /// sent one, and asks the sampler whether this trace is recorded.
+    pub fn start_request(&self, request: &Request, request_id: &HeaderValue) -> RequestTrace {
+        let exporter = &self.0;
+        let propagator = TraceContextPropagator::new();
+        let parent = request
+            .headers()
+            .contains_key(TRACEPARENT)
+            .then(|| propagator.extract(&HeaderExtractor(request.headers())))
+            .filter(|parent| parent.span().span_context().is_valid());
+        let remote = parent
+            .as_ref()
+            .map(|parent| parent.span().span_context().clone());
+        let trace_id = match &remote {
+            Some(remote) => remote.trace_id(),
+            None => exporter.ids.new_trace_id(),
+        };
+        let sampling = exporter.sampler.should_sample(
+            parent.as_ref(),
+            trace_id,
+            "request",
+            &SpanKind::Server,
+            &[],
+            &[],
+        );
+        let flags = match sampling.decision {
+            SamplingDecision::RecordAndSample => TraceFlags::SAMPLED,
+            SamplingDecision::Drop | SamplingDecision::RecordOnly => TraceFlags::default(),
+        };
+        let path = request.uri().path();
+        RequestTrace(Some(Arc::new(TraceInner {
+            telemetry: self.clone(),
+            context: SpanContext::new(
+                trace_id,
+                exporter.ids.new_span_id(),
+                flags,
+                false,
+                sampling.trace_state,
+            ),
+            parent: remote
+                .as_ref()
+                .map_or(SpanId::INVALID, SpanContext::span_id),
+            upstream: exporter.ids.new_span_id(),
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            method: request.method().clone(),
+            route: http_route(path),
+            path: path.into(),
+            request_id: request_id.clone(),
+        })))
     }
 
     /// Exports every finished span now.
     pub async fn flush(&self) -> Result<(), String> {
-        let provider = self.provider.clone();
+        let telemetry = self.clone();
         // The SDK blocks until the batch thread has exported: not on a worker.
-        tokio::task::spawn_blocking(move || provider.force_flush())
+        tokio::task::spawn_blocking(move || telemetry.0.processor.force_flush())
             .await
             .map_err(|error| format!("trace flush did not finish: {error}"))?
             .map_err(|error| format!("trace flush failed: {error}"))
     }
 
     /// Exports what is pending and stops the exporter (at graceful shutdown).
-    pub async fn shutdown(self) {
-        let provider = self.provider;
-        let stopped = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    pub async fn shutdown(&self) {
+        let telemetry = self.clone();
+        let stopped = tokio::task::spawn_blocking(move || telemetry.0.processor.shutdown()).await;
         match stopped {
             Ok(Ok(())) => tracing::info!("trace export flushed and stopped"),
             Ok(Err(error)) => tracing::warn!(%error, "trace export did not stop cleanly"),
@@ -189,33 +251,368 @@ impl Drop for ExportClient {
     }
 }
 
-/// What the export layer sees: the gateway's own spans, and its warnings and errors.
-fn exported(metadata: &Metadata<'_>) -> bool {
-    metadata.target().starts_with("switchyard")
-        && (metadata.is_span() || *metadata.level() <= Level::WARN)
+/// The exported trace of one request; does nothing when export is off. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct RequestTrace(Option<Arc<TraceInner>>);
+
+struct TraceInner {
+    telemetry: Telemetry,
+    /// The root span's context: trace id, span id, the sampling decision, trace state.
+    context: SpanContext,
+    /// The client's span, or invalid for a trace the gateway started.
+    parent: SpanId,
+    /// The `upstream` stage's span id, chosen up front: provider calls are its children.
+    upstream: SpanId,
+    /// When the request started, on both clocks (spans carry wall-clock times, the request
+    /// path measures with `Instant`).
+    started: Instant,
+    started_at: SystemTime,
+    method: Method,
+    route: Option<&'static str>,
+    path: Box<str>,
+    request_id: HeaderValue,
 }
 
-/// Starts trace export when `config` asks for it, and installs the process-wide subscriber:
-/// logs to stderr (`RUST_LOG`, default `info`), plus the export layer. Call once, within the
-/// tokio runtime; flush with [`Telemetry::shutdown`].
-pub fn init(config: Option<&TelemetryConfig>) -> Result<Option<Telemetry>, String> {
-    let telemetry = config.map(Telemetry::start).transpose()?;
+impl std::fmt::Debug for RequestTrace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(trace) => write!(
+                f,
+                "RequestTrace({}, sampled: {})",
+                trace.context.trace_id(),
+                trace.context.is_sampled()
+            ),
+            None => f.write_str("RequestTrace(off)"),
+        }
+    }
+}
+
+impl TraceInner {
+    /// Wall-clock time of `instant`.
+    fn at(&self, instant: Instant) -> SystemTime {
+        self.started_at + instant.saturating_duration_since(self.started)
+    }
+
+    /// Hands a finished span of this trace to the batch processor.
+    #[allow(clippy::too_many_arguments)]
+    fn export(
+        &self,
+        id: SpanId,
+        parent: SpanId,
+        kind: SpanKind,
+        name: Cow<'static, str>,
+        (start, end): (Instant, Instant),
+        attributes: Vec<KeyValue>,
+        status: Status,
+    ) {
+        let exporter = &self.telemetry.0;
+        exporter.processor.on_end(SpanData {
+            span_context: SpanContext::new(
+                self.context.trace_id(),
+                id,
+                self.context.trace_flags(),
+                false,
+                self.context.trace_state().clone(),
+            ),
+            parent_span_is_remote: parent == self.parent && parent != SpanId::INVALID,
+            parent_span_id: parent,
+            span_kind: kind,
+            name,
+            start_time: self.at(start),
+            end_time: self.at(end),
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: exporter.scope.clone(),
+        });
+    }
+}
+
+impl RequestTrace {
+    /// The trace when it is recorded (sampled), else `None`.
+    fn sampled(&self) -> Option<&TraceInner> {
+        self.0.as_deref().filter(|trace| trace.context.is_sampled())
+    }
+
+    /// Exports a stage's span, a child of the request's: it ran for `duration` up to now.
+    /// `translate` is left to its provider call ([`CallSpan::translated`]).
+    pub fn stage(&self, stage: Stage, duration: Duration) {
+        let Some(trace) = self.sampled() else {
+            return;
+        };
+        let end = Instant::now();
+        let id = match stage {
+            Stage::Translate => return,
+            Stage::Upstream => trace.upstream,
+            _ => trace.telemetry.0.ids.new_span_id(),
+        };
+        trace.export(
+            id,
+            trace.context.span_id(),
+            SpanKind::Internal,
+            Cow::Borrowed(stage.name()),
+            (end.checked_sub(duration).unwrap_or(end), end),
+            Vec::new(),
+            Status::Unset,
+        );
+    }
+
+    /// Exports the request's root span, now that its response is over.
+    fn finish(&self, status: StatusCode, error_type: Option<&'static str>) {
+        let Some(trace) = self.sampled() else {
+            return;
+        };
+        let name = match trace.route {
+            Some(route) => Cow::Owned(format!("{} {route}", trace.method)),
+            None => Cow::Owned(trace.method.to_string()),
+        };
+        let mut attributes = Vec::with_capacity(6);
+        attributes.push(KeyValue::new(
+            "http.request.method",
+            trace.method.as_str().to_owned(),
+        ));
+        if let Some(route) = trace.route {
+            attributes.push(KeyValue::new("http.route", route));
+        }
+        attributes.push(KeyValue::new("url.path", trace.path.to_string()));
+        attributes.push(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status.as_u16()),
+        ));
+        if let Some(error_type) = error_type {
+            attributes.push(KeyValue::new("error.type", error_type));
+        }
+        attributes.push(KeyValue::new(
+            "switchyard.request_id",
+            trace.request_id.to_str().unwrap_or("invalid").to_owned(),
+        ));
+        trace.export(
+            trace.context.span_id(),
+            trace.parent,
+            SpanKind::Server,
+            name,
+            (trace.started, Instant::now()),
+            attributes,
+            if status.is_server_error() {
+                Status::error("")
+            } else {
+                Status::Unset
+            },
+        );
+    }
+
+    /// The span of one provider call (one failover attempt), with the GenAI
+    /// semantic-convention attributes known before the call; the rest are recorded as they
+    /// become known. The call's `tracing` span (for local subscribers) comes with it.
+    pub fn call(&self, operation: Operation, target: &Target) -> CallSpan {
+        let provider = &target.provider;
+        let span = tracing::debug_span!(
+            "provider_call",
+            gen_ai.operation.name = operation.name(),
+            gen_ai.request.model = target.model.as_str(),
+            switchyard.provider = provider.name.as_str(),
+        );
+        let Some(trace) = &self.0 else {
+            return CallSpan { span, export: None };
+        };
+        let mut attributes = Vec::new();
+        if trace.context.is_sampled() {
+            attributes.reserve(12);
+            attributes.push(KeyValue::new("gen_ai.operation.name", operation.name()));
+            attributes.push(KeyValue::new(
+                "gen_ai.provider.name",
+                genai_provider_name(provider).to_owned(),
+            ));
+            attributes.push(KeyValue::new("gen_ai.request.model", target.model.clone()));
+            attributes.push(KeyValue::new("switchyard.provider", provider.name.clone()));
+            server_attributes(provider, &mut attributes);
+        }
+        CallSpan {
+            span,
+            export: Some(Box::new(CallExport {
+                trace: Arc::clone(trace),
+                id: trace.telemetry.0.ids.new_span_id(),
+                started: Instant::now(),
+                name: format!("{} {}", operation.name(), target.model),
+                attributes,
+                status: Status::Unset,
+            })),
+        }
+    }
+}
+
+/// One provider call's span, exported when it is dropped (a stream's when the stream ends).
+/// `CallSpan::default()` is none at all.
+pub struct CallSpan {
+    span: Span,
+    export: Option<Box<CallExport>>,
+}
+
+struct CallExport {
+    trace: Arc<TraceInner>,
+    id: SpanId,
+    started: Instant,
+    name: String,
+    /// Empty, and left so, when the trace is not sampled.
+    attributes: Vec<KeyValue>,
+    status: Status,
+}
+
+impl Default for CallSpan {
+    fn default() -> Self {
+        CallSpan {
+            span: Span::none(),
+            export: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for CallSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallSpan")
+            .field("exported", &self.export.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallSpan {
+    /// The call's `tracing` span, to run the call in.
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// The recording part, when the trace is sampled.
+    fn recording(&mut self) -> Option<&mut CallExport> {
+        self.export
+            .as_deref_mut()
+            .filter(|call| call.trace.context.is_sampled())
+    }
+
+    /// Adds this call's W3C trace context (`traceparent`, and `tracestate` when there is
+    /// one) to its provider request. Nothing is added when export is off.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        let Some(call) = &self.export else {
+            return;
+        };
+        let context = &call.trace.context;
+        let span = SpanContext::new(
+            context.trace_id(),
+            call.id,
+            context.trace_flags(),
+            false,
+            context.trace_state().clone(),
+        );
+        let context = opentelemetry::Context::new().with_remote_span_context(span);
+        TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
+    }
+
+    /// Records the provider's HTTP status.
+    pub fn record_status(&mut self, status: StatusCode) {
+        if let Some(call) = self.recording() {
+            call.attributes.push(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status.as_u16()),
+            ));
+        }
+    }
+
+    /// Records the call's token usage.
+    pub fn record_usage(&mut self, usage: &TokenUsage) {
+        if let Some(call) = self.recording() {
+            call.attributes.push(KeyValue::new(
+                "gen_ai.usage.input_tokens",
+                as_attribute(usage.input),
+            ));
+            call.attributes.push(KeyValue::new(
+                "gen_ai.usage.output_tokens",
+                as_attribute(usage.output),
+            ));
+        }
+    }
+
+    /// Marks the call failed with `error`'s class and client-safe message (and the provider's
+    /// status, when it answered).
+    pub fn record_error(&mut self, error: &GatewayError) {
+        if let Some(status) = error
+            .upstream_status
+            .and_then(|s| StatusCode::from_u16(s).ok())
+        {
+            self.record_status(status);
+        }
+        if let Some(call) = self.recording() {
+            call.attributes
+                .push(KeyValue::new("error.type", error.kind.as_str()));
+            call.status = Status::error(error.message.clone());
+        }
+    }
+
+    /// Exports the `translate` span, a child of this call's, which ran from `started` to now.
+    pub fn translated(&mut self, started: Instant) {
+        if let Some(call) = self.recording() {
+            let trace = &call.trace;
+            trace.export(
+                trace.telemetry.0.ids.new_span_id(),
+                call.id,
+                SpanKind::Internal,
+                Cow::Borrowed(Stage::Translate.name()),
+                (started, Instant::now()),
+                Vec::new(),
+                Status::Unset,
+            );
+        }
+    }
+}
+
+impl Drop for CallSpan {
+    fn drop(&mut self) {
+        let Some(call) = self.recording() else {
+            return;
+        };
+        let trace = Arc::clone(&call.trace);
+        trace.export(
+            call.id,
+            trace.upstream,
+            SpanKind::Client,
+            Cow::Owned(std::mem::take(&mut call.name)),
+            (call.started, Instant::now()),
+            std::mem::take(&mut call.attributes),
+            std::mem::replace(&mut call.status, Status::Unset),
+        );
+    }
+}
+
+/// `server.address` and `server.port` of the provider's base URL.
+fn server_attributes(provider: &Provider, attributes: &mut Vec<KeyValue>) {
+    let Ok(uri) = provider.base_url.parse::<http::Uri>() else {
+        return;
+    };
+    if let Some(host) = uri.host() {
+        attributes.push(KeyValue::new("server.address", host.to_owned()));
+    }
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("http") => 80,
+        _ => 443,
+    });
+    attributes.push(KeyValue::new("server.port", i64::from(port)));
+}
+
+/// OpenTelemetry integers are signed.
+fn as_attribute(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// Installs the process-wide subscriber: logs to stderr (`RUST_LOG`, default `info`). Trace
+/// export is the app's ([`Telemetry`], started with the app state). Call once.
+pub fn init() -> Result<(), String> {
     let logs = log_layer(
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
     );
-    let installed = match &telemetry {
-        // Two types: with no export the layer is absent, not a no-op in the stack.
-        None => tracing_subscriber::registry().with(logs).try_init(),
-        Some(telemetry) => tracing_subscriber::registry()
-            .with(logs)
-            .with(telemetry.layer())
-            .try_init(),
-    };
-    installed.map_err(|error| format!("could not install the log subscriber: {error}"))?;
-    if let Some(telemetry) = &telemetry {
-        tracing::info!(endpoint = %telemetry.endpoint, "exporting traces (OTLP/HTTP)");
-    }
-    Ok(telemetry)
+    tracing_subscriber::registry()
+        .with(logs)
+        .try_init()
+        .map_err(|error| format!("could not install the log subscriber: {error}"))
 }
 
 /// Logs to stderr, through `filter`.
@@ -229,36 +626,18 @@ where
         .with_filter(filter)
 }
 
-/// The root span of one request. When `export` is on and the client sent a W3C
-/// `traceparent`, the span continues the client's trace.
-pub fn request_span(request: &Request, request_id: &HeaderValue, export: bool) -> Span {
+/// The root `tracing` span of one request, for local subscribers (disabled under the default
+/// log filter).
+pub fn request_span(request: &Request, request_id: &HeaderValue) -> Span {
     if !tracing::level_enabled!(Level::DEBUG) {
-        // The usual case without export: skip finding the route for a span nobody wants.
         return Span::none();
     }
-    let method = request.method();
-    let route = http_route(request.uri().path());
-    let span = tracing::debug_span!(
+    tracing::debug_span!(
         "request",
-        otel.name = %match route {
-            Some(route) => format!("{method} {route}"),
-            None => method.to_string(),
-        },
-        otel.kind = "server",
-        otel.status_code = Empty,
-        http.request.method = method.as_str(),
-        http.route = route,
+        http.request.method = request.method().as_str(),
         url.path = request.uri().path(),
-        http.response.status_code = Empty,
-        error.type = Empty,
         switchyard.request_id = request_id.to_str().unwrap_or("invalid"),
-    );
-    if export && !span.is_disabled() && request.headers().contains_key(TRACEPARENT) {
-        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
-        // Err only when the span is not exported after all; then there is nothing to continue.
-        let _ = span.set_parent(parent);
-    }
-    span
+    )
 }
 
 /// The route template a path matches, for span names of bounded cardinality; `None` for paths
@@ -286,30 +665,51 @@ fn http_route(path: &str) -> Option<&'static str> {
     })
 }
 
-/// Records the response on the root span and keeps the span open until the response body
-/// has been sent (a stream's included). A disabled span leaves the response untouched.
-pub fn finish_request_span(span: Span, mut response: Response) -> Response {
-    if span.is_disabled() {
+/// Keeps the request's `tracing` span open, and its exported root span unfinished, until the
+/// response body has been sent (a stream's included) or dropped. A response with neither is
+/// left untouched.
+pub fn finish_request(span: Span, trace: RequestTrace, response: Response) -> Response {
+    let export = trace.sampled().is_some();
+    if span.is_disabled() && !export {
         return response;
     }
-    let status = response.status();
-    span.record("http.response.status_code", i64::from(status.as_u16()));
-    if let Some(ErrorClass(class)) = response.extensions().get::<ErrorClass>() {
-        span.record("error.type", *class);
+    let root = export.then(|| RootEnd {
+        trace,
+        status: response.status(),
+        error_type: response
+            .extensions()
+            .get::<ErrorClass>()
+            .map(|ErrorClass(class)| *class),
+    });
+    response.map(|body| {
+        Body::new(SpannedBody {
+            inner: body,
+            span,
+            root,
+        })
+    })
+}
+
+/// What the exported root span needs once the body is done.
+struct RootEnd {
+    trace: RequestTrace,
+    status: StatusCode,
+    error_type: Option<&'static str>,
+}
+
+impl Drop for RootEnd {
+    fn drop(&mut self) {
+        self.trace.finish(self.status, self.error_type);
     }
-    if status.is_server_error() {
-        span.record("otel.status_code", "ERROR");
-    }
-    response = response.map(|body| Body::new(SpannedBody { inner: body, span }));
-    response
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that holds its request's span open until it is done or dropped.
+    /// A response body that holds its request's spans open until it is done or dropped.
     struct SpannedBody {
         #[pin]
         inner: Body,
         span: Span,
+        root: Option<RootEnd>,
     }
 }
 
@@ -352,48 +752,6 @@ impl Operation {
     }
 }
 
-/// The span of one provider call (one failover attempt), with the GenAI semantic-convention
-/// attributes known before the call; the rest are recorded as they become known.
-pub fn provider_call_span(operation: Operation, target: &Target) -> Span {
-    let provider = &target.provider;
-    let span = tracing::debug_span!(
-        "provider_call",
-        otel.name = %format_args!("{} {}", operation.name(), target.model),
-        otel.kind = "client",
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        gen_ai.operation.name = operation.name(),
-        gen_ai.provider.name = genai_provider_name(provider),
-        gen_ai.request.model = target.model.as_str(),
-        gen_ai.usage.input_tokens = Empty,
-        gen_ai.usage.output_tokens = Empty,
-        server.address = Empty,
-        server.port = Empty,
-        http.response.status_code = Empty,
-        error.type = Empty,
-        switchyard.provider = provider.name.as_str(),
-    );
-    if !span.is_disabled() {
-        record_server(&span, provider);
-    }
-    span
-}
-
-/// `server.address` and `server.port` of the provider's base URL.
-fn record_server(span: &Span, provider: &Provider) {
-    let Ok(uri) = provider.base_url.parse::<http::Uri>() else {
-        return;
-    };
-    if let Some(host) = uri.host() {
-        span.record("server.address", host);
-    }
-    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
-        Some("http") => 80,
-        _ => 443,
-    });
-    span.record("server.port", i64::from(port));
-}
-
 /// `gen_ai.provider.name`: the convention's well-known value for the provider's kind, or the
 /// kind itself for those it does not list.
 fn genai_provider_name(provider: &Provider) -> &str {
@@ -404,54 +762,6 @@ fn genai_provider_name(provider: &Provider) -> &str {
         "xai" => "x_ai",
         kind => kind,
     }
-}
-
-/// Runs one provider call in `span`, and marks the span failed when the call fails.
-pub async fn in_call_span<T>(
-    span: Span,
-    call: impl Future<Output = Result<T, GatewayError>>,
-) -> Result<T, GatewayError> {
-    let result = call.instrument(span.clone()).await;
-    if let Err(error) = &result {
-        record_error(&span, error);
-    }
-    result
-}
-
-/// Marks a span as failed with `error`'s class and client-safe message.
-pub fn record_error(span: &Span, error: &GatewayError) {
-    if span.is_disabled() {
-        return;
-    }
-    span.record("error.type", error.kind.as_str());
-    span.record("otel.status_code", "ERROR");
-    span.record("otel.status_description", &*error.message);
-}
-
-/// Records a call's token usage on its span.
-pub fn record_usage(span: &Span, usage: &TokenUsage) {
-    if span.is_disabled() {
-        return;
-    }
-    span.record("gen_ai.usage.input_tokens", as_attribute(usage.input));
-    span.record("gen_ai.usage.output_tokens", as_attribute(usage.output));
-}
-
-/// Records the provider's HTTP status on the current span (the provider call's).
-pub fn record_upstream_status(status: StatusCode) {
-    Span::current().record("http.response.status_code", i64::from(status.as_u16()));
-}
-
-/// OpenTelemetry integers are signed; `tracing-opentelemetry` turns a `u64` into text.
-fn as_attribute(count: u64) -> i64 {
-    i64::try_from(count).unwrap_or(i64::MAX)
-}
-
-/// Adds the current span's W3C trace context (`traceparent`, and `tracestate` when there is
-/// one) to a provider request. Nothing is added outside an exported span.
-pub fn inject_context(headers: &mut HeaderMap) {
-    let context = Span::current().context();
-    TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
 }
 
 #[cfg(test)]
@@ -466,7 +776,7 @@ mod tests {
         tracing::subscriber::with_default(logs, || {
             let request = Request::new(Body::empty());
             let id = HeaderValue::from_static("req_1");
-            assert!(request_span(&request, &id, true).is_disabled());
+            assert!(request_span(&request, &id).is_disabled());
             for stage in [
                 Stage::Auth,
                 Stage::Parse,

@@ -2,10 +2,13 @@
 //!
 //! Stages are recorded as they finish; the header lists them in that order plus `total`.
 //! Durations are printed in milliseconds with microsecond precision. Each stage also has a
-//! `tracing` span ([`Stage::span`]), exported with OpenTelemetry when that is on.
+//! `tracing` span ([`Stage::span`]) for local subscribers, and, when trace export is on, an
+//! exported span made from the recorded lap ([`Timings::record`]).
 
 use std::fmt::Write;
 use std::time::{Duration, Instant};
+
+use crate::telemetry::RequestTrace;
 
 /// A stage of the request path, as named in `Server-Timing`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +46,7 @@ impl Stage {
 
     /// A `tracing` span for this stage, named like its `Server-Timing` metric, a child of
     /// `parent` (the request's span, or the provider call's for `translate`). DEBUG level:
-    /// disabled (and nearly free) under the default log filter unless trace export is on;
-    /// see [`crate::telemetry`].
+    /// disabled (and nearly free) under the default log filter; see [`crate::telemetry`].
     pub fn span(self, parent: &tracing::Span) -> tracing::Span {
         // One callsite per stage: a span's name must be a literal.
         match self {
@@ -65,6 +67,8 @@ pub struct Timings {
     /// When the gateway started on the request.
     pub started: Instant,
     stages: Vec<(Stage, Duration)>,
+    /// Where each stage's span is exported, when trace export is on.
+    trace: RequestTrace,
 }
 
 impl Timings {
@@ -73,11 +77,19 @@ impl Timings {
         Timings {
             started: Instant::now(),
             stages: Vec::with_capacity(6),
+            trace: RequestTrace::default(),
         }
     }
 
-    /// Adds `duration` to `stage` (a stage can run several times, e.g. per attempt).
+    /// Exports each stage from now on as a span of `trace`.
+    pub fn export_to(&mut self, trace: RequestTrace) {
+        self.trace = trace;
+    }
+
+    /// Adds `duration`, which ends now, to `stage` (a stage can run several times, e.g. per
+    /// attempt), and exports its span.
     pub fn record(&mut self, stage: Stage, duration: Duration) {
+        self.trace.stage(stage, duration);
         match self.stages.iter_mut().find(|(s, _)| *s == stage) {
             Some((_, total)) => *total += duration,
             None => self.stages.push((stage, duration)),

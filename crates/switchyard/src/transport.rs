@@ -46,9 +46,6 @@ pub struct Transport {
     clients: Arc<HashMap<String, HttpClient>>,
     default_client: HttpClient,
     user_agent: HeaderValue,
-    /// Trace export is on: requests carry the current span's `traceparent`, and the call's
-    /// span records the provider's status.
-    traced: bool,
 }
 
 /// The `code` of a timeout caused by the client request's own deadline rather than by the
@@ -111,13 +108,8 @@ fn client(connect_timeout: Duration) -> Result<HttpClient, String> {
 }
 
 impl Transport {
-    /// Builds a pool per provider: rustls (ring) with the platform's trust store. `traced`:
-    /// trace export is on, so requests carry the W3C trace context.
-    pub fn new(
-        upstream: UpstreamConfig,
-        providers: &[Arc<Provider>],
-        traced: bool,
-    ) -> Result<Self, String> {
+    /// Builds a pool per provider: rustls (ring) with the platform's trust store.
+    pub fn new(upstream: UpstreamConfig, providers: &[Arc<Provider>]) -> Result<Self, String> {
         crate::install_crypto_provider();
         let mut clients = HashMap::with_capacity(providers.len());
         for provider in providers {
@@ -127,7 +119,6 @@ impl Transport {
             clients: Arc::new(clients),
             default_client: client(upstream.connect_timeout)?,
             user_agent: HeaderValue::from_static(concat!("switchyard/", env!("CARGO_PKG_VERSION"))),
-            traced,
         })
     }
 
@@ -149,9 +140,6 @@ impl Transport {
         outgoing
             .headers_mut()
             .insert(http::header::USER_AGENT, self.user_agent.clone());
-        if self.traced {
-            crate::telemetry::inject_context(outgoing.headers_mut());
-        }
         let deadline = limits.deadline;
         let first_byte = deadline.min(Instant::now() + limits.first_byte);
         let client = self
@@ -174,9 +162,6 @@ impl Transport {
             }
         };
         let status = response.status();
-        if self.traced {
-            crate::telemetry::record_upstream_status(status);
-        }
         if status.is_success() {
             return Ok(response);
         }

@@ -2,11 +2,9 @@
 //! path's spans reach an OTLP/HTTP collector with the GenAI attributes, and provider requests
 //! carry the trace context; with no `[telemetry]`, nothing is exported or propagated.
 //!
-//! Each test installs its subscriber with `tracing::subscriber::set_default`, which holds for
-//! the test's thread; `#[tokio::test]` runs the gateway, the mock and the client on that one
-//! thread, so every span of the test goes to its own exporter and collector (the exporter
-//! sends from the SDK's batch thread). The collector runs on a thread of its own, independent
-//! of the test's runtime.
+//! Each test's gateway has its own exporter (the app state's, started from its
+//! `[telemetry]`), which sends from the SDK's batch thread to the test's own collector. The
+//! collector runs on a thread of its own, independent of the test's runtime.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -23,10 +21,8 @@ use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
 use prost::Message;
 use serde_json::json;
-use switchyard::telemetry::Telemetry;
 use switchyard_core::config::{parse_toml, validate};
 use switchyard_testkit::mock::{Behavior, MockHandle, MockProvider};
-use tracing::subscriber::DefaultGuard;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -185,8 +181,6 @@ fn is_error(span: &Span) -> bool {
 /// them with `[telemetry]` pointing there.
 struct Traced {
     gateway: TestGateway,
-    telemetry: Telemetry,
-    _subscriber: DefaultGuard,
 }
 
 impl Traced {
@@ -198,21 +192,9 @@ impl Traced {
                 collector.url
             ),
         );
-        let env: HashMap<String, String> = PROVIDER_KEYS
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        let config = validate(&parse_toml(&toml).unwrap(), &env).unwrap();
-        let telemetry = Telemetry::start(config.telemetry.as_ref().unwrap()).unwrap();
-        let subscriber = tracing::subscriber::set_default(
-            tracing_subscriber::registry().with(telemetry.layer()),
-        );
         let gateway = TestGateway::start(&toml, PROVIDER_KEYS).await;
-        Traced {
-            gateway,
-            telemetry,
-            _subscriber: subscriber,
-        }
+        assert!(gateway.state.telemetry.is_some());
+        Traced { gateway }
     }
 
     /// Flushes until spans with each of `names` have arrived, and returns every span
@@ -220,7 +202,8 @@ impl Traced {
     /// after the client has read it.)
     async fn spans_with(&self, collector: &Collector, names: &[&str]) -> Vec<Span> {
         for _ in 0..MAX_FLUSHES {
-            self.telemetry.flush().await.unwrap();
+            let telemetry = self.gateway.state.telemetry.as_ref().unwrap();
+            telemetry.flush().await.unwrap();
             let spans = collector.spans();
             if names
                 .iter()
@@ -238,7 +221,6 @@ impl Traced {
 
     async fn stop(self) {
         self.gateway.stop().await;
-        self.telemetry.shutdown().await;
     }
 }
 
@@ -297,7 +279,27 @@ async fn a_client_trace_is_continued_through_every_stage_to_the_provider() {
     let upstream = only(&spans, "upstream");
     let call = only(&spans, "chat mock-large");
     assert_eq!(call.parent_span_id, upstream.span_id);
-    assert_eq!(only(&spans, "translate").parent_span_id, call.span_id);
+    let translate = only(&spans, "translate");
+    assert_eq!(translate.parent_span_id, call.span_id);
+    // Every span lies within its parent's time (they are made from the request path's
+    // monotonic laps), and the stages follow one another.
+    let within = |child: &Span, parent: &Span| {
+        assert!(
+            parent.start_time_unix_nano <= child.start_time_unix_nano
+                && child.start_time_unix_nano <= child.end_time_unix_nano
+                && child.end_time_unix_nano <= parent.end_time_unix_nano,
+            "{} lies within {}",
+            child.name,
+            parent.name
+        );
+    };
+    for stage in ["auth", "parse", "route", "upstream"] {
+        within(only(&spans, stage), root);
+    }
+    within(call, upstream);
+    within(translate, call);
+    assert!(only(&spans, "auth").end_time_unix_nano <= only(&spans, "parse").start_time_unix_nano);
+    assert!(only(&spans, "route").end_time_unix_nano <= upstream.start_time_unix_nano);
 
     assert_eq!(call.kind, SpanKind::Client as i32);
     assert!(!is_error(call));
@@ -467,15 +469,25 @@ async fn the_clients_sampling_decision_is_followed() {
         sent.starts_with(&format!("00-{CLIENT_TRACE}-")) && sent.ends_with("-00"),
         "{sent}"
     );
-    let Traced {
-        gateway,
-        telemetry,
-        _subscriber,
-    } = traced;
-    gateway.stop().await;
-    telemetry.flush().await.unwrap();
-    assert!(collector.spans().is_empty());
-    telemetry.shutdown().await;
+    // A request of a trace of the gateway's own is sampled (ratio 1): its spans arrive, the
+    // unsampled trace's never do.
+    let (status, _, _) = post_json(
+        &traced.gateway.url("/v1/embeddings"),
+        &json!({"model": "mock-embed", "input": "hi"}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let spans = traced
+        .spans_with(&collector, &["POST /v1/embeddings"])
+        .await;
+    assert!(spans.iter().all(|span| hex(&span.trace_id) != CLIENT_TRACE));
+    assert!(
+        spans.iter().all(|span| !span.name.starts_with("chat")),
+        "{:?}",
+        spans.iter().map(|span| &span.name).collect::<Vec<_>>()
+    );
+    traced.stop().await;
 }
 
 #[tokio::test]
@@ -521,4 +533,40 @@ async fn without_telemetry_nothing_is_exported_or_propagated() {
     );
     gateway.stop().await;
     assert_eq!(collector.exports(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_request_marks_its_root_and_call_spans() {
+    let mock = mock("alpha").await;
+    for _ in 0..4 {
+        mock.push_script(Behavior::status(500));
+    }
+    let collector = Collector::start();
+    let traced = Traced::start(
+        &mock,
+        &collector,
+        "[[routes]]\nmodel = \"lone\"\ntargets = [ { provider = \"openai\", model = \"mock-a\" } ]\n",
+    )
+    .await;
+    let (status, _, body) = post_json(
+        &traced.gateway.url("/v1/chat/completions"),
+        &chat("lone", "hello"),
+        &[],
+    )
+    .await;
+    assert!(status >= 500, "{status} {body}");
+    let spans = traced
+        .spans_with(&collector, &["POST /v1/chat/completions"])
+        .await;
+    let root = only(&spans, "POST /v1/chat/completions");
+    assert!(is_error(root));
+    assert_eq!(int(root, "http.response.status_code"), i64::from(status));
+    assert!(attribute(root, "error.type").is_some());
+    let calls = named(&spans, "chat mock-a");
+    assert!(!calls.is_empty());
+    for call in calls {
+        assert!(is_error(call));
+        assert_eq!(int(call, "http.response.status_code"), 500);
+    }
+    traced.stop().await;
 }

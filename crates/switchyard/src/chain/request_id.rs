@@ -2,9 +2,9 @@
 //!
 //! Echoes a well-formed client `x-request-id` (up to 128 visible ASCII characters) or makes a
 //! new one, starts the stage timings and the deadline, and stamps `x-request-id` on every
-//! response, errors included. It opens the request's root span, which continues a client's W3C
-//! trace when trace export is on (see [`crate::telemetry`]), and keeps it open until the
-//! response body is sent.
+//! response, errors included. It opens the request's root span and, when trace export is on,
+//! its exported trace, which continues a client's W3C trace (see [`crate::telemetry`]); both
+//! stay open until the response body is sent.
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -26,14 +26,19 @@ pub async fn request_context(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let timings = Timings::start();
+    let mut timings = Timings::start();
     let request_id = request
         .headers()
         .get(REQUEST_ID)
         .filter(|value| is_acceptable(value))
         .cloned()
         .unwrap_or_else(new_request_id);
-    let span = telemetry::request_span(&request, &request_id, app.config.telemetry.is_some());
+    let span = telemetry::request_span(&request, &request_id);
+    let trace = match &app.telemetry {
+        Some(telemetry) => telemetry.start_request(&request, &request_id),
+        None => telemetry::RequestTrace::default(),
+    };
+    timings.export_to(trace.clone());
     let limits = &app.config.rate_limits;
     let context = RequestContext {
         request_id: request_id.clone(),
@@ -60,11 +65,12 @@ pub async fn request_context(
             .map(str::to_owned),
         tier: None,
         span: span.clone(),
+        trace: trace.clone(),
     };
     request.extensions_mut().insert(context);
     let mut response = next.run(request).await;
     response.headers_mut().insert(REQUEST_ID, request_id);
-    telemetry::finish_request_span(span, response)
+    telemetry::finish_request(span, trace, response)
 }
 
 /// The client's address: the socket peer, or, when the gateway sits behind a trusted proxy,

@@ -19,11 +19,13 @@ use futures_util::{Stream, StreamExt};
 use http::{HeaderValue, header};
 use switchyard_core::cache::policy::is_sampled;
 use switchyard_core::config::Target;
-use switchyard_core::provider::{self, SseEvent, StreamDecoder, StreamItem};
+use switchyard_core::provider::{
+    self, CallInfo, SseEvent, StreamDecoder, StreamItem, UpstreamRequest,
+};
 use switchyard_core::wire::{ChatRequest, TokenUsage};
 use switchyard_core::{ErrorKind, GatewayError, Origin};
 use tokio::time::timeout_at;
-use tracing::{Instrument, Span};
+use tracing::Instrument;
 
 use super::{Served, annotate, now_unix, read_body};
 use crate::app::AppState;
@@ -32,7 +34,7 @@ use crate::chain::cache::{self, Begin, Recording};
 use crate::chain::rate_limit;
 use crate::context::{RequestContext, TakenContext};
 use crate::failover::{self, PlannedRoute, RequestFacts};
-use crate::telemetry::{self, Operation};
+use crate::telemetry::{CallSpan, Operation};
 use crate::timing::Stage;
 use crate::tracker::InFlight;
 use crate::transport;
@@ -156,7 +158,7 @@ struct StartedStream {
     content_chunks: u64,
     input_estimate: u64,
     /// The provider call's span, open until the stream ends.
-    call_span: Span,
+    call_span: CallSpan,
     /// The answer being recorded for the cache, when this request stores it.
     recording: Option<Recording>,
 }
@@ -188,6 +190,7 @@ impl Drop for StartedStream {
                 draft.usage = usage;
                 draft.usage_estimated = estimated;
             });
+            self.call_span.record_usage(&usage);
         }
     }
 }
@@ -206,6 +209,7 @@ async fn stream<'a>(
     let upstream_started = Instant::now();
     let call_for = |target: &'a Target| super::call_info(target, now, &request_id);
     let principal = context.principal.clone();
+    let trace = context.trace.clone();
     let result = failover::run(
         &app.tracker,
         &app.config.routing,
@@ -213,69 +217,28 @@ async fn stream<'a>(
         facts,
         super::quota(app, &facts, &principal),
         |target| provider::chat_request(&call_for(target), request),
-        |target, upstream| {
+        |target, mut upstream| {
             let call = call_for(target);
-            let span = telemetry::provider_call_span(Operation::Chat, target);
-            let call_span = span.clone();
-            telemetry::in_call_span(span, async move {
-                let limits = CallLimits::for_target(target, facts.deadline);
-                let response = app
-                    .transport
-                    .send(&target.provider, upstream, limits)
-                    .await?;
-                if !is_event_stream(response.headers()) {
-                    // A 200 with a JSON error body (some compatible servers do this) is a failure.
-                    let _ = app
-                        .transport
-                        .read_body(&target.provider, response, limits)
+            let mut call_span = trace.call(Operation::Chat, target);
+            call_span.inject(&mut upstream.headers);
+            let span = call_span.span().clone();
+            async move {
+                let result =
+                    start_stream(app, &call, request, target, upstream, facts, &mut call_span)
                         .await;
-                    return Err(empty_stream(
-                        &target.provider.name,
-                        "answered without an event stream",
-                    ));
-                }
-                let mut started = StartedStream {
-                    decoder: StreamDecoder::new(&call, request),
-                    events: Box::pin(transport::events(
-                        Arc::clone(&target.provider),
-                        response,
-                        limits,
-                    )),
-                    pending: VecDeque::new(),
-                    in_flight: None,
-                    draft: None,
-                    request_started: Instant::now(),
-                    first_token_sent: false,
-                    content_chunks: 0,
-                    input_estimate: facts.input_tokens,
-                    call_span,
-                    recording: None,
-                };
-                // Commit to this target only once it has produced output (or finished cleanly).
-                while started.pending.is_empty() {
-                    match started.events.next().await {
-                        Some(Ok(event)) => {
-                            let mut out = Vec::new();
-                            started.decoder.decode(sse(&event), &mut out)?;
-                            started.pending.extend(out);
-                        }
-                        Some(Err(error)) => return Err(error),
-                        None => {
-                            let mut out = Vec::new();
-                            started.decoder.finish(&mut out)?;
-                            started.pending.extend(out);
-                            break;
-                        }
+                match result {
+                    // The call goes on with the stream.
+                    Ok(mut started) => {
+                        started.call_span = call_span;
+                        Ok(started)
+                    }
+                    Err(error) => {
+                        call_span.record_error(&error);
+                        Err(error)
                     }
                 }
-                if matches!(started.pending.front(), Some(StreamItem::Done)) {
-                    return Err(empty_stream(
-                        &target.provider.name,
-                        "ended the stream without any output",
-                    ));
-                }
-                Ok(started)
-            })
+            }
+            .instrument(span)
         },
     )
     .instrument(Stage::Upstream.span(&context.span))
@@ -402,6 +365,77 @@ fn sse_body(
     })
 }
 
+/// Sends a stream request to `target` and waits for its first output: a stream that has not
+/// produced any is a failed attempt, so that failover can still move on.
+async fn start_stream(
+    app: &AppState,
+    call: &CallInfo<'_>,
+    request: &ChatRequest,
+    target: &Target,
+    upstream: UpstreamRequest,
+    facts: RequestFacts,
+    call_span: &mut CallSpan,
+) -> Result<StartedStream, GatewayError> {
+    let limits = CallLimits::for_target(target, facts.deadline);
+    let response = app
+        .transport
+        .send(&target.provider, upstream, limits)
+        .await?;
+    call_span.record_status(response.status());
+    if !is_event_stream(response.headers()) {
+        // A 200 with a JSON error body (some compatible servers do this) is a failure.
+        let _ = app
+            .transport
+            .read_body(&target.provider, response, limits)
+            .await;
+        return Err(empty_stream(
+            &target.provider.name,
+            "answered without an event stream",
+        ));
+    }
+    let mut started = StartedStream {
+        decoder: StreamDecoder::new(call, request),
+        events: Box::pin(transport::events(
+            Arc::clone(&target.provider),
+            response,
+            limits,
+        )),
+        pending: VecDeque::new(),
+        in_flight: None,
+        draft: None,
+        request_started: Instant::now(),
+        first_token_sent: false,
+        content_chunks: 0,
+        input_estimate: facts.input_tokens,
+        call_span: CallSpan::default(),
+        recording: None,
+    };
+    // Commit to this target only once it has produced output (or finished cleanly).
+    while started.pending.is_empty() {
+        match started.events.next().await {
+            Some(Ok(event)) => {
+                let mut out = Vec::new();
+                started.decoder.decode(sse(&event), &mut out)?;
+                started.pending.extend(out);
+            }
+            Some(Err(error)) => return Err(error),
+            None => {
+                let mut out = Vec::new();
+                started.decoder.finish(&mut out)?;
+                started.pending.extend(out);
+                break;
+            }
+        }
+    }
+    if matches!(started.pending.front(), Some(StreamItem::Done)) {
+        return Err(empty_stream(
+            &target.provider.name,
+            "ended the stream without any output",
+        ));
+    }
+    Ok(started)
+}
+
 /// The stream is over: settle the target's in-flight slot and log.
 fn log_stream_end(
     started: &mut StartedStream,
@@ -425,12 +459,12 @@ fn log_stream_end(
             draft.error_class = Some(error.kind.as_str().to_owned());
         }
     });
-    telemetry::record_usage(&started.call_span, &usage);
+    started.call_span.record_usage(&usage);
     if let Some(error) = error {
-        telemetry::record_error(&started.call_span, error);
+        started.call_span.record_error(error);
     }
     // The provider call is over.
-    started.call_span = Span::none();
+    started.call_span = CallSpan::default();
     match error {
         None => tracing::debug!(
             request_id,

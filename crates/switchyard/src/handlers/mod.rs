@@ -27,7 +27,7 @@ use crate::app::AppState;
 use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::failover::{self, PlannedRoute, RequestFacts};
-use crate::telemetry::{self, Operation};
+use crate::telemetry::Operation;
 use crate::timing::Stage;
 use crate::transport::CallLimits;
 use tracing::Instrument;
@@ -201,6 +201,7 @@ where
     let upstream_started = std::time::Instant::now();
     let call_for = |target: &'a Target| call_info(target, now, &request_id);
     let principal = context.principal.clone();
+    let trace = context.trace.clone();
     let result = failover::run(
         &app.tracker,
         &app.config.routing,
@@ -208,28 +209,39 @@ where
         facts,
         quota(app, &facts, &principal),
         |target| build(&call_for(target)),
-        |target, upstream| {
+        |target, mut upstream| {
             let translate = &translate;
             let call = call_for(target);
-            let span = telemetry::provider_call_span(operation, target);
-            let call_span = span.clone();
-            telemetry::in_call_span(span, async move {
-                let limits = CallLimits::for_target(target, facts.deadline);
-                let response = app
-                    .transport
-                    .send(&target.provider, upstream, limits)
-                    .await?;
-                let body = app
-                    .transport
-                    .read_body(&target.provider, response, limits)
-                    .await?;
-                let translate_started = std::time::Instant::now();
-                let completion = Stage::Translate
-                    .span(&call_span)
-                    .in_scope(|| translate(&call, &body))?;
-                telemetry::record_usage(&call_span, &completion.usage);
-                Ok((completion, translate_started.elapsed()))
-            })
+            let mut call_span = trace.call(operation, target);
+            call_span.inject(&mut upstream.headers);
+            let span = call_span.span().clone();
+            async move {
+                let result = async {
+                    let limits = CallLimits::for_target(target, facts.deadline);
+                    let response = app
+                        .transport
+                        .send(&target.provider, upstream, limits)
+                        .await?;
+                    call_span.record_status(response.status());
+                    let body = app
+                        .transport
+                        .read_body(&target.provider, response, limits)
+                        .await?;
+                    let translate_started = std::time::Instant::now();
+                    let completion = Stage::Translate
+                        .span(call_span.span())
+                        .in_scope(|| translate(&call, &body))?;
+                    call_span.translated(translate_started);
+                    call_span.record_usage(&completion.usage);
+                    Ok((completion, translate_started.elapsed()))
+                }
+                .await;
+                if let Err(error) = &result {
+                    call_span.record_error(error);
+                }
+                result
+            }
+            .instrument(span)
         },
     )
     .instrument(Stage::Upstream.span(&context.span))
