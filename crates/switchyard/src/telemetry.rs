@@ -427,8 +427,9 @@ impl RequestTrace {
 
     /// The span of one provider call (one failover attempt), with the GenAI
     /// semantic-convention attributes known before the call; the rest are recorded as they
-    /// become known. The call's `tracing` span (for local subscribers) comes with it.
-    pub fn call(&self, operation: Operation, target: &Target) -> CallSpan {
+    /// become known. Its W3C trace context goes into the provider request's `headers`. The
+    /// call's `tracing` span (for local subscribers) comes with it.
+    pub fn call(&self, operation: Operation, target: &Target, headers: &mut HeaderMap) -> CallSpan {
         let provider = &target.provider;
         let span = tracing::debug_span!(
             "provider_call",
@@ -451,7 +452,7 @@ impl RequestTrace {
             attributes.push(KeyValue::new("switchyard.provider", provider.name.clone()));
             server_attributes(provider, &mut attributes);
         }
-        CallSpan {
+        let call = CallSpan {
             span,
             export: Some(Box::new(CallExport {
                 trace: Arc::clone(trace),
@@ -461,7 +462,9 @@ impl RequestTrace {
                 attributes,
                 status: Status::Unset,
             })),
-        }
+        };
+        call.inject(headers);
+        call
     }
 }
 
@@ -514,7 +517,7 @@ impl CallSpan {
 
     /// Adds this call's W3C trace context (`traceparent`, and `tracestate` when there is
     /// one) to its provider request. Nothing is added when export is off.
-    pub fn inject(&self, headers: &mut HeaderMap) {
+    fn inject(&self, headers: &mut HeaderMap) {
         let Some(call) = &self.export else {
             return;
         };

@@ -219,8 +219,7 @@ async fn stream<'a>(
         |target| provider::chat_request(&call_for(target), request),
         |target, mut upstream| {
             let call = call_for(target);
-            let mut call_span = trace.call(Operation::Chat, target);
-            call_span.inject(&mut upstream.headers);
+            let mut call_span = trace.call(Operation::Chat, target, &mut upstream.headers);
             let span = call_span.span().clone();
             async move {
                 let result =
@@ -377,11 +376,7 @@ async fn start_stream(
     call_span: &mut CallSpan,
 ) -> Result<StartedStream, GatewayError> {
     let limits = CallLimits::for_target(target, facts.deadline);
-    let response = app
-        .transport
-        .send(&target.provider, upstream, limits)
-        .await?;
-    call_span.record_status(response.status());
+    let response = super::send(app, target, upstream, limits, call_span).await?;
     if !is_event_stream(response.headers()) {
         // A 200 with a JSON error body (some compatible servers do this) is a failure.
         let _ = app

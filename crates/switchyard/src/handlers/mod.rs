@@ -27,9 +27,9 @@ use crate::app::AppState;
 use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::failover::{self, PlannedRoute, RequestFacts};
-use crate::telemetry::Operation;
+use crate::telemetry::{CallSpan, Operation};
 use crate::timing::Stage;
-use crate::transport::CallLimits;
+use crate::transport::{CallLimits, UpstreamResponse};
 use tracing::Instrument;
 
 /// Reads the request body up to `limit` bytes; beyond it, a 413.
@@ -153,6 +153,22 @@ fn insert(headers: &mut http::HeaderMap, name: &'static str, value: &str) {
     }
 }
 
+/// Sends one provider call's request, and records the provider's status on the call's span.
+pub async fn send(
+    app: &AppState,
+    target: &Target,
+    upstream: UpstreamRequest,
+    limits: CallLimits,
+    call_span: &mut CallSpan,
+) -> Result<UpstreamResponse, GatewayError> {
+    let response = app
+        .transport
+        .send(&target.provider, upstream, limits)
+        .await?;
+    call_span.record_status(response.status());
+    Ok(response)
+}
+
 /// What an adapter needs to know about one call to `target`.
 pub fn call_info<'t>(target: &'t Target, now_unix: u64, request_id: &'t str) -> CallInfo<'t> {
     CallInfo {
@@ -212,17 +228,12 @@ where
         |target, mut upstream| {
             let translate = &translate;
             let call = call_for(target);
-            let mut call_span = trace.call(operation, target);
-            call_span.inject(&mut upstream.headers);
+            let mut call_span = trace.call(operation, target, &mut upstream.headers);
             let span = call_span.span().clone();
             async move {
                 let result = async {
                     let limits = CallLimits::for_target(target, facts.deadline);
-                    let response = app
-                        .transport
-                        .send(&target.provider, upstream, limits)
-                        .await?;
-                    call_span.record_status(response.status());
+                    let response = send(app, target, upstream, limits, &mut call_span).await?;
                     let body = app
                         .transport
                         .read_body(&target.provider, response, limits)
