@@ -358,13 +358,13 @@ impl RequestTrace {
         self.0.as_deref().filter(|trace| trace.context.is_sampled())
     }
 
-    /// Exports a stage's span, a child of the request's: it ran for `duration` up to now.
-    /// `translate` is left to its provider call ([`CallSpan::translated`]).
-    pub fn stage(&self, stage: Stage, duration: Duration) {
+    /// Exports a stage's span, a child of the request's, which ran over the times `when`
+    /// gives (asked only when the trace is sampled). `translate` is left to its provider
+    /// call ([`CallSpan::translated`]).
+    pub fn stage(&self, stage: Stage, when: impl FnOnce() -> (Instant, Instant)) {
         let Some(trace) = self.sampled() else {
             return;
         };
-        let end = Instant::now();
         let id = match stage {
             Stage::Translate => return,
             Stage::Upstream => trace.upstream,
@@ -375,7 +375,7 @@ impl RequestTrace {
             trace.context.span_id(),
             SpanKind::Internal,
             Cow::Borrowed(stage.name()),
-            (end.checked_sub(duration).unwrap_or(end), end),
+            when(),
             Vec::new(),
             Status::Unset,
         );

@@ -89,7 +89,28 @@ impl Timings {
     /// Adds `duration`, which ends now, to `stage` (a stage can run several times, e.g. per
     /// attempt), and exports its span.
     pub fn record(&mut self, stage: Stage, duration: Duration) {
-        self.trace.stage(stage, duration);
+        self.trace.stage(stage, || {
+            let ended = Instant::now();
+            (ended.checked_sub(duration).unwrap_or(ended), ended)
+        });
+        self.add(stage, duration);
+    }
+
+    /// Adds `duration` to `stage`, and exports its span as running from `started` to `ended`
+    /// (for a stage recorded after it ended, or whose `Server-Timing` figure leaves out a
+    /// part that its span, as a parent, includes).
+    pub fn record_span(
+        &mut self,
+        stage: Stage,
+        duration: Duration,
+        started: Instant,
+        ended: Instant,
+    ) {
+        self.trace.stage(stage, || (started, ended));
+        self.add(stage, duration);
+    }
+
+    fn add(&mut self, stage: Stage, duration: Duration) {
         match self.stages.iter_mut().find(|(s, _)| *s == stage) {
             Some((_, total)) => *total += duration,
             None => self.stages.push((stage, duration)),
@@ -99,7 +120,7 @@ impl Timings {
     /// Records the time since `since` for `stage`, and returns now.
     pub fn lap(&mut self, stage: Stage, since: Instant) -> Instant {
         let now = Instant::now();
-        self.record(stage, now.saturating_duration_since(since));
+        self.record_span(stage, now.saturating_duration_since(since), since, now);
         now
     }
 

@@ -257,7 +257,8 @@ where
     )
     .instrument(Stage::Upstream.span(&context.span))
     .await;
-    let upstream = upstream_started.elapsed();
+    let upstream_ended = std::time::Instant::now();
+    let upstream = upstream_ended.saturating_duration_since(upstream_started);
     match result {
         Ok(served) => {
             let (completion, translate) = served.value;
@@ -285,9 +286,13 @@ where
                 draft.admissions.extend(quota);
                 draft.holds.extend(budget);
             });
-            context
-                .timings
-                .record(Stage::Upstream, upstream.saturating_sub(translate));
+            // Server-Timing's upstream leaves translation out; the span holds it (as a child).
+            context.timings.record_span(
+                Stage::Upstream,
+                upstream.saturating_sub(translate),
+                upstream_started,
+                upstream_ended,
+            );
             context.timings.record(Stage::Translate, translate);
             tracing::debug!(
                 request_id = %request_id,
@@ -316,7 +321,12 @@ where
             Ok(response)
         }
         Err(failed) => {
-            context.timings.record(Stage::Upstream, upstream);
+            context.timings.record_span(
+                Stage::Upstream,
+                upstream,
+                upstream_started,
+                upstream_ended,
+            );
             Ok(failure_response(context, failed))
         }
     }
