@@ -226,6 +226,17 @@ test('draining a provider changes the table and the routing', async () => {
 
 test('phone width', async () => {
   const { context, page, problems } = await openPage({ width: 390, height: 844 });
+  // The page's timers (the debounced refresh after a resize) run when the test says, and
+  // it counts its own fetches.
+  await page.clock.install();
+  await page.addInitScript(() => {
+    const fetch = window.fetch;
+    window.fetchCount = 0;
+    window.fetch = (...args) => {
+      window.fetchCount += 1;
+      return fetch(...args);
+    };
+  });
   await signIn(page, problems);
   await page.waitForSelector('#c-rps[data-empty=false] svg', { state: 'attached' });
   await page.waitForFunction(() => document.querySelectorAll('#requests tbody tr[data-id]').length > 0);
@@ -237,6 +248,12 @@ test('phone width', async () => {
   await page.click('#signout');
   await page.waitForSelector('#signin-form', { state: 'visible' });
   assert.equal(await page.evaluate(() => sessionStorage.length), 0);
+  // Signed out, nothing is fetched: neither the refresh a resize schedules nor the live one.
+  const fetches = () => page.evaluate(() => window.fetchCount);
+  const before = await fetches();
+  await page.evaluate(() => window.dispatchEvent(new Event('resize')));
+  await page.clock.runFor(6000);
+  assert.equal(await fetches(), before);
   assert.deepEqual(problems, []);
   await context.close();
 });

@@ -16,7 +16,10 @@ const METRICS = 'requests,rps,errors,error_rate,p50,p95,p99,ttft_p50,ttft_p95,to
 const COLORS = ['--s1', '--s2', '--s3', '--s4', '--s5', '--s6'];
 
 const state = {
+  // The admin key; null for a gateway without a master key (or before signing in).
   key: null,
+  // Whether the board is shown: nothing is fetched while signed out.
+  signedIn: false,
   range: '1h',
   spendBy: 'key',
   timer: null,
@@ -577,7 +580,8 @@ function showBanner(text) {
 }
 
 async function refresh() {
-  if (state.refreshing) return;
+  // A debounced filter, resize or range refresh may fire after signing out.
+  if (state.refreshing || !state.signedIn) return;
   state.refreshing = true;
   const range = RANGES[state.range];
   const window = `from=${range.from}&interval=${range.interval}`;
@@ -603,6 +607,7 @@ async function refresh() {
     else errors[names[i]] = outcome.reason;
   });
   state.refreshing = false;
+  if (!state.signedIn) return;
   if (Object.values(errors).some((e) => e.status === 401 || e.status === 403)) {
     signOut('The admin key was refused; sign in again.');
     return;
@@ -637,7 +642,7 @@ async function refresh() {
 function schedule() {
   clearInterval(state.timer);
   state.timer = null;
-  if ($('live').checked && state.key !== null) state.timer = setInterval(refresh, REFRESH_MS);
+  if ($('live').checked && state.signedIn) state.timer = setInterval(refresh, REFRESH_MS);
 }
 
 // ---- sign-in ----
@@ -648,6 +653,7 @@ async function tryKey(key) {
 }
 
 function showBoard() {
+  state.signedIn = true;
   $('signin').hidden = true;
   $('board').hidden = false;
   $('controls').hidden = false;
@@ -658,6 +664,7 @@ function showBoard() {
 function signOut(message) {
   sessionStorage.removeItem(KEY_STORE);
   state.key = null;
+  state.signedIn = false;
   clearInterval(state.timer);
   $('board').hidden = true;
   $('controls').hidden = true;
