@@ -20,9 +20,9 @@
 //!
 //! Why not `tracing-opentelemetry`: bridging every `tracing` span into an OpenTelemetry span
 //! (per-span extension storage, attribute visitors, an SDK span per `tracing` span, each
-//! copied again into the processor's queue) cost about 45 µs of added p50 per request on the
-//! load harness; building the seven `SpanData` of a request directly costs a fraction of that
-//! (figures in ARCHITECTURE.md).
+//! copied again into the processor's queue) took twice the CPU per request, and more added
+//! latency, than building the seven `SpanData` of a request directly (figures in
+//! ARCHITECTURE.md).
 //!
 //! Nothing here may block a request: a finished span goes into the processor's bounded queue
 //! (dropped when it is full) and is exported later. The batch processor is the SDK's own, on a
