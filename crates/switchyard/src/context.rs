@@ -71,7 +71,8 @@ impl Principal {
 pub struct RequestContext {
     /// The request id, echoed in `x-request-id`.
     pub request_id: HeaderValue,
-    /// Stage durations, for `Server-Timing`.
+    /// Stage durations, for `Server-Timing`, and the request's exported trace (a no-op
+    /// unless trace export is on).
     pub timings: Timings,
     /// When the whole request, stream included, must be over.
     pub deadline: Instant,
@@ -101,8 +102,6 @@ pub struct RequestContext {
     /// rather than entered around the whole request, which would cost an enter and an exit
     /// on every poll.
     pub span: tracing::Span,
-    /// The request's exported trace (a no-op unless trace export is on).
-    pub trace: crate::telemetry::RequestTrace,
 }
 
 impl RequestContext {

@@ -310,6 +310,17 @@ impl std::fmt::Debug for RequestTrace {
 }
 
 impl TraceInner {
+    /// The context of this trace's span `id`: the trace's id, sampling decision and state.
+    fn span_context(&self, id: SpanId) -> SpanContext {
+        SpanContext::new(
+            self.context.trace_id(),
+            id,
+            self.context.trace_flags(),
+            false,
+            self.context.trace_state().clone(),
+        )
+    }
+
     /// Wall-clock time of `instant`.
     fn at(&self, instant: Instant) -> SystemTime {
         self.started_at + instant.saturating_duration_since(self.started)
@@ -329,13 +340,7 @@ impl TraceInner {
     ) {
         let exporter = &self.telemetry.0;
         exporter.processor.on_end(SpanData {
-            span_context: SpanContext::new(
-                self.context.trace_id(),
-                id,
-                self.context.trace_flags(),
-                false,
-                self.context.trace_state().clone(),
-            ),
+            span_context: self.span_context(id),
             parent_span_is_remote: parent == self.parent && parent != SpanId::INVALID,
             parent_span_id: parent,
             span_kind: kind,
@@ -521,15 +526,8 @@ impl CallSpan {
         let Some(call) = &self.export else {
             return;
         };
-        let context = &call.trace.context;
-        let span = SpanContext::new(
-            context.trace_id(),
-            call.id,
-            context.trace_flags(),
-            false,
-            context.trace_state().clone(),
-        );
-        let context = opentelemetry::Context::new().with_remote_span_context(span);
+        let context = opentelemetry::Context::new()
+            .with_remote_span_context(call.trace.span_context(call.id));
         TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
     }
 

@@ -86,6 +86,11 @@ impl Timings {
         self.trace = trace;
     }
 
+    /// The request's exported trace (provider calls are its spans too).
+    pub fn trace(&self) -> &RequestTrace {
+        &self.trace
+    }
+
     /// Adds `duration`, which ends now, to `stage` (a stage can run several times, e.g. per
     /// attempt), and exports its span.
     pub fn record(&mut self, stage: Stage, duration: Duration) {

@@ -65,7 +65,6 @@ pub async fn request_context(
             .map(str::to_owned),
         tier: None,
         span: span.clone(),
-        trace: trace.clone(),
     };
     request.extensions_mut().insert(context);
     let mut response = next.run(request).await;

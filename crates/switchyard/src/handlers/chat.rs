@@ -209,7 +209,7 @@ async fn stream<'a>(
     let upstream_started = Instant::now();
     let call_for = |target: &'a Target| super::call_info(target, now, &request_id);
     let principal = context.principal.clone();
-    let trace = context.trace.clone();
+    let trace = context.timings.trace().clone();
     let result = failover::run(
         &app.tracker,
         &app.config.routing,

@@ -217,7 +217,7 @@ where
     let upstream_started = std::time::Instant::now();
     let call_for = |target: &'a Target| call_info(target, now, &request_id);
     let principal = context.principal.clone();
-    let trace = context.trace.clone();
+    let trace = context.timings.trace().clone();
     let result = failover::run(
         &app.tracker,
         &app.config.routing,
