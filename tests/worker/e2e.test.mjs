@@ -9,7 +9,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -46,6 +46,30 @@ function start(command, args, env = {}) {
   child.stderr.on("data", (d) => (logs += d));
   children.push(child);
   return child;
+}
+
+// Runs `wrangler d1 execute DB --local` with the given arguments. The statements are
+// idempotent, so a failed run is tried again (up to three runs): wrangler's local D1 goes
+// through miniflare's proxy to a workerd of its own, which once failed in CI with a bare
+// assertion ("false == true") and nothing else. Runs log at debug level, so that a failure
+// carries wrangler's stack trace (on its standard output).
+async function seedD1(wrangler, args) {
+  const failures = [];
+  for (let run = 1; run <= 3; run++) {
+    try {
+      await promisify(execFile)(wrangler, ["d1", "execute", "DB", "--local", "--yes", ...args], {
+        cwd: dir,
+        env: { ...process.env, WRANGLER_LOG: "debug" },
+        maxBuffer: 16 << 20,
+      });
+      if (failures.length > 0) console.error(`wrangler d1 execute passed on run ${run} after:\n${failures.join("\n")}`);
+      return;
+    } catch (error) {
+      const stdout = String(error.stdout ?? "").slice(-3000);
+      failures.push(`wrangler d1 execute, run ${run}: ${error.message}\n(the end of its output:)\n${stdout}`);
+    }
+  }
+  throw new Error(failures.join("\n"));
 }
 
 async function waitFor(url, timeoutMs) {
@@ -201,27 +225,18 @@ new_sqlite_classes = ["RateLimiter"]
   );
   const wrangler = process.env.WRANGLER_BIN;
   const common = ["--config", join(dir, "wrangler.toml"), "--persist-to", join(dir, "state")];
-  // A virtual key, stored as the native gateway stores it: only the secret's SHA-256.
+  // A virtual key, stored as the native gateway stores it: only the secret's SHA-256. The
+  // schema and the key go in with one `wrangler d1 execute` (see seedD1).
   const hash = createHash("sha256").update(VIRTUAL).digest("hex");
   const now = Date.now();
   const settings = JSON.stringify({ name: "e2e", models: ["chat"] }).replaceAll("'", "''");
-  await promisify(execFile)(
-    wrangler,
-    [
-      "d1", "execute", "DB", "--local", ...common, "--yes",
-      "--file", join(workerDir, "schema.sql"),
-    ],
-    { cwd: dir },
+  const seed = join(dir, "seed.sql");
+  writeFileSync(
+    seed,
+    readFileSync(join(workerDir, "schema.sql"), "utf8") +
+      `\nINSERT OR REPLACE INTO keys VALUES ('key_e2e', '${hash}', 'sk-sy-e2eV…abcd', '${settings}', ${now}, ${now}, NULL);\n`,
   );
-  await promisify(execFile)(
-    wrangler,
-    [
-      "d1", "execute", "DB", "--local", ...common, "--yes",
-      "--command",
-      `INSERT INTO keys VALUES ('key_e2e', '${hash}', 'sk-sy-e2eV…abcd', '${settings}', ${now}, ${now}, NULL)`,
-    ],
-    { cwd: dir },
-  );
+  await seedD1(wrangler, [...common, "--file", seed]);
   start(
     wrangler,
     ["dev", "--local", "--ip", "127.0.0.1", "--port", String(port), "--inspector-port", String(inspector), ...common],
