@@ -161,7 +161,8 @@ impl Timings {
     }
 }
 
-fn push_metric(header: &mut String, name: &str, duration: Duration) {
+/// Appends one `Server-Timing` metric, `name;dur=<milliseconds>`, to `header`.
+pub(crate) fn push_metric(header: &mut String, name: &str, duration: Duration) {
     if !header.is_empty() {
         header.push_str(", ");
     }

@@ -220,6 +220,51 @@ async fn a_401_and_a_client_disconnect_are_accounted() {
 }
 
 #[tokio::test]
+async fn a_client_gone_before_the_headers_and_a_head_request_are_accounted() {
+    let (mock, gateway) = setup("", &[]).await;
+    let url = gateway.url("/v1/chat/completions");
+    // The provider never answers; the client gives up first, so the gateway drops the
+    // request before any response exists.
+    mock.set_behavior(Behavior {
+        hang: true,
+        ..Behavior::default()
+    });
+    let body = json!({"model": "mock-small", "messages": [{"role": "user", "content": "hello"}]});
+    let gave_up = client()
+        .post(&url)
+        .timeout(Duration::from_millis(300))
+        .body(body.to_string())
+        .send()
+        .await;
+    assert!(gave_up.unwrap_err().is_timeout());
+    processed(&gateway, 1).await;
+
+    // A HEAD response's body is dropped unread: that is not a client going away.
+    mock.set_behavior(Behavior::default());
+    let response = client()
+        .head(gateway.url("/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    processed(&gateway, 2).await;
+
+    let scrape = scrape(&gateway, None).await;
+    assert_eq!(
+        value(
+            &scrape,
+            "switchyard_request_errors_total",
+            &[("error_class", "client_closed")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&scrape, "switchyard_requests_total", &[("status", "499")]),
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn unversioned_paths_and_unknown_paths_are_accounted_admin_is_not() {
     let (_mock, gateway) = setup("", &[]).await;
     let chat = json!({"model": "mock-small", "messages": [{"role": "user", "content": "hi"}]});

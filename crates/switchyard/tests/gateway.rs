@@ -69,6 +69,55 @@ targets = [ { provider = "openai", model = "mock-large" } ]
 }
 
 #[tokio::test]
+async fn every_response_carries_server_timing() {
+    let mock = mock("alpha").await;
+    let gateway = gateway_over(
+        &mock,
+        "[server]\nmaster_key_env = \"MASTER\"\n",
+        &[("MASTER", "sk-master")],
+    )
+    .await;
+    let timing = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("server-timing")
+            .unwrap_or_else(|| panic!("no Server-Timing on {}", response.url()))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Refused by auth: the auth stage is timed.
+    let response = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let refused = timing(&response);
+    assert!(refused.starts_with("auth;dur="), "{refused}");
+    assert!(refused.contains("total;dur="), "{refused}");
+    // Responses no stage stamps carry their total.
+    for (path, status) in [
+        ("/healthz", 200),
+        ("/metrics", 200),
+        ("/admin/providers", 200),
+        ("/v1/models", 200),
+        ("/v1/nowhere", 404),
+    ] {
+        let response = client()
+            .get(gateway.url(path))
+            .bearer_auth("sk-master")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{path}");
+        assert!(timing(&response).contains("total;dur="), "{path}");
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test]
 async fn generated_request_ids_are_unique() {
     let mock = mock("alpha").await;
     let gateway = gateway_over(&mock, "", &[]).await;

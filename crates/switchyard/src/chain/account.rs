@@ -1,6 +1,7 @@
 //! Stage 2: accounting. Every API request leaves exactly one [`RequestEvent`], emitted
 //! when its response body finishes, or when the body is dropped unfinished (the client went
-//! away). It runs outside auth, so a 401 is accounted too.
+//! away), or when the request is dropped before it has a response (the client went away
+//! sooner). It runs outside auth, so a 401 is accounted too.
 //!
 //! Inner stages fill in a shared [`Draft`] through the request context (principal, route,
 //! provider, usage, time to first token, stage timings); this stage adds the status and the
@@ -114,8 +115,10 @@ pub async fn account(State(app): State<AppState>, mut request: Request, next: Ne
         context.event = Some(Arc::clone(&draft));
         request_id = context.request_id_str().to_owned();
     }
-    let response = next.run(request).await;
-    let (parts, body) = response.into_parts();
+    let head = request.method() == http::Method::HEAD;
+    // Made before the inner stages run: if the client goes away before the response's
+    // headers, this future is dropped, and so is the pending event, which then emits the
+    // request as abandoned (status 499, `client_closed`).
     let mut pending = PendingEvent {
         sink: app.events.clone(),
         app: app.clone(),
@@ -124,12 +127,17 @@ pub async fn account(State(app): State<AppState>, mut request: Request, next: Ne
         time_unix_ms,
         request_id,
         endpoint,
-        status: parts.status.as_u16(),
-        error_class: parts.extensions.get::<ErrorClass>().map(|class| class.0),
+        status: CLIENT_CLOSED_REQUEST,
+        error_class: None,
         emitted: false,
     };
-    if body.is_end_stream() {
-        // Nothing to send (hyper will not poll it): the request is over now.
+    let response = next.run(request).await;
+    let (parts, body) = response.into_parts();
+    pending.status = parts.status.as_u16();
+    pending.error_class = parts.extensions.get::<ErrorClass>().map(|class| class.0);
+    if head || body.is_end_stream() {
+        // Nothing to send (hyper will not poll it, and a HEAD response's body is dropped
+        // unread): the request is over now.
         pending.emit(false);
     }
     Response::from_parts(
@@ -140,6 +148,10 @@ pub async fn account(State(app): State<AppState>, mut request: Request, next: Ne
         }),
     )
 }
+
+/// The status recorded for a request whose client went away before the response's headers
+/// (nginx's convention; it is never sent).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// API requests are accounted; health checks, metric scrapes, the admin API, the
 /// dashboard's files and Telegram's webhook calls are not (the bot's own chat completions

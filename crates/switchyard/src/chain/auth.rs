@@ -75,7 +75,12 @@ pub async fn authenticate(
             context.principal = principal;
             next.run(request).await
         }
-        Err(error) => ApiError(error).into_response(),
+        Err(error) => {
+            // Stamped like a handler's error: `Server-Timing` and the event's stages.
+            let mut response = ApiError(error).into_response();
+            crate::handlers::annotate(&mut response, context, None);
+            response
+        }
     }
 }
 

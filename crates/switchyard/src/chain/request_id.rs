@@ -17,6 +17,9 @@ use crate::context::{Principal, RequestContext};
 use crate::telemetry;
 use crate::timing::Timings;
 
+/// `Server-Timing` (the `http` crate names no constant for it).
+const SERVER_TIMING: &str = "server-timing";
+
 /// The header carrying the request id.
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -66,9 +69,20 @@ pub async fn request_context(
         tier: None,
         span: span.clone(),
     };
+    let started = context.timings.started;
     request.extensions_mut().insert(context);
     let mut response = next.run(request).await;
-    response.headers_mut().insert(REQUEST_ID, request_id);
+    let headers = response.headers_mut();
+    headers.insert(REQUEST_ID, request_id);
+    if !headers.contains_key(SERVER_TIMING) {
+        // A response that no stage stamped (the admin API, /metrics, health checks, a 404,
+        // a caught panic): its total, so that every response carries the header.
+        let mut total = String::new();
+        crate::timing::push_metric(&mut total, "total", started.elapsed());
+        if let Ok(value) = HeaderValue::from_str(&total) {
+            headers.insert(SERVER_TIMING, value);
+        }
+    }
     telemetry::finish_request(span, trace, response)
 }
 
