@@ -8,10 +8,21 @@ use std::time::Duration;
 
 use tokio_postgres::Config;
 
+/// The server-side limit on one statement, unless the URL's `options` set their own: a
+/// stalled server or a lock held elsewhere fails the statement (and the store retries)
+/// rather than holding a writer forever.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long sent data may go unacknowledged before the connection is given up (Linux
+/// `TCP_USER_TIMEOUT`), unless the URL sets `tcp_user_timeout`: a server that vanished
+/// mid-query fails the query instead of leaving it waiting on TCP's retransmissions.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A connection config from `url` (`postgres://user:password@host:port/dbname?options`,
-/// any option tokio-postgres takes), with the application name `switchyard` and
-/// `connect_timeout` when the URL sets neither, and the password it carries (to scrub from
-/// messages). The error never quotes the URL: the parser's messages do not.
+/// any option tokio-postgres takes), with the application name `switchyard`,
+/// `connect_timeout`, [`TCP_USER_TIMEOUT`] and a [`STATEMENT_TIMEOUT`] when the URL sets
+/// none of its own, and the password it carries (to scrub from messages). The error never
+/// quotes the URL: the parser's messages do not.
 pub fn connection_config(
     url: &str,
     connect_timeout: Duration,
@@ -24,11 +35,45 @@ pub fn connection_config(
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(connect_timeout);
     }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    let options = config.get_options().unwrap_or_default();
+    if !sets(options, "statement_timeout") {
+        let limit = format!("-c statement_timeout={}", STATEMENT_TIMEOUT.as_millis());
+        let options = match options.trim() {
+            "" => limit,
+            given => format!("{given} {limit}"),
+        };
+        config.options(options);
+    }
     let secret = config
         .get_password()
         .filter(|password| !password.is_empty())
         .map(|password| Arc::from(String::from_utf8_lossy(password).as_ref()));
     Ok((config, secret))
+}
+
+/// Whether the server `options` (`-c name=value`, `-cname=value` or `--name=value`, as the
+/// server reads them) set the parameter `name`.
+fn sets(options: &str, name: &str) -> bool {
+    let mut words = options.split_whitespace();
+    while let Some(word) = words.next() {
+        let setting = match word {
+            "-c" => words.next().unwrap_or_default(),
+            _ => word
+                .strip_prefix("--")
+                .or_else(|| word.strip_prefix("-c"))
+                .unwrap_or_default(),
+        };
+        if setting
+            .split_once('=')
+            .is_some_and(|(key, _)| key.replace('-', "_") == name)
+        {
+            return true;
+        }
+    }
+    false
 }
 
 /// An error's message with its causes (tokio-postgres keeps the server's message in the
@@ -131,11 +176,41 @@ mod tests {
         assert_eq!(secret.as_deref(), Some("hunter2"));
         assert_eq!(config.get_application_name(), Some("switchyard"));
         assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        assert_eq!(config.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+        assert_eq!(config.get_options(), Some("-c statement_timeout=60000"));
         let error = std::io::Error::other("login as user:hunter2 failed");
         assert_eq!(
             describe(secret.as_deref(), &error),
             "login as user:*** failed"
         );
+        // The URL's own settings stand.
+        let (config, _) = connection_config(
+            "postgres://u@h/db?options=-c%20search_path%3Dx&tcp_user_timeout=5",
+            Duration::ZERO,
+        )
+        .unwrap();
+        assert_eq!(
+            config.get_options(),
+            Some("-c search_path=x -c statement_timeout=60000")
+        );
+        assert_eq!(config.get_tcp_user_timeout(), Some(&Duration::from_secs(5)));
+        let (config, _) = connection_config(
+            "postgres://u@h/db?options=-c%20statement_timeout%3D5s",
+            Duration::ZERO,
+        )
+        .unwrap();
+        assert_eq!(config.get_options(), Some("-c statement_timeout=5s"));
+        for given in [
+            "-c statement_timeout=5s",
+            "-cstatement_timeout=5s",
+            "--statement-timeout=5s",
+        ] {
+            assert!(sets(given, "statement_timeout"), "{given}");
+        }
+        assert!(!sets(
+            "-csearch_path=statement_timeout",
+            "statement_timeout"
+        ));
         let invalid = connection_config("postgres://user:hunter2@host:notaport/db", Duration::ZERO)
             .unwrap_err();
         assert!(invalid.starts_with("invalid postgres_url"), "{invalid}");

@@ -1484,3 +1484,24 @@ mod query_cache {
         db.finish().await;
     }
 }
+
+#[tokio::test]
+async fn connections_carry_a_statement_timeout_beside_the_urls_options() {
+    let db = Db::new("sy_statement_timeout").await;
+    let (config, _) =
+        switchyard::postgres::connection_config(&db.url, std::time::Duration::from_secs(3))
+            .unwrap();
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let shown = |row: tokio_postgres::Row| row.get::<_, String>(0);
+    let timeout = client
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap();
+    assert_eq!(shown(timeout), "1min");
+    // The URL's own options (the test schema's search path) still apply.
+    let path = client.query_one("SHOW search_path", &[]).await.unwrap();
+    assert!(shown(path).contains("sy_statement_timeout"));
+    drop(client);
+    db.finish().await;
+}

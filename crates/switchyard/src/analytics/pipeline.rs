@@ -4,11 +4,14 @@
 //! last interval. Rollups past retention and the request log past its age and size limits
 //! are pruned every minute. On shutdown it drains what is left and flushes it.
 //!
-//! Store writes run beside the draining, one at a time. A write that fails is kept and
-//! retried on the next flush: rollup rows are compacted (a later whole-window row replaces
-//! an earlier one; late merge rows add up), so an outage holds one row per cell, not one per
-//! flush. The request log buffer is bounded ([`MAX_PENDING_REQUESTS`]); past it the oldest
-//! entries are dropped and counted (`switchyard_analytics_lost_total`), never silently.
+//! Store writes and retention passes run beside the draining, one of each at a time, so a
+//! slow or stalled store never stops the metrics and rollups from taking events. A write
+//! that fails is kept and retried on the next flush: rollup rows are compacted (a later
+//! whole-window row replaces an earlier one; late merge rows add up), so an outage holds one
+//! row per cell, not one per flush. The request log buffer is bounded
+//! ([`MAX_PENDING_REQUESTS`], enforced at every drain, also while a write hangs); past it the
+//! oldest entries are dropped and counted (`switchyard_analytics_lost_total`), never
+//! silently.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -127,6 +130,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A store write in flight, handing back its batch and result.
 type Write = JoinHandle<(Arc<Batch>, Result<(), StoreError>)>;
+
+/// A running retention pass.
+type Prune = JoinHandle<Result<super::store::Pruned, StoreError>>;
 
 #[derive(Default)]
 struct Pending {
@@ -302,8 +308,12 @@ impl Analytics {
                     }
                     counts.processed.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(mpsc::error::TryRecvError::Empty) => return true,
-                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+                Err(empty_or_closed) => {
+                    drop(aggregator);
+                    // Bounded while a write is still running, too (a stalled store).
+                    self.bound(pending);
+                    return empty_or_closed == mpsc::error::TryRecvError::Empty;
+                }
             }
         }
     }
@@ -401,8 +411,12 @@ impl Analytics {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         let mut writing: Option<Write> = None;
+        // Retention runs beside the draining, like writes: a slow or stalled store never
+        // stops the metrics and the rollups from taking events.
+        let mut pruning: Option<Prune> = None;
         loop {
             let idle = writing.is_none();
+            let prune_idle = pruning.is_none();
             tokio::select! {
                 _ = drain.tick() => {
                     if !self.drain(&mut receiver, &mut consumer, &metrics, &counts, &mut pending) {
@@ -439,16 +453,28 @@ impl Analytics {
                     }
                     self.update_gauges(&pending);
                 }
-                _ = prune.tick() => {
-                    match self.store.prune(now_ms(), self.retention()).await {
-                        Ok(pruned) => {
+                _ = prune.tick(), if prune_idle => {
+                    let store = self.store.clone();
+                    let retention = self.retention();
+                    pruning = Some(tokio::spawn(async move { store.prune(now_ms(), retention).await }));
+                }
+                joined = async {
+                    match pruning.as_mut() {
+                        Some(handle) => handle.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    pruning = None;
+                    match joined {
+                        Ok(Ok(pruned)) => {
                             let total = pruned.rollups + pruned.requests_by_age + pruned.requests_by_size;
                             self.stats.pruned.fetch_add(total, Ordering::Relaxed);
                             if total > 0 {
                                 tracing::debug!(?pruned, "analytics: retention applied");
                             }
                         }
-                        Err(error) => tracing::warn!(%error, "analytics: pruning failed"),
+                        Ok(Err(error)) => tracing::warn!(%error, "analytics: pruning failed"),
+                        Err(error) => tracing::error!(%error, "analytics: a pruning task failed"),
                     }
                 }
                 _ = stop.changed() => break,
@@ -536,6 +562,66 @@ mod tests {
             },
             merge,
         }
+    }
+
+    #[test]
+    fn draining_bounds_the_request_log_buffer_even_while_a_write_runs() {
+        let store = Store::Sqlite(Arc::new(
+            super::super::sqlite::SqliteStore::open(None).unwrap(),
+        ));
+        let analytics = Analytics::new(
+            store,
+            AnalyticsConfig {
+                flush_interval: Duration::from_secs(1),
+                request_log: true,
+                request_log_max_age: Duration::from_secs(3600),
+                request_log_max_bytes: 1 << 20,
+            },
+        );
+        let extra = 10;
+        let (sender, mut receiver) = mpsc::channel(MAX_PENDING_REQUESTS + extra);
+        for i in 0..MAX_PENDING_REQUESTS + extra {
+            let event = RequestEvent {
+                time_unix_ms: 1_800_000_000_000,
+                request_id: format!("req_{i}"),
+                principal: "master".to_owned(),
+                endpoint: "/v1/chat/completions".to_owned(),
+                route: None,
+                provider: None,
+                model: None,
+                stream: false,
+                status: 200,
+                error_class: None,
+                usage: switchyard_core::wire::TokenUsage::default(),
+                cost_usd: None,
+                saved_usd: None,
+                latency_us: 1,
+                ttft_us: None,
+                upstream_us: None,
+                attempts: 0,
+                cache: "none",
+                rate_limit: None,
+                stages: Vec::new(),
+            };
+            sender.try_send(event).unwrap();
+        }
+        // No write has taken the buffer (a stalled store): draining alone keeps it bounded.
+        let mut pending = Pending::default();
+        let open = analytics.drain(
+            &mut receiver,
+            &mut Consumer::default(),
+            &Metrics::new(),
+            &SinkCounts::default(),
+            &mut pending,
+        );
+        assert!(open);
+        assert_eq!(pending.requests.len(), MAX_PENDING_REQUESTS);
+        assert_eq!(
+            pending.requests[0].request_id,
+            format!("req_{extra}"),
+            "the oldest go"
+        );
+        assert_eq!(analytics.stats.lost.load(Ordering::Relaxed), extra as u64);
     }
 
     #[test]
