@@ -418,6 +418,7 @@ fn memory(dir: &Path, quick: bool) {
                 time_unix_ms: start + s * 1_000 + i,
                 request_id: format!("req_{s}_{i}"),
                 principal: d.key.to_string(),
+                tags: Vec::new(),
                 endpoint: "/v1/chat/completions".to_owned(),
                 route: Some(d.route.to_string()),
                 provider: Some(d.provider.to_string()),

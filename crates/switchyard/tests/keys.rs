@@ -48,6 +48,36 @@ async fn a_created_key_works_until_it_is_revoked() {
     let (status, answer) = chat(&gateway, &secret, "mock-a").await;
     assert_eq!(status, 200, "{answer}");
 
+    // The request log carries the key's tags, and filters on them (once flushed).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let logged = loop {
+        let (status, page) = call(
+            &gateway,
+            reqwest::Method::GET,
+            "/admin/requests?tag=ci",
+            MASTER,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        if let Some(row) = page["data"].as_array().and_then(|rows| rows.first()) {
+            break row.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "never logged");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(logged["key"], id);
+    assert_eq!(logged["tags"], json!(["ci"]));
+    let (_, other) = call(
+        &gateway,
+        reqwest::Method::GET,
+        "/admin/requests?tag=c",
+        MASTER,
+        None,
+    )
+    .await;
+    assert_eq!(other["data"], json!([]), "a tag matches whole");
+
     // Listed and shown without the secret.
     let (_, listed) = call(&gateway, reqwest::Method::GET, "/admin/keys", MASTER, None).await;
     let text = listed.to_string();

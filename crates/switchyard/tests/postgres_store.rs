@@ -94,6 +94,12 @@ fn event(i: u64, time_ms: u64, latency_ms: u64) -> RequestEvent {
         time_unix_ms: time_ms,
         request_id: format!("req_{i:03}"),
         principal: format!("k{}", i % 2),
+        // `%` and `_` are LIKE's wildcards: a tag filter matches them literally.
+        tags: if i.is_multiple_of(3) {
+            vec!["team-a".to_owned(), "50%_off".to_owned()]
+        } else {
+            Vec::new()
+        },
         endpoint: "/v1/chat/completions".to_owned(),
         route: Some("chat".to_owned()),
         provider: Some("p1".to_owned()),
@@ -217,7 +223,7 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8]);
     let tables: Vec<String> = db
         .admin
         .query(
@@ -740,6 +746,7 @@ async fn the_request_log_pages_with_filters_and_a_cursor() {
             cache: "none".to_owned(),
             stages: vec![("auth".to_owned(), 21), ("upstream".to_owned(), 210)],
             saved_usd: Some(2.625),
+            tags: vec!["team-a".to_owned(), "50%_off".to_owned()],
         }
     );
 
@@ -818,6 +825,27 @@ async fn the_request_log_pages_with_filters_and_a_cursor() {
                 ..base.clone()
             },
             Box::new(|e| e.latency_us >= 150_000),
+        ),
+        (
+            RequestsQuery {
+                tag: Some("50%_off".to_owned()),
+                ..base.clone()
+            },
+            Box::new(|e| e.tags.iter().any(|t| t == "50%_off")),
+        ),
+        (
+            RequestsQuery {
+                tag: Some("50%".to_owned()),
+                ..base.clone()
+            },
+            Box::new(|_| false),
+        ),
+        (
+            RequestsQuery {
+                tag: Some("team".to_owned()),
+                ..base.clone()
+            },
+            Box::new(|_| false),
         ),
         (
             RequestsQuery {

@@ -30,6 +30,9 @@ pub struct RequestEvent {
     pub request_id: String,
     /// Who called (`anonymous`, `master`, later a virtual key's id).
     pub principal: String,
+    /// The virtual key's tags (its free labels), for the request log.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
     /// The endpoint path, e.g. `/v1/chat/completions`.
     pub endpoint: String,
     /// The route that served it, when one was resolved.
@@ -91,6 +94,7 @@ mod tests {
             time_unix_ms: 0,
             request_id: String::new(),
             principal: String::new(),
+            tags: Vec::new(),
             endpoint: String::new(),
             route: None,
             provider: None,

@@ -630,6 +630,7 @@ mod tests {
             time_unix_ms: time_ms,
             request_id: format!("req_{time_ms}"),
             principal: key.to_owned(),
+            tags: Vec::new(),
             endpoint: "/v1/chat/completions".to_owned(),
             route: Some(route.to_owned()),
             provider: Some("p".to_owned()),

@@ -184,6 +184,7 @@ impl Account {
             time_unix_ms: self.started_ms,
             request_id: self.request_id.clone(),
             principal: self.principal.clone(),
+            tags: Vec::new(),
             endpoint: self.endpoint.to_owned(),
             route: self.route.clone(),
             provider: self.provider.clone(),

@@ -585,6 +585,7 @@ mod tests {
                 time_unix_ms: 1_800_000_000_000,
                 request_id: format!("req_{i}"),
                 principal: "master".to_owned(),
+                tags: Vec::new(),
                 endpoint: "/v1/chat/completions".to_owned(),
                 route: None,
                 provider: None,

@@ -48,7 +48,8 @@ use super::spend::{
 use super::store::{
     Batch, ByKeyBackfill, CellsQuery, LoggedRequest, Names, Param, Pruned, RequestsPage,
     RequestsQuery, Retention, StoreError, StoredCell, filter_value, number_placeholders,
-    rollup_horizon, sketch_from, stages_from_json, stages_json, to_i64, to_u64, versioned_windows,
+    rollup_horizon, sketch_from, stages_from_json, stages_json, tags_from_json, tags_json, to_i64,
+    to_u64, versioned_windows,
 };
 use crate::postgres::{Migrations, connection_config, describe};
 
@@ -209,6 +210,11 @@ CREATE TABLE IF NOT EXISTS switchyard_rollup_versions (
 );
 ",
     ),
+    // The virtual key's tags on each logged request (a JSON array, NULL when none).
+    (
+        8,
+        "ALTER TABLE switchyard_requests ADD COLUMN IF NOT EXISTS tags TEXT;",
+    ),
 ];
 
 /// The migration after which the by-key cells are derived from the keyed ones.
@@ -247,24 +253,24 @@ const VALUE_COLUMNS: [&str; 12] = [
 const REQUEST_COLUMNS: &str = "id, time_ms, request_id, instance, key, endpoint, route, \
      provider, model, stream, status, error_class, tokens_in, tokens_out, tokens_cached, \
      tokens_reasoning, cost_usd, latency_us, ttft_us, upstream_us, attempts, cache, stages, \
-     saved_usd";
+     saved_usd, tags";
 
 /// Appends a request log chunk: one array per column, unnested into rows (one statement
 /// and one round trip per chunk, whatever its length).
 const INSERT_REQUESTS: &str = "INSERT INTO switchyard_requests (time_ms, request_id, \
      instance, key, endpoint, route, provider, model, stream, status, error_class, tokens_in, \
      tokens_out, tokens_cached, tokens_reasoning, cost_usd, latency_us, ttft_us, upstream_us, \
-     attempts, cache, stages, saved_usd) \
+     attempts, cache, stages, saved_usd, tags) \
      SELECT time_ms, request_id, $1::text, key, endpoint, route, provider, model, stream, \
      status, error_class, tokens_in, tokens_out, tokens_cached, tokens_reasoning, cost_usd, \
-     latency_us, ttft_us, upstream_us, attempts, cache, stages, saved_usd \
+     latency_us, ttft_us, upstream_us, attempts, cache, stages, saved_usd, tags \
      FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
      $8::text[], $9::bool[], $10::int4[], $11::text[], $12::int8[], $13::int8[], $14::int8[], \
      $15::int8[], $16::float8[], $17::int8[], $18::int8[], $19::int8[], $20::int8[], \
-     $21::text[], $22::text[], $23::float8[]) \
+     $21::text[], $22::text[], $23::float8[], $24::text[]) \
      AS r(time_ms, request_id, key, endpoint, route, provider, model, stream, status, \
      error_class, tokens_in, tokens_out, tokens_cached, tokens_reasoning, cost_usd, latency_us, \
-     ttft_us, upstream_us, attempts, cache, stages, saved_usd)";
+     ttft_us, upstream_us, attempts, cache, stages, saved_usd, tags)";
 
 /// The request log's estimated size: exact row count × the average stored row size
 /// (`pg_column_size` of the row: tuple header and data, TOAST-compressed as stored) over the
@@ -1172,6 +1178,7 @@ struct RequestColumns<'a> {
     cache: Vec<&'a str>,
     stages: Vec<String>,
     saved_usd: Vec<Option<f64>>,
+    tags: Vec<Option<String>>,
 }
 
 impl<'a> RequestColumns<'a> {
@@ -1202,10 +1209,11 @@ impl<'a> RequestColumns<'a> {
             cache: events.iter().map(|e| e.cache).collect(),
             stages: events.iter().map(|e| stages_json(&e.stages)).collect(),
             saved_usd: events.iter().map(|e| e.saved_usd).collect(),
+            tags: events.iter().map(|e| tags_json(&e.tags)).collect(),
         }
     }
 
-    fn params<'p>(&'p self, instance: &'p &str) -> [&'p (dyn ToSql + Sync); 23] {
+    fn params<'p>(&'p self, instance: &'p &str) -> [&'p (dyn ToSql + Sync); 24] {
         [
             instance,
             &self.time_ms,
@@ -1230,6 +1238,7 @@ impl<'a> RequestColumns<'a> {
             &self.cache,
             &self.stages,
             &self.saved_usd,
+            &self.tags,
         ]
     }
 }
@@ -1282,6 +1291,7 @@ fn read_request(row: &Row) -> Result<(i64, LoggedRequest), tokio_postgres::Error
         cache: row.try_get(21)?,
         stages: stages_from_json(row.try_get(22)?),
         saved_usd: row.try_get(23)?,
+        tags: tags_from_json(row.try_get(24)?),
     };
     Ok((id, logged))
 }

@@ -24,7 +24,8 @@ use super::spend::{
 use super::store::{
     Batch, ByKeyBackfill, CellsQuery, LoggedRequest, Names, Param, Pruned, RequestsPage,
     RequestsQuery, Retention, StoreError, StoredCell, filter_value, number_placeholders,
-    rollup_horizon, sketch_from, stages_from_json, stages_json, to_i64, to_u64, versioned_windows,
+    rollup_horizon, sketch_from, stages_from_json, stages_json, tags_from_json, tags_json, to_i64,
+    to_u64, versioned_windows,
 };
 
 const STORE: &str = "sqlite";
@@ -98,7 +99,8 @@ CREATE TABLE IF NOT EXISTS requests (
     attempts INTEGER NOT NULL,
     cache TEXT NOT NULL,
     stages TEXT NOT NULL,
-    saved_usd REAL
+    saved_usd REAL,
+    tags TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_by_time ON requests (time_ms, id);
 ";
@@ -164,19 +166,27 @@ fn migrate_spend(connection: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Adds the columns a request log from an earlier version lacks (`saved_usd`).
+/// Adds the columns a request log from an earlier version lacks (`saved_usd`, `tags`).
 fn migrate_requests(connection: &Connection) -> Result<(), StoreError> {
-    let has: i64 = connection
-        .query_row(
-            "SELECT count(*) FROM pragma_table_info('requests') WHERE name = 'saved_usd'",
-            [],
-            |row| row.get(0),
-        )
-        .map_err(sql_error("reading the request log schema"))?;
-    if has == 0 {
-        connection
-            .execute_batch("ALTER TABLE requests ADD COLUMN saved_usd REAL;")
-            .map_err(sql_error("adding requests.saved_usd"))?;
+    for (column, sql) in [
+        (
+            "saved_usd",
+            "ALTER TABLE requests ADD COLUMN saved_usd REAL;",
+        ),
+        ("tags", "ALTER TABLE requests ADD COLUMN tags TEXT;"),
+    ] {
+        let has: i64 = connection
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('requests') WHERE name = ?1",
+                [column],
+                |row| row.get(0),
+            )
+            .map_err(sql_error("reading the request log schema"))?;
+        if has == 0 {
+            connection
+                .execute_batch(sql)
+                .map_err(sql_error("adding a request log column"))?;
+        }
     }
     Ok(())
 }
@@ -401,9 +411,9 @@ impl SqliteStore {
                         "INSERT INTO requests (time_ms, request_id, instance, key, endpoint, \
                          route, provider, model, stream, status, error_class, tokens_in, \
                          tokens_out, tokens_cached, tokens_reasoning, cost_usd, latency_us, \
-                         ttft_us, upstream_us, attempts, cache, stages, saved_usd) VALUES \
+                         ttft_us, upstream_us, attempts, cache, stages, saved_usd, tags) VALUES \
                          (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-                          ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+                          ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
                     )
                     .map_err(sql_error("preparing a request log write"))?;
                 for event in &batch.requests {
@@ -432,6 +442,7 @@ impl SqliteStore {
                             event.cache,
                             stages_json(&event.stages),
                             event.saved_usd,
+                            tags_json(&event.tags),
                         ])
                         .map_err(sql_error("writing the request log"))?;
                 }
@@ -570,7 +581,7 @@ impl SqliteStore {
             "SELECT id, time_ms, request_id, instance, key, endpoint, route, provider, model, \
              stream, status, error_class, tokens_in, tokens_out, tokens_cached, \
              tokens_reasoning, cost_usd, latency_us, ttft_us, upstream_us, attempts, cache, \
-             stages, saved_usd FROM requests WHERE true",
+             stages, saved_usd, tags FROM requests WHERE true",
         );
         let (tail, params) = query.sql_tail();
         sql.push_str(&number_placeholders(&tail, '?'));
@@ -614,6 +625,7 @@ impl SqliteStore {
                     cache: row.get(21)?,
                     stages: stages_from_json(&row.get::<_, String>(22)?),
                     saved_usd: row.get(23)?,
+                    tags: tags_from_json(row.get::<_, Option<String>>(24)?.as_deref()),
                 };
                 Ok((id, logged))
             })
@@ -983,6 +995,7 @@ mod tests {
             time_unix_ms: time_ms,
             request_id: format!("req_{time_ms}_{provider}"),
             principal: "master".to_owned(),
+            tags: Vec::new(),
             endpoint: "/v1/chat/completions".to_owned(),
             route: Some("chat".to_owned()),
             provider: Some(provider.to_owned()),

@@ -202,6 +202,8 @@ pub struct RequestsQuery {
     pub model: Option<String>,
     /// Principal.
     pub key: Option<String>,
+    /// A tag of the key.
+    pub tag: Option<String>,
     /// At least this latency, microseconds.
     pub min_latency_us: Option<u64>,
     /// At or after this time, unix ms.
@@ -273,6 +275,12 @@ impl RequestsQuery {
                 );
             }
         }
+        if let Some(tag) = &self.tag {
+            condition(
+                " AND tags LIKE ? ESCAPE '\\'",
+                vec![Param::Text(tag_pattern(tag))],
+            );
+        }
         for (clause, value) in [
             (" AND latency_us >= ?", self.min_latency_us),
             (" AND time_ms >= ?", self.from_ms),
@@ -343,6 +351,8 @@ pub struct LoggedRequest {
     pub instance: String,
     /// Principal.
     pub key: String,
+    /// The virtual key's tags.
+    pub tags: Vec<String>,
     /// Endpoint path.
     pub endpoint: String,
     /// Route.
@@ -419,6 +429,33 @@ impl RequestsPage {
 /// The stages as stored (JSON text).
 pub fn stages_json(stages: &[(&'static str, u64)]) -> String {
     serde_json::to_string(stages).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// The tags as stored: a JSON array, NULL when there are none.
+pub fn tags_json(tags: &[String]) -> Option<String> {
+    (!tags.is_empty()).then(|| serde_json::to_string(tags).unwrap_or_else(|_| "[]".to_owned()))
+}
+
+/// The tags read back.
+pub fn tags_from_json(text: Option<&str>) -> Vec<String> {
+    text.and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default()
+}
+
+/// A `LIKE` pattern (escape character `\`) matching a stored tag array that holds `tag`:
+/// its JSON string, quotes included, anywhere in the array.
+fn tag_pattern(tag: &str) -> String {
+    let quoted = serde_json::to_string(tag).unwrap_or_default();
+    let mut pattern = String::with_capacity(quoted.len() + 2);
+    pattern.push('%');
+    for c in quoted.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// The stages read back.

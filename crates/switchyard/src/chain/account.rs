@@ -35,6 +35,8 @@ use crate::error::ErrorClass;
 pub struct Draft {
     /// Who called (see `Principal::label`).
     pub principal: String,
+    /// The virtual key's tags.
+    pub tags: Vec<String>,
     /// The route that served it.
     pub route: Option<String>,
     /// The provider that answered or was last tried.
@@ -236,6 +238,7 @@ impl PendingEvent {
             time_unix_ms: self.time_unix_ms,
             request_id: std::mem::take(&mut self.request_id),
             principal: draft.principal,
+            tags: draft.tags,
             endpoint: std::mem::take(&mut self.endpoint),
             route: draft.route,
             provider: draft.provider,

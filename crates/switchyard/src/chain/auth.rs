@@ -64,13 +64,14 @@ pub async fn authenticate(
     match outcome {
         Ok(principal) => {
             let label = principal.label().to_owned();
-            let team = match &principal {
-                Principal::Key(key) => key.settings.team.clone(),
-                Principal::Anonymous | Principal::MasterKey => None,
+            let (team, tags) = match &principal {
+                Principal::Key(key) => (key.settings.team.clone(), key.settings.tags.clone()),
+                Principal::Anonymous | Principal::MasterKey => (None, Vec::new()),
             };
             context.record(|draft| {
                 draft.principal = label;
                 draft.team = team;
+                draft.tags = tags;
             });
             context.principal = principal;
             next.run(request).await

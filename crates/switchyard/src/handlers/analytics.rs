@@ -5,7 +5,7 @@
 //!   the parameters). The 1 s resolution (last 5 minutes) comes from this instance's memory;
 //!   the 1 min and 1 h resolutions come from the store, every instance included, and lag by
 //!   at most the flush interval.
-//! - `GET /admin/requests?limit=&before=&status=&provider=&route=&model=&key=&min_latency_ms=&from=&to=`:
+//! - `GET /admin/requests?limit=&before=&status=&provider=&route=&model=&key=&tag=&min_latency_ms=&from=&to=`:
 //!   the raw request log, newest first, one page at a time (`next_cursor` → `before`).
 //! - `GET /admin/analytics/status`: the store, the pipeline's counters and its memory.
 
@@ -109,6 +109,7 @@ fn requests_query(params: &[(String, String)], now: u64) -> Result<RequestsQuery
             "route" => query.route = Some(value.to_owned()),
             "model" => query.model = Some(value.to_owned()),
             "key" => query.key = Some(value.to_owned()),
+            "tag" => query.tag = Some(value.to_owned()),
             "min_latency_ms" => {
                 let ms: f64 = value
                     .parse()
@@ -138,7 +139,7 @@ fn requests_query(params: &[(String, String)], now: u64) -> Result<RequestsQuery
                     other,
                     format!(
                         "unknown parameter `{other}`; known: limit, before, status, provider, \
-                         route, model, key, min_latency_ms, from, to"
+                         route, model, key, tag, min_latency_ms, from, to"
                     ),
                 )));
             }
