@@ -392,7 +392,7 @@ impl Analytics {
         counts: Arc<SinkCounts>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut consumer = Consumer::default();
+        let mut consumer = Consumer::new(self.config.metrics_max_series);
         let mut pending = Pending::default();
         let mut drain = tokio::time::interval(DRAIN_INTERVAL);
         let mut flush = tokio::time::interval(self.config.flush_interval);
