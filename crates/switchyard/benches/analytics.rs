@@ -223,6 +223,7 @@ fn analytics(store: &Arc<SqliteStore>) -> Analytics {
             request_log: true,
             request_log_max_age: Duration::from_secs(7 * 86_400),
             request_log_max_bytes: 1 << 30,
+            metrics_max_series: switchyard_core::config::DEFAULT_METRICS_MAX_SERIES,
         },
     )
 }

@@ -134,21 +134,21 @@ async fn one_event_per_request_for_every_outcome() {
         ) >= 1.0
     );
     assert_eq!(value(&scrape, "switchyard_events_total", &[]), 4.0);
-    assert_eq!(value(&scrape, "switchyard_events_dropped", &[]), 0.0);
-    // Tokens from both the JSON answer and the stream's usage, by type.
-    assert!(
-        value(
-            &scrape,
-            "gen_ai_client_token_usage_total",
-            &[("gen_ai_token_type", "output"), ("model", "mock-small")]
-        ) >= 2.0
+    assert_eq!(value(&scrape, "switchyard_events_dropped_total", &[]), 0.0);
+    // Tokens per request from both the JSON answer and the stream's usage, by type: one
+    // observation each, their sum the total.
+    let output = [("gen_ai_token_type", "output"), ("model", "mock-small")];
+    assert_eq!(
+        value(&scrape, "gen_ai_client_token_usage_count", &output),
+        2.0
     );
-    // The stream's time to first token, one observation.
+    assert!(value(&scrape, "gen_ai_client_token_usage_sum", &output) >= 2.0);
+    // The stream's time to first token, one observation, by status.
     assert_eq!(
         value(
             &scrape,
             "gen_ai_server_time_to_first_token_seconds_count",
-            &[("provider", "alpha")]
+            &[("provider", "alpha"), ("status", "200")]
         ),
         1.0
     );
@@ -165,6 +165,52 @@ async fn one_event_per_request_for_every_outcome() {
         0.0
     );
     assert!(value(&scrape, "process_resident_memory_bytes", &[]) > 0.0);
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "process_cpu_seconds_total"),
+        "the standard process CPU counter"
+    );
+    assert_eq!(
+        value(&scrape, "switchyard_metrics_series_overflow_total", &[]),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn client_chosen_model_names_past_the_series_cap_share_one_series() {
+    let (_mock, gateway) = setup("[analytics]\nmetrics_max_series = 2\n", &[]).await;
+    let url = gateway.url("/v1/chat/completions");
+    for n in 0..5 {
+        let body = json!({"model": format!("mock-made-up-{n}"), "messages": [{"role": "user", "content": "hi"}]});
+        let (status, _, _) = post_json(&url, &body, &[]).await;
+        assert_eq!(status, 200);
+    }
+    processed(&gateway, 5).await;
+
+    let scrape = scrape(&gateway, None).await;
+    assert_eq!(
+        value(&scrape, "switchyard_metrics_series_overflow_total", &[]),
+        3.0
+    );
+    let other = [
+        ("route", "other"),
+        ("provider", "alpha"),
+        ("model", "other"),
+    ];
+    assert_eq!(value(&scrape, "switchyard_requests_total", &other), 3.0);
+    let models: std::collections::BTreeSet<&str> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "switchyard_requests_total")
+        .filter_map(|s| s.labels.get("model"))
+        .collect();
+    assert_eq!(
+        models,
+        ["mock-made-up-0", "mock-made-up-1", "other"].into(),
+        "two series of their own, then the overflow"
+    );
 }
 
 #[tokio::test]

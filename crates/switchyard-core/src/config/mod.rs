@@ -169,6 +169,9 @@ pub struct AnalyticsConfig {
     pub request_log_max_age: Duration,
     /// Request log size limit, bytes.
     pub request_log_max_bytes: u64,
+    /// Most (route, provider, model) series in the Prometheus metrics. Route and model names
+    /// come from clients, so past this many the rest share one overflow series per provider.
+    pub metrics_max_series: usize,
 }
 
 /// Validated `[telemetry]`, present only when trace export is on.
@@ -730,6 +733,11 @@ fn validate_storage(raw: &RawStorage, env: &dyn Env) -> Result<StorageConfig, Co
     })
 }
 
+/// Default `analytics.metrics_max_series`: room for every configured route and model, while
+/// a client cycling through made-up `provider/<anything>` names cannot grow `/metrics`
+/// without bound.
+pub const DEFAULT_METRICS_MAX_SERIES: usize = 1000;
+
 fn validate_analytics(raw: &RawAnalytics) -> Result<AnalyticsConfig, ConfigError> {
     let flush_interval = raw.flush_interval.unwrap_or(Duration::from_secs(1));
     if flush_interval < Duration::from_millis(100) || flush_interval > Duration::from_secs(60) {
@@ -754,11 +762,19 @@ fn validate_analytics(raw: &RawAnalytics) -> Result<AnalyticsConfig, ConfigError
             "must be between 1 and 2^30",
         ));
     }
+    let metrics_max_series = raw.metrics_max_series.unwrap_or(DEFAULT_METRICS_MAX_SERIES);
+    if metrics_max_series == 0 || metrics_max_series > 100_000 {
+        return Err(ConfigError::new(
+            "analytics.metrics_max_series",
+            "must be between 1 and 100000",
+        ));
+    }
     Ok(AnalyticsConfig {
         flush_interval,
         request_log: raw.request_log.unwrap_or(true),
         request_log_max_age,
         request_log_max_bytes: max_mb * 1024 * 1024,
+        metrics_max_series,
     })
 }
 

@@ -345,6 +345,9 @@ pub struct RawAnalytics {
     pub request_log_max_age: Option<Duration>,
     /// The request log is trimmed (oldest first) to this size in MiB. Default 1024.
     pub request_log_max_mb: Option<u64>,
+    /// Most (route, provider, model) series in `/metrics`; events of further ones are
+    /// counted under `route="other"`, `model="other"`. Default 1000.
+    pub metrics_max_series: Option<usize>,
 }
 
 /// `[telemetry]`: OpenTelemetry trace export over OTLP/HTTP. Off unless an endpoint is set

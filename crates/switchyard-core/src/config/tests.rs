@@ -277,6 +277,7 @@ fn storage_and_analytics_defaults_and_overrides() {
         Duration::from_secs(7 * 86_400)
     );
     assert_eq!(config.analytics.request_log_max_bytes, 1024 * 1024 * 1024);
+    assert_eq!(config.analytics.metrics_max_series, 1000);
 
     let from_env = load(
         "",
@@ -294,7 +295,7 @@ fn storage_and_analytics_defaults_and_overrides() {
         from_env.storage.postgres_url.map(|s| s.expose().to_owned()),
         Some("postgres://u@h/db".to_owned())
     );
-    let text = "[storage]\ndata_dir = \"/var/lib/sy\"\n[analytics]\nflush_interval = \"5s\"\nrequest_log = false\nrequest_log_max_age = \"1d\"\nrequest_log_max_mb = 10\n";
+    let text = "[storage]\ndata_dir = \"/var/lib/sy\"\n[analytics]\nflush_interval = \"5s\"\nrequest_log = false\nrequest_log_max_age = \"1d\"\nrequest_log_max_mb = 10\nmetrics_max_series = 50\n";
     let configured = load(text, &env(&[(DATA_DIR_ENV, "/ignored")])).unwrap();
     assert_eq!(
         configured.storage.data_dir.as_deref(),
@@ -304,6 +305,7 @@ fn storage_and_analytics_defaults_and_overrides() {
     assert_eq!(configured.analytics.flush_interval, Duration::from_secs(5));
     assert!(!configured.analytics.request_log);
     assert_eq!(configured.analytics.request_log_max_bytes, 10 * 1024 * 1024);
+    assert_eq!(configured.analytics.metrics_max_series, 50);
 }
 
 #[test]
@@ -329,6 +331,14 @@ fn bad_storage_and_analytics_values_are_named() {
         (
             "[analytics]\nrequest_log_max_mb = 0",
             "analytics.request_log_max_mb",
+        ),
+        (
+            "[analytics]\nmetrics_max_series = 0",
+            "analytics.metrics_max_series",
+        ),
+        (
+            "[analytics]\nmetrics_max_series = 100001",
+            "analytics.metrics_max_series",
         ),
     ] {
         let error = load(text, &env(&[])).unwrap_err();

@@ -6,6 +6,9 @@
 //! Metric names follow the OpenTelemetry GenAI semantic conventions where one exists
 //! (`gen_ai.server.request.duration`, `gen_ai.server.time_to_first_token`,
 //! `gen_ai.client.token.usage`), written the Prometheus way.
+//!
+//! Route and model names come from clients (`provider/<anything>` passes through), so the
+//! series keyed by them are capped (`analytics.metrics_max_series`, see [`Consumer`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -99,12 +102,27 @@ struct ErrorLabels {
     error_class: String,
 }
 
+/// The route and model labels of the overflow series: events of a (route, provider, model)
+/// first seen past the series cap.
+const OVERFLOW_LABEL: &str = "other";
+
 /// Labels of per-model series.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabels {
     route: String,
     provider: String,
     model: String,
+}
+
+impl ModelLabels {
+    fn with_status(&self, status: u16) -> RequestLabels {
+        RequestLabels {
+            route: self.route.clone(),
+            provider: self.provider.clone(),
+            model: self.model.clone(),
+            status: status.to_string(),
+        }
+    }
 }
 
 /// Labels of token series.
@@ -125,33 +143,58 @@ pub struct TargetLabels {
     pub model: String,
 }
 
+/// A Prometheus counter that follows a running total kept elsewhere (an atomic bumped where
+/// the thing happens), brought up to date at scrape time. It adds only what the total gained
+/// since it was last seen, so it never goes down, and two scrapes at once add each gain once.
+#[derive(Debug, Default)]
+pub struct TotalCounter {
+    counter: Counter,
+    /// The largest total seen so far.
+    seen: AtomicU64,
+}
+
+impl TotalCounter {
+    /// Brings the counter up to `total`.
+    pub fn follow(&self, total: u64) {
+        let gained = total.saturating_sub(self.seen.fetch_max(total, Ordering::Relaxed));
+        if gained > 0 {
+            self.counter.inc_by(gained);
+        }
+    }
+}
+
 /// The gateway's Prometheus metrics.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
-    tokens: Family<TokenLabels, Counter>,
+    /// Tokens per request, by type: a histogram, as `gen_ai.client.token.usage` is.
+    tokens: Family<TokenLabels, Histogram>,
     duration: Family<RequestLabels, Histogram>,
-    ttft: Family<ModelLabels, Histogram>,
+    ttft: Family<RequestLabels, Histogram>,
     events: Counter,
-    events_dropped: Gauge,
+    /// Events folded into an overflow series because the series cap was reached.
+    series_overflow: Counter,
+    events_dropped: TotalCounter,
     /// Per-target breaker state (0 closed, 1 half-open, 2 open), set at scrape time.
     pub breaker_state: Family<TargetLabels, Gauge>,
     /// Per-target requests in flight, set at scrape time.
     pub in_flight: Family<TargetLabels, Gauge>,
     open_connections: Gauge,
-    cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    cpu_seconds: Counter<f64, AtomicU64>,
+    /// The CPU time already added to `cpu_seconds`, in clock ticks (see `TotalCounter`).
+    cpu_ticks_seen: AtomicU64,
     resident_memory: Gauge,
     /// Analytics pipeline gauges, set at scrape time: heap bytes, rows waiting for the
-    /// store, failed store writes, entries lost after the store failed for too long.
+    /// store.
     pub analytics_memory: Gauge,
     /// See `analytics_memory`.
     pub analytics_pending: Gauge,
-    /// See `analytics_memory`.
-    pub analytics_store_failures: Gauge,
-    /// See `analytics_memory`.
-    pub analytics_lost: Gauge,
+    /// Failed analytics store writes since start, followed at scrape time.
+    pub analytics_store_failures: TotalCounter,
+    /// Analytics entries lost because the store failed for too long, followed at scrape time.
+    pub analytics_lost: TotalCounter,
     /// Spend in USD, by route, provider and model.
     cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
     /// What cache hits saved, in USD.
@@ -173,6 +216,12 @@ fn seconds_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.001, 2.0, 17)
 }
 
+/// The bucket boundaries the GenAI semantic conventions give for `gen_ai.client.token.usage`:
+/// 1 to 4^13 tokens.
+fn token_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(1.0, 4.0, 14)
+}
+
 impl Metrics {
     /// Registers every family.
     pub fn new() -> Self {
@@ -189,10 +238,15 @@ impl Metrics {
             "Failed requests, by error class",
             errors.clone(),
         );
-        let tokens = Family::<TokenLabels, Counter>::default();
+        let tokens = Family::<TokenLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(token_buckets())
+        });
+        // Unit `{token}`: an annotation, which the Prometheus name leaves out.
         registry.register(
             "gen_ai_client_token_usage",
-            "Tokens used (input, output, cached_input, reasoning)",
+            "Tokens per request ({token}) by gen_ai_token_type: input and output on every \
+             request with usage; cached_input and reasoning, parts of those two, on requests \
+             that had some",
             tokens.clone(),
         );
         let duration = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
@@ -204,7 +258,7 @@ impl Metrics {
             Unit::Seconds,
             duration.clone(),
         );
-        let ttft = Family::<ModelLabels, Histogram>::new_with_constructor(|| {
+        let ttft = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(seconds_buckets())
         });
         registry.register_with_unit(
@@ -219,11 +273,18 @@ impl Metrics {
             "Request events processed",
             events.clone(),
         );
-        let events_dropped = Gauge::default();
+        let series_overflow = Counter::default();
+        registry.register(
+            "switchyard_metrics_series_overflow",
+            "Request events counted in a route=other, model=other series because \
+             analytics.metrics_max_series (route, provider, model) series already exist",
+            series_overflow.clone(),
+        );
+        let events_dropped = TotalCounter::default();
         registry.register(
             "switchyard_events_dropped",
             "Request events dropped because the analytics channel was full (never blocks requests)",
-            events_dropped.clone(),
+            events_dropped.counter.clone(),
         );
         let breaker_state = Family::<TargetLabels, Gauge>::default();
         registry.register(
@@ -243,10 +304,11 @@ impl Metrics {
             "Client connections open",
             open_connections.clone(),
         );
-        let cpu_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-        registry.register(
-            "process_cpu_seconds",
+        let cpu_seconds = Counter::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "process_cpu",
             "CPU time used by the process (user + system)",
+            Unit::Seconds,
             cpu_seconds.clone(),
         );
         let resident_memory = Gauge::default();
@@ -271,15 +333,20 @@ impl Metrics {
             "switchyard_analytics_pending",
             "Rollup rows and request log entries waiting for the store",
         );
-        let analytics_store_failures = gauge(
+        let total = |registry: &mut Registry, name: &str, help: &str| {
+            let total = TotalCounter::default();
+            registry.register(name, help, total.counter.clone());
+            total
+        };
+        let analytics_store_failures = total(
             &mut registry,
             "switchyard_analytics_store_failures",
-            "Failed analytics store writes since start (each is retried)",
+            "Failed analytics store writes (each is retried)",
         );
-        let analytics_lost = gauge(
+        let analytics_lost = total(
             &mut registry,
             "switchyard_analytics_lost",
-            "Analytics entries dropped since start because the store failed for too long",
+            "Analytics entries dropped because the store failed for too long",
         );
         let cost = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
         registry.register(
@@ -322,23 +389,29 @@ impl Metrics {
             duration,
             ttft,
             events,
+            series_overflow,
             events_dropped,
             breaker_state,
             in_flight,
             open_connections,
             cpu_seconds,
+            cpu_ticks_seen: AtomicU64::new(0),
             resident_memory,
         }
     }
 
-    /// The Prometheus text exposition, with scrape-time gauges refreshed.
+    /// The Prometheus text exposition, with scrape-time series refreshed: `dropped` is the
+    /// event sink's running total of dropped events.
     pub fn render(&self, dropped: u64, connections: &AtomicI64) -> String {
-        self.events_dropped
-            .set(i64::try_from(dropped).unwrap_or(i64::MAX));
+        self.events_dropped.follow(dropped);
         self.open_connections
             .set(connections.load(Ordering::Relaxed));
-        if let Some((cpu, rss)) = process_usage() {
-            self.cpu_seconds.set(cpu);
+        if let Some((cpu_ticks, rss)) = process_usage() {
+            let seen = self.cpu_ticks_seen.fetch_max(cpu_ticks, Ordering::Relaxed);
+            if cpu_ticks > seen {
+                self.cpu_seconds
+                    .inc_by((cpu_ticks - seen) as f64 / CLOCK_TICKS_PER_SECOND);
+            }
             self.resident_memory.set(rss);
         }
         let mut text = String::with_capacity(16 * 1024);
@@ -355,32 +428,44 @@ impl Default for Metrics {
     }
 }
 
-/// CPU seconds and resident bytes of this process, from `/proc/self` (Linux only).
-fn process_usage() -> Option<(f64, i64)> {
+/// USER_HZ: 100 on every Linux target we build for.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU time in clock ticks and resident bytes of this process, from `/proc/self` (Linux
+/// only).
+fn process_usage() -> Option<(u64, i64)> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
     let rss_pages: i64 = fields.get(21)?.parse().ok()?;
-    // USER_HZ is 100 and pages are 4 KiB on every Linux target we build for.
-    Some(((utime + stime) / 100.0, rss_pages * 4096))
+    // Pages are 4 KiB on every Linux target we build for.
+    Some((utime.saturating_add(stime), rss_pages * 4096))
 }
 
 /// The series of one (route, provider, model), resolved once: metric handles share their
 /// storage with the registry, so later events update them without building label sets.
 struct Series {
-    route: String,
-    provider: String,
-    model: String,
-    by_status: HashMap<u16, (Counter, Histogram)>,
+    labels: ModelLabels,
+    by_status: HashMap<u16, StatusSeries>,
+    /// By error class: `ErrorKind::as_str` or `client_closed`, a closed set.
     errors: HashMap<String, Counter>,
-    ttft: Histogram,
-    tokens: [Counter; 4],
+    /// By token type, in the order of `TOKEN_TYPES`; made on first use, so that a series
+    /// without usage (or without cached or reasoning tokens) exports no empty histogram.
+    tokens: [Option<Histogram>; 4],
     cost: Counter<f64, AtomicU64>,
     saved: Counter<f64, AtomicU64>,
     cost_unknown: Counter,
+}
+
+/// The series of one (route, provider, model, status).
+struct StatusSeries {
+    requests: Counter,
+    duration: Histogram,
+    /// Made on the first streamed answer.
+    ttft: Option<Histogram>,
 }
 
 /// Token kinds, in the order of `Series::tokens`.
@@ -394,45 +479,61 @@ impl Series {
             model: model.to_owned(),
         };
         Series {
-            route: route.to_owned(),
-            provider: provider.to_owned(),
-            model: model.to_owned(),
             by_status: HashMap::new(),
             errors: HashMap::new(),
-            ttft: metrics.ttft.get_or_create(&model_labels).clone(),
+            tokens: [None, None, None, None],
             cost: metrics.cost.get_or_create(&model_labels).clone(),
             saved: metrics.saved.get_or_create(&model_labels).clone(),
             cost_unknown: metrics.cost_unknown.get_or_create(&model_labels).clone(),
-            tokens: TOKEN_TYPES.map(|kind| {
-                metrics
-                    .tokens
-                    .get_or_create(&TokenLabels {
-                        route: route.to_owned(),
-                        provider: provider.to_owned(),
-                        model: model.to_owned(),
-                        gen_ai_token_type: kind,
-                    })
-                    .clone()
-            }),
+            labels: model_labels,
         }
     }
 
-    fn observe(&mut self, metrics: &Metrics, event: &RequestEvent) {
-        let (route, provider, model) = (&self.route, &self.provider, &self.model);
-        let (requests, duration) = self.by_status.entry(event.status).or_insert_with(|| {
-            let labels = RequestLabels {
-                route: route.clone(),
-                provider: provider.clone(),
-                model: model.clone(),
-                status: event.status.to_string(),
-            };
-            (
-                metrics.requests.get_or_create(&labels).clone(),
-                metrics.duration.get_or_create(&labels).clone(),
-            )
+    fn observe_tokens(&mut self, metrics: &Metrics, kind: usize, count: u64) {
+        let Some(slot) = self.tokens.get_mut(kind) else {
+            return;
+        };
+        let histogram = slot.get_or_insert_with(|| {
+            metrics
+                .tokens
+                .get_or_create(&TokenLabels {
+                    route: self.labels.route.clone(),
+                    provider: self.labels.provider.clone(),
+                    model: self.labels.model.clone(),
+                    gen_ai_token_type: TOKEN_TYPES[kind],
+                })
+                .clone()
         });
-        requests.inc();
-        duration.observe(event.latency_us as f64 / 1_000_000.0);
+        histogram.observe(count as f64);
+    }
+
+    fn observe(&mut self, metrics: &Metrics, event: &RequestEvent) {
+        let by_status = match self.by_status.get_mut(&event.status) {
+            Some(found) => found,
+            None => {
+                let labels = self.labels.with_status(event.status);
+                self.by_status
+                    .entry(event.status)
+                    .or_insert_with(|| StatusSeries {
+                        requests: metrics.requests.get_or_create(&labels).clone(),
+                        duration: metrics.duration.get_or_create(&labels).clone(),
+                        ttft: None,
+                    })
+            }
+        };
+        by_status.requests.inc();
+        by_status
+            .duration
+            .observe(event.latency_us as f64 / 1_000_000.0);
+        if let Some(ttft) = event.ttft_us {
+            by_status
+                .ttft
+                .get_or_insert_with(|| {
+                    let labels = self.labels.with_status(event.status);
+                    metrics.ttft.get_or_create(&labels).clone()
+                })
+                .observe(ttft as f64 / 1_000_000.0);
+        }
         if let Some(class) = &event.error_class {
             let errors = match self.errors.get(class) {
                 Some(errors) => errors,
@@ -440,9 +541,9 @@ impl Series {
                     let counter = metrics
                         .errors
                         .get_or_create(&ErrorLabels {
-                            route: route.clone(),
-                            provider: provider.clone(),
-                            model: model.clone(),
+                            route: self.labels.route.clone(),
+                            provider: self.labels.provider.clone(),
+                            model: self.labels.model.clone(),
                             error_class: class.clone(),
                         })
                         .clone();
@@ -451,18 +552,16 @@ impl Series {
             };
             errors.inc();
         }
-        if let Some(ttft) = event.ttft_us {
-            self.ttft.observe(ttft as f64 / 1_000_000.0);
-        }
         let usage = event.usage;
-        for (counter, count) in self.tokens.iter().zip([
-            usage.input,
-            usage.output,
-            usage.cached_input,
-            usage.reasoning,
-        ]) {
-            if count > 0 {
-                counter.inc_by(count);
+        if usage.input.saturating_add(usage.output) > 0 {
+            // One observation per request with usage; cached and reasoning tokens (parts of
+            // input and output) only when there were some.
+            self.observe_tokens(metrics, 0, usage.input);
+            self.observe_tokens(metrics, 1, usage.output);
+            for (kind, count) in [(2, usage.cached_input), (3, usage.reasoning)] {
+                if count > 0 {
+                    self.observe_tokens(metrics, kind, count);
+                }
             }
         }
         match event.cost_usd {
@@ -485,29 +584,65 @@ impl Series {
 
 /// The metrics side of the background task: series cached by route, provider and model
 /// (nested, so that an event is looked up by reference, without building a key).
-#[derive(Default)]
+///
+/// Route and model names come from clients (`provider/<anything>` is passed through), so at
+/// most `max_series` of them get series of their own. An event of a further one is counted
+/// in its provider's overflow series, labelled `route="other"` and `model="other"`, and in
+/// `switchyard_metrics_series_overflow_total`. Provider names come from the config, so the
+/// overflow series are bounded too. Every family keyed by route and model (requests, errors,
+/// duration, time to first token, tokens, cost, savings, unknown cost) goes through here.
 pub(crate) struct Consumer {
     series: HashMap<String, HashMap<String, HashMap<String, Series>>>,
+    /// Series in `series`, at most `max_series`.
+    len: usize,
+    max_series: usize,
+    /// By provider: where events go once `series` is full.
+    overflow: HashMap<String, Series>,
 }
 
 impl Consumer {
+    /// A consumer that keeps at most `max_series` (route, provider, model) series.
+    pub(crate) fn new(max_series: usize) -> Self {
+        Consumer {
+            series: HashMap::new(),
+            len: 0,
+            max_series,
+            overflow: HashMap::new(),
+        }
+    }
+
     pub(crate) fn observe(&mut self, metrics: &Metrics, event: &RequestEvent) {
         let route = event.route.as_deref().unwrap_or_default();
         let provider = event.provider.as_deref().unwrap_or_default();
         let model = event.model.as_deref().unwrap_or_default();
-        let by_provider = match self.series.get_mut(route) {
-            Some(found) => found,
-            None => self.series.entry(route.to_owned()).or_default(),
-        };
-        let by_model = match by_provider.get_mut(provider) {
-            Some(found) => found,
-            None => by_provider.entry(provider.to_owned()).or_default(),
-        };
-        let series = match by_model.get_mut(model) {
-            Some(found) => found,
-            None => by_model
+        if let Some(series) = self
+            .series
+            .get_mut(route)
+            .and_then(|by_provider| by_provider.get_mut(provider))
+            .and_then(|by_model| by_model.get_mut(model))
+        {
+            series.observe(metrics, event);
+            return;
+        }
+        if self.len < self.max_series {
+            self.len += 1;
+            self.series
+                .entry(route.to_owned())
+                .or_default()
+                .entry(provider.to_owned())
+                .or_default()
                 .entry(model.to_owned())
-                .or_insert_with(|| Series::new(metrics, route, provider, model)),
+                .or_insert_with(|| Series::new(metrics, route, provider, model))
+                .observe(metrics, event);
+            return;
+        }
+        metrics.series_overflow.inc();
+        let series = match self.overflow.get_mut(provider) {
+            Some(found) => found,
+            None => self
+                .overflow
+                .entry(provider.to_owned())
+                .or_insert_with(|| Series::new(metrics, OVERFLOW_LABEL, provider, OVERFLOW_LABEL)),
         };
         series.observe(metrics, event);
     }
@@ -517,5 +652,274 @@ impl EventSink {
     /// The shared counters, for the consumer.
     pub fn shared_counts(&self) -> Arc<SinkCounts> {
         Arc::clone(&self.counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use switchyard_core::wire::TokenUsage;
+
+    use super::*;
+
+    fn event(route: &str, provider: &str, model: &str) -> RequestEvent {
+        RequestEvent {
+            time_unix_ms: 0,
+            request_id: String::new(),
+            principal: "anonymous".to_owned(),
+            tags: Vec::new(),
+            endpoint: "/v1/chat/completions".to_owned(),
+            route: Some(route.to_owned()),
+            provider: Some(provider.to_owned()),
+            model: Some(model.to_owned()),
+            stream: false,
+            status: 200,
+            error_class: None,
+            usage: TokenUsage {
+                input: 10,
+                output: 20,
+                ..TokenUsage::default()
+            },
+            cost_usd: None,
+            saved_usd: None,
+            latency_us: 1_000,
+            ttft_us: None,
+            upstream_us: None,
+            attempts: 1,
+            cache: "none",
+            rate_limit: None,
+            stages: vec![],
+        }
+    }
+
+    fn scrape(metrics: &Metrics, dropped: u64) -> (String, prometheus_parse::Scrape) {
+        let text = metrics.render(dropped, &AtomicI64::new(0));
+        let lines = text.lines().map(|line| Ok(line.to_owned()));
+        let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+        (text, scrape)
+    }
+
+    /// The sum of `name` over the samples whose labels include all of `labels`.
+    fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn series_past_the_cap_fold_into_one_overflow_series_per_provider() {
+        let metrics = Metrics::new();
+        let mut consumer = Consumer::new(3);
+        // A client cycling through passthrough model names, each failing once and streaming
+        // once, so that every family keyed by route and model gets a sample.
+        for n in 0..10 {
+            let model = format!("made-up-{n}");
+            let route = format!("alpha/{model}");
+            let mut failed = event(&route, "alpha", &model);
+            failed.status = 502;
+            failed.error_class = Some("upstream_error".to_owned());
+            consumer.observe(&metrics, &failed);
+            let mut streamed = event(&route, "alpha", &model);
+            streamed.stream = true;
+            streamed.ttft_us = Some(5_000);
+            streamed.usage.cached_input = 4;
+            consumer.observe(&metrics, &streamed);
+        }
+        // Another provider past the cap has an overflow series of its own.
+        consumer.observe(&metrics, &event("beta/x", "beta", "x"));
+        // A series made before the cap keeps counting under its own name.
+        consumer.observe(&metrics, &event("alpha/made-up-0", "alpha", "made-up-0"));
+
+        assert_eq!(consumer.len, 3);
+        assert_eq!(consumer.overflow.len(), 2);
+        let (_, scrape) = scrape(&metrics, 0);
+        assert_eq!(
+            value(&scrape, "switchyard_metrics_series_overflow_total", &[]),
+            15.0,
+            "7 made-up models past the cap, 2 events each, and beta's"
+        );
+        let other = [("route", "other"), ("model", "other")];
+        let alpha_other = [other.as_slice(), &[("provider", "alpha")]].concat();
+        assert_eq!(
+            value(&scrape, "switchyard_requests_total", &alpha_other),
+            14.0
+        );
+        assert_eq!(
+            value(
+                &scrape,
+                "switchyard_requests_total",
+                &[other.as_slice(), &[("provider", "beta")]].concat()
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &scrape,
+                "switchyard_requests_total",
+                &[("model", "made-up-0")]
+            ),
+            3.0
+        );
+        assert_eq!(
+            value(&scrape, "switchyard_request_errors_total", &alpha_other),
+            7.0
+        );
+        assert_eq!(
+            value(
+                &scrape,
+                "gen_ai_server_time_to_first_token_seconds_count",
+                &alpha_other
+            ),
+            7.0
+        );
+        assert_eq!(
+            value(
+                &scrape,
+                "switchyard_cost_unknown_requests_total",
+                &alpha_other
+            ),
+            14.0
+        );
+        assert_eq!(
+            value(
+                &scrape,
+                "gen_ai_client_token_usage_sum",
+                &[alpha_other.as_slice(), &[("gen_ai_token_type", "output")]].concat()
+            ),
+            14.0 * 20.0
+        );
+        // Every family keyed by route and model holds at most the capped series.
+        let mut series = BTreeSet::new();
+        for sample in &scrape.samples {
+            if let (Some(route), Some(model)) =
+                (sample.labels.get("route"), sample.labels.get("model"))
+            {
+                let provider = sample.labels.get("provider").unwrap_or_default();
+                series.insert((route.to_owned(), provider.to_owned(), model.to_owned()));
+            }
+        }
+        let expected: BTreeSet<_> = [
+            ("alpha/made-up-0", "alpha", "made-up-0"),
+            ("alpha/made-up-1", "alpha", "made-up-1"),
+            ("alpha/made-up-2", "alpha", "made-up-2"),
+            ("other", "alpha", "other"),
+            ("other", "beta", "other"),
+        ]
+        .into_iter()
+        .map(|(r, p, m)| (r.to_owned(), p.to_owned(), m.to_owned()))
+        .collect();
+        assert_eq!(series, expected);
+    }
+
+    #[test]
+    fn tokens_are_a_histogram_per_request_and_ttft_has_a_status() {
+        let metrics = Metrics::new();
+        let mut consumer = Consumer::new(10);
+        let mut streamed = event("r", "alpha", "m");
+        streamed.ttft_us = Some(250_000);
+        streamed.usage.reasoning = 5;
+        consumer.observe(&metrics, &streamed);
+        let mut refused = event("r", "alpha", "m");
+        refused.status = 400;
+        refused.usage = TokenUsage::default();
+        consumer.observe(&metrics, &refused);
+
+        let (text, scrape) = scrape(&metrics, 0);
+        assert!(text.contains("# TYPE gen_ai_client_token_usage histogram"));
+        let output = [("gen_ai_token_type", "output")];
+        assert_eq!(
+            value(&scrape, "gen_ai_client_token_usage_count", &output),
+            1.0,
+            "one observation per request with usage"
+        );
+        assert_eq!(
+            value(&scrape, "gen_ai_client_token_usage_sum", &output),
+            20.0
+        );
+        assert_eq!(
+            value(
+                &scrape,
+                "gen_ai_client_token_usage_sum",
+                &[("gen_ai_token_type", "reasoning")]
+            ),
+            5.0
+        );
+        assert!(
+            !text.contains("gen_ai_token_type=\"cached_input\""),
+            "no empty histogram for a type never seen"
+        );
+        // The semantic conventions' boundaries: 20 output tokens fall in (16, 64].
+        let buckets = scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "gen_ai_client_token_usage"
+                    && s.labels.get("gen_ai_token_type") == Some("output")
+            })
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Histogram(buckets) => buckets.clone(),
+                other => panic!("not a histogram: {other:?}"),
+            })
+            .unwrap();
+        let bounds: Vec<f64> = buckets.iter().map(|b| b.less_than).collect();
+        let mut expected: Vec<f64> = (0..14).map(|i| 4f64.powi(i)).collect();
+        expected.push(f64::INFINITY);
+        assert_eq!(bounds, expected);
+        let at = |bound: f64| buckets.iter().find(|b| b.less_than == bound).unwrap().count;
+        assert_eq!((at(16.0), at(64.0)), (0.0, 1.0));
+
+        assert_eq!(
+            value(
+                &scrape,
+                "gen_ai_server_time_to_first_token_seconds_count",
+                &[("status", "200"), ("model", "m")]
+            ),
+            1.0
+        );
+        assert!(
+            !text.contains("gen_ai_server_time_to_first_token_seconds_count{route=\"r\",provider=\"alpha\",model=\"m\",status=\"400\"}"),
+            "no time-to-first-token series for a status without streams"
+        );
+    }
+
+    #[test]
+    fn running_totals_are_counters_that_never_go_down() {
+        let metrics = Metrics::new();
+        metrics.analytics_lost.follow(5);
+        metrics.analytics_lost.follow(3);
+        metrics.analytics_lost.follow(7);
+        metrics.analytics_store_failures.follow(2);
+        scrape(&metrics, 4);
+        let (text, scrape) = scrape(&metrics, 1);
+        for name in [
+            "process_cpu_seconds",
+            "switchyard_events_dropped",
+            "switchyard_analytics_store_failures",
+            "switchyard_analytics_lost",
+            "switchyard_metrics_series_overflow",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} counter\n")),
+                "{name} is a counter:\n{text}"
+            );
+        }
+        assert_eq!(value(&scrape, "switchyard_events_dropped_total", &[]), 4.0);
+        assert_eq!(value(&scrape, "switchyard_analytics_lost_total", &[]), 7.0);
+        assert_eq!(
+            value(&scrape, "switchyard_analytics_store_failures_total", &[]),
+            2.0
+        );
+        assert!(value(&scrape, "process_cpu_seconds_total", &[]) >= 0.0);
+        assert!(text.contains("# UNIT process_cpu_seconds seconds"));
     }
 }

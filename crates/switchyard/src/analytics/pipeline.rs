@@ -402,7 +402,7 @@ impl Analytics {
         counts: Arc<SinkCounts>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut consumer = Consumer::default();
+        let mut consumer = Consumer::new(self.config.metrics_max_series);
         let mut pending = Pending::default();
         let mut drain = tokio::time::interval(DRAIN_INTERVAL);
         let mut flush = tokio::time::interval(self.config.flush_interval);
@@ -576,6 +576,7 @@ mod tests {
                 request_log: true,
                 request_log_max_age: Duration::from_secs(3600),
                 request_log_max_bytes: 1 << 20,
+                metrics_max_series: 1000,
             },
         );
         let extra = 10;
@@ -610,7 +611,7 @@ mod tests {
         let mut pending = Pending::default();
         let open = analytics.drain(
             &mut receiver,
-            &mut Consumer::default(),
+            &mut Consumer::new(1000),
             &Metrics::new(),
             &SinkCounts::default(),
             &mut pending,

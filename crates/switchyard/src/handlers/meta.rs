@@ -65,20 +65,21 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         cache.refresh_gauges();
     }
     let stats = &app.analytics.stats;
-    for (gauge, counter) in [
+    for (gauge, value) in [
         (&app.metrics.analytics_memory, &stats.memory_bytes),
         (&app.metrics.analytics_pending, &stats.pending),
-        (&app.metrics.analytics_store_failures, &stats.flush_failures),
-        (&app.metrics.analytics_lost, &stats.lost),
     ] {
-        let value = counter.load(std::sync::atomic::Ordering::Relaxed);
+        let value = value.load(Ordering::Relaxed);
         gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
     }
-    let dropped = app
-        .events
-        .counts()
-        .dropped
-        .load(std::sync::atomic::Ordering::Relaxed);
+    // Running totals: the counters add what they gained since the last scrape.
+    app.metrics
+        .analytics_store_failures
+        .follow(stats.flush_failures.load(Ordering::Relaxed));
+    app.metrics
+        .analytics_lost
+        .follow(stats.lost.load(Ordering::Relaxed));
+    let dropped = app.events.counts().dropped.load(Ordering::Relaxed);
     let mut text = app.metrics.render(dropped, &app.connections);
     app.alerts.render_metrics(&mut text);
     let mut response = Response::new(Body::from(text));
