@@ -1,7 +1,8 @@
 //! The listener: accepts connections (with `TCP_NODELAY`), serves HTTP/1.1 and HTTP/2 with a
 //! header read timeout, and shuts down gracefully: on the shutdown signal it stops accepting,
 //! marks itself not ready, and lets in-flight requests and streams finish for up to the
-//! configured grace period.
+//! configured grace period; then it drops the connections still open (their requests are
+//! recorded as for a client gone away) and flushes analytics, spend, alerts and traces.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -70,6 +71,9 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
         .keep_alive_timeout(Duration::from_secs(20));
     let header_read_timeout = state.config.server.header_read_timeout;
     let graceful = GracefulShutdown::new();
+    // Set when the shutdown grace is over: the connections still open are dropped, which ends
+    // their requests (each leaves its event, as for a client gone away).
+    let (abort, aborted) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     let mut stop_accepting: Option<tokio::time::Instant> = None;
     loop {
@@ -103,19 +107,28 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 let open = ConnectionCount::new(&state);
+                let mut aborted = aborted.clone();
                 tokio::spawn(async move {
                     let _open = open;
-                    // hyper's header timeout starts with the first byte; a client that connects
-                    // and sends nothing would hold the socket forever.
-                    if tokio::time::timeout(header_read_timeout, stream.readable()).await.is_err() {
-                        tracing::debug!(%peer, "closing a connection that sent nothing");
-                        return;
-                    }
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    if let Err(error) = watcher.watch(connection).await {
-                        tracing::debug!(%peer, error = %error, "connection ended with an error");
+                    let served = async move {
+                        // hyper's header timeout starts with the first byte; a client that
+                        // connects and sends nothing would hold the socket forever.
+                        if tokio::time::timeout(header_read_timeout, stream.readable()).await.is_err() {
+                            tracing::debug!(%peer, "closing a connection that sent nothing");
+                            return;
+                        }
+                        let connection = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .into_owned();
+                        if let Err(error) = watcher.watch(connection).await {
+                            tracing::debug!(%peer, error = %error, "connection ended with an error");
+                        }
+                    };
+                    tokio::select! {
+                        () = served => {}
+                        _ = aborted.wait_for(|aborted| *aborted) => {
+                            tracing::debug!(%peer, "connection closed at the end of the shutdown grace");
+                        }
                     }
                 });
             }
@@ -129,11 +142,20 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
         }
     }
     drop(listener);
+    drop(aborted);
     let grace = state.config.server.shutdown_grace;
     tracing::info!(?grace, "listener closed; letting in-flight requests finish");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing the remaining connections"),
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!("shutdown grace period over; closing the remaining connections");
+            // A send fails only when no connection is left to receive it.
+            let _ = abort.send(true);
+            // Each connection's task drops its receiver as it ends.
+            if tokio::time::timeout(ABORT_WAIT, abort.closed()).await.is_err() {
+                tracing::warn!("some connections did not close after the shutdown grace");
+            }
+        }
     }
     // Every response has ended (or been dropped), so every request event is in the channel.
     state.analytics.shutdown().await;
@@ -250,6 +272,9 @@ impl Drop for ConnectionCount {
         self.0.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// How long shutdown waits for the connections still open after the grace to be dropped.
+const ABORT_WAIT: Duration = Duration::from_secs(2);
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {

@@ -311,6 +311,38 @@ async fn a_client_gone_before_the_headers_and_a_head_request_are_accounted() {
 }
 
 #[tokio::test]
+async fn a_request_still_open_when_the_shutdown_grace_ends_is_accounted() {
+    let (mock, gateway) = setup(
+        "[server]\ndrain_delay = \"0s\"\nshutdown_grace = \"100ms\"\n",
+        &[],
+    )
+    .await;
+    mock.set_behavior(Behavior {
+        hang: true,
+        ..Behavior::default()
+    });
+    let url = gateway.url("/v1/chat/completions");
+    let body = json!({"model": "mock-small", "messages": [{"role": "user", "content": "hello"}]});
+    let waiting =
+        tokio::spawn(async move { client().post(&url).body(body.to_string()).send().await });
+    // Shut down once the provider holds the request.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while mock.requests().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let state = gateway.state.clone();
+    gateway.stop().await;
+    let counts = state.events.counts();
+    assert_eq!(counts.processed.load(Ordering::Relaxed), 1);
+    assert_eq!(counts.dropped.load(Ordering::Relaxed), 0);
+    // The connection was closed at the end of the grace, before any answer.
+    assert!(waiting.await.unwrap().is_err());
+}
+
+#[tokio::test]
 async fn unversioned_paths_and_unknown_paths_are_accounted_admin_is_not() {
     let (_mock, gateway) = setup("", &[]).await;
     let chat = json!({"model": "mock-small", "messages": [{"role": "user", "content": "hi"}]});
