@@ -31,6 +31,14 @@ pub const WINDOW: usize = 200;
 /// Scores a tier needs before its mean moves traffic.
 pub const MIN_SCORES: usize = 20;
 
+/// Routes and tiers kept apart, at most. Tiered routes come from the config; untiered names
+/// can be the client's (`provider/<anything>`): past this many, a new untiered one's scores
+/// are filed under route and model `other`.
+pub const MAX_ROUTES: usize = 1_000;
+
+/// The route and model an untiered score is filed under past [`MAX_ROUTES`].
+const OVERFLOW: &str = "other";
+
 /// What feedback needs to know about a served request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Served {
@@ -169,19 +177,26 @@ impl Quality {
 
     /// Counts `score` for `served` (metrics and rolling means).
     pub fn record(&self, served: &Served, score: f64) {
+        let mut rolling = self
+            .rolling
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (served.route.clone(), served.tier.clone());
+        let folded =
+            served.tier.is_none() && rolling.len() >= MAX_ROUTES && !rolling.contains_key(&key);
+        let (key, model) = if folded {
+            ((OVERFLOW.to_owned(), None), OVERFLOW.to_owned())
+        } else {
+            (key, served.model.clone())
+        };
         self.histogram
             .get_or_create(&ScoreLabels {
-                route: served.route.clone(),
-                tier: served.tier.clone().unwrap_or_default(),
-                model: served.model.clone(),
+                route: key.0.clone(),
+                tier: key.1.clone().unwrap_or_default(),
+                model,
             })
             .observe(score);
-        self.rolling
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry((served.route.clone(), served.tier.clone()))
-            .or_default()
-            .push(score);
+        rolling.entry(key).or_default().push(score);
     }
 
     /// The mean of `tier`'s recent scores under `route`, once it has enough of them.
@@ -251,6 +266,35 @@ mod tests {
         let views = quality.snapshot();
         assert_eq!(views.len(), 1);
         assert_eq!(views[0].scores, MIN_SCORES as u64 + 1);
+    }
+
+    #[test]
+    fn client_chosen_names_past_the_cap_share_one_entry_and_tiers_are_kept() {
+        let quality = Quality::new(QualityMetrics::register(&mut Registry::default()));
+        for i in 0..MAX_ROUTES + 5 {
+            let route = format!("p/model-{i}");
+            quality.record(
+                &Served {
+                    principal: "key_a".to_owned(),
+                    route: route.clone(),
+                    tier: None,
+                    model: route,
+                },
+                1.0,
+            );
+        }
+        for _ in 0..MIN_SCORES {
+            quality.record(&served("cheap"), 0.5);
+        }
+        let views = quality.snapshot();
+        assert_eq!(
+            views.len(),
+            MAX_ROUTES + 2,
+            "the names, `other` and the tier"
+        );
+        let other = views.iter().find(|v| v.route == OVERFLOW).unwrap();
+        assert_eq!(other.scores, 5);
+        assert_eq!(quality.mean("assistant", "cheap"), Some(0.5));
     }
 
     #[test]
