@@ -345,14 +345,14 @@ pub struct Query {
 #[error("{param}: {message}")]
 pub struct QueryError {
     /// The parameter.
-    pub param: &'static str,
+    pub param: String,
     /// What is wrong.
     pub message: String,
 }
 
-fn error(param: &'static str, message: impl Into<String>) -> QueryError {
+fn error(param: impl Into<String>, message: impl Into<String>) -> QueryError {
     QueryError {
-        param,
+        param: param.into(),
         message: message.into(),
     }
 }
@@ -452,7 +452,7 @@ impl Query {
                     Some(dim) => filter.equals.push((dim, value.to_owned())),
                     None => {
                         return Err(error(
-                            "query",
+                            other,
                             format!(
                                 "unknown parameter `{other}`; known: from, to, interval, group_by, metrics, route, provider, model, key, status_class"
                             ),

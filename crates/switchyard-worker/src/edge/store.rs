@@ -131,7 +131,7 @@ pub async fn analytics(env: &Env, pairs: &[(String, String)]) -> Result<Response
         now_ms(),
     )
     .map_err(|error| {
-        GatewayError::invalid_request(error.message.clone()).with_param(error.param)
+        GatewayError::invalid_request(error.message.clone()).with_param(error.param.clone())
     })?;
     let (from, to) = analytics::read_range(&query);
     let db = database(env).await?;

@@ -48,7 +48,7 @@ pub async fn analytics(
         now_ms(),
     ) {
         Ok(query) => query,
-        Err(error) => return invalid(error.param, error.to_string()),
+        Err(error) => return invalid(&error.param, error.to_string()),
     };
     match app.analytics.answer(query).await {
         Ok(answer) => Json(answer).into_response(),

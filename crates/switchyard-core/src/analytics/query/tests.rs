@@ -101,7 +101,7 @@ fn bad_queries_name_the_parameter() {
     assert_eq!(parse("from=whenever").unwrap_err().param, "from");
     assert_eq!(parse("group_by=colour").unwrap_err().param, "group_by");
     assert_eq!(parse("metrics=p42").unwrap_err().param, "metrics");
-    assert_eq!(parse("colour=red").unwrap_err().param, "query");
+    assert_eq!(parse("colour=red").unwrap_err().param, "colour");
     assert_eq!(
         parse("from=-2m&interval=1s&to=now").unwrap().interval_ms,
         1_000
