@@ -188,6 +188,51 @@ per = "1h"
 }
 
 #[tokio::test]
+async fn a_request_abandoned_before_its_answer_keeps_its_token_charge() {
+    let (mock, gateway) = setup(
+        r#"
+[[rate_limits.limits]]
+scope = "key"
+tokens = 5000
+per = "1h"
+"#,
+        Behavior {
+            hang: true,
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let url = gateway.url("/v1/chat/completions");
+    let first = chat(json!({"max_tokens": 2000}));
+    let gave_up = client()
+        .post(&url)
+        .timeout(Duration::from_millis(300))
+        .header("content-type", "application/json")
+        .body(first.to_string())
+        .send()
+        .await;
+    assert!(gave_up.unwrap_err().is_timeout());
+    settled(&gateway, 1).await;
+
+    // The provider may bill the prompt it was reading: nothing is refunded.
+    mock.set_behavior(Behavior::default());
+    let second = chat(json!({"max_tokens": 1000}));
+    let (status, headers, _) = post_json(&url, &second, &[]).await;
+    assert_eq!(status, 200);
+    let reserved_first = first.to_string().len() as u64 / 4 + 2000;
+    let reserved_second = second.to_string().len() as u64 / 4 + 1000;
+    let remaining: u64 = header(&headers, "x-ratelimit-remaining-tokens")
+        .parse()
+        .unwrap();
+    let expected = 5000 - reserved_first - reserved_second;
+    assert!(
+        (expected..=expected + 5).contains(&remaining),
+        "remaining {remaining}, expected {expected}"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test]
 async fn concurrency_is_held_until_the_stream_ends() {
     let (_mock, gateway) = setup(
         r#"

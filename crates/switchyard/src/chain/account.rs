@@ -201,8 +201,14 @@ impl PendingEvent {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
+        // A request dropped before it had a response used an unknown part of its
+        // reservation (the provider may have read, and will bill, the prompt): its
+        // admissions are dropped unsettled, which keeps what they charged.
+        let unanswered = abandoned && self.status == CLIENT_CLOSED_REQUEST;
         for admission in draft.admissions.drain(..) {
-            admission.settle(draft.usage.input.saturating_add(draft.usage.output));
+            if !unanswered {
+                admission.settle(draft.usage.input.saturating_add(draft.usage.output));
+            }
         }
         let error_class = if abandoned {
             Some("client_closed".to_owned())
