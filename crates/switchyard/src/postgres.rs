@@ -10,8 +10,12 @@ use tokio_postgres::Config;
 
 /// The server-side limit on one statement, unless the URL's `options` set their own: a
 /// stalled server or a lock held elsewhere fails the statement (and the store retries)
-/// rather than holding a writer forever.
+/// rather than holding a writer forever. Migrations run without it; the analytics prune
+/// allows [`PRUNE_STATEMENT_TIMEOUT`].
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The statement timeout of the analytics prune (deletes over a long backlog).
+pub const PRUNE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How long sent data may go unacknowledged before the connection is given up (Linux
 /// `TCP_USER_TIMEOUT`), unless the URL sets `tcp_user_timeout`: a server that vanished
@@ -114,8 +118,11 @@ impl<'m> Migrations<'m> {
         &self,
         tx: &tokio_postgres::Transaction<'_>,
     ) -> Result<Vec<(i32, &'m str)>, (&'static str, tokio_postgres::Error)> {
+        // No statement timeout while migrating: waiting for another instance's migration,
+        // or rewriting a large table, may take longer than the connections' usual limit.
         tx.batch_execute(&format!(
-            "SELECT pg_advisory_xact_lock({}, hashtext(coalesce(current_schema(), ''))); \
+            "SET LOCAL statement_timeout = 0; \
+             SELECT pg_advisory_xact_lock({}, hashtext(coalesce(current_schema(), ''))); \
              CREATE TABLE IF NOT EXISTS {} (\
              version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now());",
             self.lock, self.table

@@ -943,8 +943,12 @@ impl PostgresStore {
             .transaction()
             .await
             .map_err(self.failed("starting a prune"))?;
+        // A first prune over a long backlog deletes many rows at once: it gets longer than
+        // the connection's statement timeout.
         tx.batch_execute(&format!(
-            "SELECT pg_advisory_xact_lock({PRUNE_LOCK}, hashtext(coalesce(current_schema(), '')))"
+            "SET LOCAL statement_timeout = {}; \
+             SELECT pg_advisory_xact_lock({PRUNE_LOCK}, hashtext(coalesce(current_schema(), '')))",
+            crate::postgres::PRUNE_STATEMENT_TIMEOUT.as_millis()
         ))
         .await
         .map_err(self.failed("locking for a prune"))?;
