@@ -157,6 +157,9 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
             }
         }
     }
+    if !state.events.all_ended(ABORT_WAIT).await {
+        tracing::warn!("some requests had not ended at the final analytics flush");
+    }
     // Every response has ended (or been dropped), so every request event is in the channel.
     state.analytics.shutdown().await;
     if let Err(error) = state.budgets.flush().await {

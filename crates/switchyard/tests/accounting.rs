@@ -321,13 +321,24 @@ async fn a_request_still_open_when_the_shutdown_grace_ends_is_accounted() {
         hang: true,
         ..Behavior::default()
     });
-    let url = gateway.url("/v1/chat/completions");
     let body = json!({"model": "mock-small", "messages": [{"role": "user", "content": "hello"}]});
-    let waiting =
-        tokio::spawn(async move { client().post(&url).body(body.to_string()).send().await });
-    // Shut down once the provider holds the request.
+    // One over HTTP/1.1, one over HTTP/2 (whose request runs on a task of its own).
+    let http2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let waiting: Vec<_> = [client(), http2]
+        .into_iter()
+        .map(|client| {
+            let request = client
+                .post(gateway.url("/v1/chat/completions"))
+                .body(body.to_string());
+            tokio::spawn(async move { request.send().await })
+        })
+        .collect();
+    // Shut down once the provider holds both requests.
     tokio::time::timeout(Duration::from_secs(10), async {
-        while mock.requests().is_empty() {
+        while mock.requests().len() < 2 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
@@ -336,10 +347,13 @@ async fn a_request_still_open_when_the_shutdown_grace_ends_is_accounted() {
     let state = gateway.state.clone();
     gateway.stop().await;
     let counts = state.events.counts();
-    assert_eq!(counts.processed.load(Ordering::Relaxed), 1);
+    assert_eq!(counts.processed.load(Ordering::Relaxed), 2);
     assert_eq!(counts.dropped.load(Ordering::Relaxed), 0);
-    // The connection was closed at the end of the grace, before any answer.
-    assert!(waiting.await.unwrap().is_err());
+    assert_eq!(counts.open.load(Ordering::Relaxed), 0);
+    // The connections were closed at the end of the grace, before any answer.
+    for waiting in waiting {
+        assert!(waiting.await.unwrap().is_err());
+    }
 }
 
 #[tokio::test]

@@ -51,6 +51,8 @@ pub struct SinkCounts {
     pub dropped: AtomicU64,
     /// Events the background task has processed.
     pub processed: AtomicU64,
+    /// Accounted requests under way: begun, their event not emitted yet.
+    pub open: AtomicU64,
 }
 
 impl EventSink {
@@ -69,6 +71,30 @@ impl EventSink {
     /// The counters.
     pub fn counts(&self) -> &SinkCounts {
         &self.counts
+    }
+
+    /// Counts a request under way until [`EventSink::end`] (its event is emitted).
+    pub fn begin(&self) {
+        self.counts.open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// See [`EventSink::begin`].
+    pub fn end(&self) {
+        self.counts.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Waits until no request is under way, for at most `within`; false if some still are.
+    /// Shutdown waits so after dropping the last connections: an HTTP/2 stream's request
+    /// runs on a task of its own, which ends a little after its connection's.
+    pub async fn all_ended(&self, within: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.counts.open.load(Ordering::Relaxed) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
     }
 }
 

@@ -121,6 +121,7 @@ pub async fn account(State(app): State<AppState>, mut request: Request, next: Ne
     // Made before the inner stages run: if the client goes away before the response's
     // headers, this future is dropped, and so is the pending event, which then emits the
     // request as abandoned (status 499, `client_closed`).
+    app.events.begin();
     let mut pending = PendingEvent {
         sink: app.events.clone(),
         app: app.clone(),
@@ -263,6 +264,7 @@ impl PendingEvent {
             rate_limit: draft.rate_limit,
             stages: draft.stages,
         });
+        self.sink.end();
     }
 }
 
