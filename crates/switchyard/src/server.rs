@@ -56,6 +56,12 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
             receiver,
             Arc::clone(&state.metrics),
             state.events.shared_counts(),
+            state
+                .config
+                .routes
+                .iter()
+                .map(|route| route.name.clone())
+                .collect(),
         );
     }
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -733,9 +733,9 @@ fn validate_storage(raw: &RawStorage, env: &dyn Env) -> Result<StorageConfig, Co
     })
 }
 
-/// Default `analytics.metrics_max_series`: room for every configured route and model, while
-/// a client cycling through made-up `provider/<anything>` names cannot grow `/metrics`
-/// without bound.
+/// Default `analytics.metrics_max_series`: room for the names clients choose beyond the
+/// configured routes (which always have series of their own), while a client cycling
+/// through made-up `provider/<anything>` names cannot grow `/metrics` without bound.
 pub const DEFAULT_METRICS_MAX_SERIES: usize = 1000;
 
 fn validate_analytics(raw: &RawAnalytics) -> Result<AnalyticsConfig, ConfigError> {

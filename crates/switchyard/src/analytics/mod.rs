@@ -614,7 +614,9 @@ impl Series {
 /// Route and model names come from clients (`provider/<anything>` is passed through), so at
 /// most `max_series` of them get series of their own. An event of a further one is counted
 /// in its provider's overflow series, labelled `route="other"` and `model="other"`, and in
-/// `switchyard_metrics_series_overflow_total`. Provider names come from the config, so the
+/// `switchyard_metrics_series_overflow_total`. The configured routes always get series of
+/// their own (their models are the config's too), outside the cap, so that client-chosen
+/// names seen first cannot push them out. Provider names come from the config, so the
 /// overflow series are bounded too. Every family keyed by route and model (requests, errors,
 /// duration, time to first token, tokens, cost, savings, unknown cost) goes through here.
 pub(crate) struct Consumer {
@@ -622,17 +624,21 @@ pub(crate) struct Consumer {
     /// Series in `series`, at most `max_series`.
     len: usize,
     max_series: usize,
+    /// The configured routes' names: never folded into the overflow series.
+    configured: std::collections::HashSet<String>,
     /// By provider: where events go once `series` is full.
     overflow: HashMap<String, Series>,
 }
 
 impl Consumer {
-    /// A consumer that keeps at most `max_series` (route, provider, model) series.
-    pub(crate) fn new(max_series: usize) -> Self {
+    /// A consumer that keeps at most `max_series` (route, provider, model) series of names
+    /// that are not `configured` routes.
+    pub(crate) fn new(max_series: usize, configured: std::collections::HashSet<String>) -> Self {
         Consumer {
             series: HashMap::new(),
             len: 0,
             max_series,
+            configured,
             overflow: HashMap::new(),
         }
     }
@@ -650,8 +656,11 @@ impl Consumer {
             series.observe(metrics, event);
             return;
         }
-        if self.len < self.max_series {
-            self.len += 1;
+        let configured = self.configured.contains(route);
+        if configured || self.len < self.max_series {
+            if !configured {
+                self.len += 1;
+            }
             self.series
                 .entry(route.to_owned())
                 .or_default()
@@ -683,7 +692,7 @@ impl EventSink {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeSet, HashSet};
 
     use switchyard_core::wire::TokenUsage;
 
@@ -745,7 +754,7 @@ mod tests {
     #[test]
     fn series_past_the_cap_fold_into_one_overflow_series_per_provider() {
         let metrics = Metrics::new();
-        let mut consumer = Consumer::new(3);
+        let mut consumer = Consumer::new(3, HashSet::from(["chat".to_owned()]));
         // A client cycling through passthrough model names, each failing once and streaming
         // once, so that every family keyed by route and model gets a sample.
         for n in 0..10 {
@@ -765,6 +774,8 @@ mod tests {
         consumer.observe(&metrics, &event("beta/x", "beta", "x"));
         // A series made before the cap keeps counting under its own name.
         consumer.observe(&metrics, &event("alpha/made-up-0", "alpha", "made-up-0"));
+        // A configured route seen only now still gets its own series, outside the cap.
+        consumer.observe(&metrics, &event("chat", "alpha", "m"));
 
         assert_eq!(consumer.len, 3);
         assert_eq!(consumer.overflow.len(), 2);
@@ -838,6 +849,7 @@ mod tests {
             ("alpha/made-up-0", "alpha", "made-up-0"),
             ("alpha/made-up-1", "alpha", "made-up-1"),
             ("alpha/made-up-2", "alpha", "made-up-2"),
+            ("chat", "alpha", "m"),
             ("other", "alpha", "other"),
             ("other", "beta", "other"),
         ]
@@ -850,7 +862,7 @@ mod tests {
     #[test]
     fn tokens_are_a_histogram_per_request_and_ttft_has_a_status() {
         let metrics = Metrics::new();
-        let mut consumer = Consumer::new(10);
+        let mut consumer = Consumer::new(10, HashSet::new());
         let mut streamed = event("r", "alpha", "m");
         streamed.ttft_us = Some(250_000);
         streamed.usage.reasoning = 5;

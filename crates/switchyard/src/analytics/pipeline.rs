@@ -13,7 +13,7 @@
 //! oldest entries are dropped and counted (`switchyard_analytics_lost_total`), never
 //! silently.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -259,9 +259,16 @@ impl Analytics {
         receiver: mpsc::Receiver<RequestEvent>,
         metrics: Arc<Metrics>,
         counts: Arc<SinkCounts>,
+        configured_routes: HashSet<String>,
     ) {
-        let task =
-            tokio::spawn(Arc::clone(self).run(receiver, metrics, counts, self.stop.subscribe()));
+        let consumer = Consumer::new(self.config.metrics_max_series, configured_routes);
+        let task = tokio::spawn(Arc::clone(self).run(
+            receiver,
+            consumer,
+            metrics,
+            counts,
+            self.stop.subscribe(),
+        ));
         *lock(&self.task) = Some(task);
     }
 
@@ -398,11 +405,11 @@ impl Analytics {
     async fn run(
         self: Arc<Self>,
         mut receiver: mpsc::Receiver<RequestEvent>,
+        mut consumer: Consumer,
         metrics: Arc<Metrics>,
         counts: Arc<SinkCounts>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut consumer = Consumer::new(self.config.metrics_max_series);
         let mut pending = Pending::default();
         let mut drain = tokio::time::interval(DRAIN_INTERVAL);
         let mut flush = tokio::time::interval(self.config.flush_interval);
@@ -611,7 +618,7 @@ mod tests {
         let mut pending = Pending::default();
         let open = analytics.drain(
             &mut receiver,
-            &mut Consumer::new(1000),
+            &mut Consumer::new(1000, HashSet::new()),
             &Metrics::new(),
             &SinkCounts::default(),
             &mut pending,
