@@ -849,6 +849,13 @@ async fn the_request_log_pages_with_filters_and_a_cursor() {
         ),
         (
             RequestsQuery {
+                tag: Some("TEAM-A".to_owned()),
+                ..base.clone()
+            },
+            Box::new(|_| false),
+        ),
+        (
+            RequestsQuery {
                 from_ms: Some(T0 + 3_000),
                 to_ms: Some(T0 + 9_000),
                 ..base.clone()

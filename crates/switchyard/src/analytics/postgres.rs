@@ -728,7 +728,7 @@ impl PostgresStore {
     /// A page of the request log, newest first, continuing after `query.before`.
     pub async fn requests(&self, query: &RequestsQuery) -> Result<RequestsPage, StoreError> {
         let mut sql = format!("SELECT {REQUEST_COLUMNS} FROM switchyard_requests WHERE true");
-        let (tail, params) = query.sql_tail();
+        let (tail, params) = query.sql_tail(" AND tags::jsonb @> jsonb_build_array(?::text)");
         sql.push_str(&number_placeholders(&tail, '$'));
         let values: Vec<Box<dyn ToSql + Sync + Send>> = params
             .into_iter()

@@ -583,7 +583,9 @@ impl SqliteStore {
              tokens_reasoning, cost_usd, latency_us, ttft_us, upstream_us, attempts, cache, \
              stages, saved_usd, tags FROM requests WHERE true",
         );
-        let (tail, params) = query.sql_tail();
+        let (tail, params) = query.sql_tail(
+            " AND EXISTS (SELECT 1 FROM json_each(requests.tags) WHERE json_each.value = ?)",
+        );
         sql.push_str(&number_placeholders(&tail, '?'));
         let values: Vec<Value> = params
             .into_iter()
@@ -1165,6 +1167,52 @@ mod tests {
     }
 
     #[test]
+    fn a_request_log_from_before_saved_usd_and_tags_gains_them() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let old = Connection::open(dir.path().join("requests.db")).unwrap();
+            let schema = REQUESTS_SCHEMA.replace(
+                "stages TEXT NOT NULL,\n    saved_usd REAL,\n    tags TEXT",
+                "stages TEXT NOT NULL",
+            );
+            assert_ne!(schema, REQUESTS_SCHEMA, "the old schema is made");
+            old.execute_batch(&schema).unwrap();
+            old.execute(
+                "INSERT INTO requests (time_ms, request_id, instance, key, endpoint, stream, \
+                 status, tokens_in, tokens_out, tokens_cached, tokens_reasoning, latency_us, \
+                 attempts, cache, stages) VALUES (?1, 'old', 'one', 'k', '/v1/chat/completions', \
+                 0, 200, 1, 1, 0, 0, 10, 1, 'none', '[]')",
+                [to_i64(T0)],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(Some(dir.path())).unwrap();
+        let mut tagged = event(T0 + 1_000, "a", 200, 1);
+        tagged.tags = vec!["ci".to_owned()];
+        store
+            .write(
+                "one",
+                &Batch {
+                    rollups: vec![],
+                    requests: vec![tagged],
+                },
+            )
+            .unwrap();
+        let query = RequestsQuery {
+            limit: 10,
+            ..RequestsQuery::default()
+        };
+        let rows = store.requests(&query).unwrap().data;
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].tags, ["ci"]);
+        assert_eq!(
+            (rows[1].request_id.as_str(), rows[1].tags.len()),
+            ("old", 0)
+        );
+        assert_eq!(rows[1].saved_usd, None);
+    }
+
+    #[test]
     fn a_table_from_before_the_by_key_cube_is_migrated_once() {
         let mut events = vec![
             event(T0 + 1_000, "a", 200, 100),
@@ -1309,6 +1357,8 @@ mod tests {
             .map(|i| event(T0 + i * 1_000, "a", 200, i))
             .collect();
         events.push(event(T0 + 6_000, "b", 429, 1));
+        events[0].tags = vec!["Team".to_owned(), "50%_off".to_owned()];
+        events[1].tags = vec!["a\"team".to_owned()];
         store
             .write(
                 "one",
@@ -1388,7 +1438,24 @@ mod tests {
             }),
             1
         );
+        // A tag matches whole, case and all.
+        for (tag, matches) in [
+            ("Team", 1),
+            ("50%_off", 1),
+            ("team", 0),
+            ("50%", 0),
+            ("a\"team", 1),
+        ] {
+            let query = RequestsQuery {
+                tag: Some(tag.to_owned()),
+                ..base.clone()
+            };
+            assert_eq!(only(query), matches, "{tag}");
+        }
+        let oldest = store.requests(&base).unwrap().data.pop().unwrap();
+        assert_eq!(oldest.tags, ["Team", "50%_off"]);
         let entry = &store.requests(&base).unwrap().data[0];
+        assert!(entry.tags.is_empty());
         assert_eq!(
             entry.stages,
             vec![("auth".to_owned(), 3), ("upstream".to_owned(), 900)]

@@ -231,8 +231,9 @@ impl RequestsQuery {
 
     /// What follows `WHERE true` in either store: the conditions with `?` placeholders,
     /// newest first, and a limit one row over the page (that row tells whether there is a
-    /// next page); and the parameters in placeholder order.
-    pub fn sql_tail(&self) -> (String, Vec<Param>) {
+    /// next page); and the parameters in placeholder order. `has_tag` is the store's
+    /// condition that the `tags` array holds the tag in its one `?` (JSON functions differ).
+    pub fn sql_tail(&self, has_tag: &str) -> (String, Vec<Param>) {
         let mut sql = String::new();
         let mut params = Vec::new();
         let mut condition = |clause: &str, values: Vec<Param>| {
@@ -276,10 +277,7 @@ impl RequestsQuery {
             }
         }
         if let Some(tag) = &self.tag {
-            condition(
-                " AND tags LIKE ? ESCAPE '\\'",
-                vec![Param::Text(tag_pattern(tag))],
-            );
+            condition(has_tag, vec![Param::Text(tag.clone())]);
         }
         for (clause, value) in [
             (" AND latency_us >= ?", self.min_latency_us),
@@ -440,22 +438,6 @@ pub fn tags_json(tags: &[String]) -> Option<String> {
 pub fn tags_from_json(text: Option<&str>) -> Vec<String> {
     text.and_then(|text| serde_json::from_str(text).ok())
         .unwrap_or_default()
-}
-
-/// A `LIKE` pattern (escape character `\`) matching a stored tag array that holds `tag`:
-/// its JSON string, quotes included, anywhere in the array.
-fn tag_pattern(tag: &str) -> String {
-    let quoted = serde_json::to_string(tag).unwrap_or_default();
-    let mut pattern = String::with_capacity(quoted.len() + 2);
-    pattern.push('%');
-    for c in quoted.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
 }
 
 /// The stages read back.
