@@ -44,6 +44,9 @@ pub const MAX_PENDING_REQUESTS: usize = 50_000;
 /// Rollup rows held while the store is failing, at most (after compaction).
 pub const MAX_PENDING_ROLLUPS: usize = 200_000;
 
+/// At most one log line in this long about buffered entries being dropped.
+const LOSS_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How long shutdown waits for the final flush.
 const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -83,6 +86,8 @@ pub struct Analytics {
     /// Counters.
     pub stats: PipelineStats,
     last_error: Mutex<Option<String>>,
+    /// When the loss of buffered entries was last logged, and what was lost since.
+    loss_log: Mutex<(Option<std::time::Instant>, u64)>,
     stop: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -198,6 +203,7 @@ impl Analytics {
             config,
             stats: PipelineStats::default(),
             last_error: Mutex::new(None),
+            loss_log: Mutex::new((None, 0)),
             stop,
             task: Mutex::new(None),
         }
@@ -374,16 +380,19 @@ impl Analytics {
 
     /// Drops the oldest pending entries past the bounds, counting them.
     fn bound(&self, pending: &mut Pending) {
-        for excess in [
-            pending.requests.len().saturating_sub(MAX_PENDING_REQUESTS),
-            pending.rollups.len().saturating_sub(MAX_PENDING_ROLLUPS),
-        ] {
-            if excess > 0 {
-                self.stats.lost.fetch_add(excess as u64, Ordering::Relaxed);
+        let excess = pending.requests.len().saturating_sub(MAX_PENDING_REQUESTS)
+            + pending.rollups.len().saturating_sub(MAX_PENDING_ROLLUPS);
+        if excess > 0 {
+            self.stats.lost.fetch_add(excess as u64, Ordering::Relaxed);
+            // Checked at every drain while the store stalls: logged at most every 10 s.
+            let mut log = lock(&self.loss_log);
+            log.1 += excess as u64;
+            if log.0.is_none_or(|at| at.elapsed() >= LOSS_LOG_INTERVAL) {
                 tracing::error!(
-                    dropped = excess,
-                    "analytics: the store has failed for too long; dropping the oldest buffered entries"
+                    dropped = log.1,
+                    "analytics: the store has failed or stalled for too long; dropping the oldest buffered entries"
                 );
+                *log = (Some(std::time::Instant::now()), 0);
             }
         }
         let requests = pending.requests.len().saturating_sub(MAX_PENDING_REQUESTS);
@@ -486,6 +495,10 @@ impl Analytics {
                 }
                 _ = stop.changed() => break,
             }
+        }
+        // A retention pass still running would hold the store's writer from the final flush.
+        if let Some(pruning) = pruning {
+            pruning.abort();
         }
         self.final_flush(receiver, consumer, &metrics, &counts, pending, writing)
             .await;
