@@ -52,6 +52,9 @@ pub struct AppInner {
     pub models_body: Bytes,
     /// False once shutdown has begun (`/readyz` answers 503).
     pub ready: AtomicBool,
+    /// True once the shutdown grace is over: requests ended now were cut by the gateway,
+    /// not by their clients.
+    pub closing: AtomicBool,
     /// Where request events go (never blocks).
     pub events: EventSink,
     /// The receiving end, taken by the background task when serving starts.
@@ -173,6 +176,7 @@ impl AppState {
             connections: AtomicI64::new(0),
             models_body,
             ready: AtomicBool::new(true),
+            closing: AtomicBool::new(false),
             telemetry,
         })))
     }

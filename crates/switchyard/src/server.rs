@@ -155,6 +155,7 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => {
             tracing::warn!("shutdown grace period over; closing the remaining connections");
+            state.closing.store(true, Ordering::Relaxed);
             // A send fails only when no connection is left to receive it.
             let _ = abort.send(true);
             // Each connection's task drops its receiver as it ends.

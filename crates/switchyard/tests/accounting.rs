@@ -350,6 +350,19 @@ async fn a_request_still_open_when_the_shutdown_grace_ends_is_accounted() {
     assert_eq!(counts.processed.load(Ordering::Relaxed), 2);
     assert_eq!(counts.dropped.load(Ordering::Relaxed), 0);
     assert_eq!(counts.open.load(Ordering::Relaxed), 0);
+    // Filed as cut by the gateway, not by their clients.
+    let text = state.metrics.render(0, &state.connections);
+    let scrape =
+        prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).unwrap();
+    let shutdown = [("error_class", "shutdown")];
+    assert_eq!(
+        value(&scrape, "switchyard_request_errors_total", &shutdown),
+        2.0
+    );
+    assert_eq!(
+        value(&scrape, "switchyard_requests_total", &[("status", "503")]),
+        2.0
+    );
     // The connections were closed at the end of the grace, before any answer.
     for waiting in waiting {
         assert!(waiting.await.unwrap().is_err());

@@ -156,6 +156,10 @@ pub async fn account(State(app): State<AppState>, mut request: Request, next: Ne
 /// (nginx's convention; it is never sent).
 const CLIENT_CLOSED_REQUEST: u16 = 499;
 
+/// The status recorded for a request the gateway cut at the end of its shutdown grace before
+/// any answer (never sent either: the connection is closed).
+const SHUTDOWN_CUT: u16 = 503;
+
 /// API requests are accounted; health checks, metric scrapes, the admin API, the
 /// dashboard's files and Telegram's webhook calls are not (the bot's own chat completions
 /// are, as API requests).
@@ -211,7 +215,14 @@ impl PendingEvent {
                 admission.settle(draft.usage.input.saturating_add(draft.usage.output));
             }
         }
-        let error_class = if abandoned {
+        let closing = self.app.closing.load(std::sync::atomic::Ordering::Relaxed);
+        if abandoned && closing && self.status == CLIENT_CLOSED_REQUEST {
+            // Cut by the gateway at the end of its shutdown grace, before any answer.
+            self.status = SHUTDOWN_CUT;
+        }
+        let error_class = if abandoned && closing {
+            Some("shutdown".to_owned())
+        } else if abandoned {
             Some("client_closed".to_owned())
         } else {
             draft
