@@ -61,6 +61,9 @@ impl Stage {
     }
 }
 
+/// The response header the stage durations go in.
+pub const SERVER_TIMING: &str = "server-timing";
+
 /// The stage durations of one request.
 #[derive(Debug, Clone)]
 pub struct Timings {

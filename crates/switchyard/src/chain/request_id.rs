@@ -15,10 +15,7 @@ use tokio::time::Instant;
 use crate::app::AppState;
 use crate::context::{Principal, RequestContext};
 use crate::telemetry;
-use crate::timing::Timings;
-
-/// `Server-Timing` (the `http` crate names no constant for it).
-const SERVER_TIMING: &str = "server-timing";
+use crate::timing::{SERVER_TIMING, Timings};
 
 /// The header carrying the request id.
 pub const REQUEST_ID: &str = "x-request-id";

@@ -128,7 +128,11 @@ pub fn annotate(response: &mut Response, context: &RequestContext, served: Optio
     if let Some(budget) = &context.downgraded_by {
         insert(headers, "x-switchyard-budget-downgrade", budget);
     }
-    insert(headers, "server-timing", &context.timings.server_timing());
+    insert(
+        headers,
+        crate::timing::SERVER_TIMING,
+        &context.timings.server_timing(),
+    );
     context.record(|draft| {
         if let Some(served) = served {
             draft.route = Some(served.route.to_owned());
