@@ -2,7 +2,7 @@
 //! header read timeout, and shuts down gracefully: on the shutdown signal it stops accepting,
 //! marks itself not ready, and lets in-flight requests and streams finish for up to the
 //! configured grace period; then it drops the connections still open (their requests are
-//! recorded as for a client gone away) and flushes analytics, spend, alerts and traces.
+//! recorded, error class `shutdown`) and flushes analytics, spend, alerts and traces.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -78,7 +78,7 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
     let header_read_timeout = state.config.server.header_read_timeout;
     let graceful = GracefulShutdown::new();
     // Set when the shutdown grace is over: the connections still open are dropped, which ends
-    // their requests (each leaves its event, as for a client gone away).
+    // their requests (each leaves its event, error class `shutdown`).
     let (abort, aborted) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     let mut stop_accepting: Option<tokio::time::Instant> = None;
