@@ -602,29 +602,8 @@ mod tests {
         let extra = 10;
         let (sender, mut receiver) = mpsc::channel(MAX_PENDING_REQUESTS + extra);
         for i in 0..MAX_PENDING_REQUESTS + extra {
-            let event = RequestEvent {
-                time_unix_ms: 1_800_000_000_000,
-                request_id: format!("req_{i}"),
-                principal: "master".to_owned(),
-                tags: Vec::new(),
-                endpoint: "/v1/chat/completions".to_owned(),
-                route: None,
-                provider: None,
-                model: None,
-                stream: false,
-                status: 200,
-                error_class: None,
-                usage: switchyard_core::wire::TokenUsage::default(),
-                cost_usd: None,
-                saved_usd: None,
-                latency_us: 1,
-                ttft_us: None,
-                upstream_us: None,
-                attempts: 0,
-                cache: "none",
-                rate_limit: None,
-                stages: Vec::new(),
-            };
+            let mut event = super::super::sqlite::tests::event(1_800_000_000_000, "a", 200, 1);
+            event.request_id = format!("req_{i}");
             sender.try_send(event).unwrap();
         }
         // No write has taken the buffer (a stalled store): draining alone keeps it bounded.

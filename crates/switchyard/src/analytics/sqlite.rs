@@ -980,7 +980,7 @@ fn read_rollup(row: &rusqlite::Row<'_>) -> rusqlite::Result<Rollup> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use switchyard_core::analytics::query::{Query, answer};
     use switchyard_core::analytics::{Aggregator, RequestEvent, RollupRow};
     use switchyard_core::wire::TokenUsage;
@@ -992,7 +992,13 @@ mod tests {
     const HOUR: u64 = 3_600_000;
     const T0: u64 = 1_800_000_000_000 - 1_800_000_000_000 % HOUR;
 
-    fn event(time_ms: u64, provider: &str, status: u16, latency_ms: u64) -> RequestEvent {
+    /// A served request event (also used by the pipeline's tests).
+    pub(crate) fn event(
+        time_ms: u64,
+        provider: &str,
+        status: u16,
+        latency_ms: u64,
+    ) -> RequestEvent {
         RequestEvent {
             time_unix_ms: time_ms,
             request_id: format!("req_{time_ms}_{provider}"),
