@@ -182,11 +182,17 @@ pub struct TotalCounter {
 impl TotalCounter {
     /// Brings the counter up to `total`.
     pub fn follow(&self, total: u64) {
-        let gained = total.saturating_sub(self.seen.fetch_max(total, Ordering::Relaxed));
+        let gained = gained_since(&self.seen, total);
         if gained > 0 {
             self.counter.inc_by(gained);
         }
     }
+}
+
+/// What `total` gained over the largest total `seen` so far, which becomes `total`: each
+/// gain is counted once, whoever sees it first.
+fn gained_since(seen: &AtomicU64, total: u64) -> u64 {
+    total.saturating_sub(seen.fetch_max(total, Ordering::Relaxed))
 }
 
 /// The gateway's Prometheus metrics.
@@ -433,10 +439,10 @@ impl Metrics {
         self.open_connections
             .set(connections.load(Ordering::Relaxed));
         if let Some((cpu_ticks, rss)) = process_usage() {
-            let seen = self.cpu_ticks_seen.fetch_max(cpu_ticks, Ordering::Relaxed);
-            if cpu_ticks > seen {
+            let gained = gained_since(&self.cpu_ticks_seen, cpu_ticks);
+            if gained > 0 {
                 self.cpu_seconds
-                    .inc_by((cpu_ticks - seen) as f64 / CLOCK_TICKS_PER_SECOND);
+                    .inc_by(gained as f64 / CLOCK_TICKS_PER_SECOND);
             }
             self.resident_memory.set(rss);
         }
